@@ -1,0 +1,189 @@
+"""Builds every service the same way: logging, request ids, problem+json, metrics, health,
+dependency checks at start-up, and the service's background workers (outbox relay, consumers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import uuid_utils
+from fastapi import APIRouter, FastAPI
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared import redis as redis_kit
+from shared.db import Database
+from shared.errors import install_problem_handlers
+from shared.health import Check, describe_failure, healthz, readyz_endpoint, run_checks
+from shared.kafka import Publisher
+from shared.logging import REQUEST_ID_HEADER, configure_logging, request_id_var
+from shared.metrics import MetricsMiddleware, metrics_endpoint
+from shared.settings import ServiceSettings
+
+logger = logging.getLogger("citypass.app")
+
+Worker = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """The connections and workers of one service process."""
+
+    name: str
+    settings: ServiceSettings
+    schema: str | None = None  # PostgreSQL schema, for services that own a database
+    uses_redis: bool = False
+    database: Database | None = None
+    redis: Redis | None = None
+    publisher: Publisher = field(init=False)
+    workers: list[Worker] = field(default_factory=list)
+    checks: dict[str, Check] = field(default_factory=dict)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.publisher = Publisher(
+            settings.kafka_bootstrap_servers,
+            send_timeout_s=settings.kafka_send_timeout_s,
+            idempotent=settings.kafka_idempotent_producer,
+        )
+        if self.schema is not None:
+            self.database = Database(settings.database_url, self.schema)
+            self.checks["postgres"] = self.database.ping
+        if self.uses_redis:
+            self.redis = redis_kit.connect(settings.redis_url)
+            redis = self.redis
+
+            async def ping_redis() -> None:
+                await redis.ping()
+
+            self.checks["redis"] = ping_redis
+        self.checks["kafka"] = self.publisher.check
+
+    @property
+    def db(self) -> Database:
+        assert self.database is not None, f"{self.name} has no database"
+        return self.database
+
+    @property
+    def kv(self) -> Redis:
+        assert self.redis is not None, f"{self.name} has no Redis"
+        return self.redis
+
+    async def close(self) -> None:
+        for stop in self.on_stop:
+            await stop()
+        await self.publisher.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.database is not None:
+            await self.database.close()
+
+
+class RequestIdMiddleware:
+    """Takes X-Request-ID from the caller (or makes one) and echoes it on the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next(
+            (v for k, v in scope["headers"] if k == b"x-request-id" and 0 < len(v) <= 128), None
+        )
+        request_id = incoming.decode("latin-1") if incoming else str(uuid_utils.uuid7())
+        token = request_id_var.set(request_id)
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"].append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            request_id_var.reset(token)
+
+
+def create_app(
+    runtime: Runtime,
+    routers: Sequence[APIRouter],
+    *,
+    title: str,
+    description: str,
+    on_start: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> FastAPI:
+    configure_logging(runtime.name, runtime.settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        results = await run_checks(runtime.checks, runtime.settings.dependency_timeout_s)
+        for dependency, result in results.items():
+            if result != "ok":
+                logger.error(
+                    "%s: %s is %s — /readyz will answer 503 until it recovers",
+                    runtime.name,
+                    dependency,
+                    result,
+                )
+        for hook in on_start:
+            try:
+                await hook()
+            except Exception as exc:
+                logger.error("%s: start-up step failed: %s", runtime.name, describe_failure(exc))
+        tasks = [
+            asyncio.create_task(worker(), name=worker.__qualname__) for worker in runtime.workers
+        ]
+        logger.info("%s started", runtime.name, extra={"port": runtime.settings.port})
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=5) if tasks else None
+            await runtime.close()
+
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    for router in routers:
+        app.include_router(router)
+    app.add_route("/healthz", healthz, include_in_schema=False)
+    app.add_route(
+        "/readyz",
+        readyz_endpoint(runtime.checks, runtime.settings.dependency_timeout_s),
+        include_in_schema=False,
+    )
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    app.add_middleware(MetricsMiddleware, service=runtime.name)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def supervised(name: str, worker: Worker) -> Worker:
+    """Restart a background worker that died, so one bug does not silently stop a pipeline."""
+
+    async def run() -> None:
+        while True:
+            try:
+                await worker()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("worker %s crashed; restarting in 1 s", name)
+                await asyncio.sleep(1)
+
+    run.__qualname__ = name
+    return run

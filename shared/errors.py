@@ -1,0 +1,144 @@
+"""Errors as application/problem+json (RFC 9457) with stable codes; never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "urn:citypass:problem:"
+
+logger = logging.getLogger("citypass.errors")
+
+
+class ProblemError(Exception):
+    """A domain error that knows its HTTP status and stable code."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        title: str | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        if title is not None:
+            self.title = title
+        self.extra = extra
+
+
+class NotFound(ProblemError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(ProblemError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class Unprocessable(ProblemError):
+    status, code, title = 422, "unprocessable", "Unprocessable request"
+
+
+class Unauthorized(ProblemError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+
+class Forbidden(ProblemError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class ServiceUnavailable(ProblemError):
+    status, code, title = 503, "service_unavailable", "Service unavailable"
+
+
+def problem_response(
+    status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any
+) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return Response(orjson.dumps(body), status, headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+STATUS_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    406: ("not_acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    413: ("payload_too_large", "Payload too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    422: ("validation_error", "Invalid request"),
+    429: ("too_many_requests", "Too many requests"),
+}
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProblemError)
+        return problem_response(
+            exc.status, exc.code, exc.title, exc.detail, request.url.path, **exc.extra
+        )
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {
+                "loc": list(map(str, e.get("loc", ()))),
+                "msg": e.get("msg", ""),
+                "type": e.get("type"),
+            }
+            for e in exc.errors()
+        ]
+        return problem_response(
+            422,
+            "validation_error",
+            "Invalid request",
+            "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors),
+            request.url.path,
+            errors=errors,
+        )
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code, title = STATUS_CODES.get(exc.status_code, ("http_error", "HTTP error"))
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        return problem_response(exc.status_code, code, title, detail, request.url.path)
+
+    async def on_unexpected(request: Request, _exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            500, "internal_error", "Internal error", "The server failed; it has been logged."
+        )
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,79 @@
+"""Real PostgreSQL, Valkey and Kafka for the whole test session (one set per xdist worker)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from citypass.servers import LocalServers, free_port
+from shared.migrations import upgrade_all
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServers]:
+    root = tmp_path_factory.mktemp("servers")
+    local = LocalServers(root, free_port(), free_port(), free_port())
+    local.start()
+    try:
+        upgrade_all(local.database_url)
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(servers: LocalServers) -> dict[str, str]:
+    """The environment a service process would get from `make run`, pointing at test servers."""
+    env: dict[str, str] = {}
+    for prefix in ("PAYMENTS", "TICKETING", "VALIDATION", "PARKING", "OPERATOR"):
+        env[f"{prefix}_ENVIRONMENT"] = "test"
+        env[f"{prefix}_DATABASE_URL"] = servers.database_url
+        env[f"{prefix}_REDIS_URL"] = servers.redis_url
+        env[f"{prefix}_KAFKA_BOOTSTRAP_SERVERS"] = servers.kafka_bootstrap
+    return env
+
+
+@pytest.fixture(scope="session")
+def configured(service_env: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in service_env}
+    os.environ.update(service_env)
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+AppClient = Callable[[FastAPI], AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture(scope="session")
+def app_client(configured: None) -> AppClient:
+    """Run an app's lifespan (workers included) and talk to it in-process."""
+
+    @asynccontextmanager
+    async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app), base_url="http://testserver", timeout=30
+            ) as http,
+        ):
+            yield http
+
+    return client
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
