@@ -104,6 +104,7 @@ def spawn(
         user=user,
         cwd=cwd,
         preexec_fn=_die_with_parent,
+        start_new_session=True,  # Ctrl-C reaches only the launcher, which stops us in order
     )
     log.close()
     return ManagedProcess(name, process, log_path, stop_signal)
@@ -176,7 +177,7 @@ class LocalServers:
                 path.mkdir(parents=True, exist_ok=True)
                 entry = pwd.getpwnam(POSTGRES_OS_USER)
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-            _make_traversable(pgdata)
+            _make_traversable(pgdata.parent)
             _make_tree_readable(POSTGRES_BIN_PATH.parent)
         else:
             pgdata.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import uuid_utils
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -82,6 +83,14 @@ class Runtime:
             await self.redis.aclose()
         if self.database is not None:
             await self.database.close()
+
+
+def current_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(current_runtime)]
 
 
 class RequestIdMiddleware:
@@ -156,6 +165,7 @@ def create_app(
         version="1.0.0",
         lifespan=lifespan,
     )
+    app.state.runtime = runtime
     install_problem_handlers(app)
     for router in routers:
         app.include_router(router)

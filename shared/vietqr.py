@@ -138,8 +138,8 @@ def _crc_table() -> tuple[int, ...]:
     for byte in range(256):
         crc = byte << 8
         for _ in range(8):
-            crc = (crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1
-        table.append(crc & 0xFFFF)
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+        table.append(crc)
     return tuple(table)
 
 

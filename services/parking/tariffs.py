@@ -57,6 +57,14 @@ class TariffError(ValueError):
         self.code: TariffErrorCode = code
 
 
+def _is_naive(moment: datetime) -> bool:
+    return moment.tzinfo is None or moment.utcoffset() is None
+
+
+def _local(moment: datetime) -> datetime:
+    return moment.astimezone(HANOI_TZ)
+
+
 class VehicleType(StrEnum):
     MOTORBIKE = "motorbike"
     CAR = "car"
@@ -105,9 +113,7 @@ class Tariff:
         if self.day_starts_at.tzinfo is not None or self.day_ends_at.tzinfo is not None:
             raise TariffError("invalid_tariff", f"tariff {self.id}: day window is local time")
         if not self.day_starts_at < self.day_ends_at:
-            raise TariffError(
-                "invalid_tariff", f"tariff {self.id}: day must start before it ends"
-            )
+            raise TariffError("invalid_tariff", f"tariff {self.id}: day must start before it ends")
 
     def is_day(self, at: datetime) -> bool:
         return self.day_starts_at <= at.astimezone(HANOI_TZ).time() < self.day_ends_at
@@ -438,8 +444,7 @@ def _night_charge(book: _TariffBook, stretch: _Stretch) -> PriceLine:
         unit_price=tariff.night_turn_price,
         amount=tariff.night_turn_price,
         description=(
-            f"Night turn ({tariff.day_ends_at:%H:%M}-{tariff.day_starts_at:%H:%M}), "
-            "one per night"
+            f"Night turn ({tariff.day_ends_at:%H:%M}-{tariff.day_starts_at:%H:%M}), one per night"
         ),
     )
 
@@ -486,14 +491,6 @@ def _grace_line(tariff: Tariff, entry_at: datetime, exit_at: datetime) -> PriceL
         amount=0,
         description=f"Free: within the {tariff.grace_minutes}-minute grace period",
     )
-
-
-def _is_naive(moment: datetime) -> bool:
-    return moment.tzinfo is None or moment.utcoffset() is None
-
-
-def _local(moment: datetime) -> datetime:
-    return moment.astimezone(HANOI_TZ)
 
 
 def _minutes_text(minutes: int) -> str:

@@ -1,0 +1,4 @@
+from services.operator.settings import OperatorSettings
+from shared.run import serve
+
+serve("operator", OperatorSettings())

@@ -1,0 +1,4 @@
+from services.parking.settings import ParkingSettings
+from shared.run import serve
+
+serve("parking", ParkingSettings())

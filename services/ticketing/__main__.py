@@ -1,0 +1,4 @@
+from services.ticketing.settings import TicketingSettings
+from shared.run import serve
+
+serve("ticketing", TicketingSettings())
