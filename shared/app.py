@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import redis as redis_kit
 from shared.db import Database
-from shared.errors import install_problem_handlers
+from shared.errors import install_problem_handlers, install_problem_openapi
 from shared.health import Check, describe_failure, healthz, readyz_endpoint, run_checks
 from shared.kafka import Publisher
 from shared.logging import REQUEST_ID_HEADER, configure_logging, request_id_var
@@ -167,6 +167,7 @@ def create_app(
     )
     app.state.runtime = runtime
     install_problem_handlers(app)
+    install_problem_openapi(app)
     for router in routers:
         app.include_router(router)
     app.add_route("/healthz", healthz, include_in_schema=False)

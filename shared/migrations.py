@@ -17,6 +17,7 @@ SERVICES_WITH_DATABASE = ("payments", "ticketing", "parking")
 def alembic_config(service: str, database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(ROOT / "shared" / "alembic"))
+    config.set_main_option("path_separator", "os")
     config.set_main_option(
         "version_locations", str(ROOT / "services" / service / "migrations" / "versions")
     )

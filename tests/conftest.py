@@ -23,15 +23,22 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServers]:
     local = LocalServers(root, free_port(), free_port(), free_port())
     local.start()
     try:
-        upgrade_all(local.database_url)
         yield local
     finally:
         local.stop()
 
 
 @pytest.fixture(scope="session")
-def service_env(servers: LocalServers) -> dict[str, str]:
+def migrated(servers: LocalServers) -> LocalServers:
+    """Every service schema at its latest migration."""
+    upgrade_all(servers.database_url)
+    return servers
+
+
+@pytest.fixture(scope="session")
+def service_env(migrated: LocalServers) -> dict[str, str]:
     """The environment a service process would get from `make run`, pointing at test servers."""
+    servers = migrated
     env: dict[str, str] = {}
     for prefix in ("PAYMENTS", "TICKETING", "VALIDATION", "PARKING", "OPERATOR"):
         env[f"{prefix}_ENVIRONMENT"] = "test"

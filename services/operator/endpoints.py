@@ -11,7 +11,7 @@ from services.operator import service
 from services.operator.schemas import LoginRequest, OperatorRead, SessionRead
 from services.operator.settings import OperatorSettings
 from shared.app import Runtime, RuntimeDep
-from shared.errors import PROBLEM_RESPONSES, Unauthorized
+from shared.errors import Unauthorized
 
 router = APIRouter(prefix="/v1", tags=["operators"])
 bearer = HTTPBearer(auto_error=False)
@@ -36,7 +36,7 @@ async def current_operator(
 CurrentOperator = Annotated[OperatorRead, Depends(current_operator)]
 
 
-@router.post("/login", response_model=SessionRead, responses=PROBLEM_RESPONSES)
+@router.post("/login", response_model=SessionRead)
 async def login(body: LoginRequest, rt: RuntimeDep) -> SessionRead:
     """Sign in as an operator; the bearer token is valid for one shift."""
     settings = _settings(rt)
@@ -49,7 +49,7 @@ async def login(body: LoginRequest, rt: RuntimeDep) -> SessionRead:
     )
 
 
-@router.get("/me", response_model=OperatorRead, responses=PROBLEM_RESPONSES)
+@router.get("/me", response_model=OperatorRead)
 async def me(operator: CurrentOperator) -> OperatorRead:
     """Who is signed in, and with which role."""
     return operator

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Path
 from services.parking import service
 from services.parking.schemas import LotRead
 from shared.app import RuntimeDep
-from shared.errors import PROBLEM_RESPONSES
 
 router = APIRouter(prefix="/v1", tags=["lots"])
 
@@ -23,7 +22,7 @@ async def list_lots(rt: RuntimeDep) -> list[LotRead]:
         return await service.list_lots(session)
 
 
-@router.get("/lots/{lot_id}", response_model=LotRead, responses=PROBLEM_RESPONSES)
+@router.get("/lots/{lot_id}", response_model=LotRead)
 async def get_lot(lot_id: LotId, rt: RuntimeDep) -> LotRead:
     """One parking lot."""
     async with rt.db.transaction() as session:

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Path
 from services.ticketing import service
 from services.ticketing.schemas import ProductRead
 from shared.app import RuntimeDep
-from shared.errors import PROBLEM_RESPONSES
 
 router = APIRouter(prefix="/v1", tags=["products"])
 
@@ -23,7 +22,7 @@ async def list_products(rt: RuntimeDep) -> list[ProductRead]:
         return await service.list_products(session)
 
 
-@router.get("/products/{code}", response_model=ProductRead, responses=PROBLEM_RESPONSES)
+@router.get("/products/{code}", response_model=ProductRead)
 async def get_product(code: ProductCode, rt: RuntimeDep) -> ProductRead:
     """One fare product."""
     async with rt.db.transaction() as session:

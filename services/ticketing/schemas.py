@@ -34,7 +34,7 @@ class ProductRead(BaseModel):
     name_en: str
     mode: Mode
     kind: ProductKind
-    price_vnd: int = Field(description="0 for free categories; metro singles are priced by distance")
+    price_vnd: int = Field(description="0 for free categories; metro singles priced by distance")
     categories: list[RiderCategory] = Field(description="Rider categories allowed to buy it")
     validity_days: int | None = Field(description="Days of validity from activation (passes)")
     rides: int | None = Field(description="Rides included; null means unlimited within validity")

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Path
 from services.validation import repository, service
 from services.validation.schemas import BusRouteRead, GateRead, LineRead
 from shared.app import RuntimeDep
-from shared.errors import PROBLEM_RESPONSES
 
 router = APIRouter(prefix="/v1", tags=["network"])
 
@@ -34,7 +33,7 @@ async def list_gates(rt: RuntimeDep) -> list[GateRead]:
     return await repository.list_gates(rt.kv)
 
 
-@router.get("/gates/{gate_id}", response_model=GateRead, responses=PROBLEM_RESPONSES)
+@router.get("/gates/{gate_id}", response_model=GateRead)
 async def get_gate(gate_id: GateId, rt: RuntimeDep) -> GateRead:
     """One gate: where it stands, its direction and whether it is enabled."""
     return await service.get_gate(rt.kv, gate_id)

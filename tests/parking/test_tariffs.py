@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -219,7 +220,7 @@ class TestTariffChange:
 
     def test_price_never_drops_minute_by_minute_across_every_boundary(self) -> None:
         entry = local("2024-05-31", "05:50")
-        exits = [entry + timedelta(minutes=minute) for minute in range(0, 3 * 24 * 60, 1)]
+        exits = [entry + timedelta(minutes=minute) for minute in range(3 * 24 * 60)]
 
         totals = [price(entry, exit_at, tariffs=self.tariffs).total for exit_at in exits]
 
@@ -294,8 +295,10 @@ class TestInvalidInput:
         ["first_block_price", "per_hour_price", "night_turn_price", "daily_cap", "grace_minutes"],
     )
     def test_negative_amount_in_tariff(self, field: str) -> None:
+        negative: dict[str, Any] = {field: -1}
+
         with pytest.raises(TariffError) as raised:
-            replace(SEED_CAR, **{field: -1})
+            replace(SEED_CAR, **negative)
 
         assert raised.value.code == "invalid_tariff"
 

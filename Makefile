@@ -1,0 +1,54 @@
+# CityPass — every command a developer needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CODE := shared services citypass tests loadtests
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "CityPass needs Python >= 3.11 (found %s)" % sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install everything (done by the other targets)
+
+run: $(STAMP) ## run the whole platform locally on real servers (data in ./var, Ctrl-C stops)
+	$(BIN)/python -m citypass.stack run
+
+test: $(STAMP) ## run the whole test suite against real PostgreSQL, Valkey and Kafka
+	$(BIN)/pytest -n 2 --dist loadfile
+
+check: $(STAMP) ## format check, lint and types
+	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/mypy $(CODE)
+
+format: $(STAMP) ## apply ruff format and autofixes
+	$(BIN)/ruff format $(CODE)
+	$(BIN)/ruff check --fix $(CODE)
+
+migrate: $(STAMP) ## apply migrations to CITYPASS_DATABASE_URL
+	$(BIN)/citypass stack migrate
+
+seed: $(STAMP) ## load demo data into CITYPASS_DATABASE_URL / CITYPASS_REDIS_URL
+	$(BIN)/citypass stack seed
+
+bench: $(STAMP) ## benchmarks that print figures (charges/s, …); starts its own servers
+	$(BIN)/python -m loadtests.bench_charges
+
+compose-check: ## validate docker-compose.yml (needs Debian's docker-compose)
+	docker-compose config -q
+
+clean: ## remove local data, logs and caches (keeps .venv)
+	rm -rf var test-artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+.PHONY: help install run test check format migrate seed bench compose-check clean

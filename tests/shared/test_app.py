@@ -1,0 +1,123 @@
+"""What every service gets from the kit: readiness with reasons, problems, metrics, settings."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+from fastapi import APIRouter
+from pydantic import SecretStr, ValidationError
+
+from citypass.servers import LocalServers, free_port
+from services.payments.app import build_app as build_payments
+from services.payments.settings import PaymentsSettings
+from services.validation.app import build_app as build_validation
+from services.validation.settings import ValidationSettings
+from shared.app import Runtime, create_app
+from shared.settings import ServiceSettings
+from tests.conftest import AppClient
+
+
+class TestReadiness:
+    async def test_unreachable_database_and_wrong_broker_fail_readyz_with_reasons(
+        self, app_client: AppClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        settings = PaymentsSettings(
+            environment="test",
+            database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/citypass",
+            kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+            dependency_timeout_s=1,
+            kafka_send_timeout_s=1,
+        )
+        with caplog.at_level(logging.ERROR, logger="citypass.app"):
+            async with app_client(build_payments(settings)) as http:
+                alive = await http.get("/healthz")
+                ready = await http.get("/readyz")
+        assert alive.status_code == 200
+        assert ready.status_code == 503
+        problem = ready.json()
+        assert problem["code"] == "not_ready"
+        assert problem["checks"]["postgres"].startswith("failing:")
+        assert problem["checks"]["kafka"].startswith("failing:")
+        assert "postgres" in problem["detail"] and "kafka" in problem["detail"]
+        start_up = " ".join(r.getMessage() for r in caplog.records)
+        assert "postgres is failing" in start_up
+        assert "kafka is failing" in start_up
+
+    async def test_wrong_redis_address_fails_readyz(self, app_client: AppClient) -> None:
+        settings = ValidationSettings(
+            environment="test", redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            dependency_timeout_s=1,
+        )
+        async with app_client(build_validation(settings)) as http:
+            ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"].startswith("failing:")
+
+    async def test_healthy_dependencies_make_readyz_200(
+        self, app_client: AppClient, servers: LocalServers
+    ) -> None:
+        async with app_client(build_validation()) as http:
+            ready = await http.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"redis": "ok", "kafka": "ok"}
+
+
+failing_router = APIRouter()
+
+
+@failing_router.get("/boom/{item_id}")
+async def boom(item_id: int) -> None:
+    raise RuntimeError(f"secret internal state {item_id}")
+
+
+class TestProblems:
+    async def test_unexpected_error_is_a_500_problem_without_stack_trace(
+        self, servers: LocalServers
+    ) -> None:
+        settings = ServiceSettings(environment="test", kafka_bootstrap_servers=servers.kafka_bootstrap)
+        app = create_app(Runtime("kit-test", settings), [failing_router], title="t", description="")
+        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://kit") as http:
+            response = await http.get("/boom/7")
+            metrics = (await http.get("/metrics")).text
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "internal_error"
+        assert "secret internal state" not in response.text
+        assert "Traceback" not in response.text
+        assert 'route="/boom/{item_id}"' in metrics
+        assert "/boom/7" not in metrics
+
+    async def test_validation_error_is_a_422_problem_naming_the_field(
+        self, app_client: AppClient
+    ) -> None:
+        async with app_client(build_validation()) as http:
+            response = await http.get("/v1/gates/" + "x" * 80)
+        assert response.status_code == 422
+        body = response.json()
+        assert body["code"] == "validation_error"
+        assert body["errors"][0]["loc"] == ["path", "gate_id"]
+
+    async def test_request_id_is_echoed(self, app_client: AppClient) -> None:
+        async with app_client(build_validation()) as http:
+            response = await http.get("/v1/lines", headers={"X-Request-ID": "trace-123"})
+        assert response.headers["x-request-id"] == "trace-123"
+
+
+class TestSettings:
+    def test_production_refuses_placeholder_secrets(self) -> None:
+        class SecretSettings(ServiceSettings):
+            api_secret: SecretStr = SecretStr("dev-only-change-me")
+
+        with pytest.raises(ValidationError, match="placeholder secret"):
+            SecretSettings(environment="production")
+        assert SecretSettings(environment="development").api_secret
+
+    def test_production_accepts_a_real_secret(self) -> None:
+        class SecretSettings(ServiceSettings):
+            api_secret: SecretStr = SecretStr("dev-only-change-me")
+
+        settings = SecretSettings(environment="production", api_secret="q8Jf2LxV9tRz0WmK4pYs")
+        assert settings.api_secret.get_secret_value().startswith("q8J")
