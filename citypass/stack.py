@@ -109,9 +109,7 @@ async def seed_all(env: dict[str, str], admin_password: str) -> list[str]:
         os.environ.update(saved)
 
 
-def wait_ready(
-    spec: ServiceSpec, managed: ManagedProcess, deadline: float
-) -> tuple[bool, str]:
+def wait_ready(spec: ServiceSpec, managed: ManagedProcess, deadline: float) -> tuple[bool, str]:
     url = f"http://127.0.0.1:{spec.port}/readyz"
     reason = "no answer"
     with httpx.Client(timeout=2) as client:
@@ -159,8 +157,11 @@ def run(args: argparse.Namespace) -> int:
             env: dict[str, str] = {}
             for spec in SERVICES:
                 env |= service_environment(
-                    spec, servers.database_url, servers.redis_url,
-                    servers.kafka_bootstrap, "development",
+                    spec,
+                    servers.database_url,
+                    servers.redis_url,
+                    servers.kafka_bootstrap,
+                    "development",
                 )
             status.update("Seeding demo data…")
             password = operator_password(var)
@@ -216,8 +217,9 @@ def print_urls(password: str, servers: LocalServers) -> None:
     for spec in SERVICES:
         table.add_row(spec.name, f"http://127.0.0.1:{spec.port}/docs")
     console.print(table)
-    console.print("Operator dashboard: http://127.0.0.1:8080/   login [bold]admin[/] / "
-                  f"[bold]{password}[/]")
+    console.print(
+        f"Operator dashboard: http://127.0.0.1:8080/   login [bold]admin[/] / [bold]{password}[/]"
+    )
     console.print(f"Logs: {servers.log_dir}/   Stop: Ctrl-C")
 
 
@@ -260,20 +262,30 @@ def register(subparsers: Any) -> None:
 
     env = os.environ.get
     migrate_parser = commands.add_parser("migrate", help="apply every service's migrations")
-    migrate_parser.add_argument("--database-url", default=env("CITYPASS_DATABASE_URL"),
-                                required=env("CITYPASS_DATABASE_URL") is None)
+    migrate_parser.add_argument(
+        "--database-url",
+        default=env("CITYPASS_DATABASE_URL"),
+        required=env("CITYPASS_DATABASE_URL") is None,
+    )
     migrate_parser.set_defaults(func=migrate_command)
 
     topics_parser = commands.add_parser("topics", help="create every Kafka topic")
-    topics_parser.add_argument("--bootstrap", default=env("CITYPASS_KAFKA_BOOTSTRAP_SERVERS"),
-                               required=env("CITYPASS_KAFKA_BOOTSTRAP_SERVERS") is None)
+    topics_parser.add_argument(
+        "--bootstrap",
+        default=env("CITYPASS_KAFKA_BOOTSTRAP_SERVERS"),
+        required=env("CITYPASS_KAFKA_BOOTSTRAP_SERVERS") is None,
+    )
     topics_parser.set_defaults(func=topics_command)
 
     seed_parser = commands.add_parser("seed", help="load the demo data (idempotent)")
-    seed_parser.add_argument("--database-url", default=env("CITYPASS_DATABASE_URL"),
-                             required=env("CITYPASS_DATABASE_URL") is None)
-    seed_parser.add_argument("--redis-url", default=env("CITYPASS_REDIS_URL"),
-                             required=env("CITYPASS_REDIS_URL") is None)
+    seed_parser.add_argument(
+        "--database-url",
+        default=env("CITYPASS_DATABASE_URL"),
+        required=env("CITYPASS_DATABASE_URL") is None,
+    )
+    seed_parser.add_argument(
+        "--redis-url", default=env("CITYPASS_REDIS_URL"), required=env("CITYPASS_REDIS_URL") is None
+    )
     seed_parser.add_argument("--bootstrap", default=env("CITYPASS_KAFKA_BOOTSTRAP_SERVERS", ""))
     seed_parser.add_argument("--operator-password", default=env("CITYPASS_OPERATOR_PASSWORD"))
     seed_parser.set_defaults(func=seed_command)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import uuid_utils
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -27,7 +27,7 @@ from shared.settings import ServiceSettings
 
 logger = logging.getLogger("citypass.app")
 
-Worker = Callable[[], Awaitable[None]]
+Worker = Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass

@@ -32,9 +32,7 @@ CHECKS = ",".join(
 
 
 @pytest.fixture(scope="module")
-def live_services(
-    migrated: LocalServers, service_env: dict[str, str]
-) -> Iterator[dict[str, str]]:
+def live_services(migrated: LocalServers, service_env: dict[str, str]) -> Iterator[dict[str, str]]:
     """Each service as a real process on a free port; name → base URL."""
     ports = {spec.name: free_port() for spec in SERVICES}
     env = {**os.environ, **service_env}
@@ -42,8 +40,13 @@ def live_services(
         env[f"{spec.prefix}_PORT"] = str(ports[spec.name])
         env[f"{spec.prefix}_PAYMENTS_URL"] = f"http://127.0.0.1:{ports['payments']}"
     processes: list[ManagedProcess] = [
-        spawn(spec.name, [sys.executable, "-m", f"services.{spec.name}"],
-              migrated.log_dir / f"contract-{spec.name}.log", env=env, cwd=ROOT)
+        spawn(
+            spec.name,
+            [sys.executable, "-m", f"services.{spec.name}"],
+            migrated.log_dir / f"contract-{spec.name}.log",
+            env=env,
+            cwd=ROOT,
+        )
         for spec in SERVICES
     ]
     try:
@@ -81,12 +84,17 @@ def operator_token(base_url: str) -> str:
 
     password = "contract-test-password"
     subprocess.run(
-        [sys.executable, "-c",
-         "import asyncio, os;"
-         "from services.operator.seed import seed;"
-         "from services.operator.settings import OperatorSettings;"
-         f"asyncio.run(seed(OperatorSettings(), {password!r}))"],
-        check=True, env=os.environ, cwd=ROOT,
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, os;"
+            "from services.operator.seed import seed;"
+            "from services.operator.settings import OperatorSettings;"
+            f"asyncio.run(seed(OperatorSettings(), {password!r}))",
+        ],
+        check=True,
+        env=os.environ,
+        cwd=ROOT,
     )
     response = httpx.post(f"{base_url}/v1/login", json={"username": "admin", "password": password})
     response.raise_for_status()
@@ -103,17 +111,28 @@ def test_openapi_contract(
     report = artifacts / f"schemathesis-{spec.name}.txt"
     result = subprocess.run(
         [
-            str(Path(sys.executable).parent / "schemathesis"), "run",
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
             f"{base_url}/openapi.json",
-            "--checks", CHECKS,
-            "--phases", "examples,coverage,fuzzing,stateful",
-            "--max-examples", "30",
-            "--workers", "1",
-            "--seed", "20261122",
+            "--checks",
+            CHECKS,
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            "30",
+            "--workers",
+            "1",
+            "--seed",
+            "20261122",
             *auth_headers(spec, base_url),
         ],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
     )
     report.write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, f"schemathesis found problems in {spec.name}:\n{result.stdout[-6000:]}"
+    assert result.returncode == 0, (
+        f"schemathesis found problems in {spec.name}:\n{result.stdout[-6000:]}"
+    )

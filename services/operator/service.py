@@ -48,5 +48,6 @@ def authenticate(token: str, secret: str) -> OperatorRead:
         claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp"]})
         return OperatorRead(username=claims["sub"], role=Role(claims["role"]))
     except (jwt.PyJWTError, KeyError, ValueError) as exc:
-        raise Unauthorized("Sign in again: the session is missing, invalid or expired.",
-                           code="invalid_session") from exc
+        raise Unauthorized(
+            "Sign in again: the session is missing, invalid or expired.", code="invalid_session"
+        ) from exc

@@ -9,18 +9,46 @@ from services.parking.schemas import LotRead
 from shared.errors import NotFound
 
 DEMO_LOTS = (
-    LotRead(lot_id="HK-01", name="Bãi xe Hàng Bài", district="Hoàn Kiếm",
-            address="Phố Hàng Bài", motorbike_capacity=300, car_capacity=40,
-            entry_lanes=1, exit_lanes=1),
-    LotRead(lot_id="HK-02", name="Bãi xe Lê Thạch (Hồ Gươm)", district="Hoàn Kiếm",
-            address="Phố Lê Thạch", motorbike_capacity=500, car_capacity=0,
-            entry_lanes=2, exit_lanes=2),
-    LotRead(lot_id="BD-01", name="Bãi xe Hùng Vương", district="Ba Đình",
-            address="Đường Hùng Vương", motorbike_capacity=200, car_capacity=120,
-            entry_lanes=2, exit_lanes=2),
-    LotRead(lot_id="BD-02", name="Bãi xe Công viên Thủ Lệ", district="Ba Đình",
-            address="Đường Kim Mã", motorbike_capacity=400, car_capacity=60,
-            entry_lanes=1, exit_lanes=1),
+    LotRead(
+        lot_id="HK-01",
+        name="Bãi xe Hàng Bài",
+        district="Hoàn Kiếm",
+        address="Phố Hàng Bài",
+        motorbike_capacity=300,
+        car_capacity=40,
+        entry_lanes=1,
+        exit_lanes=1,
+    ),
+    LotRead(
+        lot_id="HK-02",
+        name="Bãi xe Lê Thạch (Hồ Gươm)",
+        district="Hoàn Kiếm",
+        address="Phố Lê Thạch",
+        motorbike_capacity=500,
+        car_capacity=0,
+        entry_lanes=2,
+        exit_lanes=2,
+    ),
+    LotRead(
+        lot_id="BD-01",
+        name="Bãi xe Hùng Vương",
+        district="Ba Đình",
+        address="Đường Hùng Vương",
+        motorbike_capacity=200,
+        car_capacity=120,
+        entry_lanes=2,
+        exit_lanes=2,
+    ),
+    LotRead(
+        lot_id="BD-02",
+        name="Bãi xe Công viên Thủ Lệ",
+        district="Ba Đình",
+        address="Đường Kim Mã",
+        motorbike_capacity=400,
+        car_capacity=60,
+        entry_lanes=1,
+        exit_lanes=1,
+    ),
 )
 
 

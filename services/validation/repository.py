@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from redis.asyncio import Redis
 
 from services.validation.schemas import GateRead
@@ -22,10 +24,10 @@ async def save_gate(redis: Redis, gate: GateRead, secret: str) -> None:
 
 
 async def list_gates(redis: Redis) -> list[GateRead]:
-    raw: dict[bytes, bytes] = await redis.hgetall(GATES)  # type: ignore[misc]
+    raw = cast(dict[bytes, bytes], await redis.hgetall(GATES))
     return sorted((GateRead.model_validate_json(v) for v in raw.values()), key=lambda g: g.gate_id)
 
 
 async def get_gate(redis: Redis, gate_id: str) -> GateRead | None:
-    raw: bytes | None = await redis.hget(GATES, gate_id)  # type: ignore[misc]
+    raw = cast(bytes | None, await redis.hget(GATES, gate_id))
     return GateRead.model_validate_json(raw) if raw else None

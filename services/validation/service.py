@@ -39,14 +39,24 @@ def bus_routes() -> list[BusRouteRead]:
 async def seed_gates(redis: Redis) -> int:
     """Two gates per metro station (entry and exit) and one validator per bus route."""
     gates = [
-        GateRead(gate_id=f"{s.code}-{d.value[:2].upper()}", station=s.code, route=None,
-                 direction=d, enabled=True)
+        GateRead(
+            gate_id=f"{s.code}-{d.value[:2].upper()}",
+            station=s.code,
+            route=None,
+            direction=d,
+            enabled=True,
+        )
         for line in LINES
         for s in line.stations
         for d in (Direction.entry, Direction.exit)
     ] + [
-        GateRead(gate_id=f"BUS-{r.code}-01", station=None, route=r.code,
-                 direction=Direction.both, enabled=True)
+        GateRead(
+            gate_id=f"BUS-{r.code}-01",
+            station=None,
+            route=r.code,
+            direction=Direction.both,
+            enabled=True,
+        )
         for r in BUS_ROUTES
     ]
     for gate in gates:

@@ -40,14 +40,16 @@ class TestReadiness:
         assert problem["code"] == "not_ready"
         assert problem["checks"]["postgres"].startswith("failing:")
         assert problem["checks"]["kafka"].startswith("failing:")
-        assert "postgres" in problem["detail"] and "kafka" in problem["detail"]
+        assert "postgres" in problem["detail"]
+        assert "kafka" in problem["detail"]
         start_up = " ".join(r.getMessage() for r in caplog.records)
         assert "postgres is failing" in start_up
         assert "kafka is failing" in start_up
 
     async def test_wrong_redis_address_fails_readyz(self, app_client: AppClient) -> None:
         settings = ValidationSettings(
-            environment="test", redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            environment="test",
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
             dependency_timeout_s=1,
         )
         async with app_client(build_validation(settings)) as http:
@@ -76,7 +78,9 @@ class TestProblems:
     async def test_unexpected_error_is_a_500_problem_without_stack_trace(
         self, servers: LocalServers
     ) -> None:
-        settings = ServiceSettings(environment="test", kafka_bootstrap_servers=servers.kafka_bootstrap)
+        settings = ServiceSettings(
+            environment="test", kafka_bootstrap_servers=servers.kafka_bootstrap
+        )
         app = create_app(Runtime("kit-test", settings), [failing_router], title="t", description="")
         transport = httpx.ASGITransport(app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://kit") as http:

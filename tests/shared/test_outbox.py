@@ -122,11 +122,16 @@ class TestOutbox:
 
     async def test_rolled_back_transaction_leaves_no_event(self, database: Database) -> None:
         topic = "test.outbox.rollback"
-        event_id = None
-        with pytest.raises(RuntimeError):
+        placed: list[Event] = []
+
+        async def fail_after_insert() -> None:
             async with database.transaction() as session:
-                event_id = (await place_order(session, topic)).id
+                placed.append(await place_order(session, topic))
                 raise RuntimeError("business rule failed after the insert")
+
+        with pytest.raises(RuntimeError):
+            await fail_after_insert()
+        event_id = placed[0].id
         async with database.transaction() as session:
             left = await session.scalar(select(outbox.c.id).where(outbox.c.event_id == event_id))
         assert left is None
@@ -139,11 +144,14 @@ class TestOutbox:
             event = await place_order(session, topic)
         relay = OutboxRelay("test", database, outbox, publisher)
 
-        # The relay publishes, then dies before its delete commits: the row stays.
-        with pytest.raises(ConnectionResetError):
+        async def publish_then_die() -> None:
             async with database.transaction() as session:
                 assert await relay.relay_batch(session) >= 1
                 raise ConnectionResetError("relay killed between publish and commit")
+
+        # The relay publishes, then dies before its delete commits: the row stays.
+        with pytest.raises(ConnectionResetError):
+            await publish_then_die()
         assert (await relay.backlog())[0] >= 1
         assert await relay.relay_once() >= 1  # the restarted relay publishes it again
 
