@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Each module exposes `register(subparsers)`; its subcommand sets `func(args) -> int`.
-COMMAND_MODULES = ("citypass.stack", "citypass.bank")
+COMMAND_MODULES = ("citypass.stack", "citypass.bank", "citypass.rider", "citypass.gate")
 
 
 def main(argv: list[str] | None = None) -> int:
