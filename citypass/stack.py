@@ -14,6 +14,7 @@ import secrets
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,14 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.5)
     except ServerStartError as exc:
         console.print(f"[red]✗ {exc}[/]")
+        return 1
+    except Exception as exc:
+        log_path = servers.log_dir / "stack.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as log:
+            traceback.print_exc(file=log)
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        console.print(f"[red]✗ {type(exc).__name__}: {first_line}; see {log_path}[/]")
         return 1
     except KeyboardInterrupt:
         return 0
