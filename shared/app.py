@@ -19,7 +19,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared import redis as redis_kit
 from shared.db import Database
 from shared.errors import install_problem_handlers, install_problem_openapi
-from shared.health import Check, describe_failure, healthz, readyz_endpoint, run_checks
+from shared.health import (
+    DEPENDENCY_ERRORS,
+    Check,
+    describe_failure,
+    healthz,
+    readyz_endpoint,
+    run_checks,
+)
 from shared.kafka import Publisher
 from shared.logging import REQUEST_ID_HEADER, configure_logging, request_id_var
 from shared.metrics import MetricsMiddleware, metrics_endpoint
@@ -192,6 +199,9 @@ def supervised(name: str, worker: Worker) -> Worker:
                 return
             except asyncio.CancelledError:
                 raise
+            except DEPENDENCY_ERRORS as exc:
+                logger.warning("worker %s waits for a dependency: %s", name, describe_failure(exc))
+                await asyncio.sleep(1)
             except Exception:
                 logger.exception("worker %s crashed; restarting in 1 s", name)
                 await asyncio.sleep(1)

@@ -82,7 +82,7 @@ def problem_response(
     if instance:
         body["instance"] = instance
     body.update(extra)
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers = {"Retry-After": str(extra.pop("retry_after_s", 1))} if status in (429, 503) else None
     return Response(orjson.dumps(body), status, headers, media_type=PROBLEM_MEDIA_TYPE)
 
 

@@ -6,12 +6,17 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.errors import problem_response
 
 Check = Callable[[], Awaitable[None]]
+# A store or broker that is down is an operational state, not a bug: one line, no traceback.
+DEPENDENCY_ERRORS = (OSError, TimeoutError, KafkaError, DBAPIError, RedisError)
 
 
 def describe_failure(exc: BaseException) -> str:

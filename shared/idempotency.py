@@ -96,7 +96,9 @@ async def idempotent_request(
         raise IdempotencyKeyMissing("This operation requires an Idempotency-Key header.")
     body = await request.body()
     route = request.scope.get("route")
-    scope = f"{request.method} {getattr(route, 'path', request.url.path)}"
+    # Keys belong to their caller: the same key from another credential is another request.
+    caller = hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest()[:16]
+    scope = f"{request.method} {getattr(route, 'path', request.url.path)} {caller}"
     digest = hashlib.sha256()
     digest.update(request.url.path.encode() + b"\0" + body)
     return IdempotentRequest(idempotency_key, scope, digest.hexdigest())

@@ -11,7 +11,6 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from aiokafka.errors import KafkaError
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -25,12 +24,11 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import Database
 from shared.events import Event
-from shared.health import describe_failure
+from shared.health import DEPENDENCY_ERRORS, describe_failure
 from shared.kafka import Publisher
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST, OUTBOX_PUBLISHED
 
@@ -138,7 +136,7 @@ class OutboxRelay:
                     OUTBOX_BACKLOG.labels(self.service).set(count)
                     OUTBOX_OLDEST.labels(self.service).set(age)
                     last_gauge = loop.time()
-            except (KafkaError, TimeoutError, OSError, DBAPIError) as exc:
+            except DEPENDENCY_ERRORS as exc:
                 logger.warning("outbox relay waits for its dependencies: %s", describe_failure(exc))
                 published = 0
                 await asyncio.sleep(1)

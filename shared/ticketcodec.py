@@ -14,7 +14,7 @@ rejected, so a captured code has exactly one valid text form):
     credential  = canonical CBOR map {
                       1: version uint (= 1),        2: kid text,
                       3: ticket id bstr, 16 bytes,  4: product text,
-                      5: rider category uint,       6: valid_from uint,  7: valid_until uint,
+                      5: rider category uint,       6: valid_from uint32,  7: valid_until uint32,
                       8: [+ line/zone text],        9: device public key bstr, 32 bytes,
                   }
     issuer_sig  = Ed25519 by issuer key `kid` over  "CPCRED1" || credential

@@ -30,6 +30,8 @@ def _product(
     rides: int | None = None,
     lines: list[str] | None = None,
     distance_priced: bool = False,
+    line_choice: bool = False,
+    credential_code: str,
 ) -> ProductRead:
     return ProductRead(
         code=code,
@@ -43,10 +45,16 @@ def _product(
         rides=rides,
         lines=lines or [],
         distance_priced=distance_priced,
+        line_choice=line_choice,
+        credential_code=credential_code,
     )
 
 
+BAND_CODES = {"short": "BSS", "medium": "BSM", "long": "BSL", "express": "BSX"}
+
+
 def catalogue() -> list[ProductRead]:
+    """Every product on sale. A bus fare band without routes sells no single ticket."""
     products = [
         _product(
             f"BUS-SINGLE-{band.upper()}",
@@ -59,8 +67,10 @@ def catalogue() -> list[ProductRead]:
             days=1,
             rides=1,
             lines=[r.code for r in BUS_ROUTES if r.fare_band == band],
+            credential_code=BAND_CODES[band],
         )
         for band, _, fare in BUS_FARE_BANDS
+        if any(r.fare_band == band for r in BUS_ROUTES)
     ]
     products += [
         _product(
@@ -72,6 +82,8 @@ def catalogue() -> list[ProductRead]:
             140_000,
             [RiderCategory.regular],
             days=30,
+            line_choice=True,
+            credential_code="BMR",
         ),
         _product(
             "BUS-MONTH-ROUTE-C",
@@ -82,6 +94,8 @@ def catalogue() -> list[ProductRead]:
             70_000,
             CONCESSION,
             days=30,
+            line_choice=True,
+            credential_code="BMRC",
         ),
         _product(
             "BUS-MONTH-ALL",
@@ -92,6 +106,7 @@ def catalogue() -> list[ProductRead]:
             280_000,
             [RiderCategory.regular],
             days=30,
+            credential_code="BMA",
         ),
         _product(
             "BUS-MONTH-ALL-C",
@@ -102,6 +117,7 @@ def catalogue() -> list[ProductRead]:
             140_000,
             CONCESSION,
             days=30,
+            credential_code="BMAC",
         ),
         _product(
             "METRO-SINGLE",
@@ -114,6 +130,7 @@ def catalogue() -> list[ProductRead]:
             days=1,
             rides=1,
             distance_priced=True,
+            credential_code="MS",
         ),
         _product(
             "METRO-DAY",
@@ -124,6 +141,7 @@ def catalogue() -> list[ProductRead]:
             40_000,
             PAYING,
             days=1,
+            credential_code="MD",
         ),
         _product(
             "METRO-WEEK",
@@ -134,6 +152,7 @@ def catalogue() -> list[ProductRead]:
             160_000,
             PAYING,
             days=7,
+            credential_code="MW",
         ),
         _product(
             "METRO-MONTH",
@@ -144,6 +163,7 @@ def catalogue() -> list[ProductRead]:
             280_000,
             [RiderCategory.regular],
             days=30,
+            credential_code="MM",
         ),
         _product(
             "METRO-MONTH-C",
@@ -154,6 +174,7 @@ def catalogue() -> list[ProductRead]:
             140_000,
             CONCESSION,
             days=30,
+            credential_code="MMC",
         ),
         _product(
             "STORED-VALUE",
@@ -163,7 +184,9 @@ def catalogue() -> list[ProductRead]:
             ProductKind.stored_value,
             0,
             PAYING,
+            days=365,
             distance_priced=True,
+            credential_code="SV",
         ),
         _product(
             "FREE-PASS",
@@ -174,6 +197,7 @@ def catalogue() -> list[ProductRead]:
             0,
             FREE,
             days=365,
+            credential_code="FP",
         ),
     ]
     return products

@@ -1,13 +1,37 @@
-"""Every SQL statement of the ticketing service."""
+"""Every SQL statement of the ticketing service.
+
+Lock order, so that concurrent requests never wait for each other in a cycle: the rider row,
+then the purchase, then issuer keys (the signing key is read FOR SHARE, rotation takes it
+FOR UPDATE under an advisory lock).
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
 
-from sqlalchemy import ARRAY, Boolean, Column, Integer, MetaData, String, Table, select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import (
+    ARRAY,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.engine import Row, RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.idempotency import idempotency_keys_table
@@ -18,6 +42,8 @@ metadata = MetaData()
 outbox = outbox_table(metadata)
 idempotency_keys = idempotency_keys_table(metadata)
 processed_events = processed_events_table(metadata)
+
+Record: TypeAlias = Row[Any]
 
 products = Table(
     "products",
@@ -33,7 +59,150 @@ products = Table(
     Column("rides", Integer),
     Column("lines", ARRAY(String(10)), nullable=False),
     Column("distance_priced", Boolean, nullable=False),
+    Column("line_choice", Boolean, nullable=False, server_default="false"),
+    Column("credential_code", String(8), nullable=False, unique=True),
 )
+
+riders = Table(
+    "riders",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("phone", String(16), nullable=False, unique=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("category", String(20), nullable=False),
+    Column("requested_category", String(20)),
+    Column("category_status", String(10), nullable=False),
+    Column("category_note", String(200)),
+    Column("wallet_account_id", UUID(as_uuid=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("rider_id", UUID(as_uuid=True), ForeignKey("riders.id"), nullable=False),
+    Column("family_id", UUID(as_uuid=True), nullable=False),
+    Column("token_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index("refresh_tokens_family", "family_id"),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("rider_id", UUID(as_uuid=True), ForeignKey("riders.id"), nullable=False),
+    Column("public_key", LargeBinary(32), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("label", String(60)),
+    Column("status", String(10), nullable=False),
+    Column("is_switch", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoke_reason", String(200)),
+    Index("devices_rider", "rider_id", "created_at"),
+    Index("devices_fingerprint", "fingerprint"),
+    Index(
+        "devices_one_active_per_rider",
+        "rider_id",
+        unique=True,
+        postgresql_where=text("status = 'active'"),
+    ),
+)
+
+purchases = Table(
+    "purchases",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("rider_id", UUID(as_uuid=True), ForeignKey("riders.id"), nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("product_code", String(40), nullable=False),
+    Column("line", String(10)),
+    Column("price_vnd", Integer, nullable=False),
+    Column("rider_category", String(20), nullable=False),
+    Column("wallet_account_id", UUID(as_uuid=True)),
+    Column("status", String(10), nullable=False),
+    Column("charge_id", UUID(as_uuid=True)),
+    Column("refund_id", UUID(as_uuid=True)),
+    Column("failure_code", String(60)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True)),
+    Index("purchases_rider_key", "rider_id", "idempotency_key", unique=True),
+    Index(
+        "purchases_unresolved",
+        "next_attempt_at",
+        postgresql_where=text("status IN ('pending', 'cancelling')"),
+    ),
+)
+
+tickets = Table(
+    "tickets",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    # One ticket per purchase, whoever (endpoint or worker) completes it.
+    Column("purchase_id", UUID(as_uuid=True), ForeignKey("purchases.id"), unique=True),
+    Column("rider_id", UUID(as_uuid=True), ForeignKey("riders.id"), nullable=False),
+    Column("product_code", String(40), nullable=False),
+    Column("credential_code", String(8), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("mode", String(10), nullable=False),
+    Column("rider_category", String(20), nullable=False),
+    Column("rides", Integer),
+    Column("lines", ARRAY(String(10)), nullable=False),
+    Column("valid_from", DateTime(timezone=True), nullable=False),
+    Column("valid_until", DateTime(timezone=True), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoke_reason", String(200)),
+    Index("tickets_rider", "rider_id", "created_at"),
+)
+
+issuer_keys = Table(
+    "issuer_keys",
+    metadata,
+    Column("kid", String(8), primary_key=True),
+    Column("sequence", Integer, nullable=False, unique=True),
+    Column("public_key", LargeBinary(32), nullable=False),
+    Column("private_key_wrapped", LargeBinary, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retiring_at", DateTime(timezone=True)),
+    Column("not_after", DateTime(timezone=True)),
+    Column("retired_at", DateTime(timezone=True)),
+    Index(
+        "issuer_keys_one_active", "status", unique=True, postgresql_where=text("status = 'active'")
+    ),
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("ticket_id", UUID(as_uuid=True), ForeignKey("tickets.id"), nullable=False),
+    Column("device_id", UUID(as_uuid=True), ForeignKey("devices.id"), nullable=False),
+    Column("kid", String(8), ForeignKey("issuer_keys.kid"), nullable=False),
+    Column("credential", LargeBinary, nullable=False),
+    Column("issuer_signature", LargeBinary(64), nullable=False),
+    Column("valid_from", DateTime(timezone=True), nullable=False),
+    Column("valid_until", DateTime(timezone=True), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Index("credentials_ticket_device", "ticket_id", "device_id", "issued_at"),
+    Index("credentials_kid_until", "kid", "valid_until"),
+    Index("credentials_device_until", "device_id", "valid_until"),
+)
+
+ISSUER_KEYS_LOCK = 0x7469636B6574  # advisory lock id: key creation and rotation, one at a time
+
+
+# Products ---------------------------------------------------------------------------------------
 
 
 async def upsert_products(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
@@ -54,3 +223,441 @@ async def get_product(session: AsyncSession, code: str) -> RowMapping | None:
     return (
         (await session.execute(select(products).where(products.c.code == code))).mappings().first()
     )
+
+
+async def delete_product(session: AsyncSession, code: str) -> None:
+    await session.execute(products.delete().where(products.c.code == code))
+
+
+# Riders and refresh tokens ----------------------------------------------------------------------
+
+
+async def insert_rider(session: AsyncSession, **values: Any) -> Record | None:
+    """None when the phone number is taken."""
+    row: Record | None = (
+        await session.execute(
+            insert(riders)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=[riders.c.phone])
+            .returning(riders)
+        )
+    ).first()
+    return row
+
+
+async def get_rider(
+    session: AsyncSession, rider_id: uuid.UUID, *, lock: bool = False
+) -> Record | None:
+    statement = select(riders).where(riders.c.id == rider_id)
+    if lock:
+        statement = statement.with_for_update()
+    return (await session.execute(statement)).first()
+
+
+async def get_rider_by_phone(session: AsyncSession, phone: str) -> Record | None:
+    return (await session.execute(select(riders).where(riders.c.phone == phone))).first()
+
+
+async def update_rider(session: AsyncSession, rider_id: uuid.UUID, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(
+            update(riders).where(riders.c.id == rider_id).values(**values).returning(riders)
+        )
+    ).one()
+    return row
+
+
+async def pending_category_requests(session: AsyncSession, limit: int) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(riders)
+            .where(riders.c.category_status == "pending")
+            .order_by(riders.c.created_at)
+            .limit(limit)
+        )
+    ).all()
+
+
+async def insert_refresh_token(session: AsyncSession, **values: Any) -> None:
+    await session.execute(refresh_tokens.insert().values(**values))
+
+
+async def get_refresh_token(session: AsyncSession, token_hash: bytes) -> Record | None:
+    return (
+        await session.execute(
+            select(refresh_tokens)
+            .where(refresh_tokens.c.token_hash == token_hash)
+            .with_for_update()
+        )
+    ).first()
+
+
+async def mark_refresh_token_used(session: AsyncSession, token_id: uuid.UUID, at: datetime) -> None:
+    await session.execute(
+        update(refresh_tokens).where(refresh_tokens.c.id == token_id).values(used_at=at)
+    )
+
+
+async def revoke_refresh_family(session: AsyncSession, family_id: uuid.UUID, at: datetime) -> None:
+    await session.execute(
+        update(refresh_tokens)
+        .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=at)
+    )
+
+
+# Devices ----------------------------------------------------------------------------------------
+
+
+async def active_device(
+    session: AsyncSession, rider_id: uuid.UUID, *, lock: bool = False
+) -> Record | None:
+    statement = select(devices).where(devices.c.rider_id == rider_id, devices.c.status == "active")
+    if lock:
+        statement = statement.with_for_update()
+    return (await session.execute(statement)).first()
+
+
+async def has_devices(session: AsyncSession, rider_id: uuid.UUID) -> bool:
+    found = await session.scalar(
+        select(devices.c.id).where(devices.c.rider_id == rider_id).limit(1)
+    )
+    return found is not None
+
+
+async def device_key_known(session: AsyncSession, fingerprint: str) -> bool:
+    found = await session.scalar(
+        select(devices.c.id).where(devices.c.fingerprint == fingerprint).limit(1)
+    )
+    return found is not None
+
+
+async def switches_since(session: AsyncSession, rider_id: uuid.UUID, since: datetime) -> int:
+    count = await session.scalar(
+        select(func.count())
+        .select_from(devices)
+        .where(devices.c.rider_id == rider_id, devices.c.is_switch, devices.c.created_at > since)
+    )
+    return int(count or 0)
+
+
+async def oldest_switch_since(
+    session: AsyncSession, rider_id: uuid.UUID, since: datetime
+) -> datetime | None:
+    oldest: datetime | None = await session.scalar(
+        select(func.min(devices.c.created_at)).where(
+            devices.c.rider_id == rider_id, devices.c.is_switch, devices.c.created_at > since
+        )
+    )
+    return oldest
+
+
+async def insert_device(session: AsyncSession, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(devices.insert().values(**values).returning(devices))
+    ).one()
+    return row
+
+
+async def revoke_device(
+    session: AsyncSession, device_id: uuid.UUID, at: datetime, reason: str
+) -> Record:
+    row: Record = (
+        await session.execute(
+            update(devices)
+            .where(devices.c.id == device_id)
+            .values(status="revoked", revoked_at=at, revoke_reason=reason)
+            .returning(devices)
+        )
+    ).one()
+    return row
+
+
+async def list_devices(session: AsyncSession, rider_id: uuid.UUID) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(devices)
+            .where(devices.c.rider_id == rider_id)
+            .order_by(devices.c.created_at.desc())
+        )
+    ).all()
+
+
+async def get_device(
+    session: AsyncSession, rider_id: uuid.UUID, device_id: uuid.UUID, *, lock: bool = False
+) -> Record | None:
+    """Only the rider's own device: someone else's is indistinguishable from a missing one."""
+    statement = select(devices).where(devices.c.id == device_id, devices.c.rider_id == rider_id)
+    if lock:
+        statement = statement.with_for_update()
+    return (await session.execute(statement)).first()
+
+
+async def last_credential_expiry(session: AsyncSession, device_id: uuid.UUID) -> datetime | None:
+    until: datetime | None = await session.scalar(
+        select(func.max(credentials.c.valid_until)).where(credentials.c.device_id == device_id)
+    )
+    return until
+
+
+# Purchases --------------------------------------------------------------------------------------
+
+
+async def get_purchase_by_key(
+    session: AsyncSession, rider_id: uuid.UUID, key: str
+) -> Record | None:
+    return (
+        await session.execute(
+            select(purchases).where(
+                purchases.c.rider_id == rider_id, purchases.c.idempotency_key == key
+            )
+        )
+    ).first()
+
+
+async def insert_purchase(session: AsyncSession, **values: Any) -> Record | None:
+    """None when this rider already used the key (a concurrent twin won)."""
+    row: Record | None = (
+        await session.execute(
+            insert(purchases)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["rider_id", "idempotency_key"])
+            .returning(purchases)
+        )
+    ).first()
+    return row
+
+
+async def get_purchase(
+    session: AsyncSession,
+    purchase_id: uuid.UUID,
+    *,
+    rider_id: uuid.UUID | None = None,
+    lock: bool = False,
+) -> Record | None:
+    statement = select(purchases).where(purchases.c.id == purchase_id)
+    if rider_id is not None:
+        statement = statement.where(purchases.c.rider_id == rider_id)
+    if lock:
+        statement = statement.with_for_update()
+    return (await session.execute(statement)).first()
+
+
+async def update_purchase(session: AsyncSession, purchase_id: uuid.UUID, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(
+            update(purchases)
+            .where(purchases.c.id == purchase_id)
+            .values(**values)
+            .returning(purchases)
+        )
+    ).one()
+    return row
+
+
+async def list_purchases(
+    session: AsyncSession, rider_id: uuid.UUID, limit: int
+) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(purchases)
+            .where(purchases.c.rider_id == rider_id)
+            .order_by(purchases.c.created_at.desc())
+            .limit(limit)
+        )
+    ).all()
+
+
+async def claim_pending_purchases(
+    session: AsyncSession,
+    now: datetime,
+    *,
+    backoff: timedelta,
+    max_backoff: timedelta,
+    limit: int,
+) -> Sequence[Record]:
+    """Unresolved purchases due for another attempt, pushed back by `backoff` × 2^attempts.
+
+    SKIP LOCKED: two replicas never claim the same purchase. A new purchase is first due
+    `purchase_retry_after` after creation, which leaves it to its own request until then.
+    """
+    due = (
+        select(purchases.c.id)
+        .where(
+            purchases.c.status.in_(("pending", "cancelling")), purchases.c.next_attempt_at <= now
+        )
+        .order_by(purchases.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    seconds = func.least(
+        backoff.total_seconds() * func.power(2, func.least(purchases.c.attempts, 16)),
+        max_backoff.total_seconds(),
+    )
+    next_attempt_at = literal(now, DateTime(timezone=True)) + func.make_interval(
+        0, 0, 0, 0, 0, 0, seconds
+    )
+    rows: Sequence[Record] = (
+        await session.execute(
+            update(purchases)
+            .where(purchases.c.id.in_(due))
+            .values(attempts=purchases.c.attempts + 1, next_attempt_at=next_attempt_at)
+            .returning(purchases)
+        )
+    ).all()
+    return rows
+
+
+# Tickets ----------------------------------------------------------------------------------------
+
+
+async def insert_ticket(session: AsyncSession, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(tickets.insert().values(**values).returning(tickets))
+    ).one()
+    return row
+
+
+async def get_ticket(
+    session: AsyncSession,
+    ticket_id: uuid.UUID,
+    *,
+    rider_id: uuid.UUID | None = None,
+    lock: bool = False,
+) -> Record | None:
+    statement = select(tickets).where(tickets.c.id == ticket_id)
+    if rider_id is not None:
+        statement = statement.where(tickets.c.rider_id == rider_id)
+    if lock:
+        statement = statement.with_for_update()
+    return (await session.execute(statement)).first()
+
+
+async def get_ticket_of_purchase(session: AsyncSession, purchase_id: uuid.UUID) -> Record | None:
+    return (
+        await session.execute(select(tickets).where(tickets.c.purchase_id == purchase_id))
+    ).first()
+
+
+async def list_tickets(session: AsyncSession, rider_id: uuid.UUID, limit: int) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(tickets)
+            .where(tickets.c.rider_id == rider_id)
+            .order_by(tickets.c.created_at.desc())
+            .limit(limit)
+        )
+    ).all()
+
+
+async def live_ticket_ids(session: AsyncSession, rider_id: uuid.UUID, now: datetime) -> list[str]:
+    ids = await session.scalars(
+        select(tickets.c.id).where(
+            tickets.c.rider_id == rider_id,
+            tickets.c.status == "active",
+            tickets.c.valid_until > now,
+        )
+    )
+    return [str(ticket_id) for ticket_id in ids]
+
+
+async def revoke_ticket(
+    session: AsyncSession, ticket_id: uuid.UUID, at: datetime, reason: str
+) -> Record:
+    row: Record = (
+        await session.execute(
+            update(tickets)
+            .where(tickets.c.id == ticket_id)
+            .values(status="revoked", revoked_at=at, revoke_reason=reason)
+            .returning(tickets)
+        )
+    ).one()
+    return row
+
+
+# Issuer keys and credentials --------------------------------------------------------------------
+
+
+async def lock_issuer_keys(session: AsyncSession) -> None:
+    await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ISSUER_KEYS_LOCK})
+
+
+async def active_issuer_key(session: AsyncSession, *, for_update: bool = False) -> Record | None:
+    """FOR SHARE by signers, FOR UPDATE by rotation: rotation waits for signings in flight."""
+    statement = select(issuer_keys).where(issuer_keys.c.status == "active")
+    statement = statement.with_for_update() if for_update else statement.with_for_update(read=True)
+    return (await session.execute(statement)).first()
+
+
+async def next_issuer_key_sequence(session: AsyncSession) -> int:
+    highest = await session.scalar(select(func.max(issuer_keys.c.sequence)))
+    return int(highest or 0) + 1
+
+
+async def insert_issuer_key(session: AsyncSession, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(issuer_keys.insert().values(**values).returning(issuer_keys))
+    ).one()
+    return row
+
+
+async def update_issuer_key(session: AsyncSession, kid: str, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(
+            update(issuer_keys)
+            .where(issuer_keys.c.kid == kid)
+            .values(**values)
+            .returning(issuer_keys)
+        )
+    ).one()
+    return row
+
+
+async def list_issuer_keys(session: AsyncSession) -> Sequence[Record]:
+    return (
+        await session.execute(select(issuer_keys).order_by(issuer_keys.c.sequence.desc()))
+    ).all()
+
+
+async def retire_issuer_keys(session: AsyncSession, now: datetime) -> Sequence[Record]:
+    rows: Sequence[Record] = (
+        await session.execute(
+            update(issuer_keys)
+            .where(issuer_keys.c.status == "retiring", issuer_keys.c.not_after <= now)
+            .values(status="retired", retired_at=now)
+            .returning(issuer_keys)
+        )
+    ).all()
+    return rows
+
+
+async def last_expiry_signed_by(session: AsyncSession, kid: str) -> datetime | None:
+    until: datetime | None = await session.scalar(
+        select(func.max(credentials.c.valid_until)).where(credentials.c.kid == kid)
+    )
+    return until
+
+
+async def latest_credential(
+    session: AsyncSession, ticket_id: uuid.UUID, device_id: uuid.UUID, kid: str
+) -> Record | None:
+    return (
+        await session.execute(
+            select(credentials)
+            .where(
+                credentials.c.ticket_id == ticket_id,
+                credentials.c.device_id == device_id,
+                credentials.c.kid == kid,
+            )
+            .order_by(credentials.c.issued_at.desc())
+            .limit(1)
+        )
+    ).first()
+
+
+async def insert_credential(session: AsyncSession, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(credentials.insert().values(**values).returning(credentials))
+    ).one()
+    return row

@@ -1,0 +1,43 @@
+"""Background work of the ticketing service (each runs `supervised` in every replica)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.ticketing import service
+from services.ticketing.payments import PaymentsClient
+from services.ticketing.settings import TicketingSettings
+from shared.app import Worker
+from shared.db import Database
+
+logger = logging.getLogger("citypass.ticketing.tasks")
+
+
+def purchase_reconciler(
+    database: Database, payments: PaymentsClient, settings: TicketingSettings
+) -> Worker:
+    """Resolves purchases left pending (payments down, a lost answer, a crash): see
+    `service.reconcile_purchases`. Replicas share the work through SKIP LOCKED."""
+
+    async def run() -> None:
+        while True:
+            claimed = await service.reconcile_purchases(database, payments, settings)
+            if claimed < service.RECONCILE_BATCH:
+                await asyncio.sleep(settings.reconcile_interval.total_seconds())
+
+    return run
+
+
+def key_retirement(database: Database, settings: TicketingSettings) -> Worker:
+    """Retires issuer keys once every credential they signed has expired."""
+
+    async def run() -> None:
+        while True:
+            async with database.transaction() as session:
+                retired = await service.retire_issuer_keys(session)
+            if retired:
+                logger.info("issuer keys retired: %s", ", ".join(retired))
+            await asyncio.sleep(settings.key_retirement_interval.total_seconds())
+
+    return run

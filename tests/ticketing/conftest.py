@@ -1,0 +1,337 @@
+"""Ticketing fixtures: the real payments service as a process, ticketing in-process, factories.
+
+Payments runs as a real uvicorn process (`python -m services.payments`) so that a test can
+stop and restart it; ticketing talks to it over HTTP exactly as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import text
+
+from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
+from services.payments import bank_signature
+from services.ticketing import service
+from services.ticketing.app import build_app
+from services.ticketing.credentials import b64url
+from services.ticketing.settings import TicketingSettings
+from shared.db import Database
+from shared.events import Event
+from shared.ticketcodec import generate_device_key, public_key_bytes
+from tests.conftest import AppClient
+
+ROOT = Path(__file__).resolve().parents[2]
+PAYMENTS_TOKEN = "test-payments-service-token"
+WEBHOOK_SECRET = "test-bank-webhook-secret"
+OPERATOR_TOKEN = "test-ticketing-operator-token"
+BANK_BIN = "970436"
+COLLECTION_ACCOUNT = "0011004242424"
+
+
+@dataclass
+class ServiceProcess:
+    """A service as a real process on a fixed port, which a test may stop and start again."""
+
+    module: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    managed: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30) -> None:
+        self.managed = spawn(
+            self.module,
+            [sys.executable, "-m", self.module],
+            self.log_path,
+            env=self.env,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.managed.process.poll() is None, f"{self.module} died: {self.log_path}"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{self.module} not ready: {self.log_path}"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.managed is not None:
+            self.managed.stop()
+            self.managed = None
+
+
+@pytest.fixture(scope="session")
+def payments_process(
+    migrated: LocalServers, service_env: dict[str, str]
+) -> Iterator[ServiceProcess]:
+    port = free_port()
+    env = {
+        **os.environ,
+        **service_env,
+        "PAYMENTS_PORT": str(port),
+        "PAYMENTS_SERVICE_TOKEN": PAYMENTS_TOKEN,
+        "PAYMENTS_BANK_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PAYMENTS_BANK_BIN": BANK_BIN,
+        "PAYMENTS_COLLECTION_ACCOUNT": COLLECTION_ACCOUNT,
+    }
+    process = ServiceProcess(
+        "services.payments", port, env, migrated.log_dir / "ticketing-tests-payments.log"
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+def ticketing_settings(payments_url: str, **overrides: Any) -> TicketingSettings:
+    values: dict[str, Any] = {
+        "payments_url": payments_url,
+        "payments_service_token": PAYMENTS_TOKEN,
+        "operator_token": OPERATOR_TOKEN,
+        "payments_timeout_s": 2.0,
+        "purchase_retry_after": timedelta(seconds=1),
+        "purchase_retry_max_backoff": timedelta(seconds=2),
+        "reconcile_interval": timedelta(milliseconds=200),
+        "key_retirement_interval": timedelta(milliseconds=200),
+        # Cheaper Argon2id than production (64 MiB, 3 passes): many riders sign up here.
+        "password_memory_kib": 8 * 1024,
+        "password_time_cost": 1,
+        "password_parallelism": 1,
+        **overrides,
+    }
+    return TicketingSettings(**values)
+
+
+@pytest.fixture(scope="session")
+def settings(configured: None, payments_process: ServiceProcess) -> TicketingSettings:
+    return ticketing_settings(payments_process.url)
+
+
+@pytest.fixture(scope="session")
+async def ticketing_db(migrated: LocalServers) -> AsyncIterator[Database]:
+    database = Database(migrated.database_url, "ticketing", pool_size=2)
+    async with database.transaction() as session:
+        await service.seed_products(session)
+    yield database
+    await database.close()
+
+
+@pytest.fixture(scope="session")
+async def ledger_db(migrated: LocalServers) -> AsyncIterator[Database]:
+    """Read access to the payments ledger, to check ticketing against what really moved."""
+    database = Database(migrated.database_url, "payments", pool_size=2)
+    yield database
+    await database.close()
+
+
+@pytest.fixture(scope="session")
+async def http(
+    app_client: AppClient, settings: TicketingSettings, ticketing_db: Database
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One ticketing app for the session, workers included, against the payments process."""
+    async with app_client(build_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def payments_http(payments_process: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=payments_process.url,
+        headers={"Authorization": f"Bearer {PAYMENTS_TOKEN}"},
+        timeout=10,
+    ) as client:
+        yield client
+
+
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+
+@dataclass
+class RiderAccount:
+    id: str
+    phone: str
+    password: str
+    access_token: str
+    refresh_token: str
+    wallet_account_id: str | None
+    device_key: Ed25519PrivateKey | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+def new_phone() -> str:
+    """A fresh, valid Vietnamese mobile number (Viettel 098 prefix), national form."""
+    return f"098{uuid.uuid4().int % 10**7:07d}"
+
+
+def new_key() -> str:
+    return str(uuid.uuid4())
+
+
+async def sign_up(
+    http: httpx.AsyncClient, *, category: str = "regular", password: str = "correct horse 42"
+) -> RiderAccount:
+    phone = new_phone()
+    response = await http.post(
+        "/v1/riders", json={"phone": phone, "password": password, "category": category}
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return RiderAccount(
+        id=body["rider"]["id"],
+        phone=body["rider"]["phone"],
+        password=password,
+        access_token=body["access_token"],
+        refresh_token=body["refresh_token"],
+        wallet_account_id=body["rider"]["wallet_account_id"],
+    )
+
+
+async def register_device(
+    http: httpx.AsyncClient, rider: RiderAccount, key: Ed25519PrivateKey | None = None
+) -> dict[str, Any]:
+    key = key or generate_device_key()
+    response = await http.post(
+        "/v1/devices", json={"public_key": b64url(public_key_bytes(key))}, headers=rider.auth
+    )
+    assert response.status_code == 201, response.text
+    rider.device_key = key
+    device: dict[str, Any] = response.json()
+    return device
+
+
+async def approve_category(http: httpx.AsyncClient, rider: RiderAccount) -> None:
+    response = await http.post(
+        f"/v1/admin/riders/{rider.id}/category", json={"approve": True}, headers=OPERATOR
+    )
+    assert response.status_code == 200, response.text
+
+
+def bank_notification(reference: str, amount: int) -> bytes:
+    return orjson.dumps(
+        {
+            "transaction_id": f"FT{uuid.uuid4().hex[:20].upper()}",
+            "amount": amount,
+            "currency": "VND",
+            "bank_bin": BANK_BIN,
+            "account": COLLECTION_ACCOUNT,
+            "reference": reference,
+            "description": f"NAPTIEN {reference}",
+        }
+    )
+
+
+async def fund(
+    http: httpx.AsyncClient, payments_http: httpx.AsyncClient, rider: RiderAccount, amount: int
+) -> None:
+    """Top up through the real path: ticketing asks payments for a VietQR, the bank pays it."""
+    topup = await http.post(
+        "/v1/wallet/topups",
+        json={"amount": amount},
+        headers={**rider.auth, "Idempotency-Key": new_key()},
+    )
+    assert topup.status_code == 201, topup.text
+    body = bank_notification(topup.json()["reference"], amount)
+    stamp = str(int(time.time()))
+    paid = await payments_http.post(
+        "/v1/bank/notifications",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            bank_signature.TIMESTAMP_HEADER: stamp,
+            bank_signature.SIGNATURE_HEADER: bank_signature.sign(WEBHOOK_SECRET, stamp, body),
+        },
+    )
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["outcome"] == "credited", paid.text
+
+
+async def buy(
+    http: httpx.AsyncClient,
+    rider: RiderAccount,
+    product: str,
+    *,
+    key: str | None = None,
+    line: str | None = None,
+) -> httpx.Response:
+    body: dict[str, Any] = {"product_code": product}
+    if line is not None:
+        body["line"] = line
+    return await http.post(
+        "/v1/purchases", json=body, headers={**rider.auth, "Idempotency-Key": key or new_key()}
+    )
+
+
+async def balance(http: httpx.AsyncClient, rider: RiderAccount) -> int:
+    response = await http.get("/v1/wallet", headers=rider.auth)
+    assert response.status_code == 200, response.text
+    value: int = response.json()["balance"]
+    return value
+
+
+async def scalar(database: Database, sql: str, **params: Any) -> Any:
+    async with database.transaction() as session:
+        return await session.scalar(text(sql), params)
+
+
+async def wait_until(
+    condition: Callable[[], Any], *, timeout_s: float = 20, interval_s: float = 0.1
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(interval_s)
+
+
+async def read_events(
+    bootstrap: str, topic: str, wanted: Callable[[Event], bool], count: int, timeout_s: float = 20
+) -> list[tuple[Event, bytes | None]]:
+    """Read `topic` from the beginning, without a group, until `count` wanted events arrive."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: list[tuple[Event, bytes | None]] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        partitions = consumer.partitions_for_topic(topic)
+        while partitions is None and loop.time() < deadline:
+            await consumer.client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+            await asyncio.sleep(0.1)
+        assert partitions, f"topic {topic} does not exist"
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        while len(found) < count and loop.time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    event = Event.from_record(record.headers, record.value)
+                    if wanted(event):
+                        found.append((event, record.key))
+    finally:
+        await consumer.stop()
+    return found
