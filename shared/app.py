@@ -92,7 +92,7 @@ class Runtime:
             await self.database.close()
 
 
-def current_runtime(request: Request) -> Runtime:
+async def current_runtime(request: Request) -> Runtime:  # async: a sync one costs a thread hop
     runtime: Runtime = request.app.state.runtime
     return runtime
 

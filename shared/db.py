@@ -23,7 +23,9 @@ class Database:
             url,
             pool_size=pool_size,
             max_overflow=pool_size,
-            pool_pre_ping=True,
+            # No pre-ping round trip per transaction: a dead connection is invalidated on
+            # its first error, and connections are recycled hourly.
+            pool_recycle=3600,
             connect_args={
                 "server_settings": {"search_path": f"{schema},public", "application_name": schema},
                 "timeout": 5,

@@ -73,6 +73,7 @@ def problem_response(
     status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any
 ) -> Response:
     body: dict[str, Any] = {
+        **extra,  # first, so that extra members can never replace the standard ones
         "type": PROBLEM_TYPE_BASE + code,
         "title": title,
         "status": status,
@@ -81,7 +82,6 @@ def problem_response(
     }
     if instance:
         body["instance"] = instance
-    body.update(extra)
     headers = {"Retry-After": str(extra.pop("retry_after_s", 1))} if status in (429, 503) else None
     return Response(orjson.dumps(body), status, headers, media_type=PROBLEM_MEDIA_TYPE)
 

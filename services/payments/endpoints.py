@@ -2,35 +2,479 @@
 
 from __future__ import annotations
 
+import hmac
+import time
 import uuid
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
 
-from services.payments import service
-from services.payments.schemas import AccountCreate, AccountRead
-from shared.app import Runtime
+from services.payments import bank_signature, reconciliation, service
+from services.payments.schemas import (
+    AccountCreate,
+    AccountRead,
+    BankNotification,
+    BankNotificationResult,
+    ChargeCreate,
+    ChargeRead,
+    HoldCapture,
+    HoldCreate,
+    HoldRead,
+    IsoDay,
+    LedgerInvariant,
+    ParkingPaymentCreate,
+    PaymentPurpose,
+    PaymentRequestRead,
+    ReconciliationReport,
+    RefundCreate,
+    RefundRead,
+    TopupCreate,
+    problem_responses,
+)
+from services.payments.settings import PaymentsSettings
+from shared.app import RuntimeDep
+from shared.errors import Unauthorized
+from shared.idempotency import Idempotency, IdempotencyDep, IdempotentRequest
 
-router = APIRouter(prefix="/v1", tags=["accounts"])
+
+# Coroutines on purpose: FastAPI runs plain-function dependencies in a worker thread.
+async def payments_settings(request: Request) -> PaymentsSettings:
+    settings: PaymentsSettings = request.app.state.settings
+    return settings
 
 
-def runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
+async def idempotency_store(request: Request) -> Idempotency:
+    store: Idempotency = request.app.state.idempotency
+    return store
 
 
-RuntimeDep = Annotated[Runtime, Depends(runtime)]
+SettingsDep = Annotated[PaymentsSettings, Depends(payments_settings)]
+IdempotencyStoreDep = Annotated[Idempotency, Depends(idempotency_store)]
+
+bearer = HTTPBearer(auto_error=False, description="The payments service token (from settings)")
 
 
-@router.post("/accounts", response_model=AccountRead, status_code=201)
+async def service_caller(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """Callers are CityPass services: one shared bearer token, compared in constant time."""
+    expected = settings.service_token.get_secret_value().encode()
+    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise Unauthorized(
+            "Send `Authorization: Bearer <payments service token>`.", code="invalid_service_token"
+        )
+
+
+UNAUTHORIZED = (401, "Missing or wrong service token")
+INVALID = (422, "Invalid body (`validation_error`) or a rule refused it; see `code`")
+IDEMPOTENCY = (
+    (400, "Idempotency-Key header missing"),
+    (409, "A request with this Idempotency-Key is still in progress"),
+)
+
+router = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(service_caller)],
+    responses=problem_responses(UNAUTHORIZED),
+)
+bank_router = APIRouter(prefix="/v1/bank", tags=["bank"])
+
+
+async def _idempotent(
+    store: Idempotency,
+    key: IdempotentRequest,
+    status_code: int,
+    action: Callable[[AsyncSession], Awaitable[BaseModel]],
+) -> Response:
+    """Run `action` once per Idempotency-Key; a retry gets the first answer's exact bytes."""
+    async with store.call(key) as call:
+        if call.replay is not None:
+            return call.replay
+        return await call.respond(status_code, await action(call.session))
+
+
+# Accounts ---------------------------------------------------------------------------------------
+
+
+@router.post("/accounts", response_model=AccountRead, status_code=201, tags=["accounts"])
 async def open_wallet(body: AccountCreate, rt: RuntimeDep) -> AccountRead:
     """Open a rider or vehicle-owner wallet; opening it again returns the same wallet."""
     async with rt.db.transaction() as session:
         return await service.open_wallet(session, body)
 
 
-@router.get("/accounts/{account_id}", response_model=AccountRead)
+@router.get(
+    "/accounts/{account_id}",
+    response_model=AccountRead,
+    tags=["accounts"],
+    responses=problem_responses((404, "No such account")),
+)
 async def get_account(account_id: uuid.UUID, rt: RuntimeDep) -> AccountRead:
-    """An account and its available balance in VND."""
+    """An account and its available balance in VND (money on hold is not available)."""
     async with rt.db.transaction() as session:
         return await service.get_account(session, account_id)
+
+
+# Charges, holds, refunds ------------------------------------------------------------------------
+
+
+@router.post(
+    "/charges",
+    response_model=ChargeRead,
+    status_code=201,
+    tags=["charges"],
+    responses=problem_responses(
+        (402, "`insufficient_funds`: the `shortfall` member says how many VND are missing"),
+        (409, "In progress (same Idempotency-Key), or `duplicate_transfer`"),
+        INVALID,
+        IDEMPOTENCY[0],
+    ),
+)
+async def create_charge(
+    body: ChargeCreate,
+    key: IdempotencyDep,
+    store: IdempotencyStoreDep,
+    settings: SettingsDep,
+) -> Response:
+    """Debit a wallet and credit transit revenue, or a parking lot's revenue (`lot_id`).
+
+    Send an `Idempotency-Key` (one per fare or parking fee); retrying with it returns the
+    first answer byte for byte and never charges twice. A wallet short of funds answers 402
+    `insufficient_funds` with the `shortfall` in VND; nothing is posted then.
+    """
+    return await _idempotent(
+        store, key, 201, lambda session: service.charge(session, body, settings)
+    )
+
+
+@router.post(
+    "/holds",
+    response_model=HoldRead,
+    status_code=201,
+    tags=["holds"],
+    responses=problem_responses(
+        (402, "`insufficient_funds`, with the `shortfall`"),
+        IDEMPOTENCY[1],
+        INVALID,
+        IDEMPOTENCY[0],
+    ),
+)
+async def place_hold(
+    body: HoldCreate,
+    key: IdempotencyDep,
+    store: IdempotencyStoreDep,
+    settings: SettingsDep,
+) -> Response:
+    """Reserve funds of a wallet (e.g. at a parking entry) until captured, voided or expired.
+
+    The money moves to escrow at once; the wallet's balance no longer shows it. A hold not
+    settled before `expires_at` is voided automatically and the money goes back.
+    """
+    return await _idempotent(
+        store, key, 201, lambda session: service.place_hold(session, body, settings)
+    )
+
+
+@router.get(
+    "/holds/{hold_id}",
+    response_model=HoldRead,
+    tags=["holds"],
+    responses=problem_responses((404, "No such hold")),
+)
+async def get_hold(hold_id: uuid.UUID, rt: RuntimeDep) -> HoldRead:
+    """A hold and where its money went."""
+    async with rt.db.transaction() as session:
+        return await service.get_hold(session, hold_id)
+
+
+@router.post(
+    "/holds/{hold_id}/capture",
+    response_model=HoldRead,
+    tags=["holds"],
+    responses=problem_responses(
+        (404, "No such hold"),
+        (409, "`hold_not_pending` (already settled), `hold_expired`, or in progress"),
+        (422, "`capture_exceeds_hold`, or an invalid body"),
+        IDEMPOTENCY[0],
+    ),
+)
+async def capture_hold(
+    hold_id: uuid.UUID,
+    body: HoldCapture,
+    key: IdempotencyDep,
+    store: IdempotencyStoreDep,
+    settings: SettingsDep,
+) -> Response:
+    """Take up to the held amount as revenue; the rest goes back to the wallet at once."""
+    return await _idempotent(
+        store, key, 200, lambda session: service.capture_hold(session, hold_id, body, settings)
+    )
+
+
+@router.post(
+    "/holds/{hold_id}/void",
+    response_model=HoldRead,
+    tags=["holds"],
+    responses=problem_responses(
+        (404, "No such hold"), (409, "`hold_not_pending`, or in progress"), IDEMPOTENCY[0]
+    ),
+)
+async def void_hold(
+    hold_id: uuid.UUID, key: IdempotencyDep, store: IdempotencyStoreDep
+) -> Response:
+    """Cancel a hold: all of it goes back to the wallet."""
+    return await _idempotent(store, key, 200, lambda session: service.void_hold(session, hold_id))
+
+
+@router.post(
+    "/refunds",
+    response_model=RefundRead,
+    status_code=201,
+    tags=["refunds"],
+    responses=problem_responses(
+        (409, "`duplicate_transfer`, or in progress"),
+        (422, "`unknown_charge`, `refund_exceeds_charge` (with `refundable`), or invalid body"),
+        IDEMPOTENCY[0],
+    ),
+)
+async def create_refund(
+    body: RefundCreate, key: IdempotencyDep, store: IdempotencyStoreDep
+) -> Response:
+    """Refund part or all of a charge (or hold capture), as often as needed.
+
+    The refunds of one charge never add up to more than it; the money always goes back to
+    the wallet that was charged.
+    """
+    return await _idempotent(store, key, 201, lambda session: service.refund(session, body))
+
+
+# VietQR payment requests ------------------------------------------------------------------------
+
+
+@router.post(
+    "/topups",
+    response_model=PaymentRequestRead,
+    status_code=201,
+    tags=["top-ups"],
+    responses=problem_responses(INVALID, *IDEMPOTENCY),
+)
+async def request_topup(
+    body: TopupCreate,
+    key: IdempotencyDep,
+    store: IdempotencyStoreDep,
+    settings: SettingsDep,
+) -> Response:
+    """A dynamic VietQR for topping up a wallet by exactly `amount` VND.
+
+    Show `qr` (or the PNG) to the rider; any Vietnamese bank app pays it. The wallet is
+    credited when the bank notifies the transfer (reference in field 62); until then the
+    top-up stays `pending`.
+    """
+    return await _idempotent(
+        store, key, 201, lambda session: service.request_topup(session, body, settings)
+    )
+
+
+@router.get(
+    "/topups/{topup_id}",
+    response_model=PaymentRequestRead,
+    tags=["top-ups"],
+    responses=problem_responses((404, "No such top-up")),
+)
+async def get_topup(topup_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
+    """A top-up and whether it is paid."""
+    async with rt.db.transaction() as session:
+        return await service.get_payment_request(session, topup_id, PaymentPurpose.wallet_topup)
+
+
+@router.get(
+    "/topups/{topup_id}/qr.png",
+    tags=["top-ups"],
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The VietQR as a PNG"}},
+)
+async def topup_qr_png(topup_id: uuid.UUID, rt: RuntimeDep) -> Response:
+    """The top-up's VietQR as a PNG image."""
+    async with rt.db.transaction() as session:
+        png = await service.payment_request_png(session, topup_id, PaymentPurpose.wallet_topup)
+    return Response(png, media_type="image/png")
+
+
+@router.post(
+    "/payment-requests",
+    response_model=PaymentRequestRead,
+    status_code=201,
+    tags=["payment requests"],
+    responses=problem_responses(INVALID, *IDEMPOTENCY),
+)
+async def request_parking_payment(
+    body: ParkingPaymentCreate,
+    key: IdempotencyDep,
+    store: IdempotencyStoreDep,
+    settings: SettingsDep,
+) -> Response:
+    """A dynamic VietQR for an exact parking fee, paid by any bank app.
+
+    When the bank confirms it, the lot's revenue is credited and
+    `citypass.payments.payment_request.paid.v1` (with `parking_session_id`) is published on
+    `payments.ledger`.
+    """
+    return await _idempotent(
+        store, key, 201, lambda session: service.request_parking_payment(session, body, settings)
+    )
+
+
+@router.get(
+    "/payment-requests/{request_id}",
+    response_model=PaymentRequestRead,
+    tags=["payment requests"],
+    responses=problem_responses((404, "No such payment request")),
+)
+async def get_payment_request(request_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
+    """A payment request (top-up or parking fee) and whether it is paid."""
+    async with rt.db.transaction() as session:
+        return await service.get_payment_request(session, request_id)
+
+
+@router.get(
+    "/payment-requests/{request_id}/qr.png",
+    tags=["payment requests"],
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The VietQR as a PNG"}},
+)
+async def payment_request_qr_png(request_id: uuid.UUID, rt: RuntimeDep) -> Response:
+    """The payment request's VietQR as a PNG image."""
+    async with rt.db.transaction() as session:
+        png = await service.payment_request_png(session, request_id)
+    return Response(png, media_type="image/png")
+
+
+# Ledger and reconciliation ----------------------------------------------------------------------
+
+
+@router.get("/ledger/invariant", response_model=LedgerInvariant, tags=["ledger"])
+async def ledger_invariant(rt: RuntimeDep) -> LedgerInvariant:
+    """Check the whole ledger in one snapshot: `ok` is false if any rule is broken.
+
+    The rules: all postings sum to 0, every transfer's two postings cancel out, and every
+    account's balance equals the sum of its postings. Offenders are listed (up to 100 each).
+    """
+    async with rt.db.transaction() as session:
+        return await service.check_ledger(session)
+
+
+def _csv_response(report: ReconciliationReport) -> Response:
+    return Response(
+        reconciliation.to_csv(report),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="reconciliation-{report.day}.csv"'},
+    )
+
+
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {}}, "description": "The report as CSV"}
+}
+
+
+@router.get(
+    "/reconciliation/{day}.csv",
+    tags=["reconciliation"],
+    response_class=Response,
+    responses=CSV_RESPONSE,
+)
+async def reconciliation_csv(day: IsoDay, rt: RuntimeDep) -> Response:
+    """The reconciliation report of `day` as CSV (same as `?format=csv`)."""
+    async with rt.db.transaction() as session:
+        report = await service.reconcile(session, day)
+    return _csv_response(report)
+
+
+@router.get(
+    "/reconciliation/{day}",
+    response_model=ReconciliationReport,
+    tags=["reconciliation"],
+    responses=CSV_RESPONSE,
+)
+async def reconciliation_report(
+    day: IsoDay,
+    rt: RuntimeDep,
+    output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+) -> Response | ReconciliationReport:
+    """Ledger vs bank notifications vs charges for one day in Hanoi time (UTC+7).
+
+    Totals per source (transit, each parking lot) and every mismatch with its cause: money
+    in suspense (unknown reference, amount mismatch, paid twice…), notifications the ledger
+    lacks, revenue sub-accounts that moved differently from charges − refunds. Top-ups that
+    were requested but never paid are counted, not reported as mismatches.
+    """
+    async with rt.db.transaction() as session:
+        report = await service.reconcile(session, day)
+    return _csv_response(report) if output == "csv" else report
+
+
+# The bank ---------------------------------------------------------------------------------------
+
+
+@bank_router.post(
+    "/notifications",
+    response_model=BankNotificationResult,
+    responses=problem_responses(
+        (401, "`invalid_signature`: unsigned, wrongly signed or outside the 300 s window"),
+        (422, "Not a valid notification"),
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": BankNotification.model_json_schema()}},
+        }
+    },
+)
+async def receive_bank_notification(
+    request: Request,
+    rt: RuntimeDep,
+    settings: SettingsDep,
+    timestamp: Annotated[
+        str | None,
+        Header(alias=bank_signature.TIMESTAMP_HEADER, description="Unix seconds"),
+    ] = None,
+    signature: Annotated[
+        str | None,
+        Header(
+            alias=bank_signature.SIGNATURE_HEADER,
+            description='Hex HMAC-SHA256 of "<timestamp>.<raw body>" with the shared secret',
+        ),
+    ] = None,
+) -> BankNotificationResult:
+    """The bank reports money that arrived on the collection account (webhook, no token).
+
+    Authenticated by its HMAC signature, accepted within 300 s of its timestamp, and
+    deduplicated by `transaction_id`: a repeat answers with the first outcome
+    (`duplicate: true`) and credits nothing. A transfer that matches a pending payment
+    request by reference and amount credits it; anything else is kept in the suspense
+    account and raised on `ops.alerts`, never dropped.
+    """
+    body = await request.body()
+    try:
+        bank_signature.verify(
+            settings.bank_webhook_secret.get_secret_value(),
+            timestamp=timestamp,
+            signature=signature,
+            body=body,
+            now=time.time(),
+            window_s=settings.bank_webhook_window.total_seconds(),
+        )
+    except bank_signature.SignatureRejected as rejected:
+        raise Unauthorized(str(rejected), code="invalid_signature") from None
+    try:
+        notification = BankNotification.model_validate_json(body)
+    except ValidationError as invalid:
+        raise RequestValidationError(invalid.errors(include_url=False)) from None
+    async with rt.db.transaction() as session:
+        return await service.receive_bank_notification(session, notification, settings)

@@ -39,48 +39,63 @@ ACCOUNT_KINDS = (
 )
 TRANSFER_KINDS = ("charge", "hold", "capture", "release", "refund", "topup", "payment", "suspense")
 
-LEDGER_FUNCTIONS = """
-CREATE FUNCTION ledger_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'the ledger is append-only: % on % refused', TG_OP, TG_TABLE_NAME
-        USING ERRCODE = 'restrict_violation';
-END
-$$;
-
-CREATE FUNCTION assert_transfer_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    checked_id uuid := CASE TG_TABLE_NAME WHEN 'transfers' THEN NEW.id ELSE NEW.transfer_id END;
-    legs bigint;
-    total bigint;
-    matching bigint;
-BEGIN
-    SELECT count(*),
-           coalesce(sum(p.amount), 0),
-           count(*) FILTER (
-               WHERE (p.account_id = t.debit_account_id AND p.amount = -t.amount)
-                  OR (p.account_id = t.credit_account_id AND p.amount = t.amount))
-      INTO legs, total, matching
-      FROM transfers t JOIN postings p ON p.transfer_id = t.id
-     WHERE t.id = checked_id;
-    IF legs <> 2 OR total <> 0 OR matching <> 2 THEN
-        RAISE EXCEPTION 'transfer % is not balanced (% legs, sum %)', checked_id, legs, total
-            USING ERRCODE = 'check_violation';
-    END IF;
-    RETURN NULL;
-END
-$$;
-"""
-
-LEDGER_TRIGGERS = """
-CREATE TRIGGER transfers_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON transfers
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_is_append_only();
-CREATE TRIGGER postings_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON postings
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_is_append_only();
-CREATE CONSTRAINT TRIGGER transfers_balanced AFTER INSERT ON transfers
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION assert_transfer_balanced();
-CREATE CONSTRAINT TRIGGER postings_balanced AFTER INSERT ON postings
-    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION assert_transfer_balanced();
-"""
+LEDGER_STATEMENTS = (
+    """
+    CREATE FUNCTION ledger_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'the ledger is append-only: % on % refused', TG_OP, TG_TABLE_NAME
+            USING ERRCODE = 'restrict_violation';
+    END
+    $$
+    """,
+    # Runs at commit for every new transfer and posting: a transfer that does not move the
+    # same amount out of its debit account and into its credit account never commits.
+    """
+    CREATE FUNCTION assert_transfer_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        checked_id uuid;
+        legs bigint;
+        total bigint;
+        matching bigint;
+    BEGIN
+        IF TG_TABLE_NAME = 'transfers' THEN
+            checked_id := NEW.id;
+        ELSE
+            checked_id := NEW.transfer_id;
+        END IF;
+        SELECT count(*),
+               coalesce(sum(p.amount), 0),
+               count(*) FILTER (
+                   WHERE (p.account_id = t.debit_account_id AND p.amount = -t.amount)
+                      OR (p.account_id = t.credit_account_id AND p.amount = t.amount))
+          INTO legs, total, matching
+          FROM transfers t JOIN postings p ON p.transfer_id = t.id
+         WHERE t.id = checked_id;
+        IF legs <> 2 OR total <> 0 OR matching <> 2 THEN
+            RAISE EXCEPTION 'transfer % is not balanced (% legs, sum %)', checked_id, legs, total
+                USING ERRCODE = 'check_violation';
+        END IF;
+        RETURN NULL;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER transfers_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON transfers
+        FOR EACH STATEMENT EXECUTE FUNCTION ledger_is_append_only()
+    """,
+    """
+    CREATE TRIGGER postings_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON postings
+        FOR EACH STATEMENT EXECUTE FUNCTION ledger_is_append_only()
+    """,
+    """
+    CREATE CONSTRAINT TRIGGER transfers_balanced AFTER INSERT ON transfers
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION assert_transfer_balanced()
+    """,
+    """
+    CREATE CONSTRAINT TRIGGER postings_balanced AFTER INSERT ON postings
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION assert_transfer_balanced()
+    """,
+)
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -98,7 +113,9 @@ def upgrade() -> None:
         sa.Column("shard", sa.SmallInteger),
         sa.Column("allow_negative", sa.Boolean, nullable=False, server_default="false"),
         sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.CheckConstraint("allow_negative OR balance >= 0", name="balance_not_negative"),
         sa.CheckConstraint(_one_of("kind", ACCOUNT_KINDS), name="account_kind_known"),
     )
@@ -108,8 +125,12 @@ def upgrade() -> None:
         sa.Column("id", UUID(as_uuid=True), primary_key=True),
         sa.Column("kind", sa.String(20), nullable=False),
         sa.Column("amount", sa.BigInteger, nullable=False),
-        sa.Column("debit_account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False),
-        sa.Column("credit_account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False),
+        sa.Column(
+            "debit_account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False
+        ),
+        sa.Column(
+            "credit_account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False
+        ),
         sa.Column("wallet_account_id", UUID(as_uuid=True)),
         sa.Column("source", sa.String(10)),
         sa.Column("lot_id", sa.String(64)),
@@ -117,12 +138,18 @@ def upgrade() -> None:
         sa.Column("hold_id", UUID(as_uuid=True)),
         sa.Column("payment_request_id", UUID(as_uuid=True)),
         sa.Column("bank_notification_id", UUID(as_uuid=True)),
-        sa.Column("posted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column(
+            "posted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.CheckConstraint("amount > 0", name="transfer_amount_positive"),
         sa.CheckConstraint("debit_account_id <> credit_account_id", name="transfer_two_accounts"),
         sa.CheckConstraint(_one_of("kind", TRANSFER_KINDS), name="transfer_kind_known"),
-        sa.CheckConstraint("source IS NULL OR source IN ('transit', 'parking')", name="transfer_source_known"),
-        sa.CheckConstraint("(source = 'parking') = (lot_id IS NOT NULL)", name="transfer_lot_iff_parking"),
+        sa.CheckConstraint(
+            "source IS NULL OR source IN ('transit', 'parking')", name="transfer_source_known"
+        ),
+        sa.CheckConstraint(
+            "(source = 'parking') = (lot_id IS NOT NULL)", name="transfer_lot_iff_parking"
+        ),
     )
     op.create_index("transfers_by_posted_at", "transfers", ["posted_at"])
     op.create_index(
@@ -133,7 +160,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "postings",
-        sa.Column("transfer_id", UUID(as_uuid=True), sa.ForeignKey("transfers.id"), primary_key=True),
+        sa.Column(
+            "transfer_id", UUID(as_uuid=True), sa.ForeignKey("transfers.id"), primary_key=True
+        ),
         sa.Column("account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), primary_key=True),
         sa.Column("amount", sa.BigInteger, nullable=False),  # credit > 0, debit < 0
         sa.CheckConstraint("amount <> 0", name="posting_amount_not_zero"),
@@ -142,24 +171,40 @@ def upgrade() -> None:
     op.create_table(
         "holds",
         sa.Column("id", UUID(as_uuid=True), primary_key=True),
-        sa.Column("wallet_account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False),
-        sa.Column("holds_account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False),
+        sa.Column(
+            "wallet_account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False
+        ),
+        sa.Column(
+            "holds_account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False
+        ),
         sa.Column("amount", sa.BigInteger, nullable=False),
         sa.Column("captured_amount", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("status", sa.String(10), nullable=False, server_default="pending"),
         sa.Column("source", sa.String(10), nullable=False),
         sa.Column("lot_id", sa.String(64)),
-        sa.Column("hold_transfer_id", UUID(as_uuid=True), sa.ForeignKey("transfers.id"), nullable=False),
+        sa.Column(
+            "hold_transfer_id", UUID(as_uuid=True), sa.ForeignKey("transfers.id"), nullable=False
+        ),
         sa.Column("capture_transfer_id", UUID(as_uuid=True), sa.ForeignKey("transfers.id")),
         sa.Column("release_transfer_id", UUID(as_uuid=True), sa.ForeignKey("transfers.id")),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.Column("settled_at", sa.DateTime(timezone=True)),
-        sa.CheckConstraint("amount > 0 AND captured_amount BETWEEN 0 AND amount", name="hold_amounts"),
-        sa.CheckConstraint(_one_of("status", ("pending", "captured", "voided", "expired")), name="hold_status_known"),
+        sa.CheckConstraint(
+            "amount > 0 AND captured_amount BETWEEN 0 AND amount", name="hold_amounts"
+        ),
+        sa.CheckConstraint(
+            _one_of("status", ("pending", "captured", "voided", "expired")),
+            name="hold_status_known",
+        ),
     )
     op.create_index(
-        "pending_holds_by_expiry", "holds", ["expires_at"], postgresql_where=sa.text("status = 'pending'")
+        "pending_holds_by_expiry",
+        "holds",
+        ["expires_at"],
+        postgresql_where=sa.text("status = 'pending'"),
     )
     op.create_table(
         "payment_requests",
@@ -174,12 +219,17 @@ def upgrade() -> None:
         sa.Column("status", sa.String(10), nullable=False, server_default="pending"),
         sa.Column("paid_transfer_id", UUID(as_uuid=True), sa.ForeignKey("transfers.id")),
         sa.Column("paid_at", sa.DateTime(timezone=True)),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.CheckConstraint("amount > 0", name="payment_request_amount_positive"),
-        sa.CheckConstraint(_one_of("status", ("pending", "paid")), name="payment_request_status_known"),
+        sa.CheckConstraint(
+            _one_of("status", ("pending", "paid")), name="payment_request_status_known"
+        ),
         sa.CheckConstraint(
             "(purpose = 'wallet_topup' AND wallet_account_id IS NOT NULL)"
-            " OR (purpose = 'parking_fee' AND lot_id IS NOT NULL AND parking_session_id IS NOT NULL)",
+            " OR (purpose = 'parking_fee' AND lot_id IS NOT NULL"
+            " AND parking_session_id IS NOT NULL)",
             name="payment_request_purpose_complete",
         ),
     )
@@ -193,7 +243,9 @@ def upgrade() -> None:
         sa.Column("reference", sa.String(25)),
         sa.Column("description", sa.String(255)),
         sa.Column("occurred_at", sa.DateTime(timezone=True)),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column(
+            "received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
         sa.Column("outcome", sa.String(10), nullable=False),
         sa.Column("cause", sa.String(30)),
         sa.Column("payment_request_id", UUID(as_uuid=True), sa.ForeignKey("payment_requests.id")),
@@ -206,13 +258,14 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint("amount > 0", name="notification_amount_positive"),
         sa.CheckConstraint(
-            "(outcome = 'credited' AND cause IS NULL) OR (outcome = 'suspense' AND cause IS NOT NULL)",
+            "(outcome = 'credited' AND cause IS NULL)"
+            " OR (outcome = 'suspense' AND cause IS NOT NULL)",
             name="notification_outcome_explained",
         ),
     )
     op.create_index("bank_notifications_by_received_at", "bank_notifications", ["received_at"])
-    op.execute(LEDGER_FUNCTIONS)
-    op.execute(LEDGER_TRIGGERS)
+    for statement in LEDGER_STATEMENTS:
+        op.execute(statement)
     accounts = sa.table(
         "accounts",
         sa.column("id", UUID(as_uuid=True)),
@@ -235,6 +288,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("bank_notifications", "payment_requests", "holds", "postings", "transfers", "accounts"):
+    for table in (
+        "bank_notifications",
+        "payment_requests",
+        "holds",
+        "postings",
+        "transfers",
+        "accounts",
+    ):
         op.drop_table(table)
-    op.execute("DROP FUNCTION assert_transfer_balanced(); DROP FUNCTION ledger_is_append_only();")
+    op.execute("DROP FUNCTION assert_transfer_balanced()")
+    op.execute("DROP FUNCTION ledger_is_append_only()")
