@@ -51,4 +51,7 @@ compose-check: ## validate docker-compose.yml (needs Debian's docker-compose)
 clean: ## remove local data, logs and caches (keeps .venv)
 	rm -rf var test-artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-.PHONY: help install run test check format migrate seed bench compose-check clean
+.PHONY: help install run test check format migrate seed bench loadtest compose-check clean
+
+loadtest: $(STAMP) ## Locust against the gate path (starts the stack if needed); fails on SLO breach
+	$(BIN)/python -m loadtests.run

@@ -20,7 +20,7 @@ from services.payments import bank_signature, service
 from services.payments.schemas import BankNotification
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
-from shared.vietqr import VietQRError, decode
+from shared.vietqr import VietQR, VietQRError, decode
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,6 +70,39 @@ def _describe_answer(response: httpx.Response) -> str:
     return f"refused, HTTP {response.status_code} {answer.get('code')}: {answer.get('detail')}"
 
 
+def bank_notification(
+    qr: VietQR, amount: int, transaction_id: str | None = None
+) -> BankNotification:
+    """What the bank reports after a customer paid this VietQR."""
+    return BankNotification(
+        transaction_id=transaction_id or new_transaction_id(),
+        amount=amount,
+        bank_bin=qr.bank_bin,
+        account=qr.account,
+        reference=qr.reference,
+        description=qr.purpose,
+        occurred_at=datetime.now(UTC),
+    )
+
+
+def send_notification(
+    notification: BankNotification, payments_url: str, secret: str
+) -> httpx.Response:
+    """Deliver a notification the way the bank does: signed, with its timestamp."""
+    body = notification.model_dump_json().encode()
+    timestamp = str(int(time.time()))
+    return httpx.post(
+        f"{payments_url.rstrip('/')}/v1/bank/notifications",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            bank_signature.TIMESTAMP_HEADER: timestamp,
+            bank_signature.SIGNATURE_HEADER: bank_signature.sign(secret, timestamp, body),
+        },
+        timeout=10,
+    )
+
+
 def pay_command(args: argparse.Namespace) -> int:
     settings = PaymentsSettings()
     try:
@@ -81,17 +114,7 @@ def pay_command(args: argparse.Namespace) -> int:
     if amount is None:
         print("This static VietQR has no amount: give one with --amount.")
         return 2
-    notification = BankNotification(
-        transaction_id=args.transaction_id or new_transaction_id(),
-        amount=amount,
-        bank_bin=qr.bank_bin,
-        account=qr.account,
-        reference=qr.reference,
-        description=qr.purpose,
-        occurred_at=datetime.now(UTC),
-    )
-    body = notification.model_dump_json().encode()
-    timestamp = str(int(time.time()))
+    notification = bank_notification(qr, amount, args.transaction_id)
     secret = args.secret or settings.bank_webhook_secret.get_secret_value()
     url = args.payments_url or f"http://127.0.0.1:{settings.port}"
     print(
@@ -99,16 +122,7 @@ def pay_command(args: argparse.Namespace) -> int:
         f" {qr.bank_bin}/{qr.account}, reference {qr.reference or '(none)'}"
     )
     try:
-        response = httpx.post(
-            f"{url.rstrip('/')}/v1/bank/notifications",
-            content=body,
-            headers={
-                "Content-Type": "application/json",
-                bank_signature.TIMESTAMP_HEADER: timestamp,
-                bank_signature.SIGNATURE_HEADER: bank_signature.sign(secret, timestamp, body),
-            },
-            timeout=10,
-        )
+        response = send_notification(notification, url, secret)
     except httpx.HTTPError as error:
         print(f"Payments at {url} did not answer: {error}")
         return 1
