@@ -19,12 +19,22 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
+# Debian packages the tests need: Chromium drives the operator dashboard in a browser test.
+SYSTEM_STAMP := $(VENV)/.system-stamp
+$(SYSTEM_STAMP): | $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing chromium (Debian) for the browser tests…"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-core >/dev/null; \
+	  else echo "The browser tests need Chromium: sudo apt-get install chromium"; exit 1; fi; }
+	@touch $(SYSTEM_STAMP)
+
 install: $(STAMP) ## create .venv and install everything (done by the other targets)
 
 run: $(STAMP) ## run the whole platform locally on real servers (data in ./var, Ctrl-C stops)
 	$(BIN)/python -m citypass.stack run
 
-test: $(STAMP) ## run the whole test suite against real PostgreSQL, Valkey and Kafka
+test: $(STAMP) $(SYSTEM_STAMP) ## run the whole test suite against real PostgreSQL, Valkey and Kafka
 	$(BIN)/pytest -n 2 --dist loadfile
 
 check: $(STAMP) ## format check, lint and types

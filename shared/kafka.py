@@ -135,6 +135,14 @@ async def _stop_quietly(client: AIOKafkaProducer | AIOKafkaConsumer, timeout_s: 
 Handler = Callable[[Event, ConsumerRecord], Awaitable[None]]
 
 
+class DeadLetter(Exception):
+    """Raised by a handler for a record that no retry can fix: it is parked at once."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
 class Consumer:
     """Consumes topics in one group; commits offsets only after the handler has succeeded.
 
@@ -212,6 +220,9 @@ class Consumer:
                 try:
                     await self.handler(event, record)
                     CONSUMER_EVENTS.labels(self.group_id, record.topic).inc()
+                    return
+                except DeadLetter as refused:
+                    await self._dead_letter(record, refused.code, str(refused))
                     return
                 except Exception as exc:
                     if attempt == self.max_attempts:

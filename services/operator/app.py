@@ -2,19 +2,69 @@
 
 from __future__ import annotations
 
+import time
+
+import orjson
 from fastapi import FastAPI
 
-from services.operator import endpoints
+from services.operator import endpoints, repository, service
+from services.operator.live import Broadcaster
 from services.operator.settings import OperatorSettings
-from shared.app import Runtime, create_app
+from services.operator.tasks import EventSink, PipelineMonitor
+from shared.app import Runtime, create_app, supervised
+
+DESCRIPTION = """\
+The operations console of CityPass: sign-in with roles (`viewer`, `admin`), the live
+dashboard at `/` (validations per station, rejection reasons, gates, parking occupancy,
+revenue today, a live event tail, alerts), alerts raised from every event stream, and the
+health of the event pipeline (consumer lag, outbox and spool backlogs).
+
+Every API needs `Authorization: Bearer <access_token>` from `POST /v1/login`; acknowledging an
+alert needs the `admin` role. Live updates: `POST /v1/stream-tickets`, then server-sent
+events from `GET /v1/stream?ticket=…`.
+"""
 
 
 def build_app(settings: OperatorSettings | None = None) -> FastAPI:
     settings = settings or OperatorSettings()
     runtime = Runtime("operator", settings, uses_redis=True)
-    return create_app(
-        runtime,
-        [endpoints.router],
-        title="CityPass operator console",
-        description="Operator sign-in, live event streams, alerts and pipeline health.",
+    redis = runtime.kv
+    sink = EventSink(redis, runtime.publisher, settings)
+    monitor = PipelineMonitor(redis, settings)
+
+    async def summary() -> bytes:
+        board = await service.dashboard(redis, settings, time.time())
+        return orjson.dumps(board.model_dump(mode="json"))
+
+    broadcaster = Broadcaster(
+        redis,
+        summary,
+        summary_interval_s=settings.summary_interval.total_seconds(),
+        summary_refresh_s=settings.summary_refresh.total_seconds(),
     )
+    runtime.workers += [
+        supervised("operator-consumer", sink.consumer.run),
+        supervised("gate-watch", sink.watch_gates),
+        supervised("pipeline-health", monitor.run),
+        supervised("live-stream", broadcaster.run),
+    ]
+
+    async def start() -> None:
+        await repository.load_scripts(redis)
+
+    async def stop() -> None:
+        sink.stop()
+        await monitor.close()
+
+    runtime.on_stop.append(stop)
+    app = create_app(
+        runtime,
+        endpoints.routers,
+        title="CityPass operator console",
+        description=DESCRIPTION,
+        on_start=[start],
+    )
+    app.state.broadcaster = broadcaster
+    app.state.sink = sink
+    app.state.monitor = monitor
+    return app

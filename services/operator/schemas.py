@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -25,3 +27,179 @@ class SessionRead(BaseModel):
 class OperatorRead(BaseModel):
     username: str
     role: Role
+
+
+class StreamTicketRead(BaseModel):
+    ticket: str = Field(description="Pass as `?ticket=` to `GET /v1/stream`; valid once")
+    expires_in: int = Field(description="Seconds the ticket can still be used")
+
+
+class MinuteCount(BaseModel):
+    accepted: int = 0
+    rejected: int = 0
+
+
+class StationRead(BaseModel):
+    place: str = Field(description="Station code (`2A-01`) or `bus:<route>`")
+    name: str
+    line: str | None = Field(description="Metro line, or null for a bus route")
+    per_minute: list[MinuteCount] = Field(description="Aligned with `DashboardRead.minutes`")
+    today: MinuteCount
+
+
+class ReasonSeries(BaseModel):
+    reason: str
+    counts: list[int] = Field(description="Aligned with `DashboardRead.reason_buckets`")
+    today: int
+
+
+class HourRevenue(BaseModel):
+    hour: datetime
+    transit: int
+    parking: int
+
+
+class TodayRead(BaseModel):
+    day: str = Field(description="The Hanoi calendar day (UTC+7)")
+    accepted: int
+    rejected: int
+    revenue_transit: int = Field(description="VND: fares and ticket sales, net of refunds")
+    revenue_parking: int = Field(description="VND: parking fees, net of refunds")
+    revenue_by_lot: dict[str, int]
+    revenue_by_hour: list[HourRevenue]
+    tickets_issued: int
+    payment_failures: int
+    topups: int = Field(description="VND topped up into wallets")
+    suspense: int = Field(description="VND that landed in the suspense account")
+    alerts: int
+
+
+class GateStatusRead(BaseModel):
+    gate_id: str
+    station: str | None
+    line: str | None
+    route: str | None
+    last_seen: datetime
+    online: bool = Field(description="Heard from within `OPERATOR_GATE_SILENT_AFTER`")
+    last_decision: str | None
+    last_reason: str | None
+
+
+class LotRead(BaseModel):
+    lot_id: str
+    vehicle_type: str
+    occupied: int
+    capacity: int
+    free: int
+    updated_at: datetime
+
+
+class DashboardRead(BaseModel):
+    generated_at: datetime
+    minutes: list[datetime] = Field(description="Start of each minute, oldest first")
+    network: list[MinuteCount]
+    stations: list[StationRead]
+    reason_buckets: list[datetime] = Field(description="Start of each 10-minute bucket")
+    reasons: list[ReasonSeries]
+    today: TodayRead
+    gates: list[GateStatusRead]
+    lots: list[LotRead]
+    open_alerts: int
+
+
+class AlertRead(BaseModel):
+    alert_id: str
+    rule: str = Field(
+        description="replay_burst, impossible_travel, passback, gate_silent, lot_full, "
+        "payment_failures, suspense, offline_double_use, or external"
+    )
+    severity: str
+    subject: str
+    detail: str = Field(description="English; the console localises `rule` and `params`")
+    params: dict[str, Any]
+    gate_id: str | None = None
+    station: str | None = None
+    ticket_id: str | None = None
+    lot_id: str | None = None
+    raised_at: datetime
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+
+
+class AlertStatus(StrEnum):
+    open = "open"
+    acknowledged = "acknowledged"
+    all = "all"
+
+
+class TailEntryRead(BaseModel):
+    stream_id: str = Field(description="Position in the live tail (use as `before` to page)")
+    id: str = Field(description="The event id")
+    type: str
+    category: str
+    at: datetime
+    ticket_id: str | None = None
+    gate_id: str | None = None
+    station: str | None = None
+    line: str | None = None
+    route: str | None = None
+    plate: str | None = Field(default=None, description="Masked by parking (`29A-***.45`)")
+    lot_id: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    amount: int | None = None
+    kind: str | None = None
+    source: str | None = None
+    vehicle_type: str | None = None
+    free: int | None = None
+    capacity: int | None = None
+    severity: str | None = None
+    session_id: str | None = None
+    product: str | None = None
+    action: str | None = None
+    fare: int | None = None
+    offline: bool | None = None
+    alert_id: str | None = None
+    acknowledged_by: str | None = None
+    alert: AlertRead | None = None
+
+
+class PartitionLagRead(BaseModel):
+    group: str
+    topic: str
+    partition: int
+    committed: int | None = Field(description="Next offset the group will read; null: none")
+    end: int
+    lag: int = Field(description="Records not yet processed by the group")
+    lag_seconds: float = Field(description="Age of the oldest unprocessed record")
+
+
+class GroupLagRead(BaseModel):
+    group: str
+    lag: int
+    lag_seconds: float
+    partitions: int
+
+
+class ServiceHealthRead(BaseModel):
+    service: str
+    url: str
+    up: bool
+    error: str | None = None
+    outbox_backlog: float | None = Field(default=None, description="Events not yet relayed")
+    outbox_oldest_age_seconds: float | None = None
+    spool_backlog: float | None = Field(
+        default=None, description="Validation events spooled while Kafka was unreachable"
+    )
+    dead_letters: float | None = Field(default=None, description="Records this service parked")
+
+
+class PipelineRead(BaseModel):
+    checked_at: datetime | None = Field(description="Null until the first check has run")
+    kafka_error: str | None = None
+    groups: list[GroupLagRead]
+    partitions: list[PartitionLagRead]
+    services: list[ServiceHealthRead]
+    dead_letter_records: int | None = Field(
+        default=None, description="Records on `ops.deadletter` (still retained)"
+    )
