@@ -7,6 +7,7 @@ response matches its documented status, content type and schema.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -18,6 +19,9 @@ import pytest
 
 from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
 from citypass.stack import SERVICES, ServiceSpec
+from services.parking.settings import ParkingSettings
+from services.payments.settings import PaymentsSettings
+from services.validation.settings import ValidationSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = ",".join(
@@ -73,10 +77,25 @@ def _up(url: str) -> bool:
 
 def auth_headers(spec: ServiceSpec, base_url: str) -> list[str]:
     """Credentials a legitimate caller has, so that protected operations are exercised too."""
-    if spec.name == "operator":
-        return ["-H", f"Authorization: Bearer {operator_token(base_url)}"]
-    token = os.environ.get(f"{spec.prefix}_SERVICE_TOKEN")
-    return ["-H", f"Authorization: Bearer {token}"] if token else []
+    tokens = {
+        "operator": lambda: operator_token(base_url),
+        "ticketing": lambda: rider_token(base_url),
+        "payments": lambda: PaymentsSettings().service_token.get_secret_value(),
+        "validation": lambda: ValidationSettings().admin_token.get_secret_value(),
+        "parking": lambda: ParkingSettings().admin_token.get_secret_value(),
+    }
+    return ["-H", f"Authorization: Bearer {tokens[spec.name]()}"]
+
+
+def rider_token(base_url: str) -> str:
+    """A rider who just signed up, as the rider app would be."""
+    phone = f"098{random.randrange(10**7):07d}"
+    response = httpx.post(
+        f"{base_url}/v1/riders", json={"phone": phone, "password": "contract-test-password"}
+    )
+    response.raise_for_status()
+    token: str = response.json()["access_token"]
+    return token
 
 
 def operator_token(base_url: str) -> str:

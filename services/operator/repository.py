@@ -416,7 +416,9 @@ def valid_stream_id(value: str) -> bool:
     millis, dash, seq = value.partition("-")
     if not (dash and millis.isdigit() and seq.isdigit()):
         return False
-    return int(millis) <= MAX_ID_PART and int(seq) <= MAX_ID_PART and (millis, seq) != ("0", "0")
+    return (
+        int(millis) <= MAX_ID_PART and int(seq) <= MAX_ID_PART and (int(millis), int(seq)) != (0, 0)
+    )
 
 
 RawEntries = list[tuple[bytes, dict[bytes, bytes]]]

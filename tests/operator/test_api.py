@@ -211,3 +211,15 @@ class TestPipeline:
         assert services["ticketing"]["up"] is False
         assert services["ticketing"]["error"]
         assert body["dead_letter_records"] is not None
+
+
+class TestEventSearchBounds:
+    @pytest.mark.parametrize("before", ["0-0", "00-00", "000-0"])
+    async def test_a_cursor_before_the_first_position_finds_nothing(
+        self, console: Console, before: str
+    ) -> None:
+        response = await console.http.get(
+            "/v1/events", params={"before": before}, headers=console.viewer
+        )
+        assert response.status_code == 200
+        assert response.json() == []
