@@ -7,7 +7,13 @@ import importlib
 import sys
 
 # Each module exposes `register(subparsers)`; its subcommand sets `func(args) -> int`.
-COMMAND_MODULES = ("citypass.stack", "citypass.bank", "citypass.rider", "citypass.gate")
+COMMAND_MODULES = (
+    "citypass.stack",
+    "citypass.bank",
+    "citypass.rider",
+    "citypass.gate",
+    "citypass.parking",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,5 +18,8 @@ def service_client(base_url: str, *, timeout_s: float = 5.0) -> httpx.AsyncClien
         base_url=base_url,
         timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)),
         event_hooks={"request": [_add_request_id]},
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
+        # Below uvicorn's 5 s keep-alive, so we never reuse a connection the server is closing.
+        limits=httpx.Limits(
+            max_connections=100, max_keepalive_connections=50, keepalive_expiry=4.0
+        ),
     )

@@ -1,29 +1,699 @@
-"""HTTP routes of the parking service."""
+"""HTTP routes of the parking service: parse, authenticate, call the rules, shape the answer.
+
+Three kinds of callers:
+- lane terminals and cameras, which sign every request (`X-Device-*`, shared/devicesigning.py)
+  and send an `Idempotency-Key` (a UUID per vehicle event) with every decision;
+- operators and back offices, with `Authorization: Bearer <PARKING_ADMIN_TOKEN>`;
+- drivers and the public: lots, occupancy, tariffs, quotes, and receipts opened with their
+  receipt token.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel
+from starlette.responses import Response
 
-from services.parking import service
-from services.parking.schemas import LotRead
-from shared.app import RuntimeDep
+from services.parking import audit, service, sessions
+from services.parking.auth import AdminDep, DeviceDep, DeviceOrAdminDep, ParkingDep
+from services.parking.context import Parking
+from services.parking.schemas import (
+    DEVICE_ID_PATTERN,
+    LANE_ID_PATTERN,
+    LOT_ID_PATTERN,
+    AuditReport,
+    Day,
+    DeviceCreate,
+    DeviceCredentials,
+    DeviceRead,
+    DisputeCreate,
+    DisputeRead,
+    DisputeResolve,
+    DisputeStatus,
+    EntryCreate,
+    EntryDecision,
+    ExitCreate,
+    ExitDecision,
+    LaneRead,
+    LaneUpsert,
+    LotRead,
+    LotUpsert,
+    Moment,
+    OccupancyRead,
+    OverrideCreate,
+    OverrideRead,
+    QuoteRead,
+    ReceiptRead,
+    SessionRead,
+    SessionStatus,
+    TariffCreate,
+    TariffRead,
+    VehicleCreate,
+    VehicleRead,
+)
+from services.parking.sessions import Undo, Work
+from services.parking.tariffs import VehicleType
+from shared.errors import PROBLEM_CONTENT, Unprocessable
+from shared.idempotency import IdempotencyDep, IdempotentRequest
 
-router = APIRouter(prefix="/v1", tags=["lots"])
+LotId = Annotated[str, Path(pattern=LOT_ID_PATTERN, examples=["HK-01"])]
+LaneId = Annotated[str, Path(pattern=LANE_ID_PATTERN, examples=["HK-01-IN1"])]
+DeviceId = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
+ReceiptToken = Annotated[
+    str,
+    Query(
+        min_length=16,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The receipt token printed at the exit lane",
+    ),
+]
+Limit = Annotated[int, Query(ge=1, le=500)]
 
-LotId = Annotated[str, Path(min_length=1, max_length=20, pattern=r"^[A-Z0-9-]+$")]
+
+def problems(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    return {status: {"description": text, "content": PROBLEM_CONTENT} for status, text in described}
 
 
-@router.get("/lots", response_model=list[LotRead])
-async def list_lots(rt: RuntimeDep) -> list[LotRead]:
+DEVICE_AUTH = (401, "Not signed, badly signed, stale, replayed, or unknown/disabled device")
+ADMIN_AUTH = (401, "Missing or wrong admin token")
+INVALID = (422, "Invalid body or values; `code` says which")
+
+public = APIRouter(prefix="/v1")
+lanes = APIRouter(prefix="/v1", tags=["lanes"], responses=problems(DEVICE_AUTH))
+admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=problems(ADMIN_AUTH))
+
+
+async def _in_transaction(
+    context: Parking, action: Callable[[Work], Awaitable[BaseModel]]
+) -> BaseModel:
+    undo = Undo()
+    try:
+        async with context.db.transaction() as session:
+            result = await action(Work(session, context, undo))
+    except BaseException:
+        await undo.run()
+        raise
+    return result
+
+
+async def _decide(
+    context: Parking, key: IdempotentRequest, action: Callable[[Work], Awaitable[BaseModel]]
+) -> Response:
+    """Run a lane decision once per Idempotency-Key; a retry gets the first answer's bytes."""
+    undo = Undo()
+    try:
+        async with context.idempotency.call(key) as call:
+            if call.replay is not None:
+                return call.replay
+            result = await action(Work(call.session, context, undo))
+            response = await call.respond(200, result)
+    except BaseException:
+        await undo.run()
+        raise
+    return response
+
+
+# Lots, tariffs, quotes (public) -----------------------------------------------------------------
+
+
+@public.get("/lots", response_model=list[LotRead], tags=["lots"])
+async def list_lots(context: ParkingDep) -> list[LotRead]:
     """Every parking lot with its capacity per vehicle type and its lanes."""
-    async with rt.db.transaction() as session:
+    async with context.db.transaction() as session:
         return await service.list_lots(session)
 
 
-@router.get("/lots/{lot_id}", response_model=LotRead)
-async def get_lot(lot_id: LotId, rt: RuntimeDep) -> LotRead:
-    """One parking lot."""
-    async with rt.db.transaction() as session:
+@public.get(
+    "/lots/{lot_id}",
+    response_model=LotRead,
+    tags=["lots"],
+    responses=problems((404, "`lot_not_found`")),
+)
+async def get_lot(lot_id: LotId, context: ParkingDep) -> LotRead:
+    """One parking lot, with its lanes."""
+    async with context.db.transaction() as session:
         return await service.get_lot(session, lot_id)
+
+
+@public.get(
+    "/lots/{lot_id}/occupancy",
+    response_model=OccupancyRead,
+    tags=["lots"],
+    responses=problems((404, "`lot_not_found`")),
+)
+async def get_occupancy(lot_id: LotId, context: ParkingDep) -> OccupancyRead:
+    """Places, vehicles inside and free places per vehicle type, live (Redis counters)."""
+    return await service.occupancy(context, lot_id)
+
+
+@public.get(
+    "/lots/{lot_id}/quote",
+    response_model=QuoteRead,
+    tags=["tariffs"],
+    responses=problems(
+        (404, "`lot_not_found`"),
+        (422, "`exit_before_entry`, `stay_too_long` (over 31 days), `no_tariff`, or invalid"),
+    ),
+)
+async def quote(
+    lot_id: LotId,
+    vehicle_type: VehicleType,
+    entry_at: Annotated[Moment, Query(description="With its offset, e.g. +07:00")],
+    exit_at: Annotated[Moment, Query(description="With its offset")],
+    context: ParkingDep,
+) -> QuoteRead:
+    """What a stay would cost, line by line, with the dated tariffs in force along the way."""
+    if exit_at - entry_at > service.QUOTE_LIMIT:
+        raise Unprocessable("Quotes cover at most 31 days.", code="stay_too_long")
+    async with context.db.transaction() as session:
+        return await service.quote(session, lot_id, vehicle_type, entry_at, exit_at)
+
+
+@public.get("/tariffs", response_model=list[TariffRead], tags=["tariffs"])
+async def list_tariffs(
+    context: ParkingDep,
+    lot_id: Annotated[
+        str | None, Query(pattern=LOT_ID_PATTERN, description="Also the lot's own versions")
+    ] = None,
+    vehicle_type: VehicleType | None = None,
+) -> list[TariffRead]:
+    """Dated tariff versions: the city's defaults (`lot_id` null) and lots' own.
+
+    A session is priced by the version in force at each moment (a lot's own first, then the
+    city's), so a stay across a tariff change pays each part by its rules.
+    """
+    async with context.db.transaction() as session:
+        return await service.list_tariffs(session, lot_id, vehicle_type)
+
+
+# Lane devices -----------------------------------------------------------------------------------
+
+
+@lanes.post(
+    "/entries",
+    response_model=EntryDecision,
+    responses=problems(
+        (400, "`idempotency_key_missing`"),
+        (403, "`device_not_in_lot`, `device_not_on_lane`"),
+        (409, "`idempotency_key_in_flight`: the first request with this key is still running"),
+        (
+            422,
+            "`invalid_plate`, `unknown_lot`, `unknown_lane`, `wrong_lane_direction`,"
+            " `lane_disabled`, `timestamp_in_future`, `timestamp_too_old`, `invalid_account_qr`,"
+            " `unknown_rfid_tag`, `idempotency_key_reused`, `validation_error`",
+        ),
+    ),
+)
+async def enter(
+    body: EntryCreate, device: DeviceDep, key: IdempotencyDep, context: ParkingDep
+) -> Response:
+    """A vehicle at an entry lane: open the barrier or not.
+
+    Identify the vehicle by a plate read (camera: plate as read, confidence, image reference),
+    by the owner's account QR, or by an RFID tag (a plate read may come along; a mismatch is
+    flagged). Plates are normalised (`29A-123.45`, `29-B1 234.56`…); a read below the
+    confidence threshold still opens but flags the session for review and never touches a
+    wallet. `occurred_at` is the device's time of the event (not in the future; offline lanes
+    may upload up to 7 days late).
+
+    Answers 200 with `decision`:
+    - `open` / `entered`: a new session (`session_id`); a registered vehicle gets a hold on
+      its wallet (`hold_status` `held`, or `insufficient_funds`/`payments_unavailable`: it
+      then pays at exit). `outstanding_debt` is what the plate still owes: show it.
+    - `open` / `already_inside`: the same plate is inside already (a repeated read).
+    - `full` / `lot_full`: no place for this vehicle type; keep the barrier closed.
+
+    Send a fresh `Idempotency-Key` (UUID) per vehicle event and reuse it on retries.
+    """
+    return await _decide(context, key, lambda work: sessions.enter(work, device, body, key.key))
+
+
+@lanes.post(
+    "/exits",
+    response_model=ExitDecision,
+    responses=problems(
+        (400, "`idempotency_key_missing`"),
+        (403, "`device_not_in_lot`, `device_not_on_lane`"),
+        (
+            409,
+            "`no_open_session` (no entry recorded for this plate), `already_exited` (a double"
+            " exit; `session_id` and `exit_at` say when), `idempotency_key_in_flight`",
+        ),
+        (
+            422,
+            "`invalid_plate`, `unknown_lot`, `unknown_lane`, `wrong_lane_direction`,"
+            " `timestamp_in_future`, `exit_before_entry`, `no_tariff`, `validation_error`…",
+        ),
+        (503, "`payments_unavailable`: only when the fallback is disabled; retry"),
+    ),
+)
+async def leave(
+    body: ExitCreate, device: DeviceDep, key: IdempotencyDep, context: ParkingDep
+) -> Response:
+    """A vehicle at an exit lane: the fee, and open the barrier or show a VietQR.
+
+    The fee is computed from entry to `occurred_at` with the dated tariffs (`lines` shows
+    each rule applied). Answers 200 with `decision`:
+    - `open`: `free` (grace period), `paid_from_wallet` (the entry hold captured for the
+      fee, the rest released; or the wallet charged), or `debt_recorded` (the fallback:
+      payments unreachable, or `offline: true`; the plate is billed later, never cash).
+    - `pay` / `payment_required`: render `payment.qr` (a dynamic VietQR for the exact fee,
+      its reference in field 62) and poll `GET /v1/sessions/{session_id}/exit-status` until
+      it says `open` (the bank's signed notification arrived). After `fallback_after` the
+      lane may let the vehicle out with `POST /v1/sessions/{session_id}/fallback-exit`.
+
+    A vehicle already waiting at the barrier gets its pending decision again. Print or show
+    `receipt_token`: with the session id it opens the receipt (`GET /v1/receipts/…`).
+    """
+    return await _decide(context, key, lambda work: sessions.leave(work, device, body))
+
+
+@lanes.get(
+    "/sessions/{session_id}/exit-status",
+    response_model=ExitDecision,
+    responses=problems(
+        (403, "`device_not_in_lot`"),
+        (404, "`session_not_found`"),
+        (409, "`not_at_exit`: the vehicle has not been read at an exit"),
+    ),
+)
+async def exit_status(
+    session_id: uuid.UUID, device: DeviceOrAdminDep, context: ParkingDep
+) -> ExitDecision:
+    """The current exit decision of a session: poll it (about once a second) after `pay`.
+
+    `decision` turns `open` (`paid_by_vietqr`) as soon as the bank's notification reached
+    payments and parking; a signed device of the lot or an operator may ask.
+    """
+
+    async def read(work: Work) -> ExitDecision:
+        return await sessions.exit_status(work, device, session_id)
+
+    result = await _in_transaction(context, read)
+    assert isinstance(result, ExitDecision)
+    return result
+
+
+@lanes.post(
+    "/sessions/{session_id}/fallback-exit",
+    response_model=ExitDecision,
+    responses=problems(
+        (400, "`idempotency_key_missing`"),
+        (403, "`device_not_in_lot`"),
+        (404, "`session_not_found`"),
+        (
+            409,
+            "`payment_wait_not_over` (with `fallback_after`), `fallback_disabled`, `not_at_exit`",
+        ),
+    ),
+)
+async def fallback_exit(
+    session_id: uuid.UUID, device: DeviceDep, key: IdempotencyDep, context: ParkingDep
+) -> Response:
+    """The bank is slow: let the vehicle out now and bill the plate later as a debt.
+
+    Allowed once the VietQR has been shown for the configured wait (`fallback_after`). The
+    VietQR stays valid: paying it later settles the debt; the receipt shows what is owed.
+    """
+    return await _decide(
+        context, key, lambda work: sessions.fallback_exit(work, device, session_id)
+    )
+
+
+# Receipts and disputes (drivers) ----------------------------------------------------------------
+
+
+@public.get(
+    "/receipts/{session_id}",
+    response_model=ReceiptRead,
+    tags=["receipts"],
+    responses=problems(
+        (404, "`receipt_not_found`: unknown session or wrong token"),
+        (409, "`session_not_closed`"),
+    ),
+)
+async def get_receipt(
+    session_id: uuid.UUID, token: ReceiptToken, context: ParkingDep
+) -> ReceiptRead:
+    """The receipt of a parking session: lot, masked plate, times (Hanoi), the tariff rules
+    applied, amount, payment reference, and what is still owed (with its VietQR)."""
+
+    async def read(work: Work) -> ReceiptRead:
+        return await sessions.receipt(work, session_id, token)
+
+    result = await _in_transaction(context, read)
+    assert isinstance(result, ReceiptRead)
+    return result
+
+
+@public.get(
+    "/receipts",
+    response_model=list[ReceiptRead],
+    tags=["receipts"],
+    responses=problems((422, "`invalid_plate`, or invalid values")),
+)
+async def find_receipts(
+    plate: Annotated[str, Query(min_length=1, max_length=20, examples=["29A-123.45"])],
+    entered_at: Annotated[
+        Moment,
+        Query(description="When the vehicle entered, within 15 minutes (with its offset)"),
+    ],
+    context: ParkingDep,
+) -> list[ReceiptRead]:
+    """Find lost receipts: the plate and the entry time (to within 15 minutes) are needed,
+    so knowing a plate alone reveals nothing."""
+    async with context.db.transaction() as session:
+        return await sessions.find_receipts(Work(session, context), plate, entered_at)
+
+
+@public.post(
+    "/receipts/{session_id}/disputes",
+    response_model=DisputeRead,
+    status_code=201,
+    tags=["receipts"],
+    responses=problems(
+        (404, "`receipt_not_found`"),
+        (409, "`dispute_open` (one at a time), `session_not_closed`"),
+        (422, "`claim_required` (wrong_times without a claimed time), or invalid body"),
+    ),
+)
+async def open_dispute(
+    session_id: uuid.UUID, token: ReceiptToken, body: DisputeCreate, context: ParkingDep
+) -> DisputeRead:
+    """Dispute a session: not my vehicle (`wrong_plate`), wrong entry/exit times
+    (`wrong_times`, with the claimed times), or `other`. An operator resolves it; an accepted
+    dispute is refunded through payments."""
+
+    async def act(work: Work) -> DisputeRead:
+        return await sessions.open_dispute(work, session_id, token, body)
+
+    result = await _in_transaction(context, act)
+    assert isinstance(result, DisputeRead)
+    return result
+
+
+@public.get(
+    "/receipts/{session_id}/disputes",
+    response_model=list[DisputeRead],
+    tags=["receipts"],
+    responses=problems((404, "`receipt_not_found`"), (409, "`session_not_closed`")),
+)
+async def receipt_disputes(
+    session_id: uuid.UUID, token: ReceiptToken, context: ParkingDep
+) -> list[DisputeRead]:
+    """The disputes of a session and how they were resolved."""
+    async with context.db.transaction() as session:
+        return await sessions.disputes_of_receipt(Work(session, context), session_id, token)
+
+
+# Operators: provisioning ------------------------------------------------------------------------
+
+
+@admin.put(
+    "/lots/{lot_id}",
+    response_model=LotRead,
+    tags=["provisioning"],
+    responses=problems(INVALID),
+)
+async def upsert_lot(lot_id: LotId, body: LotUpsert, context: ParkingDep) -> LotRead:
+    """Create or update a lot; capacities take effect at once (Redis), vehicles inside stay."""
+    async with context.db.transaction() as session:
+        lot = await service.upsert_lot(session, context, lot_id, body)
+    await context.reference.reload()
+    return lot
+
+
+@admin.put(
+    "/lots/{lot_id}/lanes/{lane_id}",
+    response_model=LaneRead,
+    tags=["provisioning"],
+    responses=problems((404, "`lot_not_found`"), (409, "`lane_in_other_lot`"), INVALID),
+)
+async def upsert_lane(
+    lot_id: LotId, lane_id: LaneId, body: LaneUpsert, context: ParkingDep
+) -> LaneRead:
+    """Create or update a lane: its direction and, for a dedicated lane, its vehicle type."""
+    async with context.db.transaction() as session:
+        lane = await service.upsert_lane(session, lot_id, lane_id, body)
+    await context.reference.reload()
+    return lane
+
+
+@admin.post(
+    "/devices",
+    response_model=DeviceCredentials,
+    status_code=201,
+    tags=["provisioning"],
+    responses=problems(
+        (404, "`lot_not_found`"),
+        (409, "`device_exists`"),
+        (422, "`unknown_lane`, or invalid body"),
+    ),
+)
+async def provision_device(body: DeviceCreate, context: ParkingDep) -> DeviceCredentials:
+    """Provision a lane terminal or camera; the answer holds its secret, shown only once.
+
+    The device signs every request with it (HMAC-SHA256, see the `X-Device-*` headers).
+    """
+    async with context.db.transaction() as session:
+        return await service.provision_device(session, context, body)
+
+
+@admin.get("/devices", response_model=list[DeviceRead], tags=["provisioning"])
+async def list_devices(
+    context: ParkingDep,
+    lot_id: Annotated[str | None, Query(pattern=LOT_ID_PATTERN)] = None,
+) -> list[DeviceRead]:
+    """Provisioned devices (never their secrets)."""
+    async with context.db.transaction() as session:
+        return await service.list_devices(session, lot_id)
+
+
+@admin.post(
+    "/devices/{device_id}/revoke",
+    response_model=DeviceRead,
+    tags=["provisioning"],
+    responses=problems((404, "`device_not_found`")),
+)
+async def revoke_device(device_id: DeviceId, context: ParkingDep) -> DeviceRead:
+    """Disable a device for good (lost, stolen, replaced); refused within seconds."""
+    async with context.db.transaction() as session:
+        return await service.revoke_device(session, context, device_id)
+
+
+@admin.post(
+    "/tariffs",
+    response_model=TariffRead,
+    status_code=201,
+    tags=["tariffs"],
+    responses=problems(
+        (404, "`lot_not_found`"),
+        (409, "`tariff_exists`"),
+        (422, "`tariff_in_past`, `tariff_too_soon` (less than 5 minutes ahead), or invalid"),
+    ),
+)
+async def create_tariff(body: TariffCreate, context: ParkingDep) -> TariffRead:
+    """Add a dated tariff version (city-wide, or for one lot), effective at least 5 minutes
+    ahead: sessions already priced keep their rules, and every lane knows it before it applies."""
+    async with context.db.transaction() as session:
+        tariff = await service.create_tariff(session, body)
+    await context.reference.reload()
+    return tariff
+
+
+@admin.post(
+    "/vehicles",
+    response_model=VehicleRead,
+    status_code=201,
+    tags=["vehicles"],
+    responses=problems(
+        (409, "`plate_registered` (to another owner), or the RFID tag is taken"),
+        (422, "`invalid_plate`, or invalid body"),
+        (503, "`payments_unavailable`: the wallet could not be opened; retry"),
+    ),
+)
+async def register_vehicle(body: VehicleCreate, context: ParkingDep) -> VehicleRead:
+    """Register a vehicle to its owner's vehicle wallet (opened in payments if needed).
+
+    Its wallet then gets a hold at entry and pays at exit. Registering the same plate for the
+    same owner again returns the registration; `account_qr` is what the owner's app shows.
+    """
+    async with context.db.transaction() as session:
+        return await service.register_vehicle(session, context, body)
+
+
+@admin.get(
+    "/vehicles/{vehicle_id}",
+    response_model=VehicleRead,
+    tags=["vehicles"],
+    responses=problems((404, "`vehicle_not_found`")),
+)
+async def get_vehicle(vehicle_id: uuid.UUID, context: ParkingDep) -> VehicleRead:
+    """A registered vehicle."""
+    async with context.db.transaction() as session:
+        return await service.get_vehicle(session, context, vehicle_id)
+
+
+# Operators: sessions, overrides, disputes, audit ------------------------------------------------
+
+
+@admin.get("/sessions", response_model=list[SessionRead], tags=["sessions"])
+async def list_sessions(
+    context: ParkingDep,
+    lot_id: Annotated[str | None, Query(pattern=LOT_ID_PATTERN)] = None,
+    status: SessionStatus | None = None,
+    needs_review: bool | None = None,
+    limit: Limit = 100,
+) -> list[SessionRead]:
+    """Sessions, newest entry first; `needs_review=true` lists low-confidence reads,
+    plate mismatches and repeated entries for an operator to check."""
+    async with context.db.transaction() as session:
+        return await sessions.list_sessions(
+            Work(session, context),
+            lot_id=lot_id,
+            status=status,
+            needs_review=needs_review,
+            limit=limit,
+        )
+
+
+@lanes.get(
+    "/sessions/{session_id}",
+    response_model=SessionRead,
+    tags=["sessions"],
+    responses=problems((403, "`device_not_in_lot`"), (404, "`session_not_found`")),
+)
+async def get_session(
+    session_id: uuid.UUID, device: DeviceOrAdminDep, context: ParkingDep
+) -> SessionRead:
+    """One session in full (plate unmasked): for a signed device of its lot, or operators."""
+    async with context.db.transaction() as session:
+        return await sessions.get_session(Work(session, context), device, session_id)
+
+
+@admin.post(
+    "/sessions/{session_id}/overrides",
+    response_model=OverrideRead,
+    status_code=201,
+    tags=["sessions"],
+    responses=problems(
+        (404, "`session_not_found`"),
+        (409, "`session_not_closed`, `session_closed`, `plate_already_inside`"),
+        (422, "`invalid_plate`, `plate_required`, `exit_before_entry`, `timestamp_in_future`"),
+        (503, "`payments_unavailable`: a refund could not be made; nothing changed, retry"),
+    ),
+)
+async def override_session(
+    session_id: uuid.UUID, body: OverrideCreate, context: ParkingDep
+) -> OverrideRead:
+    """A manual override by an operator, kept with who, why and the money moved; every one
+    is listed in the revenue audit. Refunds go through payments (wallet payments only:
+    VietQR payments need a bank payout, reported as `payout_required`)."""
+
+    async def act(work: Work) -> OverrideRead:
+        return await sessions.apply_override(work, session_id, body)
+
+    result = await _in_transaction(context, act)
+    assert isinstance(result, OverrideRead)
+    return result
+
+
+@admin.get("/disputes", response_model=list[DisputeRead], tags=["sessions"])
+async def list_disputes(
+    context: ParkingDep, status: DisputeStatus | None = None, limit: Limit = 100
+) -> list[DisputeRead]:
+    """Drivers' disputes, oldest first (`status=open`: the operators' queue)."""
+    async with context.db.transaction() as session:
+        return await sessions.list_disputes(Work(session, context), status, limit)
+
+
+@admin.post(
+    "/disputes/{dispute_id}/resolve",
+    response_model=DisputeRead,
+    tags=["sessions"],
+    responses=problems(
+        (404, "`dispute_not_found`"),
+        (409, "`dispute_closed`"),
+        (422, "`exit_before_entry`, `timestamp_in_future`, or invalid body"),
+        (503, "`payments_unavailable`: the refund could not be made; retry"),
+    ),
+)
+async def resolve_dispute(
+    dispute_id: uuid.UUID, body: DisputeResolve, context: ParkingDep
+) -> DisputeRead:
+    """Accept or reject a dispute. Accepted: `wrong_times` reprices the session with the
+    corrected times (the claim unless given here), anything else waives the fee; what was
+    paid beyond the new fee is refunded to the wallet through payments."""
+
+    async def act(work: Work) -> DisputeRead:
+        return await sessions.resolve_dispute(work, dispute_id, body)
+
+    result = await _in_transaction(context, act)
+    assert isinstance(result, DisputeRead)
+    return result
+
+
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {}}, "description": "The audit as CSV"}
+}
+
+
+async def _audit(context: Parking, lot_id: str, day: Any) -> AuditReport:
+    async with context.db.transaction() as session:
+        facts = await audit.gather(session, context.payments, lot_id, day)
+    return audit.build_report(facts)
+
+
+def _csv(report: AuditReport) -> Response:
+    return Response(
+        audit.to_csv(report),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": (
+                f'attachment; filename="parking-audit-{report.lot_id}-{report.day}.csv"'
+            )
+        },
+    )
+
+
+@admin.get(
+    "/audit/{lot_id}/{day}.csv",
+    tags=["audit"],
+    response_class=Response,
+    responses={**CSV_RESPONSE, **problems((404, "`lot_not_found`"))},
+)
+async def audit_csv(lot_id: LotId, day: Annotated[Day, Path()], context: ParkingDep) -> Response:
+    """The revenue audit of a lot for a day, as CSV (same as `?format=csv`)."""
+    return _csv(await _audit(context, lot_id, day))
+
+
+@admin.get(
+    "/audit/{lot_id}/{day}",
+    response_model=AuditReport,
+    tags=["audit"],
+    responses={**CSV_RESPONSE, **problems((404, "`lot_not_found`"))},
+)
+async def audit_report(
+    lot_id: LotId,
+    day: Annotated[Day, Path()],
+    context: ParkingDep,
+    output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+) -> Response | AuditReport:
+    """Revenue audit of a lot for a day in Hanoi time: sessions × tariff vs payments vs ledger.
+
+    Lists sessions without (full) payment, overpaid sessions, tariff mismatches, payments
+    without a session and manual overrides; `totals.unexplained` is what none of them
+    explains, 0 when every dong is accounted for. Payments' own figures come from its daily
+    reconciliation (`payments_reported`, `ledger`; null with a `problems` line when payments
+    cannot be reached).
+    """
+    report = await _audit(context, lot_id, day)
+    return _csv(report) if output == "csv" else report
+
+
+routers = (public, lanes, admin)

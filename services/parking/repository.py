@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeAlias
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Time,
+    UniqueConstraint,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID, insert
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.idempotency import idempotency_keys_table
@@ -19,6 +42,10 @@ outbox = outbox_table(metadata)
 idempotency_keys = idempotency_keys_table(metadata)
 processed_events = processed_events_table(metadata)
 
+Record: TypeAlias = Row[*tuple[Any, ...]]
+
+OPEN_STATUSES = ("open", "awaiting_payment")
+
 lots = Table(
     "lots",
     metadata,
@@ -28,9 +55,207 @@ lots = Table(
     Column("address", String(200), nullable=False),
     Column("motorbike_capacity", Integer, nullable=False),
     Column("car_capacity", Integer, nullable=False),
-    Column("entry_lanes", Integer, nullable=False),
-    Column("exit_lanes", Integer, nullable=False),
 )
+
+lanes = Table(
+    "lanes",
+    metadata,
+    Column("lane_id", String(30), primary_key=True),
+    Column("lot_id", String(20), ForeignKey("lots.lot_id"), nullable=False),
+    Column("direction", String(5), nullable=False),
+    Column("vehicle_type", String(10)),
+    Column("enabled", Boolean, nullable=False, server_default="true"),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_id", String(40), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("lot_id", String(20), ForeignKey("lots.lot_id"), nullable=False),
+    Column("lane_id", String(30), ForeignKey("lanes.lane_id")),
+    Column("secret", String(100), nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default="true"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+tariffs = Table(
+    "tariffs",
+    metadata,
+    Column("tariff_id", String(60), primary_key=True),
+    Column("vehicle_type", String(10), nullable=False),
+    Column("lot_id", String(20), ForeignKey("lots.lot_id")),
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    Column("first_block_minutes", Integer, nullable=False),
+    Column("first_block_price", BigInteger, nullable=False),
+    Column("per_hour_price", BigInteger, nullable=False),
+    Column("night_turn_price", BigInteger, nullable=False),
+    Column("grace_minutes", Integer, nullable=False),
+    Column("daily_cap", BigInteger),
+    Column("day_starts_at", Time, nullable=False),
+    Column("day_ends_at", Time, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint(
+        "vehicle_type",
+        "lot_id",
+        "effective_from",
+        name="tariffs_one_version_per_instant",
+        postgresql_nulls_not_distinct=True,
+    ),
+)
+
+vehicles = Table(
+    "vehicles",
+    metadata,
+    Column("vehicle_id", UUID(as_uuid=True), primary_key=True),
+    Column("plate_key", String(20), nullable=False, unique=True),
+    Column("plate", String(20), nullable=False),
+    Column("vehicle_type", String(10), nullable=False),
+    Column("owner_id", String(100), nullable=False),
+    Column("wallet_account_id", UUID(as_uuid=True), nullable=False),
+    Column("rfid_tag", String(64), unique=True),
+    Column("registered_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("session_id", UUID(as_uuid=True), primary_key=True),
+    Column("lot_id", String(20), ForeignKey("lots.lot_id"), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("vehicle_type", String(10), nullable=False),
+    Column("plate_key", String(20), nullable=False),
+    Column("plate", String(20), nullable=False),
+    Column("entry_method", String(12), nullable=False),
+    Column("entry_lane_id", String(30), nullable=False),
+    Column("entry_device_id", String(40)),
+    Column("entry_at", DateTime(timezone=True), nullable=False),
+    Column("entry_recorded_at", DateTime(timezone=True), nullable=False),
+    Column("entry_confidence", Float),
+    Column("entry_image_ref", String(200)),
+    Column("vehicle_id", UUID(as_uuid=True)),
+    Column("wallet_account_id", UUID(as_uuid=True)),
+    Column("hold_id", UUID(as_uuid=True)),
+    Column("hold_amount", BigInteger),
+    Column("hold_status", String(24)),
+    Column("review_reasons", ARRAY(String(40)), nullable=False, server_default="{}"),
+    Column("exit_lane_id", String(30)),
+    Column("exit_device_id", String(40)),
+    Column("exit_at", DateTime(timezone=True)),
+    Column("exit_recorded_at", DateTime(timezone=True)),
+    Column("exit_confidence", Float),
+    Column("exit_image_ref", String(200)),
+    Column("exit_offline", Boolean, nullable=False, server_default="false"),
+    Column("fee", BigInteger),
+    Column("priced", JSONB),
+    Column("settlement", String(10)),
+    Column("paid_amount", BigInteger, nullable=False, server_default="0"),
+    Column("debt_status", String(12)),
+    Column("debt_next_attempt_at", DateTime(timezone=True)),
+    Column("payment_request_id", UUID(as_uuid=True)),
+    Column("payment_reference", String(25)),
+    Column("payment_qr", String(512)),
+    Column("payment_amount", BigInteger),
+    Column("payment_requested_at", DateTime(timezone=True)),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index(
+    "sessions_one_open_per_plate",
+    sessions.c.lot_id,
+    sessions.c.plate_key,
+    unique=True,
+    postgresql_where=sessions.c.status != "closed",
+)
+Index("sessions_by_lot_exit", sessions.c.lot_id, sessions.c.exit_at)
+Index("sessions_by_plate_entry", sessions.c.plate_key, sessions.c.entry_at)
+Index("sessions_by_payment_request", sessions.c.payment_request_id)
+Index(
+    "sessions_holds_to_release",
+    sessions.c.session_id,
+    postgresql_where=sessions.c.hold_status == "release_pending",
+)
+Index(
+    "sessions_debts",
+    sessions.c.debt_next_attempt_at,
+    postgresql_where=sessions.c.debt_status == "outstanding",
+)
+
+session_payments = Table(
+    "session_payments",
+    metadata,
+    Column("transfer_id", UUID(as_uuid=True), primary_key=True),
+    Column("session_id", UUID(as_uuid=True), ForeignKey("sessions.session_id"), nullable=False),
+    Column("lot_id", String(20), nullable=False),
+    Column("kind", String(12), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # signed: refunds are negative
+    Column("reference", String(64)),
+    Column("posted_at", DateTime(timezone=True), nullable=False),
+)
+Index("session_payments_by_session", session_payments.c.session_id)
+
+ledger_transfers = Table(
+    "ledger_transfers",
+    metadata,
+    Column("transfer_id", UUID(as_uuid=True), primary_key=True),
+    Column("lot_id", String(64), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("amount", BigInteger, nullable=False),  # signed: into the lot's revenue is positive
+    Column("hold_id", UUID(as_uuid=True)),
+    Column("payment_request_id", UUID(as_uuid=True)),
+    Column("original_transfer_id", UUID(as_uuid=True)),
+    Column("posted_at", DateTime(timezone=True), nullable=False),
+)
+Index("ledger_transfers_by_lot_time", ledger_transfers.c.lot_id, ledger_transfers.c.posted_at)
+
+overrides = Table(
+    "overrides",
+    metadata,
+    Column("override_id", UUID(as_uuid=True), primary_key=True),
+    Column("session_id", UUID(as_uuid=True), ForeignKey("sessions.session_id"), nullable=False),
+    Column("lot_id", String(20), nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("operator", String(60), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("fee_before", BigInteger),
+    Column("fee_after", BigInteger),
+    Column("refund_amount", BigInteger, nullable=False, server_default="0"),
+    Column("refund_status", String(20)),
+    Column("details", JSONB, nullable=False, server_default="{}"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index("overrides_by_lot_time", overrides.c.lot_id, overrides.c.created_at)
+Index("overrides_by_session", overrides.c.session_id)
+
+disputes = Table(
+    "disputes",
+    metadata,
+    Column("dispute_id", UUID(as_uuid=True), primary_key=True),
+    Column("session_id", UUID(as_uuid=True), ForeignKey("sessions.session_id"), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("reason", String(20), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("claimed_entry_at", DateTime(timezone=True)),
+    Column("claimed_exit_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolution_note", String(500)),
+    Column("override_id", UUID(as_uuid=True), ForeignKey("overrides.override_id")),
+)
+Index(
+    "disputes_one_open_per_session",
+    disputes.c.session_id,
+    unique=True,
+    postgresql_where=disputes.c.status == "open",
+)
+
+
+async def use_consistent_snapshot(session: AsyncSession) -> None:
+    await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+
+
+# Lots and lanes ---------------------------------------------------------------------------------
 
 
 async def upsert_lots(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
@@ -43,9 +268,526 @@ async def upsert_lots(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> 
     )
 
 
-async def list_lots(session: AsyncSession) -> Sequence[RowMapping]:
-    return (await session.execute(select(lots).order_by(lots.c.lot_id))).mappings().all()
+async def list_lots(session: AsyncSession) -> Sequence[Record]:
+    return (await session.execute(select(lots).order_by(lots.c.lot_id))).all()
 
 
-async def get_lot(session: AsyncSession, lot_id: str) -> RowMapping | None:
-    return (await session.execute(select(lots).where(lots.c.lot_id == lot_id))).mappings().first()
+async def get_lot(session: AsyncSession, lot_id: str) -> Record | None:
+    return (await session.execute(select(lots).where(lots.c.lot_id == lot_id))).first()
+
+
+async def upsert_lanes(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    statement = insert(lanes).values(list(rows))
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[lanes.c.lane_id],
+            set_={c.name: statement.excluded[c.name] for c in lanes.c if c.name != "lane_id"},
+        )
+    )
+
+
+async def list_lanes(session: AsyncSession, lot_id: str | None = None) -> Sequence[Record]:
+    query = select(lanes).order_by(lanes.c.lane_id)
+    if lot_id is not None:
+        query = query.where(lanes.c.lot_id == lot_id)
+    return (await session.execute(query)).all()
+
+
+async def get_lane(session: AsyncSession, lane_id: str) -> Record | None:
+    return (await session.execute(select(lanes).where(lanes.c.lane_id == lane_id))).first()
+
+
+# Devices ----------------------------------------------------------------------------------------
+
+DEVICE_PUBLIC = (
+    devices.c.device_id,
+    devices.c.kind,
+    devices.c.lot_id,
+    devices.c.lane_id,
+    devices.c.enabled,
+    devices.c.created_at,
+    devices.c.revoked_at,
+)
+
+
+async def insert_device(session: AsyncSession, **values: Any) -> Record | None:
+    """The new device, or None when the id is taken."""
+    row: Record | None = (
+        await session.execute(
+            insert(devices)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=[devices.c.device_id])
+            .returning(*DEVICE_PUBLIC)
+        )
+    ).first()
+    return row
+
+
+async def get_device(session: AsyncSession, device_id: str) -> Record | None:
+    return (await session.execute(select(devices).where(devices.c.device_id == device_id))).first()
+
+
+async def list_devices(session: AsyncSession, lot_id: str | None) -> Sequence[Record]:
+    query = select(*DEVICE_PUBLIC).order_by(devices.c.device_id)
+    if lot_id is not None:
+        query = query.where(devices.c.lot_id == lot_id)
+    return (await session.execute(query)).all()
+
+
+async def revoke_device(session: AsyncSession, device_id: str) -> Record | None:
+    row: Record | None = (
+        await session.execute(
+            update(devices)
+            .where(devices.c.device_id == device_id)
+            .values(enabled=False, revoked_at=func.coalesce(devices.c.revoked_at, func.now()))
+            .returning(*DEVICE_PUBLIC)
+        )
+    ).first()
+    return row
+
+
+# Tariffs ----------------------------------------------------------------------------------------
+
+
+async def insert_tariffs(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Tariff versions are immutable: an id already there is left as it is."""
+    await session.execute(insert(tariffs).values(list(rows)).on_conflict_do_nothing())
+
+
+async def insert_tariff(session: AsyncSession, **values: Any) -> Record | None:
+    """The new version, or None when its id or (type, lot, instant) is taken."""
+    row: Record | None = (
+        await session.execute(
+            insert(tariffs).values(**values).on_conflict_do_nothing().returning(tariffs)
+        )
+    ).first()
+    return row
+
+
+async def list_tariffs(
+    session: AsyncSession, lot_id: str | None, vehicle_type: str | None
+) -> Sequence[Record]:
+    """City defaults plus the lot's own versions (all of them without a lot)."""
+    query = select(tariffs).order_by(
+        tariffs.c.vehicle_type, tariffs.c.lot_id.nulls_first(), tariffs.c.effective_from
+    )
+    if lot_id is not None:
+        query = query.where(or_(tariffs.c.lot_id.is_(None), tariffs.c.lot_id == lot_id))
+    if vehicle_type is not None:
+        query = query.where(tariffs.c.vehicle_type == vehicle_type)
+    return (await session.execute(query)).all()
+
+
+# Vehicles ---------------------------------------------------------------------------------------
+
+
+async def insert_vehicle(session: AsyncSession, **values: Any) -> Record | None:
+    """The new registration, or None when the plate or tag is registered already."""
+    row: Record | None = (
+        await session.execute(
+            insert(vehicles).values(**values).on_conflict_do_nothing().returning(vehicles)
+        )
+    ).first()
+    return row
+
+
+async def get_vehicle(session: AsyncSession, vehicle_id: uuid.UUID) -> Record | None:
+    return (
+        await session.execute(select(vehicles).where(vehicles.c.vehicle_id == vehicle_id))
+    ).first()
+
+
+async def vehicle_by_plate(session: AsyncSession, plate_key: str) -> Record | None:
+    return (
+        await session.execute(select(vehicles).where(vehicles.c.plate_key == plate_key))
+    ).first()
+
+
+async def vehicle_by_rfid(session: AsyncSession, rfid_tag: str) -> Record | None:
+    return (await session.execute(select(vehicles).where(vehicles.c.rfid_tag == rfid_tag))).first()
+
+
+# Sessions ---------------------------------------------------------------------------------------
+
+
+def _outstanding_debt(plate_key: Any) -> Any:
+    owing = sessions.alias("owing")
+    return (
+        select(func.coalesce(func.sum(owing.c.fee - owing.c.paid_amount), 0))
+        .where(owing.c.plate_key == plate_key, owing.c.debt_status == "outstanding")
+        .scalar_subquery()
+    )
+
+
+async def insert_session(session: AsyncSession, **values: Any) -> Record | None:
+    """The new session with `outstanding_debt` (what the plate owes from earlier sessions),
+    or None when the plate already has an open one at the lot."""
+    row: Record | None = (
+        await session.execute(
+            insert(sessions)
+            .values(**values)
+            .on_conflict_do_nothing(
+                index_elements=[sessions.c.lot_id, sessions.c.plate_key],
+                index_where=text("status <> 'closed'"),  # literal: must match the index
+            )
+            .returning(sessions, _outstanding_debt(values["plate_key"]).label("outstanding_debt"))
+        )
+    ).first()
+    return row
+
+
+async def plate_at_lot(session: AsyncSession, lot_id: str, plate_key: str) -> Record:
+    """The plate's registration (vehicle_id null if none) and its open session at the lot
+    (open_session_id null if none), in one round trip."""
+    open_session = (
+        select(sessions.c.session_id)
+        .where(
+            sessions.c.lot_id == lot_id,
+            sessions.c.plate_key == plate_key,
+            sessions.c.status != "closed",
+        )
+        .scalar_subquery()
+    )
+    probe = select(literal(plate_key).label("plate_key")).subquery("probe")
+    row: Record = (
+        await session.execute(
+            select(
+                open_session.label("open_session_id"),
+                vehicles.c.vehicle_id,
+                vehicles.c.wallet_account_id,
+                vehicles.c.vehicle_type,
+            )
+            .select_from(probe)
+            .outerjoin(vehicles, vehicles.c.plate_key == probe.c.plate_key)
+        )
+    ).one()
+    return row
+
+
+async def get_session(
+    session: AsyncSession, session_id: uuid.UUID, *, lock: bool = False
+) -> Record | None:
+    query = select(sessions).where(sessions.c.session_id == session_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).first()
+
+
+async def open_session_for_plate(
+    session: AsyncSession, lot_id: str, plate_key: str, *, lock: bool = False
+) -> Record | None:
+    query = select(sessions).where(
+        sessions.c.lot_id == lot_id,
+        sessions.c.plate_key == plate_key,
+        sessions.c.status != "closed",
+    )
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).first()
+
+
+async def last_exit_for_plate(
+    session: AsyncSession, lot_id: str, plate_key: str, since: datetime
+) -> Record | None:
+    return (
+        await session.execute(
+            select(sessions)
+            .where(
+                sessions.c.lot_id == lot_id,
+                sessions.c.plate_key == plate_key,
+                sessions.c.status == "closed",
+                sessions.c.exit_recorded_at >= since,
+            )
+            .order_by(sessions.c.exit_recorded_at.desc())
+            .limit(1)
+        )
+    ).first()
+
+
+async def update_session(session: AsyncSession, session_id: uuid.UUID, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(
+            update(sessions)
+            .where(sessions.c.session_id == session_id)
+            .values(**values, updated_at=func.now())
+            .returning(sessions)
+        )
+    ).one()
+    return row
+
+
+async def outstanding_debt(session: AsyncSession, plate_key: str) -> int:
+    return int(await session.scalar(select(_outstanding_debt(plate_key))) or 0)
+
+
+async def sessions_entered_between(
+    session: AsyncSession, plate_key: str, since: datetime, until: datetime
+) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(sessions)
+            .where(
+                sessions.c.plate_key == plate_key,
+                sessions.c.entry_at >= since,
+                sessions.c.entry_at <= until,
+                sessions.c.status == "closed",
+            )
+            .order_by(sessions.c.entry_at)
+            .limit(10)
+        )
+    ).all()
+
+
+async def list_sessions(
+    session: AsyncSession,
+    *,
+    lot_id: str | None,
+    status: str | None,
+    needs_review: bool | None,
+    limit: int,
+) -> Sequence[Record]:
+    query = select(sessions).order_by(sessions.c.entry_at.desc()).limit(limit)
+    if lot_id is not None:
+        query = query.where(sessions.c.lot_id == lot_id)
+    if status is not None:
+        query = query.where(sessions.c.status == status)
+    if needs_review is not None:
+        reviewed = func.cardinality(sessions.c.review_reasons) > 0
+        query = query.where(reviewed if needs_review else ~reviewed)
+    return (await session.execute(query)).all()
+
+
+async def open_counts(session: AsyncSession) -> Sequence[Record]:
+    """Vehicles inside, per lot and type: what the Redis counters are rebuilt from."""
+    return (
+        await session.execute(
+            select(sessions.c.lot_id, sessions.c.vehicle_type, func.count().label("inside"))
+            .where(sessions.c.status != "closed")
+            .group_by(sessions.c.lot_id, sessions.c.vehicle_type)
+        )
+    ).all()
+
+
+async def debts_due(session: AsyncSession, now: datetime, limit: int) -> Sequence[Record]:
+    """Debts to retry now, locked so that two replicas never collect the same one."""
+    return (
+        await session.execute(
+            select(sessions)
+            .where(
+                sessions.c.debt_status == "outstanding",
+                sessions.c.debt_next_attempt_at <= now,
+            )
+            .order_by(sessions.c.debt_next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+
+
+async def holds_to_release(session: AsyncSession, limit: int) -> Sequence[Record]:
+    """Closed sessions whose hold could not be voided when payments was unreachable."""
+    return (
+        await session.execute(
+            select(sessions)
+            .where(sessions.c.hold_status == "release_pending")
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+
+
+async def sessions_exited_between(
+    session: AsyncSession, lot_id: str, since: datetime, until: datetime
+) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(sessions)
+            .where(
+                sessions.c.lot_id == lot_id,
+                sessions.c.exit_at >= since,
+                sessions.c.exit_at < until,
+            )
+            .order_by(sessions.c.exit_at)
+        )
+    ).all()
+
+
+# Money seen for sessions ------------------------------------------------------------------------
+
+
+async def record_payment(session: AsyncSession, **values: Any) -> bool:
+    """True the first time this transfer is recorded."""
+    inserted = await session.execute(
+        insert(session_payments)
+        .values(**values)
+        .on_conflict_do_nothing()
+        .returning(session_payments.c.transfer_id)
+    )
+    return inserted.first() is not None
+
+
+async def payments_of_sessions(
+    session: AsyncSession, session_ids: Sequence[uuid.UUID]
+) -> Sequence[Record]:
+    if not session_ids:
+        return []
+    return (
+        await session.execute(
+            select(session_payments).where(session_payments.c.session_id.in_(session_ids))
+        )
+    ).all()
+
+
+async def payments_by_transfer(
+    session: AsyncSession, transfer_ids: Sequence[uuid.UUID]
+) -> Sequence[Record]:
+    if not transfer_ids:
+        return []
+    return (
+        await session.execute(
+            select(session_payments).where(session_payments.c.transfer_id.in_(transfer_ids))
+        )
+    ).all()
+
+
+async def session_payments_between(
+    session: AsyncSession, lot_id: str, since: datetime, until: datetime
+) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(session_payments).where(
+                session_payments.c.lot_id == lot_id,
+                session_payments.c.posted_at >= since,
+                session_payments.c.posted_at < until,
+            )
+        )
+    ).all()
+
+
+async def record_ledger_transfer(session: AsyncSession, **values: Any) -> None:
+    await session.execute(insert(ledger_transfers).values(**values).on_conflict_do_nothing())
+
+
+async def ledger_transfers_between(
+    session: AsyncSession, lot_id: str, since: datetime, until: datetime
+) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(ledger_transfers)
+            .where(
+                ledger_transfers.c.lot_id == lot_id,
+                ledger_transfers.c.posted_at >= since,
+                ledger_transfers.c.posted_at < until,
+            )
+            .order_by(ledger_transfers.c.posted_at)
+        )
+    ).all()
+
+
+async def sessions_of_requests(
+    session: AsyncSession, payment_request_ids: Sequence[uuid.UUID]
+) -> Sequence[Record]:
+    if not payment_request_ids:
+        return []
+    return (
+        await session.execute(
+            select(sessions.c.session_id, sessions.c.payment_request_id).where(
+                sessions.c.payment_request_id.in_(payment_request_ids)
+            )
+        )
+    ).all()
+
+
+# Overrides and disputes -------------------------------------------------------------------------
+
+
+async def insert_override(session: AsyncSession, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(insert(overrides).values(**values).returning(overrides))
+    ).one()
+    return row
+
+
+async def get_override(session: AsyncSession, override_id: uuid.UUID) -> Record | None:
+    return (
+        await session.execute(select(overrides).where(overrides.c.override_id == override_id))
+    ).first()
+
+
+async def overrides_of_sessions(
+    session: AsyncSession, session_ids: Sequence[uuid.UUID]
+) -> Sequence[Record]:
+    if not session_ids:
+        return []
+    return (
+        await session.execute(select(overrides).where(overrides.c.session_id.in_(session_ids)))
+    ).all()
+
+
+async def overrides_between(
+    session: AsyncSession, lot_id: str, since: datetime, until: datetime
+) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(overrides)
+            .where(
+                overrides.c.lot_id == lot_id,
+                overrides.c.created_at >= since,
+                overrides.c.created_at < until,
+            )
+            .order_by(overrides.c.created_at)
+        )
+    ).all()
+
+
+async def insert_dispute(session: AsyncSession, **values: Any) -> Record | None:
+    """The new dispute, or None when the session already has an open one."""
+    row: Record | None = (
+        await session.execute(
+            insert(disputes)
+            .values(**values)
+            .on_conflict_do_nothing(
+                index_elements=[disputes.c.session_id], index_where=text("status = 'open'")
+            )
+            .returning(disputes)
+        )
+    ).first()
+    return row
+
+
+async def get_dispute(
+    session: AsyncSession, dispute_id: uuid.UUID, *, lock: bool = False
+) -> Record | None:
+    query = select(disputes).where(disputes.c.dispute_id == dispute_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).first()
+
+
+async def disputes_of_session(session: AsyncSession, session_id: uuid.UUID) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(disputes)
+            .where(disputes.c.session_id == session_id)
+            .order_by(disputes.c.created_at)
+        )
+    ).all()
+
+
+async def list_disputes(session: AsyncSession, status: str | None, limit: int) -> Sequence[Record]:
+    query = select(disputes).order_by(disputes.c.created_at).limit(limit)
+    if status is not None:
+        query = query.where(disputes.c.status == status)
+    return (await session.execute(query)).all()
+
+
+async def update_dispute(session: AsyncSession, dispute_id: uuid.UUID, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(
+            update(disputes)
+            .where(disputes.c.dispute_id == dispute_id)
+            .values(**values)
+            .returning(disputes)
+        )
+    ).one()
+    return row

@@ -1,17 +1,22 @@
-"""Demo data for parking: a few lots in Hoàn Kiếm and Ba Đình."""
+"""Demo data for parking: lots in Hoàn Kiếm and Ba Đình with their lanes, the city tariffs,
+and the lots' capacities in Redis."""
 
 from __future__ import annotations
 
 from services.parking import service
+from services.parking.occupancy import Occupancy
 from services.parking.settings import ParkingSettings
+from shared import redis as redis_kit
 from shared.db import Database
 
 
 async def seed(settings: ParkingSettings) -> str:
     database = Database(settings.database_url, "parking", pool_size=1)
+    redis = redis_kit.connect(settings.redis_url)
     try:
         async with database.transaction() as session:
-            count = await service.seed_lots(session)
+            lots, lanes, tariffs = await service.seed(session, Occupancy(redis))
     finally:
+        await redis.aclose()
         await database.close()
-    return f"{count} parking lots"
+    return f"{lots} parking lots, {lanes} lanes, {tariffs} tariffs"

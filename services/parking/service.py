@@ -1,68 +1,467 @@
-"""Parking rules. No SQL here (see repository.py), no HTTP (see endpoints.py)."""
+"""Parking rules for lots, lanes, devices, tariffs and vehicles. No SQL here (see
+repository.py), no HTTP routes (see endpoints.py); sessions live in sessions.py.
+"""
 
 from __future__ import annotations
 
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import uuid_utils
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.parking import repository
-from services.parking.schemas import LotRead
-from shared.errors import NotFound
+from services.parking import plates, repository, tokens
+from services.parking.context import Parking, tariff_of
+from services.parking.occupancy import Occupancy
+from services.parking.payments import PaymentsRefused, PaymentsUnavailable
+from services.parking.repository import Record
+from services.parking.schemas import (
+    CapacityRead,
+    DeviceCreate,
+    DeviceCredentials,
+    DeviceRead,
+    Direction,
+    LaneRead,
+    LaneUpsert,
+    LotRead,
+    LotUpsert,
+    OccupancyRead,
+    PriceLineRead,
+    QuoteRead,
+    TariffCreate,
+    TariffRead,
+    VehicleCreate,
+    VehicleRead,
+)
+from services.parking.tariffs import (
+    DEFAULT_TARIFFS,
+    Tariff,
+    TariffError,
+    VehicleType,
+    price_session,
+)
+from shared.devicesigning import new_secret
+from shared.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+
+logger = logging.getLogger("citypass.parking")
+
+QUOTE_LIMIT = timedelta(days=31)
+# Lanes price from a tariff book cached for `cache_ttl` (seconds): a new version must be
+# announced well before it applies, so that every replica prices with it from its first second.
+TARIFF_NOTICE = timedelta(minutes=5)
+
+
+def new_id() -> uuid.UUID:
+    return uuid.UUID(str(uuid_utils.uuid7()))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoLot:
+    lot_id: str
+    name: str
+    district: str
+    address: str
+    motorbike_capacity: int
+    car_capacity: int
+    entry_lanes: int
+    exit_lanes: int
+
 
 DEMO_LOTS = (
-    LotRead(
-        lot_id="HK-01",
-        name="Bãi xe Hàng Bài",
-        district="Hoàn Kiếm",
-        address="Phố Hàng Bài",
-        motorbike_capacity=300,
-        car_capacity=40,
-        entry_lanes=1,
-        exit_lanes=1,
-    ),
-    LotRead(
-        lot_id="HK-02",
-        name="Bãi xe Lê Thạch (Hồ Gươm)",
-        district="Hoàn Kiếm",
-        address="Phố Lê Thạch",
-        motorbike_capacity=500,
-        car_capacity=0,
-        entry_lanes=2,
-        exit_lanes=2,
-    ),
-    LotRead(
-        lot_id="BD-01",
-        name="Bãi xe Hùng Vương",
-        district="Ba Đình",
-        address="Đường Hùng Vương",
-        motorbike_capacity=200,
-        car_capacity=120,
-        entry_lanes=2,
-        exit_lanes=2,
-    ),
-    LotRead(
-        lot_id="BD-02",
-        name="Bãi xe Công viên Thủ Lệ",
-        district="Ba Đình",
-        address="Đường Kim Mã",
-        motorbike_capacity=400,
-        car_capacity=60,
-        entry_lanes=1,
-        exit_lanes=1,
-    ),
+    DemoLot("HK-01", "Bãi xe Hàng Bài", "Hoàn Kiếm", "Phố Hàng Bài", 300, 40, 1, 1),
+    DemoLot("HK-02", "Bãi xe Lê Thạch (Hồ Gươm)", "Hoàn Kiếm", "Phố Lê Thạch", 500, 0, 2, 2),
+    DemoLot("BD-01", "Bãi xe Hùng Vương", "Ba Đình", "Đường Hùng Vương", 200, 120, 2, 2),
+    DemoLot("BD-02", "Bãi xe Công viên Thủ Lệ", "Ba Đình", "Đường Kim Mã", 400, 60, 1, 1),
 )
 
 
-async def seed_lots(session: AsyncSession) -> int:
-    await repository.upsert_lots(session, [lot.model_dump() for lot in DEMO_LOTS])
-    return len(DEMO_LOTS)
+# Lots and lanes ---------------------------------------------------------------------------------
+
+
+def _lane_read(row: Record) -> LaneRead:
+    return LaneRead(
+        lane_id=row.lane_id,
+        lot_id=row.lot_id,
+        direction=Direction(row.direction),
+        vehicle_type=VehicleType(row.vehicle_type) if row.vehicle_type else None,
+        enabled=row.enabled,
+    )
+
+
+def _lot_read(row: Record, lanes: Sequence[Record]) -> LotRead:
+    mine = [_lane_read(lane) for lane in lanes if lane.lot_id == row.lot_id]
+    return LotRead(
+        lot_id=row.lot_id,
+        name=row.name,
+        district=row.district,
+        address=row.address,
+        motorbike_capacity=row.motorbike_capacity,
+        car_capacity=row.car_capacity,
+        entry_lanes=sum(lane.direction is Direction.entry for lane in mine),
+        exit_lanes=sum(lane.direction is Direction.exit for lane in mine),
+        lanes=mine,
+    )
+
+
+def capacities(row: Record) -> dict[VehicleType, int]:
+    return {VehicleType.MOTORBIKE: row.motorbike_capacity, VehicleType.CAR: row.car_capacity}
 
 
 async def list_lots(session: AsyncSession) -> list[LotRead]:
-    return [LotRead.model_validate(dict(row)) for row in await repository.list_lots(session)]
+    lanes = await repository.list_lanes(session)
+    return [_lot_read(row, lanes) for row in await repository.list_lots(session)]
 
 
-async def get_lot(session: AsyncSession, lot_id: str) -> LotRead:
+async def _lot_row(session: AsyncSession, lot_id: str) -> Record:
     row = await repository.get_lot(session, lot_id)
     if row is None:
         raise NotFound(f"No lot {lot_id}.", code="lot_not_found")
-    return LotRead.model_validate(dict(row))
+    return row
+
+
+async def require_lot(session: AsyncSession, lot_id: str) -> None:
+    await _lot_row(session, lot_id)
+
+
+async def get_lot(session: AsyncSession, lot_id: str) -> LotRead:
+    row = await _lot_row(session, lot_id)
+    return _lot_read(row, await repository.list_lanes(session, lot_id))
+
+
+async def upsert_lot(
+    session: AsyncSession, context: Parking, lot_id: str, body: LotUpsert
+) -> LotRead:
+    await repository.upsert_lots(session, [{"lot_id": lot_id, **body.model_dump()}])
+    row = await _lot_row(session, lot_id)
+    await sync_lot_capacity(session, context.occupancy, [row])
+    return _lot_read(row, await repository.list_lanes(session, lot_id))
+
+
+async def upsert_lane(
+    session: AsyncSession, lot_id: str, lane_id: str, body: LaneUpsert
+) -> LaneRead:
+    await _lot_row(session, lot_id)
+    existing = await repository.get_lane(session, lane_id)
+    if existing is not None and existing.lot_id != lot_id:
+        raise Conflict(
+            f"Lane {lane_id} belongs to lot {existing.lot_id}.", code="lane_in_other_lot"
+        )
+    await repository.upsert_lanes(
+        session,
+        [
+            {
+                "lane_id": lane_id,
+                "lot_id": lot_id,
+                "direction": body.direction.value,
+                "vehicle_type": body.vehicle_type.value if body.vehicle_type else None,
+                "enabled": body.enabled,
+            }
+        ],
+    )
+    row = await repository.get_lane(session, lane_id)
+    assert row is not None
+    return _lane_read(row)
+
+
+async def occupancy(context: Parking, lot_id: str) -> OccupancyRead:
+    if context.reference.lot(lot_id) is None:
+        raise NotFound(f"No lot {lot_id}.", code="lot_not_found")
+    counts = await context.occupancy.read(lot_id)
+    return OccupancyRead(
+        lot_id=lot_id,
+        vehicles=[
+            CapacityRead(
+                vehicle_type=vehicle_type,
+                capacity=count.capacity,
+                occupied=count.occupied,
+                free=count.free,
+            )
+            for vehicle_type, count in counts.items()
+        ],
+    )
+
+
+async def sync_lot_capacity(
+    session: AsyncSession, occupancy_counters: Occupancy, lots: Sequence[Record]
+) -> None:
+    """Capacities from PostgreSQL into Redis; occupancy counters rebuilt where missing."""
+    for lot in lots:
+        await occupancy_counters.set_capacity(lot.lot_id, capacities(lot))
+    inside = {
+        (row.lot_id, VehicleType(row.vehicle_type)): int(row.inside)
+        for row in await repository.open_counts(session)
+    }
+    await occupancy_counters.rebuild_missing([lot.lot_id for lot in lots], inside)
+
+
+async def sync_all_capacity(session: AsyncSession, occupancy_counters: Occupancy) -> None:
+    await sync_lot_capacity(session, occupancy_counters, await repository.list_lots(session))
+
+
+async def seed(session: AsyncSession, occupancy_counters: Occupancy) -> tuple[int, int, int]:
+    """Demo lots with their lanes, and the city's default tariffs; idempotent."""
+    await repository.upsert_lots(
+        session,
+        [
+            {
+                "lot_id": lot.lot_id,
+                "name": lot.name,
+                "district": lot.district,
+                "address": lot.address,
+                "motorbike_capacity": lot.motorbike_capacity,
+                "car_capacity": lot.car_capacity,
+            }
+            for lot in DEMO_LOTS
+        ],
+    )
+    lanes = [
+        {
+            "lane_id": f"{lot.lot_id}-{label}{number}",
+            "lot_id": lot.lot_id,
+            "direction": direction.value,
+            "vehicle_type": None,
+            "enabled": True,
+        }
+        for lot in DEMO_LOTS
+        for direction, label, count in (
+            (Direction.entry, "IN", lot.entry_lanes),
+            (Direction.exit, "OUT", lot.exit_lanes),
+        )
+        for number in range(1, count + 1)
+    ]
+    await repository.upsert_lanes(session, lanes)
+    await repository.insert_tariffs(session, [_tariff_row(tariff) for tariff in DEFAULT_TARIFFS])
+    await sync_all_capacity(session, occupancy_counters)
+    return len(DEMO_LOTS), len(lanes), len(DEFAULT_TARIFFS)
+
+
+# Devices ----------------------------------------------------------------------------------------
+
+
+def _device_read(row: Record) -> DeviceRead:
+    return DeviceRead.model_validate(row, from_attributes=True)
+
+
+async def provision_device(
+    session: AsyncSession, context: Parking, body: DeviceCreate
+) -> DeviceCredentials:
+    await _lot_row(session, body.lot_id)
+    if body.lane_id is not None:
+        lane = await repository.get_lane(session, body.lane_id)
+        if lane is None or lane.lot_id != body.lot_id:
+            raise Unprocessable(
+                f"Lot {body.lot_id} has no lane {body.lane_id}.", code="unknown_lane"
+            )
+    secret = new_secret()
+    row = await repository.insert_device(
+        session,
+        device_id=body.device_id,
+        kind=body.kind.value,
+        lot_id=body.lot_id,
+        lane_id=body.lane_id,
+        secret=secret,
+    )
+    if row is None:
+        raise Conflict(f"Device {body.device_id} exists already.", code="device_exists")
+    context.devices.forget(body.device_id)
+    return DeviceCredentials(**_device_read(row).model_dump(), secret=secret)
+
+
+async def list_devices(session: AsyncSession, lot_id: str | None) -> list[DeviceRead]:
+    return [_device_read(row) for row in await repository.list_devices(session, lot_id)]
+
+
+async def revoke_device(session: AsyncSession, context: Parking, device_id: str) -> DeviceRead:
+    row = await repository.revoke_device(session, device_id)
+    if row is None:
+        raise NotFound(f"No device {device_id}.", code="device_not_found")
+    context.devices.forget(device_id)
+    return _device_read(row)
+
+
+# Tariffs ----------------------------------------------------------------------------------------
+
+
+def _tariff_row(tariff: Tariff) -> dict[str, object]:
+    return {
+        "tariff_id": tariff.id,
+        "vehicle_type": tariff.vehicle_type.value,
+        "lot_id": tariff.lot_id,
+        "effective_from": tariff.effective_from,
+        "first_block_minutes": tariff.first_block_minutes,
+        "first_block_price": tariff.first_block_price,
+        "per_hour_price": tariff.per_hour_price,
+        "night_turn_price": tariff.night_turn_price,
+        "grace_minutes": tariff.grace_minutes,
+        "daily_cap": tariff.daily_cap,
+        "day_starts_at": tariff.day_starts_at,
+        "day_ends_at": tariff.day_ends_at,
+    }
+
+
+def _tariff_read(row: Record) -> TariffRead:
+    return TariffRead.model_validate(row, from_attributes=True)
+
+
+async def list_tariffs(
+    session: AsyncSession, lot_id: str | None, vehicle_type: VehicleType | None
+) -> list[TariffRead]:
+    rows = await repository.list_tariffs(
+        session, lot_id, vehicle_type.value if vehicle_type else None
+    )
+    return [_tariff_read(row) for row in rows]
+
+
+async def tariffs_for(
+    session: AsyncSession, lot_id: str, vehicle_type: VehicleType
+) -> list[Tariff]:
+    """The city's and the lot's versions for one vehicle type: what prices a session."""
+    return [
+        tariff_of(row) for row in await repository.list_tariffs(session, lot_id, vehicle_type.value)
+    ]
+
+
+async def create_tariff(session: AsyncSession, body: TariffCreate) -> TariffRead:
+    """A new dated version; the past is never rewritten, so it takes effect in the future."""
+    if body.effective_from <= utcnow():
+        raise Unprocessable(
+            "A tariff takes effect in the future; sessions already priced keep their rules.",
+            code="tariff_in_past",
+        )
+    if body.effective_from < utcnow() + TARIFF_NOTICE:
+        raise Unprocessable(
+            f"Announce a tariff at least {TARIFF_NOTICE} ahead: every lane must know it first.",
+            code="tariff_too_soon",
+        )
+    if body.lot_id is not None:
+        await _lot_row(session, body.lot_id)
+    tariff = Tariff(
+        id=body.tariff_id,
+        vehicle_type=body.vehicle_type,
+        effective_from=body.effective_from,
+        first_block_minutes=body.first_block_minutes,
+        first_block_price=body.first_block_price,
+        per_hour_price=body.per_hour_price,
+        night_turn_price=body.night_turn_price,
+        grace_minutes=body.grace_minutes,
+        daily_cap=body.daily_cap,
+        day_starts_at=body.day_starts_at,
+        day_ends_at=body.day_ends_at,
+        lot_id=body.lot_id,
+    )
+    row = await repository.insert_tariff(session, **_tariff_row(tariff))
+    if row is None:
+        raise Conflict(
+            f"Tariff {body.tariff_id} exists, or another version takes effect at that instant.",
+            code="tariff_exists",
+        )
+    return _tariff_read(row)
+
+
+def price_lines(lines: Sequence[dict[str, object]]) -> list[PriceLineRead]:
+    return [PriceLineRead.model_validate(line) for line in lines]
+
+
+async def quote(
+    session: AsyncSession,
+    lot_id: str,
+    vehicle_type: VehicleType,
+    entry_at: datetime,
+    exit_at: datetime,
+) -> QuoteRead:
+    await _lot_row(session, lot_id)
+    try:
+        priced = price_session(
+            entry_at,
+            exit_at,
+            vehicle_type,
+            await tariffs_for(session, lot_id, vehicle_type),
+            lot_id=lot_id,
+        )
+    except TariffError as error:
+        raise Unprocessable(str(error), code=error.code) from None
+    data = priced.to_dict()
+    return QuoteRead(
+        lot_id=lot_id,
+        vehicle_type=vehicle_type,
+        entry_at=priced.entry_at,
+        exit_at=priced.exit_at,
+        total=priced.total,
+        lines=price_lines(data["lines"]),  # type: ignore[arg-type]
+    )
+
+
+# Vehicles ---------------------------------------------------------------------------------------
+
+
+def _vehicle_read(context: Parking, row: Record) -> VehicleRead:
+    return VehicleRead(
+        vehicle_id=row.vehicle_id,
+        plate=row.plate,
+        vehicle_type=VehicleType(row.vehicle_type),
+        owner_id=row.owner_id,
+        wallet_account_id=row.wallet_account_id,
+        rfid_tag=row.rfid_tag,
+        account_qr=tokens.account_qr(
+            context.settings.token_secret.get_secret_value(), row.vehicle_id
+        ),
+        registered_at=row.registered_at,
+    )
+
+
+def parse_plate(raw: str) -> plates.Plate:
+    try:
+        return plates.normalise(raw)
+    except plates.InvalidPlate as invalid:
+        raise Unprocessable(str(invalid), code="invalid_plate") from None
+
+
+async def register_vehicle(
+    session: AsyncSession, context: Parking, body: VehicleCreate
+) -> VehicleRead:
+    """Register a plate to its owner's vehicle wallet (opened in payments if needed)."""
+    plate = parse_plate(body.plate)
+    rfid = body.rfid_tag.upper() if body.rfid_tag else None
+    existing = await repository.vehicle_by_plate(session, plate.key)
+    if existing is not None:
+        if existing.owner_id == body.owner_id and existing.vehicle_type == body.vehicle_type.value:
+            return _vehicle_read(context, existing)
+        raise Conflict(f"{plate.display} is registered already.", code="plate_registered")
+    try:
+        wallet_id = await context.payments.open_vehicle_wallet(body.owner_id)
+    except PaymentsUnavailable as error:
+        logger.warning("no vehicle wallet for %s: %s", body.owner_id, error)
+        raise ServiceUnavailable(
+            "Payments cannot open the vehicle wallet now; retry.", code="payments_unavailable"
+        ) from None
+    except PaymentsRefused as refused:
+        raise Unprocessable(refused.body.get("detail", str(refused)), code=refused.code) from None
+    row = await repository.insert_vehicle(
+        session,
+        vehicle_id=new_id(),
+        plate_key=plate.key,
+        plate=plate.display,
+        vehicle_type=body.vehicle_type.value,
+        owner_id=body.owner_id,
+        wallet_account_id=wallet_id,
+        rfid_tag=rfid,
+    )
+    if row is None:
+        raise Conflict("The plate or the RFID tag is registered already.", code="plate_registered")
+    return _vehicle_read(context, row)
+
+
+async def get_vehicle(
+    session: AsyncSession, context: Parking, vehicle_id: uuid.UUID
+) -> VehicleRead:
+    row = await repository.get_vehicle(session, vehicle_id)
+    if row is None:
+        raise NotFound(f"No vehicle {vehicle_id}.", code="vehicle_not_found")
+    return _vehicle_read(context, row)

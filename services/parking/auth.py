@@ -1,0 +1,116 @@
+"""Typed auth dependencies: signed lane devices, the admin bearer token, and parking itself."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from services.parking.context import Device, Parking
+from shared.devicesigning import (
+    DEVICE_ID_HEADER,
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    DeviceAuthError,
+    claim_nonce,
+    request_target,
+    verify_request,
+)
+from shared.errors import Unauthorized
+
+
+def parking(request: Request) -> Parking:
+    context: Parking = request.app.state.parking
+    return context
+
+
+ParkingDep = Annotated[Parking, Depends(parking)]
+
+admin_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminToken",
+    description="`Authorization: Bearer <PARKING_ADMIN_TOKEN>`: operators and back offices",
+)
+# Documented so that the OpenAPI shows what a lane device sends; checked in `signed_device`.
+_device_headers = APIKeyHeader(
+    name=DEVICE_ID_HEADER,
+    auto_error=False,
+    scheme_name="DeviceSignature",
+    description=(
+        "Lane terminals and cameras sign every request (shared/devicesigning.py): "
+        f"`{DEVICE_ID_HEADER}`, `{TIMESTAMP_HEADER}` (unix s), `{NONCE_HEADER}` (fresh, "
+        f"16-64 of [A-Za-z0-9_-]) and `{SIGNATURE_HEADER}` = hex HMAC-SHA256 with the "
+        "device secret over `CP-DEVICE-HMAC-SHA256\\n<METHOD>\\n<path?query>\\n<timestamp>"
+        "\\n<nonce>\\n<hex SHA-256 of the body>`"
+    ),
+)
+
+
+def _is_admin(context: Parking, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    expected = context.settings.admin_token.get_secret_value().encode()
+    return credentials is not None and hmac.compare_digest(
+        credentials.credentials.encode(), expected
+    )
+
+
+async def admin(
+    context: ParkingDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)],
+) -> None:
+    if not _is_admin(context, credentials):
+        raise Unauthorized(
+            "Send `Authorization: Bearer <parking admin token>`.", code="invalid_admin_token"
+        )
+
+
+async def _verified_device(request: Request, context: Parking) -> Device:
+    device_id = request.headers.get(DEVICE_ID_HEADER)
+    device = await context.devices.get(device_id) if device_id else None
+    signed = verify_request(
+        request.method,
+        request_target(request.scope.get("raw_path") or b"", request.scope["query_string"]),
+        request.headers,
+        await request.body(),
+        lambda _: device.key if device is not None else None,
+    )
+    assert device is not None  # verify_request refuses an unknown device
+    await claim_nonce(context.runtime.kv, signed, tag=device.lot_id)
+    return device
+
+
+async def signed_device(
+    request: Request,
+    context: ParkingDep,
+    _documented: Annotated[str | None, Depends(_device_headers)],
+) -> Device:
+    """A lane terminal or camera whose request signature checks out (nonce used once)."""
+    return await _verified_device(request, context)
+
+
+async def device_or_admin(
+    request: Request,
+    context: ParkingDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)],
+    _documented: Annotated[str | None, Depends(_device_headers)],
+) -> Device | None:
+    """A signed device, or an operator (None)."""
+    if _is_admin(context, credentials):
+        return None
+    if credentials is not None and request.headers.get(DEVICE_ID_HEADER) is None:
+        raise Unauthorized("The admin token is wrong.", code="invalid_admin_token")
+    try:
+        return await _verified_device(request, context)
+    except DeviceAuthError as refused:
+        if refused.code == "unsigned_request" and credentials is None:
+            raise DeviceAuthError(
+                "Sign the request as a device, or send the admin token.", code="unauthenticated"
+            ) from None
+        raise
+
+
+AdminDep = Depends(admin)
+DeviceDep = Annotated[Device, Depends(signed_device)]
+DeviceOrAdminDep = Annotated[Device | None, Depends(device_or_admin)]

@@ -1,0 +1,189 @@
+"""What one parking process holds besides the kit's Runtime: clients and in-memory caches.
+
+Lots, lanes and the tariff book are read on every lane decision and change rarely: they are
+loaded at start-up and reloaded by a background worker every `cache_ttl`, and at once after an
+operator changes them here. Reading them never touches PostgreSQL, so a decision never needs a
+second connection while its transaction holds one (that is how a pool deadlocks under load).
+A new tariff version must take effect well after `cache_ttl` (see TARIFF_NOTICE). Device keys
+are cached per device for `cache_ttl` (a revoked device is refused at most that long after
+on other replicas); they are read before the decision's transaction opens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from services.parking import repository
+from services.parking.occupancy import Occupancy
+from services.parking.payments import PaymentsClient
+from services.parking.repository import Record
+from services.parking.settings import ParkingSettings
+from services.parking.tariffs import Tariff, VehicleType
+from shared.app import Runtime
+from shared.db import Database
+from shared.devicesigning import DeviceKey
+from shared.errors import ServiceUnavailable
+from shared.idempotency import Idempotency
+
+
+@dataclass(frozen=True, slots=True)
+class Lot:
+    lot_id: str
+    name: str
+    address: str
+    motorbike_capacity: int
+    car_capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    lane_id: str
+    lot_id: str
+    direction: str
+    vehicle_type: str | None
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device_id: str
+    kind: str
+    lot_id: str
+    lane_id: str | None
+    key: DeviceKey
+
+
+def tariff_of(row: Record) -> Tariff:
+    return Tariff(
+        id=row.tariff_id,
+        vehicle_type=VehicleType(row.vehicle_type),
+        effective_from=row.effective_from,
+        first_block_minutes=row.first_block_minutes,
+        first_block_price=row.first_block_price,
+        per_hour_price=row.per_hour_price,
+        night_turn_price=row.night_turn_price,
+        grace_minutes=row.grace_minutes,
+        daily_cap=row.daily_cap,
+        day_starts_at=row.day_starts_at,
+        day_ends_at=row.day_ends_at,
+        lot_id=row.lot_id,
+    )
+
+
+@dataclass
+class ReferenceData:
+    """Lots, lanes and every dated tariff version, as of the last reload."""
+
+    database: Database
+    lots: dict[str, Lot] = field(default_factory=dict)
+    lanes: dict[str, Lane] = field(default_factory=dict)
+    tariffs: list[Tariff] = field(default_factory=list)
+    loaded: bool = False
+
+    async def reload(self) -> None:
+        async with self.database.transaction() as session:
+            lots = await repository.list_lots(session)
+            lanes = await repository.list_lanes(session)
+            tariffs = await repository.list_tariffs(session, None, None)
+        self.lots = {
+            row.lot_id: Lot(
+                row.lot_id, row.name, row.address, row.motorbike_capacity, row.car_capacity
+            )
+            for row in lots
+        }
+        self.lanes = {
+            row.lane_id: Lane(row.lane_id, row.lot_id, row.direction, row.vehicle_type, row.enabled)
+            for row in lanes
+        }
+        self.tariffs = [tariff_of(row) for row in tariffs]
+        self.loaded = True
+
+    def _ready(self) -> None:
+        if not self.loaded:
+            raise ServiceUnavailable(
+                "Lots and tariffs are not loaded yet (database unreachable?); retry.",
+                code="not_ready",
+            )
+
+    def lot(self, lot_id: str) -> Lot | None:
+        self._ready()
+        return self.lots.get(lot_id)
+
+    def lane(self, lane_id: str) -> Lane | None:
+        self._ready()
+        return self.lanes.get(lane_id)
+
+    def tariffs_for(self, lot_id: str, vehicle_type: VehicleType) -> list[Tariff]:
+        """The city's and the lot's versions for one vehicle type: what prices a session."""
+        self._ready()
+        return [
+            tariff
+            for tariff in self.tariffs
+            if tariff.vehicle_type is vehicle_type and tariff.lot_id in (None, lot_id)
+        ]
+
+
+class Devices:
+    """Device keys by id; each entry is re-read from PostgreSQL once older than the TTL."""
+
+    def __init__(self, database: Database, ttl_s: float) -> None:
+        self.database = database
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, Device | None]] = {}
+
+    async def get(self, device_id: str) -> Device | None:
+        cached = self._entries.get(device_id)
+        if cached is not None and time.monotonic() - cached[0] < self.ttl_s:
+            return cached[1]
+        async with self.database.transaction() as session:
+            row = await repository.get_device(session, device_id)
+        device = (
+            None
+            if row is None
+            else Device(
+                row.device_id,
+                row.kind,
+                row.lot_id,
+                row.lane_id,
+                DeviceKey(row.device_id, row.secret.encode(), row.enabled),
+            )
+        )
+        if len(self._entries) > 100_000:  # unknown ids from scanners must not grow it forever
+            self._entries.clear()
+        self._entries[device_id] = (time.monotonic(), device)
+        return device
+
+    def forget(self, device_id: str) -> None:
+        self._entries.pop(device_id, None)
+
+
+@dataclass
+class Parking:
+    settings: ParkingSettings
+    runtime: Runtime
+    payments: PaymentsClient
+    idempotency: Idempotency
+    occupancy: Occupancy
+    reference: ReferenceData
+    devices: Devices
+
+    @property
+    def db(self) -> Database:
+        return self.runtime.db
+
+    @classmethod
+    def build(cls, settings: ParkingSettings, runtime: Runtime) -> Parking:
+        return cls(
+            settings=settings,
+            runtime=runtime,
+            payments=PaymentsClient(
+                settings.payments_url,
+                settings.payments_service_token.get_secret_value(),
+                settings.payments_timeout_s,
+            ),
+            idempotency=Idempotency(runtime.db, repository.idempotency_keys),
+            occupancy=Occupancy(runtime.kv),
+            reference=ReferenceData(runtime.db),
+            devices=Devices(runtime.db, settings.cache_ttl.total_seconds()),
+        )
