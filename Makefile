@@ -52,8 +52,8 @@ migrate: $(STAMP) ## apply migrations to CITYPASS_DATABASE_URL
 seed: $(STAMP) ## load demo data into CITYPASS_DATABASE_URL / CITYPASS_REDIS_URL
 	$(BIN)/citypass stack seed
 
-bench: $(STAMP) ## benchmarks that print figures (charges/s, …); starts its own servers
-	$(BIN)/python -m loadtests.bench_charges
+bench: $(STAMP) ## the platform's figures in one table (starts its own servers; ~3 min)
+	$(BIN)/python -m loadtests.bench
 
 compose-check: ## validate docker-compose.yml (needs Debian's docker-compose)
 	docker-compose config -q

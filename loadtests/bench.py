@@ -1,0 +1,84 @@
+"""`make bench`: the platform's figures in one table, with the machine they were measured on.
+
+Each section starts its own real servers and services (PostgreSQL, Valkey, Kafka, uvicorn),
+so sections do not disturb each other. Targets come from the issues; a figure below its
+target is printed as such, never hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from loadtests import bench_charges, bench_operator, bench_parking, bench_validation
+
+Section = tuple[str, Callable[[], Coroutine[Any, Any, dict[str, float]]]]
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(
+                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} cores, {model}; Python {platform.python_version()}; "
+        f"load average before the run: {load}"
+    )
+
+
+def validation_args() -> argparse.Namespace:
+    return argparse.Namespace(
+        url=None,
+        admin_token=None,
+        kafka=None,
+        seconds=8.0,
+        saturation_seconds=6.0,
+        rates=(250, 500, 1000),
+        profile=None,
+        without_fare_worker=False,
+    )
+
+
+def sections(only: set[str]) -> list[Section]:
+    everything: list[Section] = [
+        ("validation", lambda: bench_validation.local_run(validation_args())),
+        ("payments", lambda: bench_charges.run(None, clients=16, seconds=10)),
+        ("parking", lambda: bench_parking.run(None, None, rate=200.0, seconds=20.0)),
+        ("operator", lambda: bench_operator.run(events=3000, rate=200.0)),
+    ]
+    return [s for s in everything if not only or s[0] in only]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated sections")
+    args = parser.parse_args(argv)
+    only = {name for name in args.only.split(",") if name}
+    print(f"CityPass benchmarks — {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(machine())
+    rows: list[tuple[str, str, Any]] = []
+    for name, measure in sections(only):
+        print(f"\n… {name}", flush=True)
+        figures = asyncio.run(measure())
+        rows += [(name, metric, value) for metric, value in figures.items()]
+    width = max(len(metric) for _, metric, _ in rows) if rows else 10
+    print(f"\n{'section':11} {'figure':{width}} value")
+    for section, metric, value in rows:
+        shown = f"{value:,.2f}" if isinstance(value, float) else str(value)
+        print(f"{section:11} {metric:{width}} {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
