@@ -2,19 +2,113 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import FastAPI
 
-from services.validation import endpoints
+from services.validation import endpoints, events, repository
+from services.validation.limits import BodyLimit
+from services.validation.memory import Memory, VerifiedSignatures
+from services.validation.service import Validator
 from services.validation.settings import ValidationSettings
-from shared.app import Runtime, create_app
+from services.validation.spool import EventPipeline, Spool
+from services.validation.workers import Workers
+from shared.app import Runtime, create_app, supervised
+from shared.kafka import Consumer
+
+DESCRIPTION = """\
+Metro gates and bus validators: the network model, gate provisioning, and the QR decision.
+
+**Gates** sign every request (`gateSignature`: `X-Device-Id`, `X-Device-Timestamp`,
+`X-Device-Nonce`, `X-Device-Signature`; see `shared/devicesigning.py` for the signer).
+Unsigned, unknown, disabled, stale or replayed requests get a 401 problem with its `code`.
+**Operators** provision gates and issuer keys with `Authorization: Bearer <admin token>`.
+
+A decision (`POST /v1/validations`) is taken from memory and one Redis round trip; its event
+goes to Kafka (`transit.validations`) without the gate waiting, through a durable spool when
+the broker is down. Gates that lose the network decide from a signed bundle
+(`GET /v1/gate-bundle`) and upload their decisions later (`POST /v1/validations/batch`).
+"""
 
 
 def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     settings = settings or ValidationSettings()
     runtime = Runtime("validation", settings, uses_redis=True)
-    return create_app(
-        runtime,
-        [endpoints.router],
-        title="CityPass validation",
-        description="Metro gates and bus validators: network model, gates and QR decisions.",
+    redis = runtime.kv
+    memory = Memory(VerifiedSignatures(settings.credential_cache_size))
+    spool = Spool(settings.spool_dir, settings.instance_id)
+    pipeline = EventPipeline(
+        runtime.publisher,
+        spool,
+        queue_size=settings.event_queue_size,
+        retry_interval_s=settings.spool_retry_interval.total_seconds(),
     )
+    validator = Validator(settings, redis, memory, pipeline)
+    workers = Workers(settings, redis, memory, pipeline)
+    bootstrap = settings.kafka_bootstrap_servers
+    consumers = [
+        Consumer(
+            bootstrap,
+            [events.TICKETS_TOPIC],
+            f"validation-deny-{settings.instance_id}",  # every process needs every entry
+            workers.on_ticket_event,
+            publisher=runtime.publisher,
+        ),
+    ]
+    fare_consumers = [
+        Consumer(
+            bootstrap,
+            [events.VALIDATIONS_TOPIC],
+            "validation-fares",
+            workers.on_validation_event,
+            publisher=runtime.publisher,
+        ),
+        Consumer(
+            bootstrap,
+            [events.LEDGER_TOPIC],
+            "validation-topups",
+            workers.on_ledger_event,
+            publisher=runtime.publisher,
+        ),
+    ]
+    runtime.workers += [
+        supervised("event-publisher", pipeline.run),
+        supervised("event-spool", pipeline.redeliver),
+        supervised("state-refresh", workers.refresh_state),
+        supervised("issuer-keys", workers.poll_issuer_keys),
+    ]
+    if settings.run_fare_worker:
+        consumers += fare_consumers
+        runtime.workers += [
+            supervised("trip-sweeper", workers.sweep_trips),
+            supervised("unpaid-fares", workers.recheck_unpaid),
+        ]
+    runtime.workers += [supervised(f"consumer-{c.group_id}", c.run) for c in consumers]
+
+    async def start() -> None:
+        spool.count_own_backlog()
+        await repository.load_scripts(redis)
+        await workers.load_configured_keys()
+        memory.apply(await repository.load_state(redis), int(time.time()))
+
+    async def stop() -> None:
+        for consumer in consumers:
+            consumer.stop()
+        await pipeline.flush()
+        spool.close()
+        await workers.close()
+
+    runtime.on_stop.append(stop)
+    app = create_app(
+        runtime,
+        endpoints.routers,
+        title="CityPass validation",
+        description=DESCRIPTION,
+        on_start=[start],
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.state.settings = settings
+    app.state.validator = validator
+    app.state.workers = workers
+    app.state.pipeline = pipeline
+    return app

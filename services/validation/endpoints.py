@@ -1,39 +1,267 @@
-"""HTTP routes of the validation service."""
+"""HTTP routes of the validation service: parse, call the service, shape the answer."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+import orjson
+from fastapi import APIRouter, Path, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.responses import Response
 
-from services.validation import repository, service
-from services.validation.schemas import BusRouteRead, GateRead, LineRead
+from services.validation import bundle, repository, service
+from services.validation.auth import (
+    GateDevice,
+    OperatorDep,
+    SettingsDep,
+    ValidatorDep,
+    authenticate,
+)
+from services.validation.schemas import (
+    BundleKeyRead,
+    BusRouteRead,
+    GateBundleRead,
+    GateCreate,
+    GateProvisioned,
+    GateRead,
+    GateSecretRead,
+    GateUpdate,
+    IssuerKeyPut,
+    IssuerKeyRead,
+    LineRead,
+    ValidationBatchCreate,
+    ValidationBatchRead,
+    ValidationCreate,
+    ValidationRead,
+)
+from services.validation.service import Validator
 from shared.app import RuntimeDep
-
-router = APIRouter(prefix="/v1", tags=["network"])
+from shared.devicesigning import claim_nonce
+from shared.errors import Forbidden, ServiceUnavailable
 
 GateId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9-]+$")]
+Kid = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[!-~]+$")]
+
+Responses = dict[int | str, dict[str, Any]]
+UNAUTHORIZED_GATE: Responses = {401: {"description": "Not signed by an enabled gate; see `code`"}}
+UNAUTHORIZED_ADMIN: Responses = {401: {"description": "Missing or wrong admin token"}}
+GATE_MISMATCH: Responses = {403: {"description": "`gate_mismatch`: the body names another gate"}}
+
+network = APIRouter(prefix="/v1", tags=["network"])
+gates = APIRouter(prefix="/v1", tags=["gates"])
+keys = APIRouter(prefix="/v1", tags=["issuer keys"])
+decisions = APIRouter(prefix="/v1", tags=["validations"])
+routers = (decisions, network, gates, keys)  # the gate's hot path is matched first
 
 
-@router.get("/lines", response_model=list[LineRead])
+def _same_gate(gate: str, signed_by: str) -> None:
+    if gate != signed_by:
+        raise Forbidden(
+            f"The request is signed by {signed_by} but names gate {gate}.", code="gate_mismatch"
+        )
+
+
+@network.get("/lines", response_model=list[LineRead])
 async def list_lines() -> list[LineRead]:
     """Metro lines with their stations in order and distances (km) used for fares."""
     return service.lines()
 
 
-@router.get("/bus-routes", response_model=list[BusRouteRead])
+@network.get("/bus-routes", response_model=list[BusRouteRead])
 async def list_bus_routes() -> list[BusRouteRead]:
     """Bus routes with their length and fare band."""
     return service.bus_routes()
 
 
-@router.get("/gates", response_model=list[GateRead])
+@gates.get("/gates", response_model=list[GateRead])
 async def list_gates(rt: RuntimeDep) -> list[GateRead]:
     """Every provisioned gate and bus validator (never their secrets)."""
     return await repository.list_gates(rt.kv)
 
 
-@router.get("/gates/{gate_id}", response_model=GateRead)
+@gates.get("/gates/{gate_id}", response_model=GateRead)
 async def get_gate(gate_id: GateId, rt: RuntimeDep) -> GateRead:
     """One gate: where it stands, its direction and whether it is enabled."""
     return await service.get_gate(rt.kv, gate_id)
+
+
+@gates.post(
+    "/gates",
+    response_model=GateProvisioned,
+    status_code=201,
+    dependencies=[OperatorDep],
+    responses={**UNAUTHORIZED_ADMIN, 409: {"description": "`gate_exists`"}},
+)
+async def provision_gate(body: GateCreate, validator: ValidatorDep) -> GateProvisioned:
+    """Provision a metro gate (a station and a direction) or a bus validator (a route).
+
+    The answer carries the gate's device secret, once: load it into the gate, which signs
+    every request with it. Lost secrets are replaced with `POST /v1/gates/{gate_id}/secret`.
+    """
+    return await service.provision_gate(validator.redis, validator.memory, body)
+
+
+@gates.patch(
+    "/gates/{gate_id}",
+    response_model=GateRead,
+    dependencies=[OperatorDep],
+    responses=UNAUTHORIZED_ADMIN,
+)
+async def update_gate(gate_id: GateId, body: GateUpdate, validator: ValidatorDep) -> GateRead:
+    """Enable or disable a gate, change its direction or the products it accepts.
+
+    A disabled gate's requests are refused (401 `device_disabled`) by every validation
+    process within a second.
+    """
+    return await service.update_gate(validator.redis, validator.memory, gate_id, body)
+
+
+@gates.post(
+    "/gates/{gate_id}/secret",
+    response_model=GateSecretRead,
+    dependencies=[OperatorDep],
+    responses=UNAUTHORIZED_ADMIN,
+)
+async def rotate_gate_secret(gate_id: GateId, validator: ValidatorDep) -> GateSecretRead:
+    """Give the gate a new device secret; the old one stops working at once."""
+    return await service.rotate_secret(validator.redis, validator.memory, gate_id)
+
+
+@keys.get("/issuer-keys", response_model=list[IssuerKeyRead])
+async def list_issuer_keys(validator: ValidatorDep) -> list[IssuerKeyRead]:
+    """The issuer public keys gates accept (polled from ticketing's `/v1/keys`, configured, or
+    loaded by an operator), with their status."""
+    return service.issuer_keys(validator.memory)
+
+
+@keys.put(
+    "/issuer-keys/{kid}",
+    response_model=IssuerKeyRead,
+    dependencies=[OperatorDep],
+    responses=UNAUTHORIZED_ADMIN,
+)
+async def put_issuer_key(kid: Kid, body: IssuerKeyPut, validator: ValidatorDep) -> IssuerKeyRead:
+    """Load or change an issuer public key by hand (key ceremonies, tests, ticketing outages).
+
+    `retiring` keys keep validating their credentials until `not_after`; `retired` and
+    `revoked` keys are refused at once (`unknown_key`).
+    """
+    return await service.put_issuer_key(validator.redis, validator.memory, kid, body)
+
+
+VALIDATION_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ValidationCreate.model_json_schema()}},
+    },
+    "security": [{"gateSignature": []}],
+}
+
+
+@decisions.post(
+    "/validations",
+    response_model=ValidationRead,
+    responses={
+        **UNAUTHORIZED_GATE,
+        **GATE_MISMATCH,
+        413: {"description": "`payload_too_large`: a body over the limit (default 4 MiB)"},
+        422: {
+            "description": "Not a JSON body of this shape (`validation_error`); a bad QR is a "
+            "`reject`, never a 422"
+        },
+        503: {
+            "description": "`state_unavailable`: Redis is unreachable; the gate should decide "
+            "offline from its bundle (`Retry-After` says when to try online again)"
+        },
+    },
+    openapi_extra=VALIDATION_OPENAPI,
+)
+async def validate(request: Request) -> Response:
+    """Decide on a scanned dynamic QR: open the gate (`accept`) or not (`reject`).
+
+    Signed by the gate (see the `gateSignature` scheme). The answer comes from memory and one
+    Redis round trip, typically within a few milliseconds; show `message_vi`/`message_en`.
+    Every code gets a decision, however broken: `malformed` (with `reason_detail` saying
+    how), `unknown_key`, `bad_issuer_signature`, `bad_device_signature`, `qr_expired`,
+    `qr_not_yet_valid`, `replayed` (each QR opens one gate once), `revoked_ticket`,
+    `revoked_device`, `insufficient_balance` (an unpaid fare), `ticket_not_yet_valid`,
+    `ticket_expired`, `gate_not_allowed`, `wrong_line`, `no_rides_left`, `already_inside`
+    (entry twice), `not_inside` (exit without entry).
+
+    Metro gates with direction `both` treat the tap as an exit when the rider's trip is open.
+    Stored-value riders' fares (`fare`) are charged afterwards; the gate never waits for it.
+    """
+    # The hot path parses and checks by hand: FastAPI's dependency machinery costs more than
+    # the decision itself (see loadtests/bench_validation.py).
+    validator: Validator = request.app.state.validator
+    body = await request.body()
+    gate = authenticate(request, body, validator)
+    try:
+        command = ValidationCreate.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    _same_gate(command.gate_id, gate.request.device_id)
+    try:
+        decided = await validator.validate(gate.request, gate.place, command.qr, command.scanned_at)
+    except (RedisError, OSError) as exc:
+        raise state_unavailable() from exc
+    return Response(orjson.dumps(decided), media_type="application/json")
+
+
+def state_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Ticket state (Redis) is unreachable: decide offline from the gate bundle, upload later.",
+        code="state_unavailable",
+    )
+
+
+@decisions.post(
+    "/validations/batch",
+    response_model=ValidationBatchRead,
+    responses={**UNAUTHORIZED_GATE, **GATE_MISMATCH},
+)
+async def upload_offline_decisions(
+    body: ValidationBatchCreate, gate: GateDevice, validator: ValidatorDep
+) -> ValidationBatchRead:
+    """Upload decisions an offline gate took (up to 1,000 per call, oldest first).
+
+    Each is reconciled once (re-uploading is safe: `duplicate`): trips and rides are updated,
+    stored-value fares charged, and a code accepted at two gates raises an alert
+    (`conflict: true`). `server_reason` is what the online checks say about the code.
+    """
+    _same_gate(body.gate_id, gate.request.device_id)
+    try:
+        await claim_nonce(validator.redis, gate.request, ttl_s=validator.nonce_ttl_s)
+        return await validator.reconcile(gate.place, body.decisions)
+    except (RedisError, OSError) as exc:
+        raise state_unavailable() from exc
+
+
+@decisions.get(
+    "/gate-bundle",
+    response_model=GateBundleRead,
+    responses=UNAUTHORIZED_GATE,
+)
+async def gate_bundle(
+    gate: GateDevice, validator: ValidatorDep, settings: SettingsDep
+) -> GateBundleRead:
+    """The signed bundle a gate needs to decide offline: issuer keys, deny list, products,
+    fare rules and timings, valid until `valid_until` (fetch a new one well before).
+
+    Verify `signature` (Ed25519 over the decoded `payload` bytes) with the key published at
+    `GET /v1/gate-bundle/key` before using it.
+    """
+    await claim_nonce(validator.redis, gate.request, ttl_s=validator.nonce_ttl_s)
+    record = validator.memory.gates[gate.place.gate_id]
+    payload = bundle.build(validator.memory, record, settings, int(time.time()))
+    return (await validator.bundle_signer()).sign(payload)
+
+
+@decisions.get("/gate-bundle/key", response_model=BundleKeyRead)
+async def gate_bundle_key(validator: ValidatorDep) -> BundleKeyRead:
+    """The public key that signs gate bundles (pin it in gates at provisioning)."""
+    return (await validator.bundle_signer()).published()

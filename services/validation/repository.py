@@ -1,25 +1,457 @@
-"""Every Redis command of the validation service (it has no database)."""
+"""Every Redis command of the validation service (it has no database).
+
+Keys (`cp:{tag}:name`; keys sharing a `{tag}` share a Redis Cluster slot):
+
+    network-wide, tag `network`
+      cp:{network}:gates           hash  gate id → gate JSON (never the secret)
+      cp:{network}:gate-secrets    hash  gate id → device secret
+      cp:{network}:issuer-keys     hash  kid → {public_key, status, not_after, source}
+      cp:{network}:products        hash  product code → {kind, rides}, learned from ticket events
+      cp:{network}:deny            hash  "ticket:<id>" / "device:<fingerprint>" → {reason, until}
+      cp:{network}:state-version   int   bumped on every change above; processes reload on change
+      cp:{network}:bundle-key      str   development-only bundle signing key (see settings)
+    per ticket, tag = ticket id (one slot, so the decision script is cluster-safe)
+      cp:{T}:ticket                hash  the ticket's state, until its validity ends + 1 day:
+                                         kind, rides (-1 = unlimited), wallet, product (from
+                                         ticketing), balance (after the last fare), used (rides
+                                         consumed), trip_vid/_station/_at/_gate/_kind/_wallet
+                                         (the open metro trip), bus:<route> (last boarding)
+      cp:{T}:qr-used:<at>:<ctr>    str   "gate|validation id": one-time use of a dynamic QR
+      cp:{T}:device-nonce:<gate>:<nonce>  the gate request's nonce (devicesigning)
+      cp:{T}:offline-use:<at>:<ctr> hash gate → validation id, accepted offline uses of a QR
+      cp:{T}:upload:<vid>          str   an offline decision already reconciled
+    cp:{trips}:open                zset  "ticket|entry vid" by the time its trip must auto-close
+    cp:{W}:unpaid-fares            hash  per wallet: validation id → charge that got 402
+    cp:{unpaid}:wallets            set   wallets with unpaid fares (re-checked periodically)
+"""
 
 from __future__ import annotations
 
-from typing import cast
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
+import orjson
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from services.validation.schemas import GateRead
+from shared.devicesigning import nonce_key
 from shared.redis import key
 
-GATES = key("gates", "network")  # one hash: gate id → gate JSON (secrets kept apart)
+NETWORK = "network"
+GATES = key("gates", NETWORK)
+GATE_SECRETS = key("gate-secrets", NETWORK)
+ISSUER_KEYS = key("issuer-keys", NETWORK)
+PRODUCTS = key("products", NETWORK)
+DENY = key("deny", NETWORK)
+STATE_VERSION = key("state-version", NETWORK)
+BUNDLE_KEY = key("bundle-key", NETWORK)
+OPEN_TRIPS = key("open", "trips")
+UNPAID_WALLETS = key("wallets", "unpaid")
 
 
-def gate_secret_key(gate_id: str) -> str:
-    return key("gate-secret", gate_id)
+def ticket_key(ticket_id: str) -> str:
+    return key("ticket", ticket_id)
 
 
-async def save_gate(redis: Redis, gate: GateRead, secret: str) -> None:
+def qr_used_key(ticket_id: str, at: int, counter: int) -> str:
+    return key("qr-used", ticket_id, str(at), str(counter))
+
+
+def offline_use_key(ticket_id: str, at: int, counter: int) -> str:
+    return key("offline-use", ticket_id, str(at), str(counter))
+
+
+def unpaid_key(wallet_id: str) -> str:
+    return key("unpaid-fares", wallet_id)
+
+
+class Script:
+    """A Lua script run with EVALSHA; loaded at start-up and again if Redis forgot it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def load(self, redis: Redis) -> None:
+        await redis.script_load(self.source)
+
+    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:  # Redis restarted or flushed its script cache
+            await self.load(redis)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+_SPLIT = """
+local function split(text)
+  local out = {}
+  for field in string.gmatch(text .. '|', '([^|]*)|') do out[#out + 1] = field end
+  return out
+end
+"""
+_TRIP_FIELDS = "'trip_vid', 'trip_station', 'trip_at', 'trip_gate', 'trip_kind', 'trip_wallet'"
+
+# The gate decision, in one round trip. Contract:
+#   KEYS  1 the gate request's nonce   2 qr-used   3 the ticket's state hash
+#   ARGV  1 "now|pre|post|action|place|validation id|kind|rides|gate|expire at", where
+#           pre  = a verdict before the replay step ('' = none): the QR is not consumed,
+#           post = a verdict after it ('' = none): deny list, validity, gate, line,
+#           action = entry | exit | both | bus, place = station (metro) or route (bus),
+#           kind/rides = the product's rule if ticketing has not announced the ticket
+#           (rides -1 = unlimited), expire at = when the state may go (end of validity)
+#         2 "nonce TTL|qr-used TTL|max trip seconds|bus passback seconds" (configuration)
+#   Reply "outcome|action|kind|rides left|wallet|balance|closed trip vid|station|entered at|
+#          auto-closed trip vid|station|entered at" (empty fields when not applicable), or
+#          just the outcome when it was decided before the state was read. outcome is
+#          nonce_replayed | <pre> | replayed | <post> | no_rides_left | already_inside |
+#          not_inside | ok; rides and trips change only on ok. A stale trip (older than the
+#          maximum trip time) is closed whatever the outcome, and reported as auto-closed.
+VALIDATE = Script(
+    _SPLIT
+    + f"""
+local a, c = split(ARGV[1]), split(ARGV[2])
+local now = tonumber(a[1])
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', c[1]) then return 'nonce_replayed' end
+if a[2] ~= '' then return a[2] end
+if not redis.call('SET', KEYS[2], a[9] .. '|' .. a[6], 'NX', 'EX', c[2]) then
+  return 'replayed'
+end
+if a[3] ~= '' then return a[3] end
+local s = redis.call('HMGET', KEYS[3], 'kind', 'rides', 'wallet', 'balance', 'used',
+                     'trip_vid', 'trip_station', 'trip_at')
+local kind, rides = s[1] or a[7], tonumber(s[2] or a[8])
+local wallet, balance, used = s[3] or '', s[4] or '', tonumber(s[5] or '0')
+local action = a[4]
+local auto = {{'', '', ''}}
+local function reply(outcome, closed)
+  local left = ''
+  if rides >= 0 then left = tostring(rides - used) end
+  closed = closed or {{'', '', ''}}
+  return table.concat({{outcome, action, kind, left, wallet, balance, closed[1], closed[2],
+                       closed[3], auto[1], auto[2], auto[3]}}, '|')
+end
+local function consume()
+  if rides >= 0 then used = redis.call('HINCRBY', KEYS[3], 'used', 1) end
+  if redis.call('TTL', KEYS[3]) < 0 then redis.call('EXPIREAT', KEYS[3], a[10]) end
+end
+if action == 'bus' then
+  action = 'tap'
+  if rides >= 0 and used >= rides then return reply('no_rides_left') end
+  local last = redis.call('HGET', KEYS[3], 'bus:' .. a[5])
+  if last and now - tonumber(last) <= tonumber(c[4]) then return reply('already_inside') end
+  redis.call('HSET', KEYS[3], 'bus:' .. a[5], a[1])
+  consume()
+  return reply('ok')
+end
+local open = s[6] ~= false
+if open and now - tonumber(s[8]) > tonumber(c[3]) then
+  redis.call('HDEL', KEYS[3], {_TRIP_FIELDS})
+  auto = {{s[6], s[7], s[8]}}
+  open = false
+end
+if action == 'both' then
+  if open then action = 'exit' else action = 'entry' end
+end
+if action == 'entry' then
+  if rides >= 0 and used >= rides then return reply('no_rides_left') end
+  if open then return reply('already_inside') end
+  redis.call('HSET', KEYS[3], 'trip_vid', a[6], 'trip_station', a[5], 'trip_at', a[1],
+             'trip_gate', a[9], 'trip_kind', kind, 'trip_wallet', wallet)
+  consume()
+  return reply('ok')
+end
+if not open then return reply('not_inside') end
+redis.call('HDEL', KEYS[3], {_TRIP_FIELDS})
+return reply('ok', {{s[6], s[7], s[8]}})
+"""
+)
+
+# Close a trip left open (the sweeper), only if it is still the one that was indexed.
+#   KEYS 1 ticket state   ARGV 1 entry validation id
+#   Reply {station, entered at, kind, wallet}, or nil when that trip is no longer open
+CLOSE_TRIP = Script(
+    f"""
+local t = redis.call('HMGET', KEYS[1], 'trip_vid', 'trip_station', 'trip_at', 'trip_kind',
+                     'trip_wallet')
+if t[1] ~= ARGV[1] then return false end
+redis.call('HDEL', KEYS[1], {_TRIP_FIELDS})
+return {{t[2], t[3], t[4] or '', t[5] or ''}}
+"""
+)
+
+# Reconcile one decision an offline gate uploads. Contract:
+#   KEYS  1 upload marker   2 offline-use   3 qr-used (online)   4 ticket state
+#   ARGV  1 validation id   2 gate id   3 '1' if the gate accepted   4 action entry|exit|tap|none
+#         5 station   6 scanned at (unix s)   7 record TTL   8 state expiry (unix s)
+#         9 kind if unknown   10 rides if unknown (-1 = unlimited)
+#   Reply {'duplicate'} or {'recorded', kind, wallet, closed trip vid, station, at,
+#          other accepted uses of the same QR as "gate|validation id"...}
+RECONCILE = Script(
+    f"""
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[7]) then return {{'duplicate'}} end
+local info = redis.call('HMGET', KEYS[4], 'kind', 'rides', 'wallet')
+local kind = info[1] or ARGV[9]
+local rides = tonumber(info[2] or ARGV[10])
+local reply = {{'recorded', kind, info[3] or '', '', '', ''}}
+if ARGV[3] ~= '1' then return reply end
+local online = redis.call('GET', KEYS[3])
+if online and online ~= (ARGV[2] .. '|' .. ARGV[1]) then table.insert(reply, online) end
+local prior = redis.call('HGETALL', KEYS[2])
+for i = 1, #prior, 2 do
+  if prior[i] ~= ARGV[2] then table.insert(reply, prior[i] .. '|' .. prior[i + 1]) end
+end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+local action = ARGV[4]
+if (action == 'entry' or action == 'tap') and rides >= 0 then
+  redis.call('HINCRBY', KEYS[4], 'used', 1)
+end
+if action == 'entry' and not redis.call('HGET', KEYS[4], 'trip_vid') then
+  redis.call('HSET', KEYS[4], 'trip_vid', ARGV[1], 'trip_station', ARGV[5], 'trip_at', ARGV[6],
+             'trip_gate', ARGV[2], 'trip_kind', kind, 'trip_wallet', info[3] or '')
+elseif action == 'exit' then
+  local t = redis.call('HMGET', KEYS[4], 'trip_vid', 'trip_station', 'trip_at')
+  if t[1] then
+    redis.call('HDEL', KEYS[4], {_TRIP_FIELDS})
+    reply[4], reply[5], reply[6] = t[1], t[2], t[3]
+  end
+end
+if redis.call('TTL', KEYS[4]) == -1 then redis.call('EXPIREAT', KEYS[4], ARGV[8]) end
+return reply
+"""
+)
+
+SCRIPTS = (VALIDATE, CLOSE_TRIP, RECONCILE)
+
+
+async def load_scripts(redis: Redis) -> None:
+    for script in SCRIPTS:
+        await script.load(redis)
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    validation_id: str
+    station: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateOutcome:
+    """What the decision script answered."""
+
+    outcome: str
+    action: str = ""
+    kind: str = ""
+    rides_left: int | None = None
+    wallet: str | None = None
+    balance: int | None = None
+    closed_trip: Trip | None = None
+    auto_closed_trip: Trip | None = None
+
+
+def _trip(vid: str, station: str, at: str) -> Trip | None:
+    return Trip(vid, station, int(at)) if vid else None
+
+
+def script_settings(nonce_ttl_s: int, qr_used_ttl_s: int, max_trip_s: int, passback_s: int) -> str:
+    """ARGV 2 of the decision script: fixed for the life of the process."""
+    return f"{nonce_ttl_s}|{qr_used_ttl_s}|{max_trip_s}|{passback_s}"
+
+
+async def validate(
+    redis: Redis,
+    *,
+    ticket_id: str,
+    gate_id: str,
+    nonce: str,
+    at: int,
+    counter: int,
+    decision: str,
+    settings: str,
+) -> StateOutcome:
+    """`decision` is ARGV 1 of the decision script (see its contract)."""
+    keys = (
+        nonce_key(gate_id, nonce, tag=ticket_id),
+        f"cp:{{{ticket_id}}}:qr-used:{at}:{counter}",
+        f"cp:{{{ticket_id}}}:ticket",
+    )
+    raw = await VALIDATE(redis, keys, (decision, settings))
+    reply = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
+    if len(reply) == 1:
+        return StateOutcome(reply[0])
+    outcome, action, kind, rides_left, wallet, balance, *trips = reply
+    return StateOutcome(
+        outcome=outcome,
+        action=action,
+        kind=kind,
+        rides_left=int(rides_left) if rides_left else None,
+        wallet=wallet or None,
+        balance=int(balance) if balance else None,
+        closed_trip=_trip(*trips[0:3]),
+        auto_closed_trip=_trip(*trips[3:6]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedTrip:
+    trip: Trip
+    kind: str
+    wallet: str | None
+
+
+async def close_trip(redis: Redis, ticket_id: str, entry_validation_id: str) -> ClosedTrip | None:
+    reply = await CLOSE_TRIP(redis, (ticket_key(ticket_id),), (entry_validation_id,))
+    if not reply:
+        return None
+    station, at, kind, wallet = (_text(item) for item in reply)
+    return ClosedTrip(Trip(entry_validation_id, station, int(at)), kind, wallet or None)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileCall:
+    ticket_id: str
+    at: int
+    counter: int
+    validation_id: str
+    gate_id: str
+    accepted: bool
+    action: str
+    station: str
+    scanned_at: int
+    record_ttl_s: int
+    expire_at: int
+    default_kind: str
+    default_rides: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    duplicate: bool
+    kind: str = ""
+    wallet: str | None = None
+    closed_trip: Trip | None = None
+    other_uses: tuple[str, ...] = ()
+
+
+async def reconcile(redis: Redis, call: ReconcileCall) -> Reconciled:
+    t = call.ticket_id
+    keys = (
+        key("upload", t, call.validation_id),
+        offline_use_key(t, call.at, call.counter),
+        qr_used_key(t, call.at, call.counter),
+        ticket_key(t),
+    )
+    args = (
+        call.validation_id,
+        call.gate_id,
+        "1" if call.accepted else "0",
+        call.action,
+        call.station,
+        call.scanned_at,
+        call.record_ttl_s,
+        call.expire_at,
+        call.default_kind,
+        call.default_rides,
+    )
+    reply = [_text(item) for item in await RECONCILE(redis, keys, args)]
+    if reply[0] == "duplicate":
+        return Reconciled(duplicate=True)
+    _, kind, wallet, vid, station, at, *others = reply
+    return Reconciled(
+        duplicate=False,
+        kind=kind,
+        wallet=wallet or None,
+        closed_trip=_trip(vid, station, at),
+        other_uses=tuple(others),
+    )
+
+
+async def mark_upload(redis: Redis, gate_id: str, validation_id: str, ttl_s: int) -> bool:
+    """An uploaded decision without a readable ticket, deduplicated under its gate."""
+    return bool(await redis.set(key("upload", gate_id, validation_id), b"1", nx=True, ex=ttl_s))
+
+
+async def claim_gate_nonce(redis: Redis, gate_id: str, nonce: str, ttl_s: int) -> bool:
+    """The nonce claim alone, for requests that never reach a ticket's state."""
+    return bool(await redis.set(nonce_key(gate_id, nonce), b"1", nx=True, ex=ttl_s))
+
+
+# Network state: gates, secrets, issuer keys, products, deny list ----------------------------------
+
+
+async def bump_state(redis: Redis) -> None:
+    await redis.incr(STATE_VERSION)
+
+
+async def state_version(redis: Redis) -> int:
+    raw = cast(bytes | None, await redis.get(STATE_VERSION))
+    return int(raw) if raw else 0
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkState:
+    version: int
+    gates: list[GateRead]
+    secrets: dict[str, bytes]
+    issuer_keys: dict[str, dict[str, Any]]
+    products: dict[str, dict[str, Any]]
+    deny: dict[str, dict[str, Any]]
+
+
+async def load_state(redis: Redis) -> NetworkState:
+    """Everything gates need from memory, read in one pipelined round trip."""
     async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(STATE_VERSION)
+        pipe.hgetall(GATES)
+        pipe.hgetall(GATE_SECRETS)
+        pipe.hgetall(ISSUER_KEYS)
+        pipe.hgetall(PRODUCTS)
+        pipe.hgetall(DENY)
+        version, gates, secrets, keys, products, deny = await pipe.execute()
+    return NetworkState(
+        version=int(version) if version else 0,
+        gates=[GateRead.model_validate_json(raw) for raw in gates.values()],
+        secrets={_text(k): v for k, v in secrets.items()},
+        issuer_keys={_text(k): orjson.loads(v) for k, v in keys.items()},
+        products={_text(k): orjson.loads(v) for k, v in products.items()},
+        deny={_text(k): orjson.loads(v) for k, v in deny.items()},
+    )
+
+
+async def save_gate(redis: Redis, gate: GateRead, secret: str | None = None) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(GATES, gate.gate_id, gate.model_dump_json())
-        pipe.set(gate_secret_key(gate.gate_id), secret, nx=True)
+        if secret is not None:
+            pipe.hset(GATE_SECRETS, gate.gate_id, secret)
+        pipe.incr(STATE_VERSION)
+        await pipe.execute()
+
+
+async def add_gate(redis: Redis, gate: GateRead, secret: str) -> bool:
+    """Provision a new gate; False if the id is taken."""
+    if not await redis.hsetnx(GATES, gate.gate_id, gate.model_dump_json()):
+        return False
+    await save_gate(redis, gate, secret)
+    return True
+
+
+async def seed_gate(redis: Redis, gate: GateRead, secret: str) -> None:
+    """Demo data: keeps an existing gate's secret, so re-seeding does not lock devices out."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(GATES, gate.gate_id, gate.model_dump_json())
+        pipe.hsetnx(GATE_SECRETS, gate.gate_id, secret)
+        pipe.incr(STATE_VERSION)
         await pipe.execute()
 
 
@@ -31,3 +463,136 @@ async def list_gates(redis: Redis) -> list[GateRead]:
 async def get_gate(redis: Redis, gate_id: str) -> GateRead | None:
     raw = cast(bytes | None, await redis.hget(GATES, gate_id))
     return GateRead.model_validate_json(raw) if raw else None
+
+
+async def save_issuer_key(redis: Redis, kid: str, record: dict[str, Any]) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(ISSUER_KEYS, kid, orjson.dumps(record))
+        pipe.incr(STATE_VERSION)
+        await pipe.execute()
+
+
+async def replace_issuer_keys(
+    redis: Redis, source: str, records: dict[str, dict[str, Any]]
+) -> bool:
+    """Make the keys from `source` exactly `records`; True if anything changed."""
+    current = {
+        _text(k): orjson.loads(v)
+        for k, v in cast(dict[bytes, bytes], await redis.hgetall(ISSUER_KEYS)).items()
+    }
+    stale = [
+        kid for kid, rec in current.items() if rec.get("source") == source and kid not in records
+    ]
+    changed = {kid: rec for kid, rec in records.items() if current.get(kid) != rec}
+    if not stale and not changed:
+        return False
+    async with redis.pipeline(transaction=True) as pipe:
+        if stale:
+            pipe.hdel(ISSUER_KEYS, *stale)
+        for kid, record in changed.items():
+            pipe.hset(ISSUER_KEYS, kid, orjson.dumps(record))
+        pipe.incr(STATE_VERSION)
+        await pipe.execute()
+    return True
+
+
+async def save_product(redis: Redis, code: str, record: dict[str, Any]) -> bool:
+    encoded = orjson.dumps(record)
+    if cast(bytes | None, await redis.hget(PRODUCTS, code)) == encoded:
+        return False
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(PRODUCTS, code, encoded)
+        pipe.incr(STATE_VERSION)
+        await pipe.execute()
+    return True
+
+
+async def deny(redis: Redis, entry: str, record: dict[str, Any]) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(DENY, entry, orjson.dumps(record))
+        pipe.incr(STATE_VERSION)
+        await pipe.execute()
+
+
+async def lift(redis: Redis, entry: str, reason: str) -> bool:
+    """Remove a deny entry, but only one held for `reason` (a revocation outlives a top-up)."""
+    raw = cast(bytes | None, await redis.hget(DENY, entry))
+    if raw is None or orjson.loads(raw).get("reason") != reason:
+        return False
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hdel(DENY, entry)
+        pipe.incr(STATE_VERSION)
+        await pipe.execute()
+    return True
+
+
+async def drop_expired_deny(redis: Redis, now: int) -> int:
+    raw = cast(dict[bytes, bytes], await redis.hgetall(DENY))
+    expired = [k for k, v in raw.items() if (until := orjson.loads(v).get("until")) and until < now]
+    if expired:
+        await redis.hdel(DENY, *expired)
+        await bump_state(redis)
+    return len(expired)
+
+
+async def bundle_key(redis: Redis, generated: bytes) -> bytes:
+    """The shared development bundle key: the first process to ask sets it."""
+    await redis.set(BUNDLE_KEY, generated, nx=True)
+    stored = cast(bytes, await redis.get(BUNDLE_KEY))
+    return stored
+
+
+# Tickets, trips, fares (written by the workers, never on the gate's path) -------------------------
+
+
+async def save_ticket(redis: Redis, ticket_id: str, fields: dict[str, str], expire_at: int) -> None:
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(ticket_key(ticket_id), mapping=dict(fields.items()))
+        pipe.expireat(ticket_key(ticket_id), expire_at)
+        await pipe.execute()
+
+
+async def ticket_wallet(redis: Redis, ticket_id: str) -> str | None:
+    raw = cast(bytes | None, await redis.hget(ticket_key(ticket_id), "wallet"))
+    return raw.decode() if raw else None
+
+
+async def save_balance(redis: Redis, ticket_id: str, balance: int) -> None:
+    if await redis.exists(ticket_key(ticket_id)):
+        await redis.hset(ticket_key(ticket_id), "balance", str(balance))
+
+
+async def index_open_trip(redis: Redis, ticket_id: str, entry_vid: str, close_at: int) -> None:
+    await redis.zadd(OPEN_TRIPS, {f"{ticket_id}|{entry_vid}": close_at})
+
+
+async def unindex_trip(redis: Redis, ticket_id: str, entry_vid: str) -> None:
+    await redis.zrem(OPEN_TRIPS, f"{ticket_id}|{entry_vid}")
+
+
+async def overdue_trips(redis: Redis, now: int, limit: int = 200) -> list[tuple[str, str]]:
+    members = cast(
+        list[bytes], await redis.zrangebyscore(OPEN_TRIPS, "-inf", now, start=0, num=limit)
+    )
+    return [cast(tuple[str, str], tuple(m.decode().split("|", 1))) for m in members]
+
+
+async def record_unpaid(redis: Redis, wallet_id: str, validation_id: str, charge: bytes) -> None:
+    await redis.hset(unpaid_key(wallet_id), validation_id, charge)
+    await redis.sadd(UNPAID_WALLETS, wallet_id)
+
+
+async def wallets_with_unpaid_fares(redis: Redis) -> list[str]:
+    members = cast(set[bytes], await redis.smembers(UNPAID_WALLETS))
+    return sorted(m.decode() for m in members)
+
+
+async def unpaid_fares(redis: Redis, wallet_id: str) -> dict[str, bytes]:
+    raw = cast(dict[bytes, bytes], await redis.hgetall(unpaid_key(wallet_id)))
+    return {k.decode(): v for k, v in raw.items()}
+
+
+async def settle_unpaid(redis: Redis, wallet_id: str, validation_id: str) -> None:
+    await redis.hdel(unpaid_key(wallet_id), validation_id)
+    if not await redis.exists(unpaid_key(wallet_id)):
+        await redis.srem(UNPAID_WALLETS, wallet_id)

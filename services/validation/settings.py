@@ -1,11 +1,79 @@
 from __future__ import annotations
 
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import ServiceSettings
+from shared.settings import Environment, ServiceSettings
+
+
+class IssuerKeyConfig(BaseModel):
+    """An issuer public key given in configuration (`VALIDATION_ISSUER_KEYS`, a JSON list)."""
+
+    kid: str = Field(min_length=1, max_length=32)
+    public_key: str = Field(description="Raw 32-byte Ed25519 key, base64 (URL-safe or not)")
+    not_after: int | None = Field(default=None, description="Unix seconds; refused after it")
+
+
+def _instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class ValidationSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VALIDATION_", extra="ignore")
 
     port: int = 8002
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # 1,000 offline decisions fit
+    # Operators provision gates and load issuer keys with `Authorization: Bearer <admin token>`.
+    admin_token: SecretStr = SecretStr("dev-only-validation-admin-token")
+
+    # Dynamic QR: phones sign every 10 s; their clocks drift up to ~5 s.
+    qr_window: timedelta = timedelta(seconds=30)
+    qr_skew: timedelta = timedelta(seconds=5)
+    device_window: timedelta = timedelta(seconds=60)  # gate request timestamps
+    # A trip open longer than this closes at the line's maximum fare (line 2A end to end ≈ 25 min).
+    max_trip: timedelta = timedelta(hours=3)
+    trip_sweep_interval: timedelta = timedelta(seconds=5)
+    # Two taps of one ticket on the same bus route within this are one boarding (anti-passback).
+    bus_passback: timedelta = timedelta(minutes=5)
+
+    # Issuer keys: polled from ticketing, plus any configured here or loaded by an operator.
+    ticketing_url: str | None = "http://127.0.0.1:8001"
+    keys_refresh: timedelta = timedelta(seconds=60)
+    issuer_keys: list[IssuerKeyConfig] = Field(default_factory=list)
+    # How often in-memory gates, keys, products and the deny list are re-read from Redis.
+    state_refresh: timedelta = timedelta(seconds=1)
+    credential_cache_size: int = Field(default=200_000, ge=1)  # verified issuer signatures
+
+    # Fares of stored-value riders are charged through payments, never on the gate's path.
+    # The fare worker (fares, top-ups, the trip sweeper) runs in every process by default;
+    # at scale, run it in a few dedicated replicas and turn it off on the gate-facing ones.
+    run_fare_worker: bool = True
+    payments_url: str = "http://127.0.0.1:8004"
+    payments_token: SecretStr = SecretStr("dev-only-payments-service-token")
+    payments_timeout_s: float = Field(default=5.0, gt=0)
+
+    # Events wait here while Kafka is unreachable (append-only files, fsync'd per batch).
+    spool_dir: Path = Path("var/validation-spool")
+    event_queue_size: int = Field(default=100_000, ge=100)
+    spool_retry_interval: timedelta = timedelta(seconds=1)
+
+    # Offline gate bundles: signed with this Ed25519 key (raw 32 bytes, base64). When unset,
+    # development and test share one generated key through Redis; production must set it.
+    bundle_signing_key: SecretStr | None = None
+    bundle_ttl: timedelta = timedelta(hours=6)
+    offline_record_ttl: timedelta = timedelta(days=7)  # how late offline uploads are reconciled
+
+    # Each process reads every deny-list event itself, in a consumer group of its own.
+    instance_id: str = Field(default_factory=_instance_id, pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+
+    @model_validator(mode="after")
+    def _bundle_key_in_production(self) -> Self:
+        if self.environment is Environment.production and self.bundle_signing_key is None:
+            raise ValueError("bundle_signing_key must be set in production")
+        return self

@@ -1,0 +1,101 @@
+"""Who may call: operators (an admin bearer token) and gates (signed, see devicesigning)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from services.validation.rules import GatePlace
+from services.validation.service import Validator
+from services.validation.settings import ValidationSettings
+from shared.devicesigning import (
+    SIGNATURE_HEADER,
+    DeviceAuthError,
+    SignedRequest,
+    request_target,
+    verify_request,
+)
+from shared.errors import Unauthorized
+
+
+async def current_validator(request: Request) -> Validator:
+    validator: Validator = request.app.state.validator
+    return validator
+
+
+async def current_settings(request: Request) -> ValidationSettings:
+    settings: ValidationSettings = request.app.state.settings
+    return settings
+
+
+ValidatorDep = Annotated[Validator, Depends(current_validator)]
+SettingsDep = Annotated[ValidationSettings, Depends(current_settings)]
+
+admin_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="adminToken",
+    description="The operator token from `VALIDATION_ADMIN_TOKEN`.",
+)
+gate_signature = APIKeyHeader(
+    name=SIGNATURE_HEADER,
+    auto_error=False,
+    scheme_name="gateSignature",
+    description=(
+        "Every gate request is signed with the gate's secret: send `X-Device-Id`, "
+        "`X-Device-Timestamp` (unix s), `X-Device-Nonce` (16-64 of [A-Za-z0-9_-], never "
+        'reused) and `X-Device-Signature` = hex HMAC-SHA256(secret, "CP-DEVICE-HMAC-SHA256\\n'
+        'METHOD\\nPATH?QUERY\\nTIMESTAMP\\nNONCE\\nhex SHA-256(body)"). Refusals are 401 '
+        "problems: `unsigned_request`, `malformed_device_headers`, `unknown_device`, "
+        "`bad_signature`, `device_disabled`, `stale_request` (> 60 s off), `replayed_request`."
+    ),
+)
+
+
+async def operator(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(admin_bearer)],
+) -> None:
+    expected = settings.admin_token.get_secret_value().encode()
+    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise Unauthorized(
+            "Send `Authorization: Bearer <validation admin token>`.", code="invalid_admin_token"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedGate:
+    request: SignedRequest
+    place: GatePlace
+
+
+def authenticate(request: Request, body: bytes, validator: Validator) -> SignedGate:
+    """A request signed by an enabled, provisioned gate (its nonce is claimed later, once)."""
+    scope = request.scope
+    signed = verify_request(
+        request.method,
+        request_target(scope.get("raw_path") or scope["path"].encode(), scope["query_string"]),
+        request.headers,
+        body,
+        validator.memory.device_key,
+        window_s=validator.device_window_s,
+    )
+    place = validator.memory.places.get(signed.device_id)
+    if place is None:  # a secret without a gate record: provisioning went half-way
+        raise DeviceAuthError(f"No gate {signed.device_id}.", code="unknown_device")
+    return SignedGate(signed, place)
+
+
+async def signed_gate(
+    request: Request,
+    validator: ValidatorDep,
+    _signature: Annotated[str | None, Security(gate_signature)],
+) -> SignedGate:
+    return authenticate(request, await request.body(), validator)
+
+
+OperatorDep = Depends(operator)
+GateDevice = Annotated[SignedGate, Depends(signed_gate)]

@@ -1,0 +1,145 @@
+"""What validation publishes and what it consumes (CloudEvents, binary mode; see shared/events.py).
+
+Publishes
+- `transit.validations`, keyed by ticket id (gate id when no ticket could be read):
+  - `citypass.transit.validation.accepted.v1` / `.rejected.v1`: every gate decision, online or
+    uploaded by an offline gate (`offline: true`); the event id is the validation id.
+  - `citypass.transit.trip.auto_closed.v1`: a metro trip left open longer than the maximum
+    trip time, closed at the line's maximum fare (`fare`, charged by the fare worker).
+- `transit.tickets`, keyed by ticket id:
+  - `citypass.transit.fare.unpaid.v1`: the rider's wallet could not pay a fare (payments 402);
+    every validation process puts the ticket on its deny list (`insufficient_balance`).
+  - `citypass.transit.fare.settled.v1`: after a top-up the unpaid fares were charged; lifted.
+- `ops.alerts`, keyed by ticket id:
+  - `citypass.transit.validation.duplicate_use.v1`: one QR accepted at two gates (found when
+    offline gates upload their decisions).
+
+Consumes
+- `transit.tickets` (a group per process, so each one holds the whole deny list), from
+  ticketing: `citypass.transit.ticket.issued.v1` {ticket_id, credential_product (the code in
+  the QR; else product_code), kind (single | pass | stored_value), rides (null = unlimited),
+  valid_until(_unix), wallet_account_id}, `citypass.transit.ticket.revoked.v1` {ticket_id,
+  valid_until}, `citypass.transit.device.revoked.v1` {device_key_fingerprint (hex SHA-256 of
+  the raw key), deny_until}, `citypass.transit.issuer_keys.changed.v1` {keys: as
+  `GET /v1/keys`}; and the two `fare.*` events above.
+- `transit.validations` (group `validation-fares`): charges fares, tracks open trips.
+- `payments.ledger` (group `validation-topups`): `citypass.payments.transfer.posted.v1` with
+  `kind: topup` retries the unpaid fares of that wallet.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.events import Event
+
+SOURCE = "/citypass/validation"
+VALIDATIONS_TOPIC = "transit.validations"
+TICKETS_TOPIC = "transit.tickets"
+ALERTS_TOPIC = "ops.alerts"
+LEDGER_TOPIC = "payments.ledger"
+
+VALIDATION_ACCEPTED = "citypass.transit.validation.accepted.v1"
+VALIDATION_REJECTED = "citypass.transit.validation.rejected.v1"
+TRIP_AUTO_CLOSED = "citypass.transit.trip.auto_closed.v1"
+FARE_UNPAID = "citypass.transit.fare.unpaid.v1"
+FARE_SETTLED = "citypass.transit.fare.settled.v1"
+DUPLICATE_USE = "citypass.transit.validation.duplicate_use.v1"
+
+TICKET_ISSUED = "citypass.transit.ticket.issued.v1"
+TICKET_REVOKED = "citypass.transit.ticket.revoked.v1"
+DEVICE_REVOKED = "citypass.transit.device.revoked.v1"
+ISSUER_KEYS_CHANGED = "citypass.transit.issuer_keys.changed.v1"
+TRANSFER_POSTED = "citypass.payments.transfer.posted.v1"
+
+
+def iso(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat().replace("+00:00", "Z")
+
+
+def validation(data: dict[str, Any], *, accepted: bool) -> Event:
+    return Event(
+        type=VALIDATION_ACCEPTED if accepted else VALIDATION_REJECTED,
+        source=SOURCE,
+        subject=str(data["validation_id"]),
+        data=data,
+        id=str(data["validation_id"]),
+    )
+
+
+def trip_auto_closed(
+    *,
+    ticket_id: str,
+    entry_validation_id: str,
+    entry_station: str,
+    entered_at: int,
+    closed_at: int,
+    fare: int,
+    kind: str,
+    wallet_account_id: str | None,
+) -> Event:
+    return Event(
+        type=TRIP_AUTO_CLOSED,
+        source=SOURCE,
+        subject=ticket_id,
+        data={
+            "ticket_id": ticket_id,
+            "validation_id": entry_validation_id,  # the fare's Idempotency-Key
+            "entry_station": entry_station,
+            "entered_at": iso(entered_at),
+            "closed_at": iso(closed_at),
+            "fare": fare,
+            "kind": kind,
+            "wallet_account_id": wallet_account_id,
+        },
+    )
+
+
+def fare_unpaid(
+    *, ticket_id: str, wallet_account_id: str, validation_id: str, amount: int, shortfall: Any
+) -> Event:
+    return Event(
+        type=FARE_UNPAID,
+        source=SOURCE,
+        subject=ticket_id,
+        data={
+            "ticket_id": ticket_id,
+            "wallet_account_id": wallet_account_id,
+            "validation_id": validation_id,
+            "amount": amount,
+            "shortfall": shortfall,
+        },
+    )
+
+
+def fare_settled(*, ticket_id: str, wallet_account_id: str, validation_ids: list[str]) -> Event:
+    return Event(
+        type=FARE_SETTLED,
+        source=SOURCE,
+        subject=ticket_id,
+        data={
+            "ticket_id": ticket_id,
+            "wallet_account_id": wallet_account_id,
+            "validation_ids": validation_ids,
+        },
+    )
+
+
+def duplicate_use(
+    *, ticket_id: str, qr_at: int, counter: int, uses: list[dict[str, str]], detail: str
+) -> Event:
+    return Event(
+        type=DUPLICATE_USE,
+        source=SOURCE,
+        subject=ticket_id,
+        data={
+            "severity": "warning",
+            "code": "qr_used_at_two_gates",
+            "detail": detail,
+            "ticket_id": ticket_id,
+            "qr_at": iso(qr_at),
+            "qr_counter": counter,
+            "uses": uses,
+        },
+    )

@@ -1,0 +1,404 @@
+"""Background work of a validation process, never on a gate's path.
+
+- state refresh: reload gates, keys, products and the deny list when Redis says they changed;
+- issuer keys: poll ticketing's `GET /v1/keys`;
+- ticket events (a consumer group per process): ticket registry, products, deny list;
+- fares (group `validation-fares`): charge stored-value fares through payments, idempotently
+  by validation id, and track open trips; a wallet that cannot pay puts the ticket on the deny
+  list until a top-up (group `validation-topups`) or the periodic re-check settles it;
+- the trip sweeper: trips open longer than the maximum trip time close at the maximum fare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+import httpx
+import orjson
+from aiokafka import ConsumerRecord
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.validation import events, repository
+from services.validation.memory import Memory, b64url, decode_public_key
+from services.validation.rules import Reason, TicketKind, device_fingerprint
+from services.validation.schemas import IssuerKeyStatus
+from services.validation.service import TICKET_LIFETIME_MARGIN_S, emit_auto_closed
+from services.validation.settings import ValidationSettings
+from services.validation.spool import EventPipeline
+from shared.events import Event
+from shared.http import service_client
+
+logger = logging.getLogger("citypass.validation.workers")
+
+UNPAID_RECHECK_S = 600.0
+FARE_RETRY_MAX_S = 30.0
+TICKETING_SOURCE = "ticketing"
+SETTINGS_SOURCE = "settings"
+
+
+class FareError(RuntimeError):
+    """A fare that cannot be charged as it stands; the consumer retries, then dead-letters."""
+
+
+def unix(value: Any) -> int | None:
+    """Unix seconds from an int or an ISO 8601 text; None when absent or unreadable."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            return None
+    return None
+
+
+def ticket_uuid(value: Any) -> str | None:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
+
+
+def key_records(payload: Any) -> dict[str, dict[str, Any]]:
+    """Ticketing's `/v1/keys` answer (a list, or `{"keys": [...]}`) as stored key records."""
+    items = payload.get("keys", []) if isinstance(payload, dict) else payload
+    records: dict[str, dict[str, Any]] = {}
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("kid"), str):
+            continue
+        try:
+            raw = decode_public_key(str(item.get("public_key", "")))
+        except ValueError:
+            logger.warning("ticketing key %s has no usable public key", item["kid"])
+            continue
+        status = str(item.get("status", "active")).lower()
+        if status not in {s.value for s in IssuerKeyStatus}:
+            status = IssuerKeyStatus.retired.value  # a status we do not know is not trusted
+        records[item["kid"]] = {
+            "public_key": b64url(raw),
+            "status": status,
+            "not_after": unix(item.get("not_after")),
+            "source": TICKETING_SOURCE,
+        }
+    return records
+
+
+class Workers:
+    def __init__(
+        self,
+        settings: ValidationSettings,
+        redis: Redis,
+        memory: Memory,
+        pipeline: EventPipeline,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.memory = memory
+        self.pipeline = pipeline
+        self.max_trip_s = int(settings.max_trip.total_seconds())
+        self._payments: httpx.AsyncClient | None = None
+        self._failing: set[str] = set()
+
+    def _log_failure(self, what: str, exc: BaseException) -> None:
+        if what not in self._failing:  # once per outage, not once per second
+            self._failing.add(what)
+            logger.warning("%s failing: %s", what, exc or type(exc).__name__)
+
+    def _recovered(self, what: str) -> None:
+        if what in self._failing:
+            self._failing.discard(what)
+            logger.info("%s recovered", what)
+
+    # Network state --------------------------------------------------------------------------
+
+    async def load_configured_keys(self) -> None:
+        records = {
+            k.kid: {
+                "public_key": b64url(decode_public_key(k.public_key)),
+                "status": "active",
+                "not_after": k.not_after,
+                "source": SETTINGS_SOURCE,
+            }
+            for k in self.settings.issuer_keys
+        }
+        await repository.replace_issuer_keys(self.redis, SETTINGS_SOURCE, records)
+
+    async def refresh_state(self) -> None:
+        interval = self.settings.state_refresh.total_seconds()
+        while True:
+            try:
+                now = int(time.time())
+                if await repository.state_version(self.redis) != self.memory.version:
+                    self.memory.apply(await repository.load_state(self.redis), now)
+                else:
+                    self.memory.refresh_usable_keys(now)  # a key's not_after may have passed
+                self._recovered("state refresh")
+            except (RedisError, OSError) as exc:
+                self._log_failure("state refresh", exc)
+            await asyncio.sleep(interval)
+
+    async def poll_issuer_keys(self) -> None:
+        if not self.settings.ticketing_url:
+            return
+        interval = self.settings.keys_refresh.total_seconds()
+        async with service_client(self.settings.ticketing_url, timeout_s=5) as http:
+            while True:
+                try:
+                    response = await http.get("/v1/keys")
+                    response.raise_for_status()
+                    records = key_records(response.json())
+                    if await repository.replace_issuer_keys(self.redis, TICKETING_SOURCE, records):
+                        self.memory.apply(await repository.load_state(self.redis), int(time.time()))
+                    self._recovered("issuer keys from ticketing")
+                except (httpx.HTTPError, ValueError, RedisError, OSError) as exc:
+                    self._log_failure("issuer keys from ticketing", exc)
+                await asyncio.sleep(interval)
+
+    # transit.tickets: registry, products, deny list ----------------------------------------
+
+    async def on_ticket_event(self, event: Event, _record: ConsumerRecord) -> None:
+        data = event.data
+        if event.type == events.TICKET_ISSUED:
+            await self._ticket_issued(data)
+        elif event.type == events.TICKET_REVOKED:
+            if ticket_id := ticket_uuid(data.get("ticket_id")):
+                until = unix(data.get("valid_until_unix")) or unix(data.get("valid_until"))
+                await self._deny(f"ticket:{ticket_id}", Reason.revoked_ticket, until)
+        elif event.type == events.DEVICE_REVOKED:
+            fingerprint = data.get("device_key_fingerprint")
+            if not isinstance(fingerprint, str) and isinstance(data.get("device_public_key"), str):
+                fingerprint = device_fingerprint(decode_public_key(data["device_public_key"]))
+            if isinstance(fingerprint, str) and fingerprint:
+                until = unix(data.get("deny_until"))
+                await self._deny(f"device:{fingerprint.lower()}", Reason.revoked_device, until)
+        elif event.type == events.ISSUER_KEYS_CHANGED:
+            records = key_records(data)
+            if await repository.replace_issuer_keys(self.redis, TICKETING_SOURCE, records):
+                self.memory.apply(await repository.load_state(self.redis), int(time.time()))
+        elif event.type == events.FARE_UNPAID:
+            if ticket_id := ticket_uuid(data.get("ticket_id")):
+                current = self.memory.deny_tickets.get(ticket_id)
+                if current is None or current.reason is Reason.insufficient_balance:
+                    await self._deny(f"ticket:{ticket_id}", Reason.insufficient_balance, None)
+        elif event.type == events.FARE_SETTLED and (
+            ticket_id := ticket_uuid(data.get("ticket_id"))
+        ):
+            entry = f"ticket:{ticket_id}"
+            await repository.lift(self.redis, entry, Reason.insufficient_balance.value)
+            self.memory.lift_entry(entry, Reason.insufficient_balance)
+
+    async def _ticket_issued(self, data: dict[str, Any]) -> None:
+        ticket_id = ticket_uuid(data.get("ticket_id"))
+        try:
+            kind = TicketKind(str(data.get("kind")))
+        except ValueError:
+            logger.warning("ticket %s has unknown kind %r", ticket_id, data.get("kind"))
+            return
+        if ticket_id is None:
+            return
+        rides = data.get("rides")
+        rides = rides if isinstance(rides, int) and not isinstance(rides, bool) else None
+        # Credentials carry a short product code (every byte of the QR counts).
+        product = data.get("credential_product") or data.get("product_code")
+        wallet = data.get("wallet_account_id") or data.get("rider_wallet_account_id")
+        fields = {"kind": kind.value, "rides": str(-1 if rides is None else rides)}
+        if isinstance(product, str):
+            fields["product"] = product
+        if isinstance(wallet, str) and wallet:
+            fields["wallet"] = wallet
+        valid_until = (
+            unix(data.get("valid_until_unix"))
+            or unix(data.get("valid_until"))
+            or int(time.time()) + 400 * 86_400
+        )
+        await repository.save_ticket(
+            self.redis, ticket_id, fields, valid_until + TICKET_LIFETIME_MARGIN_S
+        )
+        if isinstance(product, str):
+            record = {"kind": kind.value, "rides": rides}
+            await repository.save_product(self.redis, product, record)
+            self.memory.learn_product(product, record)
+
+    async def _deny(self, entry: str, reason: Reason, until: int | None) -> None:
+        record = {"reason": reason.value, "until": until}
+        await repository.deny(self.redis, entry, record)
+        self.memory.deny_entry(entry, record)
+
+    # transit.validations: fares and open trips ---------------------------------------------
+
+    async def on_validation_event(self, event: Event, _record: ConsumerRecord) -> None:
+        data = event.data
+        ticket_id = data.get("ticket_id")
+        if not isinstance(ticket_id, str):
+            return
+        stored_value = data.get("kind") == TicketKind.stored_value
+        if event.type == events.VALIDATION_ACCEPTED:
+            vid = str(data["validation_id"])
+            entry = data.get("entry")
+            # Only a stored-value trip costs something when left open; the others close at
+            # the rider's next tap (or expire with the ticket) without the sweeper.
+            if stored_value and data.get("action") == "entry" and data.get("station"):
+                entered = unix(data.get("decided_at")) or int(time.time())
+                await repository.index_open_trip(
+                    self.redis, ticket_id, vid, entered + self.max_trip_s
+                )
+            if stored_value and data.get("action") == "exit" and isinstance(entry, dict):
+                await repository.unindex_trip(self.redis, ticket_id, str(entry["validation_id"]))
+        elif event.type == events.TRIP_AUTO_CLOSED:
+            vid = str(data["validation_id"])
+            await repository.unindex_trip(self.redis, ticket_id, vid)
+        else:
+            return
+        fare = data.get("fare")
+        if isinstance(fare, int) and fare > 0 and stored_value:
+            await self.charge_fare(ticket_id, data.get("wallet_account_id"), fare, vid)
+
+    def payments(self) -> httpx.AsyncClient:
+        if self._payments is None:
+            self._payments = service_client(
+                self.settings.payments_url, timeout_s=self.settings.payments_timeout_s
+            )
+            token = self.settings.payments_token.get_secret_value()
+            self._payments.headers["Authorization"] = f"Bearer {token}"
+        return self._payments
+
+    async def close(self) -> None:
+        if self._payments is not None:
+            await self._payments.aclose()
+
+    async def _post_charge(self, body: bytes, validation_id: str) -> tuple[int, dict[str, Any]]:
+        """POST /v1/charges until payments gives a definite answer (transient errors retried)."""
+        delay = 0.2
+        while True:
+            try:
+                response = await self.payments().post(
+                    "/v1/charges",
+                    content=body,
+                    headers={"Idempotency-Key": validation_id, "Content-Type": "application/json"},
+                )
+                payload = response.json() if response.content else {}
+                in_flight = response.status_code == 409 and payload.get("code") != (
+                    "duplicate_transfer"
+                )
+                if response.status_code < 500 and not in_flight and response.status_code != 401:
+                    self._recovered("payments")
+                    return response.status_code, payload
+                self._log_failure("payments", RuntimeError(f"HTTP {response.status_code}"))
+            except (httpx.HTTPError, ValueError) as exc:
+                self._log_failure("payments", exc)
+            await asyncio.sleep(delay)
+            delay = min(FARE_RETRY_MAX_S, delay * 2)
+
+    async def charge_fare(
+        self, ticket_id: str, wallet: Any, amount: int, validation_id: str
+    ) -> None:
+        """Charge one fare; idempotent by validation id (Idempotency-Key and ledger transfer id)."""
+        account = wallet if isinstance(wallet, str) and wallet else None
+        account = account or await repository.ticket_wallet(self.redis, ticket_id)
+        if account is None:
+            raise FareError(f"no wallet is known for ticket {ticket_id} (ticket.issued missing?)")
+        body = orjson.dumps(
+            {
+                "account_id": account,
+                "amount": amount,
+                "source": "transit",
+                "transfer_id": validation_id,
+            }
+        )
+        status, payload = await self._post_charge(body, validation_id)
+        if status in (200, 201) or (status == 409 and payload.get("code") == "duplicate_transfer"):
+            if isinstance(payload.get("balance"), int):
+                await repository.save_balance(self.redis, ticket_id, payload["balance"])
+            return
+        if status == 402:
+            unpaid = orjson.dumps({"ticket_id": ticket_id, "body": body.decode()})
+            await repository.record_unpaid(self.redis, account, validation_id, unpaid)
+            self.pipeline.emit(
+                events.TICKETS_TOPIC,
+                ticket_id,
+                events.fare_unpaid(
+                    ticket_id=ticket_id,
+                    wallet_account_id=account,
+                    validation_id=validation_id,
+                    amount=amount,
+                    shortfall=payload.get("shortfall"),
+                ),
+            )
+            return
+        raise FareError(f"payments refused fare {validation_id}: {status} {payload.get('code')}")
+
+    # payments.ledger: top-ups settle unpaid fares ---------------------------------------------
+
+    async def on_ledger_event(self, event: Event, _record: ConsumerRecord) -> None:
+        data = event.data
+        wallet = data.get("wallet_account_id")
+        if event.type == events.TRANSFER_POSTED and data.get("kind") == "topup" and wallet:
+            await self.settle_wallet(str(wallet))
+
+    async def settle_wallet(self, wallet: str) -> None:
+        unpaid = await repository.unpaid_fares(self.redis, wallet)
+        settled: dict[str, list[str]] = defaultdict(list)
+        still_unpaid: set[str] = set()
+        for validation_id, raw in sorted(unpaid.items()):
+            record = orjson.loads(raw)
+            ticket_id = record["ticket_id"]
+            status, payload = await self._post_charge(record["body"].encode(), validation_id)
+            if status in (200, 201) or payload.get("code") == "duplicate_transfer":
+                await repository.settle_unpaid(self.redis, wallet, validation_id)
+                if isinstance(payload.get("balance"), int):
+                    await repository.save_balance(self.redis, ticket_id, payload["balance"])
+                settled[ticket_id].append(validation_id)
+            else:
+                still_unpaid.add(ticket_id)
+        for ticket_id, validation_ids in settled.items():
+            if ticket_id not in still_unpaid:
+                self.pipeline.emit(
+                    events.TICKETS_TOPIC,
+                    ticket_id,
+                    events.fare_settled(
+                        ticket_id=ticket_id, wallet_account_id=wallet, validation_ids=validation_ids
+                    ),
+                )
+
+    async def recheck_unpaid(self) -> None:
+        """Top-ups can arrive by paths we do not hear about; try unpaid fares now and then."""
+        while True:
+            await asyncio.sleep(UNPAID_RECHECK_S)
+            try:
+                for wallet in await repository.wallets_with_unpaid_fares(self.redis):
+                    await self.settle_wallet(wallet)
+            except (RedisError, OSError) as exc:
+                self._log_failure("unpaid fare re-check", exc)
+
+    # Trips left open -------------------------------------------------------------------------
+
+    async def sweep_trips(self) -> None:
+        interval = self.settings.trip_sweep_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.close_overdue_trips(int(time.time()))
+                self._recovered("trip sweeper")
+            except (RedisError, OSError) as exc:
+                self._log_failure("trip sweeper", exc)
+
+    async def close_overdue_trips(self, now: int) -> int:
+        closed = 0
+        for ticket_id, entry_vid in await repository.overdue_trips(self.redis, now):
+            result = await repository.close_trip(self.redis, ticket_id, entry_vid)
+            if result is not None:  # another process may have closed it first: then it is None
+                emit_auto_closed(
+                    self.pipeline, ticket_id, result.trip, result.kind, result.wallet, now
+                )
+                closed += 1
+            await repository.unindex_trip(self.redis, ticket_id, entry_vid)
+        return closed

@@ -1,0 +1,187 @@
+"""Device request signing: the canonical request, every refusal, the httpx signer, nonces."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+import httpx
+import pytest
+from starlette.datastructures import Headers
+
+from citypass.servers import LocalServers
+from shared import redis as redis_kit
+from shared.devicesigning import (
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    DeviceAuth,
+    DeviceAuthError,
+    DeviceKey,
+    DeviceSigner,
+    SignedRequest,
+    canonical_request,
+    claim_nonce,
+    nonce_key,
+    request_target,
+    verify_request,
+)
+
+SECRET = "gate-secret-for-tests"
+DEVICES = {
+    "2A-01-EN": DeviceKey("2A-01-EN", SECRET.encode()),
+    "2A-01-EX": DeviceKey("2A-01-EX", SECRET.encode(), enabled=False),
+}
+BODY = b'{"qr":"CP1:X","gate_id":"2A-01-EN"}'
+NOW = 1_767_300_000
+
+
+def verify(headers: dict[str, str], *, body: bytes = BODY, now: float = NOW) -> SignedRequest:
+    return verify_request("POST", "/v1/validations", Headers(headers), body, DEVICES.get, now=now)
+
+
+def signed(device: str = "2A-01-EN", **options: object) -> dict[str, str]:
+    return DeviceSigner(device, SECRET).headers(
+        "POST",
+        "/v1/validations",
+        BODY,
+        timestamp=NOW,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def refusal(headers: dict[str, str], **options: object) -> str:
+    with pytest.raises(DeviceAuthError) as raised:
+        verify(headers, **options)  # type: ignore[arg-type]
+    assert raised.value.status == 401
+    return raised.value.code
+
+
+class TestCanonicalRequest:
+    def test_matches_the_documented_layout(self) -> None:
+        expected = (
+            "CP-DEVICE-HMAC-SHA256\nPOST\n/v1/validations?x=1\n1767300000\nn0nce-n0nce-n0nce\n"
+            + hashlib.sha256(BODY).hexdigest()
+        ).encode()
+
+        assert (
+            canonical_request(
+                "post", "/v1/validations?x=1", "1767300000", "n0nce-n0nce-n0nce", BODY
+            )
+            == expected
+        )
+
+    def test_signature_is_hex_hmac_sha256_of_it(self) -> None:
+        headers = signed(nonce="n0nce-n0nce-n0nce")
+        message = canonical_request("POST", "/v1/validations", str(NOW), "n0nce-n0nce-n0nce", BODY)
+
+        assert (
+            headers[SIGNATURE_HEADER]
+            == hmac.new(SECRET.encode(), message, hashlib.sha256).hexdigest()
+        )
+
+    def test_target_keeps_the_query_and_percent_encoding(self) -> None:
+        assert request_target(b"/v1/gates/A%2FB", b"x=1&y=%20") == "/v1/gates/A%2FB?x=1&y=%20"
+        assert request_target(b"/v1/gate-bundle", b"") == "/v1/gate-bundle"
+
+
+class TestVerify:
+    def test_properly_signed_request_passes(self) -> None:
+        headers = signed()
+
+        result = verify(headers)
+
+        assert result == SignedRequest("2A-01-EN", NOW, headers[NONCE_HEADER])
+
+    def test_each_nonce_is_fresh(self) -> None:
+        assert signed()[NONCE_HEADER] != signed()[NONCE_HEADER]
+
+    def test_missing_header_is_unsigned(self) -> None:
+        headers = signed()
+        del headers[SIGNATURE_HEADER]
+
+        assert refusal(headers) == "unsigned_request"
+        assert refusal({}) == "unsigned_request"
+
+    @pytest.mark.parametrize(
+        ("header", "value"),
+        [
+            (TIMESTAMP_HEADER, "yesterday"),
+            (NONCE_HEADER, "short"),
+            (NONCE_HEADER, "has spaces in it, not allowed"),
+            (SIGNATURE_HEADER, "ZZ" * 32),
+        ],
+    )
+    def test_malformed_header(self, header: str, value: str) -> None:
+        assert refusal({**signed(), header: value}) == "malformed_device_headers"
+
+    def test_unknown_device(self) -> None:
+        assert refusal(DeviceSigner("9Z-99", SECRET).headers("POST", "/x", timestamp=NOW)) == (
+            "unknown_device"
+        )
+
+    def test_wrong_secret_or_altered_request_is_a_bad_signature(self) -> None:
+        forged = DeviceSigner("2A-01-EN", "another").headers(
+            "POST", "/v1/validations", BODY, timestamp=NOW
+        )
+
+        assert refusal(forged) == "bad_signature"
+        assert refusal(signed(), body=BODY + b" ") == "bad_signature"
+
+    def test_disabled_device_is_refused_after_its_signature_checks(self) -> None:
+        assert refusal(signed("2A-01-EX")) == "device_disabled"
+
+    @pytest.mark.parametrize("offset", [-61, 61, -3600])
+    def test_timestamp_outside_the_window_is_stale(self, offset: int) -> None:
+        assert refusal(signed(), now=NOW + offset) == "stale_request"
+
+    def test_timestamp_inside_the_window_passes(self) -> None:
+        verify(signed(), now=NOW + 59)
+        verify(signed(), now=NOW - 59)
+
+
+class TestHttpxAuth:
+    def test_signs_path_query_and_body_as_sent(self) -> None:
+        captured: list[httpx.Request] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            captured.append(request)
+            return httpx.Response(204)
+
+        signer = DeviceSigner("2A-01-EN", SECRET)
+        with httpx.Client(
+            transport=httpx.MockTransport(handler), auth=DeviceAuth(signer)
+        ) as client:
+            client.post("http://gate.test/v1/validations?dry=1", content=BODY)
+
+        [request] = captured
+        result = verify_request(
+            "POST",
+            "/v1/validations?dry=1",
+            Headers(dict(request.headers)),
+            request.content,
+            DEVICES.get,
+            now=time.time(),
+        )
+        assert result.device_id == "2A-01-EN"
+
+
+class TestNonces:
+    async def test_second_use_of_a_nonce_is_replayed(self, servers: LocalServers) -> None:
+        redis = redis_kit.connect(servers.redis_url)
+        request = SignedRequest("2A-01-EN", NOW, f"nonce-{time.time_ns()}")
+        try:
+            await claim_nonce(redis, request, ttl_s=30)
+            with pytest.raises(DeviceAuthError) as raised:
+                await claim_nonce(redis, request, ttl_s=30)
+            ttl = await redis.ttl(nonce_key(request.device_id, request.nonce))
+        finally:
+            await redis.aclose()
+
+        assert raised.value.code == "replayed_request"
+        assert 0 < ttl <= 30
+
+    def test_nonce_key_can_share_another_keys_cluster_slot(self) -> None:
+        assert nonce_key("G1", "abc") == "cp:{G1}:device-nonce:G1:abc"
+        assert nonce_key("G1", "abc", tag="ticket-9") == "cp:{ticket-9}:device-nonce:G1:abc"

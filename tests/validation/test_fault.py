@@ -1,0 +1,98 @@
+"""With the broker down, gates keep getting decisions; every event arrives once it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from citypass.servers import LocalServers, free_port
+from services.validation.app import build_app
+from services.validation.spool import EventPipeline
+from tests.conftest import AppClient
+from tests.validation.conftest import (
+    make_ticket,
+    provision_gate,
+    read_events,
+    scan,
+    validation_body,
+    validation_settings,
+    wait_for,
+)
+
+VALIDATIONS = 1_000
+RIDERS = 50  # each taps in and out through one both-way gate, 20 times
+
+
+@pytest.mark.fault
+class TestBrokerDown:
+    async def test_decisions_go_on_and_every_event_is_delivered_after_recovery(
+        self, http: httpx.AsyncClient, app: FastAPI, servers: LocalServers
+    ) -> None:
+        pipeline: EventPipeline = app.state.pipeline
+        gate = await provision_gate(http, station="3-06", direction="both")
+        riders = [make_ticket() for _ in range(RIDERS)]
+
+        async def ride(ticket_index: int) -> list[dict[str, object]]:
+            ticket = riders[ticket_index]
+            return [await scan(http, gate, ticket.qr()) for _ in range(VALIDATIONS // RIDERS)]
+
+        servers.stop_kafka()
+        try:
+            started = time.monotonic()
+            decided = [
+                d for batch in await asyncio.gather(*map(ride, range(RIDERS))) for d in batch
+            ]
+            elapsed = time.monotonic() - started
+            await wait_for(
+                lambda: pipeline.spool.backlog >= VALIDATIONS, timeout_s=30, what="the spool"
+            )
+        finally:
+            servers.start_kafka()
+
+        assert len(decided) == VALIDATIONS
+        assert {d["decision"] for d in decided} == {"accept"}
+        assert elapsed < 30, f"gates waited for the broker: {elapsed:.1f} s"
+        ids = {str(d["validation_id"]) for d in decided}
+        found = await read_events(
+            servers.kafka_bootstrap,
+            "transit.validations",
+            lambda e: e.data.get("gate_id") == gate.gate_id,
+            VALIDATIONS,
+            timeout_s=90,
+        )
+        delivered = {event.id for event, _ in found}  # consumers deduplicate on the event id
+        assert delivered == ids
+        await wait_for(lambda: pipeline.spool.backlog == 0, what="the spool to empty")
+        assert pipeline.spool.segments() == []
+
+
+@pytest.mark.fault
+class TestRedisDown:
+    async def test_gate_is_told_to_decide_offline(
+        self, app_client: AppClient, servers: LocalServers, tmp_path: Path
+    ) -> None:
+        own = LocalServers(tmp_path, servers.postgres_port, free_port(), servers.kafka_port)
+        own.start_valkey()
+        try:
+            settings = validation_settings(tmp_path, redis_url=own.redis_url)
+            async with app_client(build_app(settings)) as http:
+                gate = await provision_gate(http, station="2A-08")
+                assert (await scan(http, gate, make_ticket().qr()))["decision"] == "accept"
+                own.stop()
+                body = validation_body(gate, make_ticket().qr())
+                response = await http.post(
+                    "/v1/validations",
+                    content=body,
+                    headers=gate.headers("POST", "/v1/validations", body),
+                )
+        finally:
+            own.stop()
+
+        assert response.status_code == 503
+        assert response.json()["code"] == "state_unavailable"
+        assert response.headers["retry-after"] == "1"
