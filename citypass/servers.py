@@ -45,12 +45,12 @@ def free_port() -> int:
 
 
 def port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
+    """Something listens there. (A client socket lingering in TIME-WAIT does not count: the
+    servers bind with SO_REUSEADDR.)"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
+    except OSError:
         return False
 
 

@@ -264,9 +264,9 @@ def register(subparsers: Any) -> None:
 
     run_parser = commands.add_parser("run", help="start everything; Ctrl-C stops it")
     run_parser.add_argument("--var", default=str(ROOT / "var"), help="data and logs folder")
-    run_parser.add_argument("--postgres-port", type=int, default=55432)
-    run_parser.add_argument("--redis-port", type=int, default=56379)
-    run_parser.add_argument("--kafka-port", type=int, default=59092)
+    run_parser.add_argument("--postgres-port", type=int, default=25432)
+    run_parser.add_argument("--redis-port", type=int, default=26379)
+    run_parser.add_argument("--kafka-port", type=int, default=29092)
     run_parser.set_defaults(func=run)
 
     env = os.environ.get

@@ -48,7 +48,7 @@ def start_stack() -> subprocess.Popen[bytes]:
     return stack
 
 
-def check_slo(stats_csv: Path, slo_path: Path) -> list[str]:
+def check_slo(stats_csv: Path, slo_path: Path, *, latency: bool = True) -> list[str]:
     slo = tomllib.loads(slo_path.read_text())["validation"]
     rows = {row["Name"]: row for row in csv.DictReader(stats_csv.open())}
     breaches = []
@@ -59,7 +59,7 @@ def check_slo(stats_csv: Path, slo_path: Path) -> list[str]:
     ratio = failed / total
     if ratio > slo["max_failure_ratio"]:
         breaches.append(f"failure ratio {ratio:.4f} > {slo['max_failure_ratio']}")
-    for name in slo["requests"]:
+    for name in slo["requests"] if latency else ():
         if name in rows and float(rows[name]["99%"]) > slo["p99_ms"]:
             breaches.append(f"{name}: p99 {rows[name]['99%']} ms > {slo['p99_ms']} ms")
     print(f"validation requests: {total}, failed: {failed} ({ratio:.4%})")
@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     # Locust worker processes; the services need the other core on a 2-core machine.
     parser.add_argument(
         "--processes", type=int, default=int(os.environ.get("LOADTEST_PROCESSES", "1"))
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: enforce correctness (no unexpected decision); report latency without a verdict",
     )
     args = parser.parse_args(argv)
     REPORTS.mkdir(parents=True, exist_ok=True)
@@ -129,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             command += ["--processes", str(args.processes)]
         env = {**os.environ, "CITYPASS_POPULATION": str(population), "PYTHONPATH": str(ROOT)}
         subprocess.run(command, cwd=ROOT, env=env, check=False)
-        breaches = check_slo(Path(f"{prefix}_stats.csv"), ROOT / "loadtests" / "slo.toml")
+        breaches = check_slo(
+            Path(f"{prefix}_stats.csv"), ROOT / "loadtests" / "slo.toml", latency=not args.smoke
+        )
         print(f"reports: {prefix}_stats.csv, {prefix}.html")
         for breach in breaches:
             print(f"SLO breached: {breach}")

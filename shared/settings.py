@@ -25,9 +25,9 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
-    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:55432/citypass"
-    redis_url: str = "redis://127.0.0.1:56379/0"
-    kafka_bootstrap_servers: str = "127.0.0.1:59092"
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:25432/citypass"
+    redis_url: str = "redis://127.0.0.1:26379/0"
+    kafka_bootstrap_servers: str = "127.0.0.1:29092"
     # Tansu (local) has no idempotent producer; turn this on against real Kafka.
     kafka_idempotent_producer: bool = False
     kafka_send_timeout_s: float = Field(default=5.0, gt=0)

@@ -983,7 +983,16 @@ async def ensure_issuer_key(session: AsyncSession, keywrap: KeyWrap) -> Record:
     active = await repository.active_issuer_key(session)
     if active is not None:
         return active
-    return await _create_issuer_key(session, keywrap, utcnow())
+    created = await _create_issuer_key(session, keywrap, utcnow())
+    # Gates learn the first key as they learn rotations, without waiting for their next poll.
+    await add_event(
+        session,
+        repository.outbox,
+        events.TOPIC,
+        events.ISSUER_KEYS_SUBJECT,
+        events.issuer_keys_changed((await key_set(session)).keys),
+    )
+    return created
 
 
 async def rotate_issuer_key(session: AsyncSession, keywrap: KeyWrap) -> KeySet:

@@ -159,9 +159,11 @@ class Workers:
                     if await repository.replace_issuer_keys(self.redis, TICKETING_SOURCE, records):
                         self.memory.apply(await repository.load_state(self.redis), int(time.time()))
                     self._recovered("issuer keys from ticketing")
+                    await asyncio.sleep(interval)
                 except (httpx.HTTPError, ValueError, RedisError, OSError) as exc:
                     self._log_failure("issuer keys from ticketing", exc)
-                await asyncio.sleep(interval)
+                    # Ticketing may still be starting: ask again soon, not a whole interval later.
+                    await asyncio.sleep(min(interval, 2.0))
 
     # transit.tickets: registry, products, deny list ----------------------------------------
 
