@@ -237,7 +237,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
     result = asyncio.run(run(args.url, args.clients, args.seconds))
-    print(  # noqa: T201 - a command-line tool prints its result
+    print(
         f"{result['charges_per_s']:.0f} charges/s with {args.clients} clients over"
         f" {args.seconds:g} s: p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms,"
         f" p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms;"

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from services.validation.rules import Action, Decision, Direction, Reason
 from shared.network import BUS_ROUTES, STATIONS
@@ -104,7 +104,7 @@ class GateCreate(StrictRequest):
 
 
 class GateUpdate(StrictRequest):
-    enabled: bool | None = Field(default=None, description="false stops the gate at once")
+    enabled: StrictBool | None = Field(default=None, description="false stops the gate at once")
     direction: Direction | None = None
     products: list[ProductPrefix] | None = Field(default=None, max_length=20)
 
@@ -135,6 +135,13 @@ class IssuerKeyPut(StrictRequest):
     )
     status: IssuerKeyStatus = IssuerKeyStatus.active
     not_after: datetime | None = Field(default=None, description="Refused after this instant")
+
+    @field_validator("not_after", mode="before")
+    @classmethod
+    def _iso_text(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str | datetime):
+            raise ValueError("not_after is an ISO 8601 date-time string")  # not a bare number
+        return value
 
 
 class IssuerKeyRead(BaseModel):

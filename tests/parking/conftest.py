@@ -31,7 +31,7 @@ from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
 from services.parking.app import build_app
 from services.parking.settings import ParkingSettings
 from shared.devicesigning import DeviceAuth, DeviceSigner
-from shared.events import Event
+from shared.events import EnvelopeError, Event
 from tests.conftest import AppClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -306,7 +306,10 @@ async def read_events(
             batches = await consumer.getmany(timeout_ms=300, max_records=5000)
             for records in batches.values():
                 for record in records:
-                    event = Event.from_record(record.headers, record.value)
+                    try:
+                        event = Event.from_record(record.headers, record.value)
+                    except EnvelopeError:
+                        continue  # another test's deliberate garbage on a shared topic
                     if wanted(event, record.key):
                         found.append((event, record.key))
     finally:
