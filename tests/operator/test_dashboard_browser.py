@@ -329,12 +329,22 @@ def _transfer(
 
 
 async def probe_lands(publisher: Publisher, redis: Redis) -> bool:
-    """Starting from the latest offsets, the group skips what was published before it joined:
-    publish a validation until one is applied."""
-    probe = validation_event(station="2A-01", gate_id="2A-01-EN")
-    await publisher.publish("transit.validations", str(probe.data["ticket_id"]), probe)
-    for _ in range(20):
-        if await redis.exists(seen_key(probe.id)):
+    """Starting from the latest offsets, the group skips what was published before it joined.
+    Probe every partition, so that each has a committed offset: a later rebalance then resumes
+    from there instead of jumping to the latest offset past the test's own validation."""
+    producer = await publisher.connect()
+    partitions = sorted(await producer.partitions_for("transit.validations"))
+    probes = [validation_event(station="2A-01", gate_id="2A-01-EN") for _ in partitions]
+    for partition, probe in zip(partitions, probes, strict=True):
+        await producer.send_and_wait(
+            "transit.validations",
+            probe.value(),
+            key=str(probe.data["ticket_id"]).encode(),
+            headers=probe.headers(),
+            partition=partition,
+        )
+    for _ in range(40):
+        if all([await redis.exists(seen_key(probe.id)) for probe in probes]):
             return True
         await asyncio.sleep(0.05)
     return False
