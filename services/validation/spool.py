@@ -61,6 +61,14 @@ def decode(line: bytes) -> Record:
     return item["t"], item["k"], base64.b64decode(item["v"]), headers
 
 
+def raise_if_cancelled() -> None:
+    """For loops that catch library errors: some libraries turn a cancellation into their own
+    error (or swallow it), which would keep a stopped service's background loop running."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Spool:
     """Append-only segments; thread-safe so that fsync can run off the event loop."""
 
@@ -198,6 +206,7 @@ class EventPipeline:
 
     async def run(self) -> None:
         while True:
+            raise_if_cancelled()
             batch = self._take_batch(await self.queue.get())
             await self._deliver(batch)
 
@@ -232,6 +241,7 @@ class EventPipeline:
 
     async def redeliver(self) -> None:
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(self.retry_interval_s)
             try:
                 await self.drain_spool()

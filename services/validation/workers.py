@@ -31,7 +31,7 @@ from services.validation.rules import Reason, TicketKind, device_fingerprint
 from services.validation.schemas import IssuerKeyStatus
 from services.validation.service import TICKET_LIFETIME_MARGIN_S, emit_auto_closed
 from services.validation.settings import ValidationSettings
-from services.validation.spool import EventPipeline
+from services.validation.spool import EventPipeline, raise_if_cancelled
 from shared.events import Event
 from shared.http import service_client
 
@@ -135,6 +135,7 @@ class Workers:
     async def refresh_state(self) -> None:
         interval = self.settings.state_refresh.total_seconds()
         while True:
+            raise_if_cancelled()
             try:
                 now = int(time.time())
                 if await repository.state_version(self.redis) != self.memory.version:
@@ -152,6 +153,7 @@ class Workers:
         interval = self.settings.keys_refresh.total_seconds()
         async with service_client(self.settings.ticketing_url, timeout_s=5) as http:
             while True:
+                raise_if_cancelled()
                 try:
                     response = await http.get("/v1/keys")
                     response.raise_for_status()
@@ -281,6 +283,7 @@ class Workers:
         """POST /v1/charges until payments gives a definite answer (transient errors retried)."""
         delay = 0.2
         while True:
+            raise_if_cancelled()
             try:
                 response = await self.payments().post(
                     "/v1/charges",
@@ -374,6 +377,7 @@ class Workers:
     async def recheck_unpaid(self) -> None:
         """Top-ups can arrive by paths we do not hear about; try unpaid fares now and then."""
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(UNPAID_RECHECK_S)
             try:
                 for wallet in await repository.wallets_with_unpaid_fares(self.redis):
@@ -386,6 +390,7 @@ class Workers:
     async def sweep_trips(self) -> None:
         interval = self.settings.trip_sweep_interval.total_seconds()
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(interval)
             try:
                 await self.close_overdue_trips(int(time.time()))
