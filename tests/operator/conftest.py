@@ -37,6 +37,9 @@ from shared.events import Event
 from shared.kafka import Publisher
 
 OPERATOR_REDIS_DB = 3  # other services' tests use database 0 of the same Valkey
+# The browser test's own validation service: its issuer key set must not replace the one the
+# validation tests configured in database 0 (each service instance owns its configured keys).
+BROWSER_VALIDATION_REDIS_DB = 4
 ADMIN_PASSWORD = "admin-test-password"
 VIEWER_PASSWORD = "viewer-test-password"
 

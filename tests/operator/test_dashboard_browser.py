@@ -51,6 +51,7 @@ from shared.ticketcodec import (
 from tests.operator.cdp import INSTALL_HINT, Browser, chromium_path
 from tests.operator.conftest import (
     ADMIN_PASSWORD,
+    BROWSER_VALIDATION_REDIS_DB,
     Console,
     eventually,
     operator_settings_for,
@@ -73,7 +74,7 @@ async def validation(
     """The real validation service, with the issuer key this test signs credentials with."""
     settings = ValidationSettings(
         environment="test",
-        redis_url=servers.redis_url,
+        redis_url=f"redis://127.0.0.1:{servers.redis_port}/{BROWSER_VALIDATION_REDIS_DB}",
         kafka_bootstrap_servers=servers.kafka_bootstrap,
         admin_token=VALIDATION_ADMIN,
         issuer_keys=[
