@@ -31,7 +31,20 @@ $(SYSTEM_STAMP): | $(STAMP)
 
 install: $(STAMP) ## create .venv and install everything (done by the other targets)
 
+# The rider web app: npm fetches the pinned QR encoder, build.js copies it and our sources
+# into dist/ (no bundler). Rebuilt only when a source changed.
+WEBAPP := services/ticketing/webapp
+WEBAPP_BUILD := $(WEBAPP)/dist/index.html
+HAVE_NODE := command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1
+
+$(WEBAPP_BUILD): $(WEBAPP)/package.json $(WEBAPP)/build.js $(wildcard $(WEBAPP)/src/*)
+	@$(HAVE_NODE) || { echo "Rider app not built: install Node.js 20+ and npm (apt-get install nodejs npm) and re-run"; exit 1; }
+	cd $(WEBAPP) && npm install --no-package-lock --no-audit --no-fund --loglevel=error && npm run --silent build
+
+app: $(WEBAPP_BUILD) ## build the rider web app (PWA) that ticketing serves at /app/ (needs Node.js 20+)
+
 run: $(STAMP) ## run the whole platform locally on real servers (data in ./var, Ctrl-C stops)
+	@if $(HAVE_NODE); then $(MAKE) --no-print-directory app || echo "Rider app build failed (see above); starting without it"; fi
 	$(BIN)/python -m citypass.stack run
 
 test: $(STAMP) $(SYSTEM_STAMP) ## run the whole test suite against real PostgreSQL, Valkey and Kafka
@@ -59,9 +72,9 @@ compose-check: ## validate docker-compose.yml (needs Debian's docker-compose)
 	docker-compose config -q
 
 clean: ## remove local data, logs and caches (keeps .venv)
-	rm -rf var test-artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf var test-artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis $(WEBAPP)/dist
 
-.PHONY: help install run test check format migrate seed bench loadtest compose-check clean
+.PHONY: help install app run test check format migrate seed bench loadtest compose-check clean
 
 loadtest: $(STAMP) ## Locust against the gate path (starts the stack if needed); fails on SLO breach
 	$(BIN)/python -m loadtests.run

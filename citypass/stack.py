@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -219,6 +220,20 @@ def run(args: argparse.Namespace) -> int:
         console.print("Stopped.")
 
 
+def rider_app_line() -> str:
+    """Where the rider web app is, or how to get it built (the platform runs either way)."""
+    from services.ticketing.webapp import DIST_DIR
+
+    if (DIST_DIR / "index.html").is_file():
+        return "Rider app (open on a phone): http://127.0.0.1:8001/app/"
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return (
+            "Rider app not built: install Node.js 20+ (apt-get install nodejs npm) and re-run"
+            " make run"
+        )
+    return "Rider app not built: run make app (npm must reach the npm registry), then reload"
+
+
 def print_urls(password: str, servers: LocalServers) -> None:
     table = Table(title="CityPass is running", show_lines=False)
     table.add_column("service")
@@ -229,6 +244,7 @@ def print_urls(password: str, servers: LocalServers) -> None:
     console.print(
         f"Operator dashboard: http://127.0.0.1:8080/   login [bold]admin[/] / [bold]{password}[/]"
     )
+    console.print(rider_app_line())
     console.print(f"Logs: {servers.log_dir}/   Stop: Ctrl-C")
 
 

@@ -6,7 +6,7 @@ import logging
 
 from fastapi import FastAPI
 
-from services.ticketing import endpoints, repository, service, tasks
+from services.ticketing import endpoints, repository, service, tasks, webapp
 from services.ticketing.credentials import KeyWrap
 from services.ticketing.payments import PaymentsClient
 from services.ticketing.settings import TicketingSettings
@@ -33,6 +33,9 @@ retiring keys are valid; a retired key's credentials must be refused).
 
 **Operators** (`Authorization: Bearer <TICKETING_OPERATOR_TOKEN>`) approve concession
 categories, revoke tickets and rotate the issuer key under `/v1/admin`.
+
+**The rider web app** (`/app/`, built by `make app`) does all of the above in a phone's browser:
+its device key is a non-extractable WebCrypto Ed25519 key, and it signs the dynamic QR offline.
 
 Events go to Kafka topic `transit.tickets` through the outbox (see `services/ticketing/events.py`).
 """
@@ -65,7 +68,7 @@ def build_app(settings: TicketingSettings | None = None) -> FastAPI:
 
     app = create_app(
         runtime,
-        [endpoints.router, endpoints.admin_router],
+        [endpoints.router, endpoints.admin_router, webapp.router()],
         title="CityPass ticketing",
         description=DESCRIPTION,
         on_start=[ensure_issuer_key],

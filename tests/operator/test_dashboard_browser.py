@@ -48,7 +48,7 @@ from shared.ticketcodec import (
     public_key_bytes,
     sign_credential,
 )
-from tests.operator.cdp import INSTALL_HINT, Browser, chromium_path
+from tests.cdp import INSTALL_HINT, Browser, chromium_path
 from tests.operator.conftest import (
     ADMIN_PASSWORD,
     BROWSER_VALIDATION_REDIS_DB,

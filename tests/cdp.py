@@ -33,7 +33,8 @@ FLAGS = (
     "--remote-debugging-pipe",
 )
 INSTALL_HINT = (
-    "Headless Chromium is needed for the operator dashboard browser test and was not found at "
+    "Headless Chromium is needed for the browser tests (operator dashboard, rider app) and was "
+    "not found at "
     f"{CHROMIUM}. Install it with: apt-get update && apt-get install -y chromium "
     "(Debian/Ubuntu; or set CHROMIUM=/path/to/chromium)."
 )
@@ -132,6 +133,11 @@ class Browser:
                 for listener in list(self._listeners):
                     listener(message["method"], message.get("params", {}))
 
+    def listen(self, listener: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        """Call `listener(method, params)` for every DevTools event; answers how to stop."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
     def _collect_problems(self, method: str, params: dict[str, Any]) -> None:
         if method == "Runtime.exceptionThrown":
             details = params.get("exceptionDetails", {})
@@ -211,7 +217,8 @@ class Browser:
         await self.click(selector)
         await self.send("Input.insertText", {"text": text})
 
-    async def screenshot(self, path: Path) -> None:
+    async def screenshot(self, path: Path) -> bytes:
+        """The whole page as PNG, saved to `path` and returned."""
         await self.evaluate("window.scrollTo(0, 0)")
         metrics = await self.send("Page.getLayoutMetrics")
         size = metrics["cssContentSize"]
@@ -229,7 +236,9 @@ class Browser:
                 },
             },
         )
-        await asyncio.to_thread(path.write_bytes, base64.b64decode(shot["data"]))
+        png = base64.b64decode(shot["data"])
+        await asyncio.to_thread(path.write_bytes, png)
+        return png
 
     async def close(self) -> None:
         with contextlib.suppress(CDPError, TimeoutError, OSError):
