@@ -410,11 +410,14 @@ async def vehicle_by_rfid(session: AsyncSession, rfid_tag: str) -> Record | None
 # Sessions ---------------------------------------------------------------------------------------
 
 
+# Built once: an alias of a wide table costs ~1 ms of CPU to build its column proxies.
+_OWING = sessions.alias("owing")
+
+
 def _outstanding_debt(plate_key: Any) -> Any:
-    owing = sessions.alias("owing")
     return (
-        select(func.coalesce(func.sum(owing.c.fee - owing.c.paid_amount), 0))
-        .where(owing.c.plate_key == plate_key, owing.c.debt_status == "outstanding")
+        select(func.coalesce(func.sum(_OWING.c.fee - _OWING.c.paid_amount), 0))
+        .where(_OWING.c.plate_key == plate_key, _OWING.c.debt_status == "outstanding")
         .scalar_subquery()
     )
 

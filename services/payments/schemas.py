@@ -241,7 +241,11 @@ class PaymentRequestRead(BaseModel):
     lot_id: str | None
     parking_session_id: str | None
     qr: str = Field(description="The dynamic VietQR payload (EMVCo), CRC included")
-    qr_png_base64: str = Field(description="The same QR as a PNG, base64")
+    qr_png_base64: str | None = Field(
+        description="The same QR as a PNG, base64: top-ups only (a rider's screen shows it). "
+        "Lane terminals render `qr` themselves or fetch `qr_png_url`; rendering a PNG costs "
+        "≈ 15 ms of CPU, which a barrier decision should not wait for."
+    )
     qr_png_url: str = Field(description="Where to fetch the PNG")
     paid_transfer_id: uuid.UUID | None
     created_at: datetime

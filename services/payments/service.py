@@ -537,7 +537,9 @@ def qr_png_path(row: Record) -> str:
 
 
 def _payment_request_read(row: Record) -> PaymentRequestRead:
-    png = qrimage.render_png(row.qr_payload)
+    png = None
+    if row.purpose == PaymentPurpose.wallet_topup.value:
+        png = base64.b64encode(qrimage.render_png(row.qr_payload)).decode()
     return PaymentRequestRead(
         id=row.id,
         purpose=PaymentPurpose(row.purpose),
@@ -548,7 +550,7 @@ def _payment_request_read(row: Record) -> PaymentRequestRead:
         lot_id=row.lot_id,
         parking_session_id=row.parking_session_id,
         qr=row.qr_payload,
-        qr_png_base64=base64.b64encode(png).decode(),
+        qr_png_base64=png,
         qr_png_url=qr_png_path(row),
         paid_transfer_id=row.paid_transfer_id,
         created_at=row.created_at,

@@ -301,6 +301,9 @@ class TestParkingPaymentRequest:
         assert created.status_code == 201, created.text
         request = created.json()
         assert decode(request["qr"]).amount == 25_000
+        assert request["qr_png_base64"] is None  # the lane renders it; a barrier does not wait
+        png = await http.get(request["qr_png_url"])
+        assert decode_png(png.content) == [request["qr"]]
 
         paid = await notify(
             anonymous, notification_body(settings, amount=25_000, reference=request["reference"])
