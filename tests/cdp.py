@@ -217,8 +217,13 @@ class Browser:
         await self.click(selector)
         await self.send("Input.insertText", {"text": text})
 
-    async def screenshot(self, path: Path) -> bytes:
-        """The whole page as PNG, saved to `path` and returned."""
+    async def screenshot(self, path: Path, *, full_page: bool = True) -> bytes:
+        """The whole page (or only what the screen shows) as PNG, saved to `path` and returned."""
+        if not full_page:
+            shot = await self.send("Page.captureScreenshot", {"format": "png"})
+            png = base64.b64decode(shot["data"])
+            await asyncio.to_thread(path.write_bytes, png)
+            return png
         await self.evaluate("window.scrollTo(0, 0)")
         metrics = await self.send("Page.getLayoutMetrics")
         size = metrics["cssContentSize"]

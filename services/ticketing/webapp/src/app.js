@@ -141,6 +141,12 @@ function nextCounter(riderId) {
 
 const serverNow = () => Date.now() + api.clockOffset();
 
+/** +84912345678 as people write it at home: 0912 345 678. */
+function nationalPhone(e164) {
+  const match = /^\+84(\d{3})(\d{3})(\d{3})$/.exec(e164 || "");
+  return match ? `0${match[1]} ${match[2]} ${match[3]}` : e164;
+}
+
 // Screens ------------------------------------------------------------------------------------
 
 const screens = { login: showLogin, wallet: showWallet, topup: showTopup, buy: showBuy, tickets: showTickets, ticket: showTicket };
@@ -230,7 +236,7 @@ async function submitLogin(event) {
 async function showWallet() {
   const who = rider();
   document.title = `CityPass · ${t("wallet.title")}`;
-  $("#hello").textContent = t("wallet.hello", { phone: who.phone });
+  $("#hello").textContent = t("wallet.hello", { phone: nationalPhone(who.phone) });
   const note = $("#category-note");
   const requested = who.requested_category ? t(`category.${who.requested_category}`) : "";
   if (who.category_status === "pending") say(note, t("wallet.categoryPending", { category: requested }));
@@ -287,6 +293,12 @@ function showTopup() {
     clearTimeout(timer);
   };
   const result = $("#topup-result");
+  if (result.dataset.status === "paid") {
+    result.hidden = true; // done: a new visit starts a new top-up
+    delete result.dataset.topupId;
+    delete result.dataset.status;
+    $("#topup-form").hidden = false;
+  }
   const shown = result.dataset.topupId;
   if (shown) {
     const amount = money(Number($("#vietqr").dataset.amount));
@@ -302,7 +314,7 @@ function showTopup() {
       const topup = await api.get(`v1/wallet/topups/${topupId}`);
       markReachable(true);
       if (topup.status === "paid") {
-        result.dataset.status = "paid";
+        showPaid(true);
         say($("#topup-status"), t("topup.paid", { amount: money(topup.amount) }));
         $("#topup-check").hidden = true;
         topupAttempt = null;
@@ -318,6 +330,15 @@ function showTopup() {
     }
     timer = setTimeout(() => poll(topupId, since), TOPUP_POLL_MS);
   }
+
+  $("#topup-again").onclick = () => {
+    clearTimeout(timer);
+    topupAttempt = null;
+    result.hidden = true;
+    delete result.dataset.topupId;
+    $("#topup-form").hidden = false;
+    $("#amount").focus();
+  };
 
   $("#topup-check").onclick = () => {
     $("#topup-check").hidden = true;
@@ -348,11 +369,21 @@ function showTopup() {
   };
 }
 
+/** A paid VietQR is put away: paying it twice would only park the money in suspense. */
+function showPaid(paid) {
+  const result = $("#topup-result");
+  result.dataset.status = paid ? "paid" : "pending";
+  $("#topup-scan").hidden = paid;
+  $("#topup-payload").hidden = paid;
+  $("#topup-paid-mark").hidden = !paid;
+}
+
 function renderTopup(topup) {
   const result = $("#topup-result");
+  $("#topup-form").hidden = true; // the code to scan comes first on a small screen
   result.hidden = false;
   result.dataset.topupId = topup.id;
-  result.dataset.status = topup.status;
+  showPaid(topup.status === "paid");
   const canvas = $("#vietqr");
   drawQr(canvas, topup.qr, { mode: "Byte", cssSize: Math.min(300, result.clientWidth - 32) });
   canvas.dataset.amount = String(topup.amount);
@@ -418,31 +449,22 @@ async function showBuy() {
   }
   const category = rider().category;
   const mine = productList.filter((p) => p.categories.includes(category));
-  list.replaceChildren(...mine.map((product) => {
-    const item = document.createElement("li");
-    item.className = "card product";
-    item.dataset.product = product.code;
-    const name = lang() === "vi" ? product.name_vi : product.name_en;
-    const text = document.createElement("div");
-    const title = document.createElement("div");
-    title.className = "strong";
-    title.textContent = name;
-    const details = document.createElement("div");
-    details.className = "hint";
-    details.textContent = describeProduct(product);
-    const cost = document.createElement("div");
-    cost.className = "price";
-    cost.textContent = price(product);
-    text.append(title, details, cost);
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "primary buy";
-    button.textContent = t("buy.button");
-    button.setAttribute("aria-label", t("buy.buttonLabel", { name }));
-    button.onclick = () => openConfirm(product);
-    item.append(text, button);
-    return item;
-  }));
+  const groups = ["metro", "bus", "any"].map((mode) => {
+    const products = mine.filter((p) => p.mode === mode);
+    if (!products.length) return null;
+    const title = document.createElement("h2");
+    title.className = "group-title";
+    title.id = `products-${mode}`;
+    title.textContent = t(`buy.${mode}`);
+    const items = document.createElement("ul");
+    items.className = "list";
+    items.setAttribute("aria-labelledby", title.id);
+    items.append(...products.map(productCard));
+    const group = document.createElement("section");
+    group.append(title, items);
+    return group;
+  });
+  list.replaceChildren(...groups.filter(Boolean));
   if (!mine.length) say(error, t("buy.none"));
   const pending = pendingPurchase();
   const banner = $("#pending-purchase");
@@ -454,6 +476,32 @@ async function showBuy() {
       if (product) openConfirm(product);
     };
   }
+}
+
+function productCard(product) {
+  const item = document.createElement("li");
+  item.className = "card product";
+  item.dataset.product = product.code;
+  const name = lang() === "vi" ? product.name_vi : product.name_en;
+  const text = document.createElement("div");
+  const title = document.createElement("div");
+  title.className = "strong";
+  title.textContent = name;
+  const details = document.createElement("div");
+  details.className = "hint";
+  details.textContent = describeProduct(product);
+  const cost = document.createElement("div");
+  cost.className = "price";
+  cost.textContent = price(product);
+  text.append(title, details, cost);
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "primary buy";
+  button.textContent = t("buy.button");
+  button.setAttribute("aria-label", t("buy.buttonLabel", { name }));
+  button.onclick = () => openConfirm(product);
+  item.append(text, button);
+  return item;
 }
 
 let attempt = null;

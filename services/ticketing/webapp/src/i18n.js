@@ -65,6 +65,8 @@ export const STRINGS = {
     "topup.stillWaiting": "Chưa nhận được tiền. Kiểm tra lại sau khi chuyển khoản.",
     "topup.check": "Kiểm tra lại",
     "topup.badAmount": "Nhập số tiền từ 10.000 đến 10.000.000 ₫.",
+    "topup.again": "Nạp số tiền khác",
+    "topup.toWallet": "Về ví",
 
     "buy.title": "Mua vé",
     "buy.button": "Mua",
@@ -210,6 +212,8 @@ export const STRINGS = {
     "topup.stillWaiting": "Nothing received yet. Check again after you have transferred.",
     "topup.check": "Check again",
     "topup.badAmount": "Enter an amount from 10,000 to 10,000,000 VND.",
+    "topup.again": "Another amount",
+    "topup.toWallet": "Back to wallet",
 
     "buy.title": "Buy a ticket",
     "buy.button": "Buy",
