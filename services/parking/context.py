@@ -11,8 +11,12 @@ on other replicas); they are read before the decision's transaction opens.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from prometheus_client import Counter
 
 from services.parking import repository
 from services.parking.occupancy import Occupancy
@@ -158,6 +162,39 @@ class Devices:
         self._entries.pop(device_id, None)
 
 
+DECISIONS_SHED = Counter(
+    "citypass_parking_decisions_shed_total",
+    "Lane decisions answered 503 overloaded because too many were in progress",
+)
+
+
+class DecisionLimit:
+    """At most `limit` lane decisions in progress; the next lane is told at once to retry.
+
+    Past saturation a queue only makes every car wait longer, and the decisions a lane has
+    already given up on (it times out and retries, or lets the car out on the fallback) are
+    work thrown away; answering 503 with Retry-After keeps the admitted ones fast.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_progress = 0
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.in_progress >= self.limit:
+            DECISIONS_SHED.inc()
+            raise ServiceUnavailable(
+                f"{self.in_progress} lane decisions are in progress; retry in a second.",
+                code="overloaded",
+            )
+        self.in_progress += 1
+        try:
+            yield
+        finally:
+            self.in_progress -= 1
+
+
 @dataclass
 class Parking:
     settings: ParkingSettings
@@ -167,6 +204,7 @@ class Parking:
     occupancy: Occupancy
     reference: ReferenceData
     devices: Devices
+    decisions: DecisionLimit
 
     @property
     def db(self) -> Database:
@@ -186,4 +224,5 @@ class Parking:
             occupancy=Occupancy(runtime.kv),
             reference=ReferenceData(runtime.db),
             devices=Devices(runtime.db, settings.cache_ttl.total_seconds()),
+            decisions=DecisionLimit(settings.max_decisions_in_flight),
         )

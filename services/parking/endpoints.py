@@ -84,6 +84,8 @@ ADMIN_AUTH = (401, "Missing or wrong admin token")
 INVALID = (422, "Invalid body or values; `code` says which")
 
 public = APIRouter(prefix="/v1")
+OVERLOADED = (503, "`overloaded`: too many decisions in progress; retry after `Retry-After`")
+
 lanes = APIRouter(prefix="/v1", tags=["lanes"], responses=problems(DEVICE_AUTH))
 admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=problems(ADMIN_AUTH))
 
@@ -106,15 +108,16 @@ async def _decide(
 ) -> Response:
     """Run a lane decision once per Idempotency-Key; a retry gets the first answer's bytes."""
     undo = Undo()
-    try:
-        async with context.idempotency.call(key) as call:
-            if call.replay is not None:
-                return call.replay
-            result = await action(Work(call.session, context, undo))
-            response = await call.respond(200, result)
-    except BaseException:
-        await undo.run()
-        raise
+    with context.decisions.admit():
+        try:
+            async with context.idempotency.call(key) as call:
+                if call.replay is not None:
+                    return call.replay
+                result = await action(Work(call.session, context, undo))
+                response = await call.respond(200, result)
+        except BaseException:
+            await undo.run()
+            raise
     return response
 
 
@@ -207,6 +210,7 @@ async def list_tariffs(
             " `lane_disabled`, `timestamp_in_future`, `timestamp_too_old`, `invalid_account_qr`,"
             " `unknown_rfid_tag`, `idempotency_key_reused`, `validation_error`",
         ),
+        OVERLOADED,
     ),
 )
 async def enter(
@@ -249,7 +253,11 @@ async def enter(
             "`invalid_plate`, `unknown_lot`, `unknown_lane`, `wrong_lane_direction`,"
             " `timestamp_in_future`, `exit_before_entry`, `no_tariff`, `validation_error`…",
         ),
-        (503, "`payments_unavailable`: only when the fallback is disabled; retry"),
+        (
+            503,
+            "`payments_unavailable`: only when the fallback is disabled; retry. `overloaded`:"
+            " too many decisions in progress; retry after `Retry-After`",
+        ),
     ),
 )
 async def leave(
@@ -310,6 +318,7 @@ async def exit_status(
             409,
             "`payment_wait_not_over` (with `fallback_after`), `fallback_disabled`, `not_at_exit`",
         ),
+        OVERLOADED,
     ),
 )
 async def fallback_exit(

@@ -46,5 +46,8 @@ class ParkingSettings(ServiceSettings):
     double_exit_window: timedelta = timedelta(hours=1)
     # Receipts found by plate + entry time: the time given must be this close to the real one.
     receipt_lookup_window: timedelta = timedelta(minutes=15)
+    # Lane decisions in progress at once; the next lane gets 503 `overloaded` + Retry-After
+    # at once rather than queueing behind a saturated process.
+    max_decisions_in_flight: int = Field(default=48, ge=1)
     # Lots, lanes and devices are cached in memory this long (revocations take effect after).
     cache_ttl: timedelta = timedelta(seconds=10)

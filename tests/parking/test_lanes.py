@@ -8,8 +8,10 @@ from datetime import datetime, time, timedelta
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
 from citypass.servers import LocalServers
+from services.parking.context import DecisionLimit
 from services.parking.tariffs import DEFAULT_TARIFFS, HANOI_TZ
 from shared.devicesigning import DeviceSigner
 from tests.parking.conftest import (
@@ -253,6 +255,35 @@ class TestIdempotency:
             )
         assert response.status_code == 422
         assert response.json()["code"] == "idempotency_key_reused"
+
+
+class TestOverload:
+    async def test_past_the_limit_a_lane_is_told_at_once_to_retry_and_nothing_is_recorded(
+        self, http: httpx.AsyncClient, app: FastAPI
+    ) -> None:
+        limit: DecisionLimit = app.state.parking.decisions
+        lot = await create_lot(http)
+        body = lot.event(lot.entry, now(), plate_read=plate_read(random_plate()))
+        headers = key()
+        saved, limit.limit = limit.limit, limit.in_progress  # every slot taken
+
+        try:
+            refused = await http.post(
+                "/v1/entries", json=body, headers=headers, auth=lot.entry.auth
+            )
+        finally:
+            limit.limit = saved
+
+        assert refused.status_code == 503
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "overloaded"
+        assert refused.headers["retry-after"] == "1"
+        assert await occupied(http, lot) == 0
+        # The refusal was not stored as the key's answer: the lane's retry is decided.
+        retried = await http.post("/v1/entries", json=body, headers=headers, auth=lot.entry.auth)
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["decision"] == "open"
+        assert await occupied(http, lot) == 1
 
 
 class TestIdentification:
