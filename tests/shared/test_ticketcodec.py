@@ -21,6 +21,7 @@ from shared.ticketcodec import (
     RiderCategory,
     SignedCredential,
     TicketCodecError,
+    _b45decode,
     check_freshness,
     decode_and_verify,
     encode_credential,
@@ -31,6 +32,7 @@ from shared.ticketcodec import (
     public_key_bytes,
     sign_credential,
     verify_dynamic_qr,
+    verify_ed25519,
 )
 
 # Generated once per module: hypothesis tests cannot take function-scoped fixtures.
@@ -252,6 +254,24 @@ class TestTampering:
         )
         assert rejection_code(text_of(cbor2.dumps(items))) == "bad_device_signature"
 
+    def test_the_device_check_agrees_with_openssl(self) -> None:
+        """Gates verify device signatures with libsodium, issuers sign with OpenSSL."""
+        key = generate_device_key()
+        public = public_key_bytes(key)
+        for size in (0, 1, 63, 64, 200):
+            message = bytes(range(size % 256)) * (size // 256 + 1)
+            signature = key.sign(message)
+            assert verify_ed25519(public, signature, message)
+            for position in (0, 31, 32, 63):
+                damaged = bytearray(signature)
+                damaged[position] ^= 0x40
+                assert not verify_ed25519(public, bytes(damaged), message)
+            assert not verify_ed25519(public, signature, message + b"!")
+            assert not verify_ed25519(public_key_bytes(generate_device_key()), signature, message)
+            assert not verify_ed25519(public[:31], signature, message)
+            assert not verify_ed25519(public, signature[:63], message)
+            assert not verify_ed25519(public, signature + b"\0", message)
+
     def test_issuer_signature_made_with_another_trusted_key_is_rejected(self) -> None:
         forged = SignedCredential(
             encode_credential(make_credential(kid="k2")),
@@ -320,11 +340,13 @@ class TestStrictDecoding:
 
     @pytest.mark.parametrize(
         "body",
-        ["abc", "A", "GGW", "ÀBC", "00\n", "00 \u00a0", "A=B"],
+        ["abc", "A", "GGW", "00GGW", "V5", "ÀBC", "00\n", "00 \u00a0", "A=B"],
         ids=[
             "lowercase",
             "dangling-char",
             "chunk-over-65535",
+            "second-chunk-over-65535",
+            "tail-over-255",
             "non-ascii",
             "newline",
             "nbsp",
@@ -333,6 +355,11 @@ class TestStrictDecoding:
     )
     def test_invalid_base45(self, body: str) -> None:
         self.assert_parse_rejects(QR_PREFIX + body, "malformed_base45")
+
+    @given(st.binary(max_size=300))
+    def test_base45_decoding_matches_rfc_9285(self, data: bytes) -> None:
+        text = base45.b45encode(data).decode()
+        assert _b45decode(text) == data == base45.b45decode(text)
 
     def test_one_megabyte_input_is_rejected_before_decoding(self) -> None:
         self.assert_parse_rejects("\x00" * 1_000_000, "oversize")
