@@ -388,6 +388,7 @@ async def run(
             after = histogram((await http.get("/metrics")).text, "POST", ROUTE)
             figures[f"rate_{rate}_achieved_per_s"] = phase.sent / phase.elapsed_s
             figures[f"rate_{rate}_server_p50_ms"] = quantile(before, after, 0.50) * 1000
+            figures[f"rate_{rate}_server_p95_ms"] = quantile(before, after, 0.95) * 1000
             figures[f"rate_{rate}_server_p99_ms"] = quantile(before, after, 0.99) * 1000
             figures[f"rate_{rate}_client_p99_ms"] = _client_quantile(phase.latencies_s, 0.99) * 1000
             figures[f"rate_{rate}_errors"] = float(phase.sent - phase.statuses[200])
