@@ -272,7 +272,9 @@ async function logOut() {
     localStorage.removeItem(`${PENDING_KEY}.${current.rider.id}`);
   }
   api.dropSession();
-  location.hash = "#/login";
+  // A fresh page: nothing of this rider stays on any screen (the shell comes from the cache).
+  history.replaceState(null, "", "#/login");
+  location.reload();
 }
 
 // Top up
@@ -423,10 +425,14 @@ function keepPending(attempt) {
 
 function describeProduct(product) {
   const parts = [t(`buy.${product.mode}`)];
-  if (product.validity_days) parts.push(t("buy.days", { n: product.validity_days }));
-  parts.push(product.rides ? t("buy.rides", { n: product.rides }) : t("buy.unlimited"));
+  if (product.validity_days) parts.push(count("buy.days", product.validity_days));
+  parts.push(product.rides ? count("buy.rides", product.rides) : t("buy.unlimited"));
   parts.push(product.line_choice ? t("buy.lineChoice") : product.lines.length ? product.lines.join(", ") : t("buy.allLines"));
   return parts.join(" · ");
+}
+
+function count(key, n) {
+  return t(n === 1 ? `${key}.one` : key, { n });
 }
 
 function price(product) {
@@ -769,6 +775,14 @@ function start() {
   $("#copy-vietqr").onclick = copyVietQr;
   $("#confirm-form").onsubmit = pay;
   $("#confirm-cancel").onclick = () => $("#confirm").close();
+  $("#confirm").addEventListener("close", () => {
+    if (document.body.dataset.screen === "buy") rerender(); // shows an unfinished purchase
+  });
+  for (const link of document.querySelectorAll("#nav a")) {
+    link.addEventListener("click", () => {
+      if (link.getAttribute("href") === location.hash) rerender(); // tapping the current tab refreshes it
+    });
+  }
   $("#confirm-topup").onclick = () => $("#confirm").close();
   $("#ticket-use-here").onclick = useThisPhone;
   for (const chip of document.querySelectorAll("[data-amount]")) {
