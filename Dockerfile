@@ -4,6 +4,19 @@
 # Health checks live in docker-compose.yml (or the orchestrator), not here.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# The rider web app (ticketing serves it at /app/): Debian's Node.js fetches the pinned QR
+# encoder and build.js copies it with the sources into dist/, no bundler. Only dist/ is kept.
+FROM ${PYTHON_IMAGE} AS rider-app
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nodejs npm \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /webapp
+COPY services/ticketing/webapp/package.json services/ticketing/webapp/build.js ./
+COPY services/ticketing/webapp/src ./src
+RUN npm install --no-package-lock --no-audit --no-fund --loglevel=error \
+    && npm run --silent build
+
 FROM ${PYTHON_IMAGE}
 
 # PYTHONPATH: every entry point (python -m services.<name>, the citypass console script) imports
@@ -30,6 +43,7 @@ RUN pip install -r requirements.txt
 # compose mounts a volume there.
 COPY infra/docker/start-service.sh /usr/local/bin/citypass-service
 COPY . .
+COPY --from=rider-app /webapp/dist services/ticketing/webapp/dist
 RUN pip install --no-deps . \
     && rm -rf build ./*.egg-info \
     && python -m compileall -q -j 0 citypass services shared \

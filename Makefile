@@ -38,10 +38,10 @@ WEBAPP_BUILD := $(WEBAPP)/dist/index.html
 HAVE_NODE := command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1
 
 $(WEBAPP_BUILD): $(WEBAPP)/package.json $(WEBAPP)/build.js $(wildcard $(WEBAPP)/src/*)
-	@$(HAVE_NODE) || { echo "Rider app not built: install Node.js 20+ and npm (apt-get install nodejs npm) and re-run"; exit 1; }
+	@$(HAVE_NODE) || { echo "Rider app not built: install Node.js 18+ and npm (apt-get install nodejs npm) and re-run"; exit 1; }
 	cd $(WEBAPP) && npm install --no-package-lock --no-audit --no-fund --loglevel=error && npm run --silent build
 
-app: $(WEBAPP_BUILD) ## build the rider web app (PWA) that ticketing serves at /app/ (needs Node.js 20+)
+app: $(WEBAPP_BUILD) ## build the rider web app (PWA) that ticketing serves at /app/ (needs Node.js 18+)
 
 run: $(STAMP) ## run the whole platform locally on real servers (data in ./var, Ctrl-C stops)
 	@if $(HAVE_NODE); then $(MAKE) --no-print-directory app || echo "Rider app build failed (see above); starting without it"; fi

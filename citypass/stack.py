@@ -228,7 +228,7 @@ def rider_app_line() -> str:
         return "Rider app (open on a phone): http://127.0.0.1:8001/app/"
     if shutil.which("node") is None or shutil.which("npm") is None:
         return (
-            "Rider app not built: install Node.js 20+ (apt-get install nodejs npm) and re-run"
+            "Rider app not built: install Node.js 18+ (apt-get install nodejs npm) and re-run"
             " make run"
         )
     return "Rider app not built: run make app (npm must reach the npm registry), then reload"

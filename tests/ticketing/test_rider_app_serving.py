@@ -88,7 +88,7 @@ class TestNotBuilt:
         assert response.status_code == 404
         assert response.headers["content-type"].startswith("text/html")
         assert "make app" in response.text
-        assert "Node.js 20+" in response.text
+        assert "Node.js 18+" in response.text
 
     @pytest.mark.parametrize("path", ["/app/", "/app/app.js"])
     async def test_other_clients_get_a_problem(

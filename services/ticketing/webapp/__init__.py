@@ -17,7 +17,7 @@ from shared.errors import NotFound
 WEBAPP_DIR = Path(__file__).resolve().parent
 DIST_DIR = WEBAPP_DIR / "dist"
 BUILD_HINT = (
-    "The rider app was not built: install Node.js 20+ and npm (apt-get install nodejs npm), "
+    "The rider app was not built: install Node.js 18+ and npm (apt-get install nodejs npm), "
     "then run `make app`."
 )
 
@@ -47,10 +47,10 @@ NOT_BUILT_PAGE = """<!doctype html>
 <title>CityPass · rider app not built</title></head>
 <body>
 <h1>Ứng dụng hành khách chưa được build</h1>
-<p>Cài Node.js 20+ và npm (<code>apt-get install nodejs npm</code>), rồi chạy
+<p>Cài Node.js 18+ và npm (<code>apt-get install nodejs npm</code>), rồi chạy
 <code>make app</code> và tải lại trang.</p>
 <h1 lang="en">The rider app is not built</h1>
-<p lang="en">Install Node.js 20+ and npm (<code>apt-get install nodejs npm</code>), then run
+<p lang="en">Install Node.js 18+ and npm (<code>apt-get install nodejs npm</code>), then run
 <code>make app</code> and reload this page.</p>
 </body></html>
 """

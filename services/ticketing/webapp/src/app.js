@@ -52,7 +52,8 @@ function failed(element, error) {
   if (error instanceof api.NetworkError) markReachable(false);
   if (error instanceof api.ApiError && ["not_logged_in", "session_ended"].includes(error.code)) {
     api.dropSession();
-    location.hash = "#/login";
+    history.replaceState(null, "", "#/login");
+    location.reload(); // nothing of the ended session stays on screen
     return;
   }
   say(element, describe(error));
@@ -648,11 +649,15 @@ async function showTicket(ticketId) {
     document.removeEventListener("visibilitychange", onVisible);
   };
 
-  const names = (await products().catch(() => ({ value: [] }))).value;
-  let ticket = ((await store.cached(who.id, "tickets"))?.value || []).find((x) => x.id === ticketId);
-  if (online()) {
+  // What the phone has comes first: at the gate a slow network must not hold up the code.
+  // The network only fills in what is missing, and checks the ticket afterwards.
+  const names = (await store.cached(who.id, "products"))?.value
+    || (await products().catch(() => ({ value: [] }))).value;
+  const kept = ((await store.cached(who.id, "tickets"))?.value || []).find((x) => x.id === ticketId);
+  let ticket = kept;
+  if (!ticket && online()) {
     try {
-      ticket = await api.get(`v1/tickets/${ticketId}`);
+      ticket = await fetchTicket(who.id, ticketId);
     } catch (problem) {
       if (!(problem instanceof api.NetworkError)) return failed(error, problem);
       markReachable(false);
@@ -666,6 +671,7 @@ async function showTicket(ticketId) {
     $("#ticket-validity").textContent = t("ticket.validUntil", { time: dateTime(ticket.valid_until) });
     $("#ticket-lines").textContent = t("ticket.lines", { lines: ticket.lines.length ? ticket.lines.join(", ") : t(`buy.${ticket.mode}`) });
     if (ticket.status !== "active") return say(error, t(`ticket.${ticket.status}`));
+    if (Date.parse(ticket.valid_until) <= Date.now()) return say(error, t("ticket.expired"));
   }
 
   let credential;
@@ -742,6 +748,24 @@ async function showTicket(ticketId) {
     // the screen may dim; the brightness hint stays
   }
   if (online() && Date.parse(credential.refresh_at) <= Date.now()) credentialFor(ticketId, { force: true }).catch(() => {});
+  if (online() && kept) {
+    // Revoked or expired meanwhile? Then the code would be refused at the gate: say so.
+    fetchTicket(who.id, ticketId).then((fresh) => {
+      if (!stopped && fresh.status !== "active") {
+        leaveScreen();
+        pass.hidden = true;
+        say(error, t(`ticket.${fresh.status}`));
+      }
+    }).catch(() => {});
+  }
+}
+
+async function fetchTicket(riderId, ticketId) {
+  const ticket = await api.get(`v1/tickets/${ticketId}`);
+  markReachable(true);
+  const known = (await store.cached(riderId, "tickets"))?.value || [];
+  await store.keep(riderId, "tickets", [ticket, ...known.filter((x) => x.id !== ticket.id)]);
+  return ticket;
 }
 
 async function useThisPhone() {
