@@ -38,7 +38,7 @@ WEBAPP_BUILD := $(WEBAPP)/dist/index.html
 HAVE_NODE := command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1
 
 $(WEBAPP_BUILD): $(WEBAPP)/package.json $(WEBAPP)/build.js $(wildcard $(WEBAPP)/src/*)
-	@$(HAVE_NODE) || { echo "Rider app not built: install Node.js 18+ and npm (apt-get install nodejs npm) and re-run"; exit 1; }
+	@$(HAVE_NODE) || { echo "Rider app not built: install Node.js 18+ and npm (apt-get install nodejs npm) and re-run make app"; exit 1; }
 	cd $(WEBAPP) && npm install --no-package-lock --no-audit --no-fund --loglevel=error && npm run --silent build
 
 app: $(WEBAPP_BUILD) ## build the rider web app (PWA) that ticketing serves at /app/ (needs Node.js 18+)
