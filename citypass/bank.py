@@ -85,20 +85,26 @@ def bank_notification(
     )
 
 
+def signed_headers(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The headers the bank sends a notification with: its timestamp (now unless given) and
+    its signature of the body."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    return {
+        "Content-Type": "application/json",
+        bank_signature.TIMESTAMP_HEADER: stamp,
+        bank_signature.SIGNATURE_HEADER: bank_signature.sign(secret, stamp, body),
+    }
+
+
 def send_notification(
     notification: BankNotification, payments_url: str, secret: str
 ) -> httpx.Response:
     """Deliver a notification the way the bank does: signed, with its timestamp."""
     body = notification.model_dump_json().encode()
-    timestamp = str(int(time.time()))
     return httpx.post(
         f"{payments_url.rstrip('/')}/v1/bank/notifications",
         content=body,
-        headers={
-            "Content-Type": "application/json",
-            bank_signature.TIMESTAMP_HEADER: timestamp,
-            bank_signature.SIGNATURE_HEADER: bank_signature.sign(secret, timestamp, body),
-        },
+        headers=signed_headers(secret, body),
         timeout=10,
     )
 

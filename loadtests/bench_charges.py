@@ -13,29 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import secrets
-import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
-import orjson
 
-from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
-from services.payments import bank_signature
+from loadtests.figures import percentile
+from loadtests.stack import bank_pays_topup, local_services
 from services.payments.settings import PaymentsSettings
-from shared.migrations import upgrade_all
 
-ROOT = Path(__file__).resolve().parent.parent
 FARE = 8_000  # a Hanoi bus ride, VND
 WALLET_FUNDS = 100_000_000  # the largest single top-up
 WARM_UP_S = 1.0
@@ -53,63 +44,6 @@ class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
 
 
-def _percentile(ordered: list[float], fraction: float) -> float:
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-async def _wait_ready(url: str, process: ManagedProcess, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=url, timeout=2) as http:
-        while time.monotonic() < deadline:
-            if process.process.poll() is not None:
-                raise RuntimeError(f"payments exited; see {process.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"payments not ready after {timeout_s} s; see {process.log_path}")
-
-
-@contextlib.asynccontextmanager
-async def local_payments(credentials: Credentials) -> AsyncIterator[str]:
-    """Real servers plus the payments service as a subprocess; yields its base URL."""
-    with tempfile.TemporaryDirectory(prefix="bench-charges-") as workdir:
-        servers = LocalServers(Path(workdir), free_port(), free_port(), free_port())
-        process: ManagedProcess | None = None
-        try:
-            await asyncio.to_thread(servers.start)
-            await asyncio.to_thread(upgrade_all, servers.database_url)
-            port = free_port()
-            env = {
-                **os.environ,
-                "PAYMENTS_ENVIRONMENT": "development",
-                "PAYMENTS_PORT": str(port),
-                "PAYMENTS_DATABASE_URL": servers.database_url,
-                "PAYMENTS_REDIS_URL": servers.redis_url,
-                "PAYMENTS_KAFKA_BOOTSTRAP_SERVERS": servers.kafka_bootstrap,
-                "PAYMENTS_SERVICE_TOKEN": credentials.service_token,
-                "PAYMENTS_BANK_WEBHOOK_SECRET": credentials.webhook_secret,
-                "PAYMENTS_LOG_LEVEL": "WARNING",
-            }
-            process = spawn(
-                "payments",
-                [sys.executable, "-m", "services.payments"],
-                Path(workdir) / "logs" / "payments.log",
-                env=env,
-                cwd=ROOT,
-                stop_signal=signal.SIGINT,
-            )
-            url = f"http://127.0.0.1:{port}"
-            await _wait_ready(url, process)
-            yield url
-        finally:
-            if process is not None:
-                await asyncio.to_thread(process.stop)
-            await asyncio.to_thread(servers.stop)
-
-
 async def _funded_wallet(http: httpx.AsyncClient, credentials: Credentials) -> str:
     opened = await http.post(
         "/v1/accounts", json={"kind": "rider_wallet", "owner_id": f"bench-{uuid.uuid4().hex}"}
@@ -122,31 +56,7 @@ async def _funded_wallet(http: httpx.AsyncClient, credentials: Credentials) -> s
         headers={"Idempotency-Key": str(uuid.uuid4())},
     )
     topup.raise_for_status()
-    settings = PaymentsSettings()
-    body = orjson.dumps(
-        {
-            "transaction_id": f"BENCH{uuid.uuid4().hex[:20]}",
-            "amount": WALLET_FUNDS,
-            "bank_bin": settings.bank_bin,
-            "account": settings.collection_account,
-            "reference": topup.json()["reference"],
-        }
-    )
-    timestamp = str(int(time.time()))
-    paid = await http.post(
-        "/v1/bank/notifications",
-        content=body,
-        headers={
-            "Content-Type": "application/json",
-            bank_signature.TIMESTAMP_HEADER: timestamp,
-            bank_signature.SIGNATURE_HEADER: bank_signature.sign(
-                credentials.webhook_secret, timestamp, body
-            ),
-        },
-    )
-    paid.raise_for_status()
-    if paid.json()["outcome"] != "credited":
-        raise RuntimeError(f"the top-up was not credited: {paid.text}")
+    await bank_pays_topup(http, topup.json()["reference"], WALLET_FUNDS, credentials.webhook_secret)
     return wallet_id
 
 
@@ -205,9 +115,9 @@ async def _measure(
         "charges": float(succeeded),
         "errors": float(sum(tally.statuses.values()) - succeeded),
         "charges_per_s": succeeded / seconds,
-        "p50_ms": 1000 * _percentile(ordered, 0.50),
-        "p95_ms": 1000 * _percentile(ordered, 0.95),
-        "p99_ms": 1000 * _percentile(ordered, 0.99),
+        "p50_ms": 1000 * percentile(ordered, 0.50),
+        "p95_ms": 1000 * percentile(ordered, 0.95),
+        "p99_ms": 1000 * percentile(ordered, 0.99),
         "max_ms": 1000 * (ordered[-1] if ordered else float("nan")),
         "mean_ms": 1000 * (statistics.fmean(ordered) if ordered else float("nan")),
         "ledger_ok": 1.0 if invariant.get("ok") else 0.0,
@@ -226,8 +136,14 @@ async def run(
         )
         return await _measure(payments_url, clients, seconds, credentials)
     credentials = Credentials(secrets.token_urlsafe(24), secrets.token_urlsafe(24))
-    async with local_payments(credentials) as url:
-        return await _measure(url, clients, seconds, credentials)
+    payments_settings = {
+        "PAYMENTS_SERVICE_TOKEN": credentials.service_token,
+        "PAYMENTS_BANK_WEBHOOK_SECRET": credentials.webhook_secret,
+    }
+    async with local_services(
+        ["payments"], lambda _urls: payments_settings, workdir_prefix="bench-charges-"
+    ) as urls:
+        return await _measure(urls["payments"], clients, seconds, credentials)
 
 
 def main() -> int:

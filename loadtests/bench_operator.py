@@ -36,6 +36,8 @@ import httpx
 import orjson
 
 from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
+from loadtests.figures import percentile
+from loadtests.stack import ROOT, wait_ready
 from services.operator import service
 from services.operator.schemas import Role
 from services.validation import events as validation_events
@@ -44,7 +46,6 @@ from shared.events import Event
 from shared.kafka import Publisher, ensure_topics
 from shared.network import STATIONS
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH_INTERVAL_S = 0.02
 
 
@@ -53,12 +54,6 @@ class Stack:
     bootstrap: str
     url: str
     token: str
-
-
-def _percentile(ordered: list[float], fraction: float) -> float:
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def gate_validation(station: str, n: int) -> Event:
@@ -137,17 +132,8 @@ async def local_stack() -> AsyncIterator[Stack]:
 
 
 async def _sign_in(url: str, password: str, operator: ManagedProcess) -> str:
-    deadline = time.monotonic() + 60
+    await wait_ready(url, operator)
     async with httpx.AsyncClient(base_url=url, timeout=5) as http:
-        while True:
-            if operator.process.poll() is not None:
-                raise RuntimeError(f"the operator service stopped; see {operator.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get("/readyz")).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the operator service is not ready; see {operator.log_path}")
-            await asyncio.sleep(0.2)
         response = await http.post("/v1/login", json={"username": "bench", "password": password})
         response.raise_for_status()
         token: str = response.json()["access_token"]
@@ -228,9 +214,9 @@ async def measure(stack: Stack, events: int, rate: float) -> dict[str, float]:
         "rate_per_s": events / published_s,
         "arrived": float(len(delays)),
         "counted": float(counted),
-        "p50_s": _percentile(delays, 0.50),
-        "p95_s": _percentile(delays, 0.95),
-        "p99_s": _percentile(delays, 0.99),
+        "p50_s": percentile(delays, 0.50),
+        "p95_s": percentile(delays, 0.95),
+        "p99_s": percentile(delays, 0.99),
         "max_s": delays[-1] if delays else float("nan"),
     }
 

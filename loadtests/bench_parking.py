@@ -28,33 +28,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import random
 import secrets
-import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 
-from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
-from services.payments import bank_signature
+from loadtests.figures import percentile
+from loadtests.stack import bank_pays_topup, local_services
 from services.payments.settings import PaymentsSettings
 from shared.devicesigning import DeviceAuth, DeviceSigner
-from shared.migrations import upgrade_all
 
-ROOT = Path(__file__).resolve().parent.parent
 LANES = 4
 REGISTERED_CARS = 400
 WALLET_FUNDS = 10_000_000
@@ -85,71 +77,6 @@ class Lanes:
     lot_id: str
     entries: list[tuple[str, DeviceAuth]]
     exits: list[tuple[str, DeviceAuth]]
-
-
-def _percentile(ordered: list[float], fraction: float) -> float:
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-async def _wait_ready(url: str, process: ManagedProcess, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=url, timeout=2) as http:
-        while time.monotonic() < deadline:
-            if process.process.poll() is not None:
-                raise RuntimeError(f"{process.name} exited; see {process.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{process.name} not ready after {timeout_s} s; see {process.log_path}")
-
-
-@contextlib.asynccontextmanager
-async def local_stack(keys: Secrets) -> AsyncIterator[tuple[str, str]]:
-    """Real servers plus payments and parking as uvicorn processes; yields their URLs."""
-    with tempfile.TemporaryDirectory(prefix="bench-parking-") as workdir:
-        servers = LocalServers(Path(workdir), free_port(), free_port(), free_port())
-        processes: list[ManagedProcess] = []
-        try:
-            await asyncio.to_thread(servers.start)
-            await asyncio.to_thread(upgrade_all, servers.database_url)
-            ports = {"payments": free_port(), "parking": free_port()}
-            env = {**os.environ}
-            for name, prefix in (("payments", "PAYMENTS"), ("parking", "PARKING")):
-                env |= {
-                    f"{prefix}_ENVIRONMENT": "development",
-                    f"{prefix}_PORT": str(ports[name]),
-                    f"{prefix}_DATABASE_URL": servers.database_url,
-                    f"{prefix}_REDIS_URL": servers.redis_url,
-                    f"{prefix}_KAFKA_BOOTSTRAP_SERVERS": servers.kafka_bootstrap,
-                    f"{prefix}_LOG_LEVEL": "WARNING",
-                }
-            env |= {
-                "PAYMENTS_SERVICE_TOKEN": keys.payments_token,
-                "PAYMENTS_BANK_WEBHOOK_SECRET": keys.webhook_secret,
-                "PARKING_PAYMENTS_URL": f"http://127.0.0.1:{ports['payments']}",
-                "PARKING_PAYMENTS_SERVICE_TOKEN": keys.payments_token,
-                "PARKING_ADMIN_TOKEN": keys.admin_token,
-                "PARKING_TOKEN_SECRET": secrets.token_urlsafe(24),
-            }
-            for name in ("payments", "parking"):
-                process = spawn(
-                    name,
-                    [sys.executable, "-m", f"services.{name}"],
-                    Path(workdir) / "logs" / f"{name}.log",
-                    env=env,
-                    cwd=ROOT,
-                    stop_signal=signal.SIGINT,
-                )
-                processes.append(process)
-                await _wait_ready(f"http://127.0.0.1:{ports[name]}", process)
-            yield f"http://127.0.0.1:{ports['parking']}", f"http://127.0.0.1:{ports['payments']}"
-        finally:
-            for process in reversed(processes):
-                await asyncio.to_thread(process.stop)
-            await asyncio.to_thread(servers.stop)
 
 
 def _ok(response: httpx.Response) -> dict[str, Any]:
@@ -227,32 +154,7 @@ async def _registered_car(
             headers={"Idempotency-Key": str(uuid.uuid4())},
         )
     )
-    settings = PaymentsSettings()
-    body = orjson.dumps(
-        {
-            "transaction_id": f"BENCH{uuid.uuid4().hex[:20]}",
-            "amount": WALLET_FUNDS,
-            "bank_bin": settings.bank_bin,
-            "account": settings.collection_account,
-            "reference": topup["reference"],
-        }
-    )
-    stamp = str(int(time.time()))
-    paid = _ok(
-        await payments.post(
-            "/v1/bank/notifications",
-            content=body,
-            headers={
-                "Content-Type": "application/json",
-                bank_signature.TIMESTAMP_HEADER: stamp,
-                bank_signature.SIGNATURE_HEADER: bank_signature.sign(
-                    keys.webhook_secret, stamp, body
-                ),
-            },
-        )
-    )
-    if paid["outcome"] != "credited":
-        raise RuntimeError(f"top-up not credited: {paid}")
+    await bank_pays_topup(payments, topup["reference"], WALLET_FUNDS, keys.webhook_secret)
     return plate
 
 
@@ -397,15 +299,15 @@ async def _measure(
         "errors": float(errors),
         "late_starts": float(tally.late_starts),
         "shed": float(tally.shed),
-        "p50_ms": 1000 * _percentile(both, 0.50),
-        "p95_ms": 1000 * _percentile(both, 0.95),
-        "p99_ms": 1000 * _percentile(both, 0.99),
+        "p50_ms": 1000 * percentile(both, 0.50),
+        "p95_ms": 1000 * percentile(both, 0.95),
+        "p99_ms": 1000 * percentile(both, 0.99),
         "max_ms": 1000 * (both[-1] if both else float("nan")),
         "mean_ms": 1000 * (statistics.fmean(both) if both else float("nan")),
-        "entry_p50_ms": 1000 * _percentile(entries, 0.50),
-        "entry_p99_ms": 1000 * _percentile(entries, 0.99),
-        "exit_p50_ms": 1000 * _percentile(exits, 0.50),
-        "exit_p99_ms": 1000 * _percentile(exits, 0.99),
+        "entry_p50_ms": 1000 * percentile(entries, 0.50),
+        "entry_p99_ms": 1000 * percentile(entries, 0.99),
+        "exit_p50_ms": 1000 * percentile(exits, 0.50),
+        "exit_p99_ms": 1000 * percentile(exits, 0.99),
     }
     for outcome, count in sorted(tally.outcomes.items()):
         result[f"outcome {outcome}"] = float(count)
@@ -431,8 +333,21 @@ async def run(
         )
         return await _measure(parking_url, payments_url, keys, rate, seconds)
     keys = Secrets(*(secrets.token_urlsafe(24) for _ in range(3)))
-    async with local_stack(keys) as (parking, payments):
-        return await _measure(parking, payments, keys, rate, seconds)
+
+    def settings(urls: Mapping[str, str]) -> dict[str, str]:
+        return {
+            "PAYMENTS_SERVICE_TOKEN": keys.payments_token,
+            "PAYMENTS_BANK_WEBHOOK_SECRET": keys.webhook_secret,
+            "PARKING_PAYMENTS_URL": urls["payments"],
+            "PARKING_PAYMENTS_SERVICE_TOKEN": keys.payments_token,
+            "PARKING_ADMIN_TOKEN": keys.admin_token,
+            "PARKING_TOKEN_SECRET": secrets.token_urlsafe(24),
+        }
+
+    async with local_services(
+        ["payments", "parking"], settings, workdir_prefix="bench-parking-"
+    ) as urls:
+        return await _measure(urls["parking"], urls["payments"], keys, rate, seconds)
 
 
 def main() -> int:

@@ -11,30 +11,24 @@ import argparse
 import asyncio
 import contextlib
 import io
-import os
-import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
 
 from citypass import bank
-from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
+from citypass.servers import LocalServers
 from services.parking.app import build_app
 from services.parking.settings import ParkingSettings
 from shared.devicesigning import DeviceAuth, DeviceSigner
-from shared.events import EnvelopeError, Event
 from tests.conftest import AppClient
+from tests.support import running_service, service_client
 
-ROOT = Path(__file__).resolve().parents[2]
 PAYMENTS_TOKEN = "test-payments-service-token"
 WEBHOOK_SECRET = "test-bank-webhook-secret"
 ADMIN_TOKEN = "test-parking-admin-token"
@@ -44,35 +38,15 @@ PAYMENT_WAIT = timedelta(seconds=1)
 
 @pytest.fixture(scope="session")
 def payments_url(migrated: LocalServers, service_env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
     env = {
-        **os.environ,
         **service_env,
-        "PAYMENTS_PORT": str(port),
         "PAYMENTS_SERVICE_TOKEN": PAYMENTS_TOKEN,
         "PAYMENTS_BANK_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "PAYMENTS_LOG_LEVEL": "WARNING",
     }
-    managed: ManagedProcess = spawn(
-        "payments",
-        [sys.executable, "-m", "services.payments"],
-        migrated.log_dir / "parking-tests-payments.log",
-        env=env,
-        cwd=ROOT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            assert managed.process.poll() is None, f"payments died: {managed.log_path}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"payments not ready: {managed.log_path}"
-            time.sleep(0.1)
-        yield url
-    finally:
-        managed.stop()
+    log_path = migrated.log_dir / "parking-tests-payments.log"
+    with running_service("payments", env, log_path) as payments:
+        yield payments.url
 
 
 @pytest.fixture(scope="session")
@@ -103,9 +77,7 @@ async def http(app_client: AppClient, app: FastAPI) -> AsyncIterator[httpx.Async
 
 @pytest.fixture(scope="session")
 async def payments(payments_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=payments_url, headers={"Authorization": f"Bearer {PAYMENTS_TOKEN}"}, timeout=10
-    ) as client:
+    async with service_client(payments_url, PAYMENTS_TOKEN) as client:
         yield client
 
 
@@ -277,41 +249,3 @@ async def balance(payments: httpx.AsyncClient, account_id: str) -> int:
     assert response.status_code == 200, response.text
     value: int = response.json()["balance"]
     return value
-
-
-async def read_events(
-    bootstrap: str,
-    topic: str,
-    wanted: Callable[[Event, bytes | None], bool],
-    count: int,
-    timeout_s: float = 20,
-) -> list[tuple[Event, bytes | None]]:
-    """Read `topic` from the start with a group-less consumer until `count` records match."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    found: list[tuple[Event, bytes | None]] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        partitions = consumer.partitions_for_topic(topic)
-        while partitions is None and loop.time() < deadline:
-            await consumer.client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-            await asyncio.sleep(0.1)
-        assert partitions, f"no topic {topic}"
-        assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        while len(found) < count and loop.time() < deadline:
-            batches = await consumer.getmany(timeout_ms=300, max_records=5000)
-            for records in batches.values():
-                for record in records:
-                    try:
-                        event = Event.from_record(record.headers, record.value)
-                    except EnvelopeError:
-                        continue  # another test's deliberate garbage on a shared topic
-                    if wanted(event, record.key):
-                        found.append((event, record.key))
-    finally:
-        await consumer.stop()
-    return found

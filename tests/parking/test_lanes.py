@@ -25,9 +25,9 @@ from tests.parking.conftest import (
     plate_read,
     provision_device,
     random_plate,
-    read_events,
     register_vehicle,
 )
+from tests.support import read_events
 
 
 async def occupied(http: httpx.AsyncClient, lot: Lot, vehicle_type: str = "car") -> int:
@@ -425,7 +425,7 @@ class TestEvents:
         lifecycle = await read_events(
             servers.kafka_bootstrap,
             "parking.sessions",
-            lambda event, _: event.data.get("session_id") == session_id,
+            lambda event: event.data.get("session_id") == session_id,
             2,
         )
         assert [event.type for event, _ in lifecycle] == [
@@ -438,7 +438,7 @@ class TestEvents:
         changes = await read_events(
             servers.kafka_bootstrap,
             "parking.occupancy",
-            lambda event, _: event.data.get("lot_id") == lot.lot_id,
+            lambda event: event.data.get("lot_id") == lot.lot_id,
             2,
         )
         assert [(event.data["change"], event.data["occupied"]) for event, _ in changes] == [

@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import FastAPI
 from sqlalchemy import text
 
 from citypass.servers import LocalServers
-from services.payments import bank_signature
 from services.payments.app import build_app
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
-from shared.events import EnvelopeError, Event
 from tests.conftest import AppClient
+from tests.support import bank_credits, bank_notification_body, bank_notifies
 
 SERVICE_TOKEN = "test-payments-service-token"
 WEBHOOK_SECRET = "test-bank-webhook-secret"
@@ -93,38 +88,16 @@ async def balance(http: httpx.AsyncClient, account_id: str) -> int:
     return value
 
 
-def signed_headers(
-    body: bytes, *, timestamp: int | None = None, secret: str = WEBHOOK_SECRET
-) -> dict[str, str]:
-    stamp = str(int(time.time()) if timestamp is None else timestamp)
-    return {
-        "Content-Type": "application/json",
-        bank_signature.TIMESTAMP_HEADER: stamp,
-        bank_signature.SIGNATURE_HEADER: bank_signature.sign(secret, stamp, body),
-    }
-
-
 def notification_body(
-    settings: PaymentsSettings, *, amount: int, reference: str | None, **extra: Any
+    settings: PaymentsSettings, *, amount: int, reference: str | None, **fields: Any
 ) -> bytes:
-    return orjson.dumps(
-        {
-            "transaction_id": f"FT{uuid.uuid4().hex[:20].upper()}",
-            "amount": amount,
-            "currency": "VND",
-            "bank_bin": settings.bank_bin,
-            "account": settings.collection_account,
-            "reference": reference,
-            "description": f"NAPTIEN {reference}" if reference else "chuyen tien",
-            **extra,
-        }
-    )
+    """What the bank reports after a transfer to these settings' collection account."""
+    to_us = {"bank_bin": settings.bank_bin, "account": settings.collection_account}
+    return bank_notification_body(amount=amount, reference=reference, **(to_us | fields))
 
 
-async def notify(http: httpx.AsyncClient, body: bytes, **signing: Any) -> httpx.Response:
-    return await http.post(
-        "/v1/bank/notifications", content=body, headers=signed_headers(body, **signing)
-    )
+async def notify(http: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    return await bank_notifies(http, body, WEBHOOK_SECRET)
 
 
 async def request_topup(http: httpx.AsyncClient, account_id: str, amount: int) -> dict[str, Any]:
@@ -143,11 +116,14 @@ async def fund_wallet(
 ) -> dict[str, Any]:
     """Top up through the real path: VietQR request, then the bank's signed notification."""
     topup = await request_topup(http, account_id, amount)
-    response = await notify(
-        http, notification_body(settings, amount=amount, reference=topup["reference"])
+    await bank_credits(
+        http,
+        WEBHOOK_SECRET,
+        amount=amount,
+        reference=topup["reference"],
+        bank_bin=settings.bank_bin,
+        account=settings.collection_account,
     )
-    assert response.status_code == 200, response.text
-    assert response.json()["outcome"] == "credited", response.text
     return topup
 
 
@@ -170,47 +146,3 @@ async def postings_of(ledger_db: Database, account_id: str) -> int:
             {"id": uuid.UUID(account_id)},
         )
     return int(count or 0)
-
-
-async def read_events(
-    bootstrap: str,
-    topic: str,
-    wanted: Callable[[Event, bytes | None], bool],
-    count: int,
-    timeout_s: float = 30,
-) -> list[tuple[Event, bytes | None]]:
-    """Read `topic` from the beginning with an independent consumer (no group) until `count`
-    records satisfy `wanted`, or the timeout passes."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
-    found: list[tuple[Event, bytes | None]] = []
-    seen: set[str] = set()
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        partitions: set[int] | None = None
-        while partitions is None:
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                await consumer.client.force_metadata_update()
-                if asyncio.get_running_loop().time() > deadline:
-                    return found
-                await asyncio.sleep(0.2)
-        assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        while len(found) < count and asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-            for records in batches.values():
-                for record in records:
-                    try:
-                        event = Event.from_record(record.headers, record.value)
-                    except EnvelopeError:
-                        continue  # another test's deliberate garbage on a shared topic
-                    if event.id not in seen and wanted(event, record.key):
-                        seen.add(event.id)  # at-least-once: a relay retry may repeat it
-                        found.append((event, record.key))
-    finally:
-        await consumer.stop()
-    return found

@@ -17,7 +17,8 @@ from services.payments.events import LEDGER_TOPIC, TRANSFER_POSTED
 from services.payments.repository import system_account_id
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
-from tests.payments.conftest import charge, fund_wallet, new_key, open_wallet, read_events
+from tests.payments.conftest import charge, fund_wallet, new_key, open_wallet
+from tests.support import read_events
 
 
 class TestInvariant:
@@ -133,9 +134,7 @@ class TestPublishing:
         events = await read_events(
             servers.kafka_bootstrap,
             LEDGER_TOPIC,
-            lambda event, _key: (
-                event.type == TRANSFER_POSTED and event.data["transfer_id"] in posted
-            ),
+            lambda event: event.type == TRANSFER_POSTED and event.data["transfer_id"] in posted,
             count=len(posted),
         )
 

@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from citypass.bank import signed_headers
 from citypass.servers import LocalServers
 from services.payments.events import ALERTS_TOPIC, LEDGER_TOPIC
 from services.payments.repository import system_account_id
@@ -19,15 +20,15 @@ from shared.events import Event
 from shared.qrimage import decode_png
 from shared.vietqr import decode
 from tests.payments.conftest import (
+    WEBHOOK_SECRET,
     balance,
     new_key,
     notification_body,
     notify,
     open_wallet,
-    read_events,
     request_topup,
-    signed_headers,
 )
+from tests.support import read_events
 
 
 class TestTopupQr:
@@ -82,7 +83,7 @@ class TestBankWebhookAuthentication:
         body = notification_body(settings, amount=10_000, reference=None)
 
         response = await anonymous.post(
-            "/v1/bank/notifications", content=body, headers=signed_headers(body, secret="nope")
+            "/v1/bank/notifications", content=body, headers=signed_headers("nope", body)
         )
 
         assert (response.status_code, response.json()["code"]) == (401, "invalid_signature")
@@ -91,7 +92,7 @@ class TestBankWebhookAuthentication:
         self, anonymous: httpx.AsyncClient, settings: PaymentsSettings
     ) -> None:
         body = notification_body(settings, amount=10_000, reference=None)
-        headers = signed_headers(body)
+        headers = signed_headers(WEBHOOK_SECRET, body)
 
         response = await anonymous.post(
             "/v1/bank/notifications", content=body.replace(b"10000", b"99000"), headers=headers
@@ -119,7 +120,7 @@ class TestBankWebhookAuthentication:
         response = await anonymous.post(
             "/v1/bank/notifications",
             content=body,
-            headers=signed_headers(body, timestamp=int(time.time()) + skew_s),
+            headers=signed_headers(WEBHOOK_SECRET, body, int(time.time()) + skew_s),
         )
 
         assert response.status_code == 401
@@ -131,7 +132,7 @@ class TestBankWebhookAuthentication:
         body = orjson.dumps({"transaction_id": "FT1", "amount": "10000"})
 
         response = await anonymous.post(
-            "/v1/bank/notifications", content=body, headers=signed_headers(body)
+            "/v1/bank/notifications", content=body, headers=signed_headers(WEBHOOK_SECRET, body)
         )
 
         assert (response.status_code, response.json()["code"]) == (422, "validation_error")
@@ -314,7 +315,7 @@ class TestParkingPaymentRequest:
         announced = await read_events(
             servers.kafka_bootstrap,
             LEDGER_TOPIC,
-            lambda event, _key: (
+            lambda event: (
                 event.type.endswith("payment_request.paid.v1")
                 and event.data["payment_request_id"] == request["id"]
             ),
@@ -336,8 +337,8 @@ async def _suspense_balance(http: httpx.AsyncClient) -> int:
     return value
 
 
-def _alert_about(transaction_id: str) -> Callable[[Event, bytes | None], bool]:
-    def wanted(event: Event, _key: bytes | None) -> bool:
+def _alert_about(transaction_id: str) -> Callable[[Event], bool]:
+    def wanted(event: Event) -> bool:
         return event.data.get("bank_transaction_id") == transaction_id
 
     return wanted

@@ -6,102 +6,56 @@ stop and restart it; ticketing talks to it over HTTP exactly as in production.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
-from services.payments import bank_signature
+from citypass.servers import LocalServers
 from services.ticketing import service
 from services.ticketing.app import build_app
 from services.ticketing.credentials import b64url
 from services.ticketing.settings import TicketingSettings
 from shared.db import Database
-from shared.events import EnvelopeError, Event
 from shared.ticketcodec import generate_device_key, public_key_bytes
 from tests.conftest import AppClient
+from tests.support import (
+    BANK_BIN,
+    COLLECTION_ACCOUNT,
+    bank_credits,
+    running_service,
+    service_client,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
+# Re-exported: the rider app browser test imports them from here.
+from tests.support import ROOT as ROOT
+from tests.support import ServiceProcess as ServiceProcess
+
 PAYMENTS_TOKEN = "test-payments-service-token"
 WEBHOOK_SECRET = "test-bank-webhook-secret"
 OPERATOR_TOKEN = "test-ticketing-operator-token"
-BANK_BIN = "970436"
-COLLECTION_ACCOUNT = "0011004242424"
-
-
-@dataclass
-class ServiceProcess:
-    """A service as a real process on a fixed port, which a test may stop and start again."""
-
-    module: str
-    port: int
-    env: dict[str, str]
-    log_path: Path
-    managed: ManagedProcess | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 30) -> None:
-        self.managed = spawn(
-            self.module,
-            [sys.executable, "-m", self.module],
-            self.log_path,
-            env=self.env,
-            cwd=ROOT,
-        )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.managed.process.poll() is None, f"{self.module} died: {self.log_path}"
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"{self.module} not ready: {self.log_path}"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.managed is not None:
-            self.managed.stop()
-            self.managed = None
 
 
 @pytest.fixture(scope="session")
 def payments_process(
     migrated: LocalServers, service_env: dict[str, str]
 ) -> Iterator[ServiceProcess]:
-    port = free_port()
     env = {
-        **os.environ,
         **service_env,
-        "PAYMENTS_PORT": str(port),
         "PAYMENTS_SERVICE_TOKEN": PAYMENTS_TOKEN,
         "PAYMENTS_BANK_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "PAYMENTS_BANK_BIN": BANK_BIN,
         "PAYMENTS_COLLECTION_ACCOUNT": COLLECTION_ACCOUNT,
     }
-    process = ServiceProcess(
-        "services.payments", port, env, migrated.log_dir / "ticketing-tests-payments.log"
-    )
-    process.start()
-    yield process
-    process.stop()
+    log_path = migrated.log_dir / "ticketing-tests-payments.log"
+    with running_service("payments", env, log_path) as process:
+        yield process
 
 
 def ticketing_settings(payments_url: str, **overrides: Any) -> TicketingSettings:
@@ -156,11 +110,7 @@ async def http(
 
 @pytest.fixture(scope="session")
 async def payments_http(payments_process: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=payments_process.url,
-        headers={"Authorization": f"Bearer {PAYMENTS_TOKEN}"},
-        timeout=10,
-    ) as client:
+    async with service_client(payments_process.url, PAYMENTS_TOKEN) as client:
         yield client
 
 
@@ -231,20 +181,6 @@ async def approve_category(http: httpx.AsyncClient, rider: RiderAccount) -> None
     assert response.status_code == 200, response.text
 
 
-def bank_notification(reference: str, amount: int) -> bytes:
-    return orjson.dumps(
-        {
-            "transaction_id": f"FT{uuid.uuid4().hex[:20].upper()}",
-            "amount": amount,
-            "currency": "VND",
-            "bank_bin": BANK_BIN,
-            "account": COLLECTION_ACCOUNT,
-            "reference": reference,
-            "description": f"NAPTIEN {reference}",
-        }
-    )
-
-
 async def fund(
     http: httpx.AsyncClient, payments_http: httpx.AsyncClient, rider: RiderAccount, amount: int
 ) -> None:
@@ -255,19 +191,9 @@ async def fund(
         headers={**rider.auth, "Idempotency-Key": new_key()},
     )
     assert topup.status_code == 201, topup.text
-    body = bank_notification(topup.json()["reference"], amount)
-    stamp = str(int(time.time()))
-    paid = await payments_http.post(
-        "/v1/bank/notifications",
-        content=body,
-        headers={
-            "Content-Type": "application/json",
-            bank_signature.TIMESTAMP_HEADER: stamp,
-            bank_signature.SIGNATURE_HEADER: bank_signature.sign(WEBHOOK_SECRET, stamp, body),
-        },
+    await bank_credits(
+        payments_http, WEBHOOK_SECRET, amount=amount, reference=topup.json()["reference"]
     )
-    assert paid.status_code == 200, paid.text
-    assert paid.json()["outcome"] == "credited", paid.text
 
 
 async def buy(
@@ -296,45 +222,3 @@ async def balance(http: httpx.AsyncClient, rider: RiderAccount) -> int:
 async def scalar(database: Database, sql: str, **params: Any) -> Any:
     async with database.transaction() as session:
         return await session.scalar(text(sql), params)
-
-
-async def wait_until(
-    condition: Callable[[], Any], *, timeout_s: float = 20, interval_s: float = 0.1
-) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(interval_s)
-
-
-async def read_events(
-    bootstrap: str, topic: str, wanted: Callable[[Event], bool], count: int, timeout_s: float = 20
-) -> list[tuple[Event, bytes | None]]:
-    """Read `topic` from the beginning, without a group, until `count` wanted events arrive."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    found: list[tuple[Event, bytes | None]] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        partitions = consumer.partitions_for_topic(topic)
-        while partitions is None and loop.time() < deadline:
-            await consumer.client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-            await asyncio.sleep(0.1)
-        assert partitions, f"topic {topic} does not exist"
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        while len(found) < count and loop.time() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for record in records:
-                    try:
-                        event = Event.from_record(record.headers, record.value)
-                    except EnvelopeError:
-                        continue  # another test's deliberate garbage on a shared topic
-                    if wanted(event):
-                        found.append((event, record.key))
-    finally:
-        await consumer.stop()
-    return found

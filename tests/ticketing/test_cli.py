@@ -19,11 +19,11 @@ from citypass.servers import LocalServers, free_port
 from services.ticketing.credentials import from_b64url
 from shared.qrimage import decode_png, qr_version
 from shared.ticketcodec import decode_and_verify, load_public_key, public_key_bytes
+from tests.support import ServiceProcess
 from tests.ticketing.conftest import (
     OPERATOR_TOKEN,
     PAYMENTS_TOKEN,
     WEBHOOK_SECRET,
-    ServiceProcess,
     new_phone,
 )
 

@@ -17,21 +17,19 @@ from services.ticketing import repository
 from services.ticketing.payments import PaymentsClient
 from services.ticketing.settings import TicketingSettings
 from shared.db import Database
+from tests.support import ServiceProcess, read_events, wait_until
 from tests.ticketing.conftest import (
     OPERATOR,
     PAYMENTS_TOKEN,
     RiderAccount,
-    ServiceProcess,
     approve_category,
     balance,
     buy,
     fund,
     new_key,
-    read_events,
     register_device,
     scalar,
     sign_up,
-    wait_until,
 )
 
 

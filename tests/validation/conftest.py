@@ -4,14 +4,11 @@ for issuer keys, tickets, dynamic QRs, gates and the ticket events ticketing wil
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
-import os
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,19 +17,17 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 
-from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
-from services.payments import bank_signature
+from citypass.servers import LocalServers
 from services.validation import repository
 from services.validation.app import build_app
 from services.validation.service import Validator
 from services.validation.settings import IssuerKeyConfig, ValidationSettings
 from services.validation.workers import Workers
 from shared.devicesigning import DeviceSigner
-from shared.events import EnvelopeError, Event
+from shared.events import Event
 from shared.kafka import Publisher
 from shared.ticketcodec import Credential as CodecCredential
 from shared.ticketcodec import (
@@ -43,8 +38,8 @@ from shared.ticketcodec import (
     sign_credential,
 )
 from tests.conftest import AppClient
+from tests.support import bank_credits, running_service, service_client, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-validation-admin-token"
 PAYMENTS_TOKEN = "test-payments-service-token-for-validation"
 WEBHOOK_SECRET = "test-bank-webhook-secret-for-validation"
@@ -212,59 +207,6 @@ def device_fingerprint(ticket: Ticket) -> str:
     return hashlib.sha256(public_key_bytes(ticket.device)).hexdigest()
 
 
-async def wait_for(
-    condition: Callable[[], Any], timeout_s: float = 20, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
-async def read_events(
-    bootstrap: str,
-    topic: str,
-    wanted: Callable[[Event], bool],
-    count: int,
-    timeout_s: float = 30,
-) -> list[tuple[Event, bytes | None]]:
-    """Read `topic` from the start (no group) until `count` matching events or the timeout."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, metadata_max_age_ms=500
-    )
-    await consumer.start()
-    found: list[tuple[Event, bytes | None]] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        partitions = consumer.partitions_for_topic(topic)
-        while partitions is None:
-            assert loop.time() < deadline, f"topic {topic} never appeared"
-            await asyncio.sleep(0.2)  # metadata refreshes every 500 ms
-            partitions = consumer.partitions_for_topic(topic)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        while len(found) < count and loop.time() < deadline:
-            batches = await consumer.getmany(timeout_ms=300, max_records=5000)
-            for records in batches.values():
-                for record in records:
-                    try:
-                        event = Event.from_record(record.headers, record.value)
-                    except EnvelopeError:
-                        continue  # another test's deliberate garbage on the shared topic
-                    if wanted(event):
-                        found.append((event, record.key))
-    finally:
-        await consumer.stop()
-    return found
-
-
 # Fixtures -----------------------------------------------------------------------------------------
 
 
@@ -279,40 +221,14 @@ async def publisher(servers: LocalServers) -> AsyncIterator[Publisher]:
 @pytest.fixture(scope="session")
 def payments_url(migrated: LocalServers, service_env: dict[str, str]) -> Iterator[str]:
     """The real payments service, as its own process (it owns PostgreSQL; validation does not)."""
-    port = free_port()
     env = {
-        **os.environ,
         **service_env,
-        "PAYMENTS_PORT": str(port),
         "PAYMENTS_SERVICE_TOKEN": PAYMENTS_TOKEN,
         "PAYMENTS_BANK_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
-    process = spawn(
-        "payments",
-        [sys.executable, "-m", "services.payments"],
-        migrated.log_dir / "validation-tests-payments.log",
-        env=env,
-        cwd=ROOT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(process, url)
-        yield url
-    finally:
-        process.stop()
-
-
-def wait_ready(process: ManagedProcess, url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert process.process.poll() is None, f"{process.name} died: see {process.log_path}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"{process.name} not ready: see {process.log_path}"
-        time.sleep(0.1)
+    log_path = migrated.log_dir / "validation-tests-payments.log"
+    with running_service("payments", env, log_path) as payments:
+        yield payments.url
 
 
 @pytest.fixture(scope="session")
@@ -343,7 +259,7 @@ async def http(
         for product in PASSES:
             ticket = make_ticket(product=product)
             await publisher.publish("transit.tickets", ticket.id, ticket_issued(ticket))
-        await wait_for(
+        await wait_until(
             lambda: all(p in validator.memory.products for p in PASSES), what="pass products"
         )
         yield client
@@ -357,11 +273,7 @@ def validator(app: FastAPI) -> Validator:
 
 @pytest.fixture(scope="session")
 async def payments(payments_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=payments_url,
-        headers={"Authorization": f"Bearer {PAYMENTS_TOKEN}"},
-        timeout=10,
-    ) as client:
+    async with service_client(payments_url, PAYMENTS_TOKEN) as client:
         yield client
 
 
@@ -382,30 +294,9 @@ async def top_up(payments: httpx.AsyncClient, wallet: str, amount: int) -> None:
         headers={"Idempotency-Key": str(uuid.uuid4())},
     )
     assert response.status_code == 201, response.text
-    request = response.json()
-    body = orjson.dumps(
-        {
-            "transaction_id": f"FT{uuid.uuid4().hex[:20].upper()}",
-            "amount": amount,
-            "currency": "VND",
-            "bank_bin": "970436",
-            "account": "0011004242424",
-            "reference": request["reference"],
-            "description": f"NAPTIEN {request['reference']}",
-        }
+    await bank_credits(
+        payments, WEBHOOK_SECRET, amount=amount, reference=response.json()["reference"]
     )
-    stamp = str(int(time.time()))
-    notified = await payments.post(
-        "/v1/bank/notifications",
-        content=body,
-        headers={
-            "Content-Type": "application/json",
-            bank_signature.TIMESTAMP_HEADER: stamp,
-            bank_signature.SIGNATURE_HEADER: bank_signature.sign(WEBHOOK_SECRET, stamp, body),
-        },
-    )
-    assert notified.status_code == 200, notified.text
-    assert notified.json()["outcome"] == "credited", notified.text
 
 
 async def balance(payments: httpx.AsyncClient, wallet: str) -> int:
@@ -426,7 +317,7 @@ async def stored_value_ticket(publisher: Publisher, validator: Validator, wallet
     ticket = make_ticket(product="STORED-VALUE", lines=("METRO",))
     issued = ticket_issued(ticket, kind="stored_value", wallet_account_id=wallet)
     await publisher.publish("transit.tickets", ticket.id, issued)
-    await wait_for(
+    await wait_until(
         lambda: validator.redis.exists(repository.ticket_key(ticket.id)), what="ticket registry"
     )
     return ticket

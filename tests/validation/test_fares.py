@@ -13,16 +13,15 @@ from services.validation.service import Validator
 from services.validation.workers import Workers
 from shared.kafka import Publisher
 from shared.network import metro_fare, metro_max_fare
+from tests.support import read_events, wait_until
 from tests.validation.conftest import (
     balance,
     balance_is,
     open_wallet,
     provision_gate,
-    read_events,
     scan,
     stored_value_ticket,
     top_up,
-    wait_for,
 )
 
 
@@ -57,7 +56,7 @@ class TestDistanceFare:
         assert (entered["decision"], entered["fare"]) == ("accept", None)
         assert (exited["decision"], exited["action"], exited["fare"]) == ("accept", "exit", fare)
         assert "13.000 đ" in exited["message_vi"]
-        await wait_for(
+        await wait_until(
             lambda: balance_is(payments, wallet, 50_000 - fare), what="the fare to be charged"
         )
 
@@ -70,7 +69,7 @@ class TestDistanceFare:
         )
         before = fares_processed()
         await publisher.publish("transit.validations", ticket.id, event)
-        await wait_for(lambda: fares_processed() > before, what="the redelivered event")
+        await wait_until(lambda: fares_processed() > before, what="the redelivered event")
         assert await balance(payments, wallet) == 50_000 - fare
 
     async def test_unpaid_fare_denies_the_ticket_until_a_top_up(
@@ -89,14 +88,14 @@ class TestDistanceFare:
 
         assert (await scan(http, gate, ticket.qr()))["action"] == "entry"
         assert (await scan(http, far, ticket.qr()))["fare"] == fare
-        await wait_for(lambda: ticket.id in validator.memory.deny_tickets, what="the deny entry")
+        await wait_until(lambda: ticket.id in validator.memory.deny_tickets, what="the deny entry")
 
         refused = await scan(http, gate, ticket.qr())
         assert (refused["decision"], refused["reason"]) == ("reject", "insufficient_balance")
         assert refused["message_en"] == "Insufficient balance, top up"
 
         await top_up(payments, wallet, 20_000)
-        await wait_for(
+        await wait_until(
             lambda: ticket.id not in validator.memory.deny_tickets, what="the top-up to lift it"
         )
         assert await balance(payments, wallet) == 5_000 + 20_000 - fare
@@ -118,14 +117,14 @@ class TestTripsLeftOpen:
         gate = await provision_gate(http, station="2A-05", direction="both")
         entered = await scan(http, gate, ticket.qr())
         member = f"{ticket.id}|{entered['validation_id']}"
-        await wait_for(
+        await wait_until(
             lambda: validator.redis.zscore(repository.OPEN_TRIPS, member), what="trip indexed"
         )
 
         closed = await workers.close_overdue_trips(int(time.time()) + validator.max_trip_s + 1)
 
         assert closed >= 1
-        await wait_for(
+        await wait_until(
             lambda: balance_is(payments, wallet, 30_000 - metro_max_fare("2A")),
             what="the maximum fare",
         )
@@ -149,7 +148,7 @@ class TestTripsLeftOpen:
         again = await scan(http, entry, ticket.qr())
 
         assert (again["decision"], again["action"]) == ("accept", "entry")
-        await wait_for(
+        await wait_until(
             lambda: balance_is(payments, wallet, 30_000 - metro_max_fare("3")),
             what="the maximum fare of the abandoned trip",
         )

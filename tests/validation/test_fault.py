@@ -14,14 +14,13 @@ from citypass.servers import LocalServers, free_port
 from services.validation.app import build_app
 from services.validation.spool import EventPipeline
 from tests.conftest import AppClient
+from tests.support import read_events, wait_until
 from tests.validation.conftest import (
     make_ticket,
     provision_gate,
-    read_events,
     scan,
     validation_body,
     validation_settings,
-    wait_for,
 )
 
 VALIDATIONS = 1_000
@@ -48,7 +47,7 @@ class TestBrokerDown:
                 d for batch in await asyncio.gather(*map(ride, range(RIDERS))) for d in batch
             ]
             elapsed = time.monotonic() - started
-            await wait_for(
+            await wait_until(
                 lambda: pipeline.spool.backlog >= VALIDATIONS, timeout_s=30, what="the spool"
             )
         finally:
@@ -67,7 +66,7 @@ class TestBrokerDown:
         )
         delivered = {event.id for event, _ in found}  # consumers deduplicate on the event id
         assert delivered == ids
-        await wait_for(lambda: pipeline.spool.backlog == 0, what="the spool to empty")
+        await wait_until(lambda: pipeline.spool.backlog == 0, what="the spool to empty")
         assert pipeline.spool.segments() == []
 
 

@@ -21,10 +21,10 @@ from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
 from services.validation.app import build_app
 from shared.qrimage import render_png
 from tests.conftest import AppClient
+from tests.support import ROOT, wait_ready
 from tests.validation.conftest import (
     ADMIN,
     ADMIN_TOKEN,
-    ROOT,
     Gate,
     issuer_config,
     make_ticket,
@@ -32,7 +32,6 @@ from tests.validation.conftest import (
     scan,
     validation_body,
     validation_settings,
-    wait_ready,
 )
 
 TRIALS = 200

@@ -18,17 +18,16 @@ from services.validation.service import Validator
 from shared.events import Event
 from shared.kafka import Publisher
 from shared.network import metro_fare
+from tests.support import read_events, wait_until
 from tests.validation.conftest import (
     Gate,
     balance_is,
     make_ticket,
     open_wallet,
     provision_gate,
-    read_events,
     scan,
     stored_value_ticket,
     top_up,
-    wait_for,
 )
 
 
@@ -76,7 +75,7 @@ class TestBundle:
                 data={"ticket_id": revoked.id},
             ),
         )
-        await wait_for(lambda: revoked.id in validator.memory.deny_tickets, what="revocation")
+        await wait_until(lambda: revoked.id in validator.memory.deny_tickets, what="revocation")
 
         signed, public_key = await fetch_bundle(http, gate)
         content = open_bundle(signed, public_key, now=int(time.time()))
@@ -203,6 +202,6 @@ class TestOfflineDecisions:
 
         fare = metro_fare("2A-02", "2A-08")
         assert result["results"][0]["fare"] == fare
-        await wait_for(
+        await wait_until(
             lambda: balance_is(payments, wallet, 20_000 - fare), what="the offline exit fare"
         )

@@ -14,16 +14,15 @@ from shared.events import Event
 from shared.kafka import Publisher
 from shared.qrimage import decode_png, render_png
 from shared.ticketcodec import public_key_bytes
+from tests.support import read_events, wait_until
 from tests.validation.conftest import (
     ADMIN,
     b64,
     device_fingerprint,
     make_ticket,
     provision_gate,
-    read_events,
     scan,
     ticket_issued,
-    wait_for,
 )
 
 
@@ -87,7 +86,7 @@ class TestDenyList:
                 data={"ticket_id": ticket.id, "reason": "refunded"},
             ),
         )
-        await wait_for(lambda: ticket.id in validator.memory.deny_tickets, what="revocation")
+        await wait_until(lambda: ticket.id in validator.memory.deny_tickets, what="revocation")
 
         decided = await scan(http, gate, ticket.qr())
         assert (decided["decision"], decided["reason"]) == ("reject", "revoked_ticket")
@@ -105,7 +104,7 @@ class TestDenyList:
             data={"device_key_fingerprint": fingerprint},
         )
         await publisher.publish("transit.tickets", fingerprint, event)
-        await wait_for(lambda: fingerprint in validator.memory.deny_devices, what="revocation")
+        await wait_until(lambda: fingerprint in validator.memory.deny_devices, what="revocation")
 
         assert (await scan(http, gate, ticket.qr()))["reason"] == "revoked_device"
 
@@ -144,7 +143,7 @@ class TestTrips:
         await publisher.publish(
             "transit.tickets", ticket.id, ticket_issued(ticket, kind="single", rides=1)
         )
-        await wait_for(lambda: "METRO-1RIDE" in validator.memory.products, what="ticket event")
+        await wait_until(lambda: "METRO-1RIDE" in validator.memory.products, what="ticket event")
 
         entered = await scan(http, entry, ticket.qr())
         exited = await scan(http, exit_, ticket.qr())
@@ -232,11 +231,11 @@ class TestSignatures:
             )
 
         await publisher.publish("transit.tickets", "issuer-keys", key_set("active"))
-        await wait_for(lambda: kid in validator.memory.usable_keys, what="the new key")
+        await wait_until(lambda: kid in validator.memory.usable_keys, what="the new key")
         assert (await scan(http, gate, ticket.qr()))["decision"] == "accept"
 
         await publisher.publish("transit.tickets", "issuer-keys", key_set("retired"))
-        await wait_for(lambda: kid not in validator.memory.usable_keys, what="the retirement")
+        await wait_until(lambda: kid not in validator.memory.usable_keys, what="the retirement")
         assert (await scan(http, gate, ticket.qr()))["reason"] == "unknown_key"
 
     async def test_operator_loaded_issuer_key_is_accepted(self, http: httpx.AsyncClient) -> None:
