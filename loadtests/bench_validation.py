@@ -46,6 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from citypass.gate import OfflineValidator
 from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
+from loadtests.stack import wait_ready
 from services.validation.memory import decode_public_key
 from shared.devicesigning import DeviceSigner
 from shared.events import Event
@@ -424,19 +425,6 @@ def _pop_from(requests: list[bytes]) -> Callable[[], bytes | None]:
 # Running it on this machine ---------------------------------------------------------------------
 
 
-async def _wait_ready(url: str, process: ManagedProcess, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(base_url=url, timeout=2) as http:
-        while time.monotonic() < deadline:
-            if process.process.poll() is not None:
-                raise RuntimeError(f"validation exited; see {process.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"validation not ready after {timeout_s} s; see {process.log_path}")
-
-
 # uvicorn re-raises SIGTERM once it has shut down; exiting through SystemExit instead lets the
 # profile be written.
 PROFILED_SERVICE = """
@@ -482,7 +470,7 @@ async def local_run(args: argparse.Namespace) -> dict[str, float]:
                 argv = [sys.executable, "-c", PROFILED_SERVICE, args.profile]
             process = spawn("validation", argv, root / "validation.log", env=env, cwd=ROOT)
             url = f"http://127.0.0.1:{port}"
-            await _wait_ready(url, process)
+            await wait_ready(url, process)
             return await run(
                 url,
                 token,

@@ -27,4 +27,8 @@ def qr_version(text: str, *, error: str = "m") -> int:
 def decode_png(png: bytes) -> list[str]:
     """Every QR code zxing-cpp finds in the image, in reading order."""
     image = Image.open(io.BytesIO(png)).convert("L")
-    return [result.text for result in zxingcpp.read_barcodes(image)]
+    # QR codes only: a full symbology search "finds" short codes in page text now and then.
+    found = zxingcpp.read_barcodes(
+        image, formats=zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode)
+    )
+    return [result.text for result in found]
