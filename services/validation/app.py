@@ -77,6 +77,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         supervised("event-spool", pipeline.redeliver),
         supervised("state-refresh", workers.refresh_state),
         supervised("issuer-keys", workers.poll_issuer_keys),
+        supervised("deny-list-clean-up", workers.drop_expired_revocations),
     ]
     if settings.run_fare_worker:
         consumers += fare_consumers

@@ -6,7 +6,8 @@
 - fares (group `validation-fares`): charge stored-value fares through payments, idempotently
   by validation id, and track open trips; a wallet that cannot pay puts the ticket on the deny
   list until a top-up (group `validation-topups`) or the periodic re-check settles it;
-- the trip sweeper: trips open longer than the maximum trip time close at the maximum fare.
+- the trip sweeper: trips open longer than the maximum trip time close at the maximum fare;
+- the deny-list clean-up: revocations whose end (`until`) has passed are dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from shared.http import service_client
 logger = logging.getLogger("citypass.validation.workers")
 
 UNPAID_RECHECK_S = 600.0
+DENY_CLEANUP_S = 600.0
 FARE_RETRY_MAX_S = 30.0
 TICKETING_SOURCE = "ticketing"
 SETTINGS_SOURCE = "settings"
@@ -384,6 +386,17 @@ class Workers:
                     await self.settle_wallet(wallet)
             except (RedisError, OSError) as exc:
                 self._log_failure("unpaid fare re-check", exc)
+
+    async def drop_expired_revocations(self) -> None:
+        """A revocation ends with the ticket's validity or the device's `deny_until`; without
+        this the deny list (and every gate's offline bundle) would only ever grow."""
+        while True:
+            raise_if_cancelled()
+            await asyncio.sleep(DENY_CLEANUP_S)
+            try:
+                await repository.drop_expired_deny(self.redis, int(time.time()))
+            except (RedisError, OSError) as exc:
+                self._log_failure("deny-list clean-up", exc)
 
     # Trips left open -------------------------------------------------------------------------
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import UTC, datetime
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from citypass.servers import LocalServers
+from services.validation import repository
 from services.validation.service import Validator
 from shared.events import Event
 from shared.kafka import Publisher
@@ -107,6 +109,33 @@ class TestDenyList:
         await wait_until(lambda: fingerprint in validator.memory.deny_devices, what="revocation")
 
         assert (await scan(http, gate, ticket.qr()))["reason"] == "revoked_device"
+
+    async def test_an_ended_revocation_is_dropped_from_the_deny_list(
+        self, http: httpx.AsyncClient, publisher: Publisher, validator: Validator
+    ) -> None:
+        gate = await provision_gate(http, station="3-03", direction="entry")
+        ticket = make_ticket()
+        fingerprint = device_fingerprint(ticket)
+        deny_until = int(time.time()) + 3
+        event = Event(
+            type="citypass.transit.device.revoked.v1",
+            source="/citypass/ticketing",
+            subject=fingerprint,
+            data={
+                "device_key_fingerprint": fingerprint,
+                "deny_until": datetime.fromtimestamp(deny_until, UTC).isoformat(),
+            },
+        )
+        await publisher.publish("transit.tickets", fingerprint, event)
+        await wait_until(lambda: fingerprint in validator.memory.deny_devices, what="revocation")
+        assert (await scan(http, gate, ticket.qr()))["reason"] == "revoked_device"
+
+        assert await repository.drop_expired_deny(validator.redis, deny_until) == 0  # not yet
+        assert await repository.drop_expired_deny(validator.redis, deny_until + 1) >= 1
+        await wait_until(
+            lambda: fingerprint not in validator.memory.deny_devices, what="the state refresh"
+        )
+        assert (await scan(http, gate, ticket.qr()))["decision"] == "accept"
 
 
 class TestTrips:
