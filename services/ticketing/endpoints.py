@@ -35,7 +35,7 @@ from services.ticketing.schemas import (
     WalletRead,
 )
 from shared.app import RuntimeDep
-from shared.errors import PROBLEM_MEDIA_TYPE
+from shared.errors import PROBLEM_MEDIA_TYPE, Unauthorized
 from shared.idempotency import IdempotencyDep
 
 logger = logging.getLogger("citypass.ticketing")
@@ -149,12 +149,26 @@ async def sign_up(
     "/sessions",
     response_model=SessionRead,
     tags=["riders"],
-    responses=problems((401, "`invalid_credentials`")),
+    responses=problems(
+        (401, "`invalid_credentials`"),
+        (
+            429,
+            "`too_many_login_failures`: too many wrong passwords for this phone number lately;"
+            " `Retry-After` says when to try again",
+        ),
+    ),
 )
 async def log_in(body: LoginRequest, rt: RuntimeDep, settings: SettingsDep) -> SessionRead:
-    """Log in with phone number and password: a new access token and refresh token."""
+    """Log in with phone number and password: a new access token and refresh token.
+
+    After `TICKETING_LOGIN_FAILURE_LIMIT` (5) wrong passwords for one phone number within
+    `TICKETING_LOGIN_FAILURE_WINDOW` (15 min), that number is refused until the window ends,
+    whether or not it has an account."""
     async with rt.db.transaction() as session:
-        return await service.log_in(session, body, settings)
+        created = await service.log_in(session, body, settings)
+    if created is None:
+        raise Unauthorized("Wrong phone number or password.", code="invalid_credentials")
+    return created
 
 
 @router.post(

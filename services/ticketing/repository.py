@@ -24,6 +24,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    case,
+    delete,
     func,
     literal,
     select,
@@ -89,6 +91,16 @@ refresh_tokens = Table(
     Column("used_at", DateTime(timezone=True)),
     Column("revoked_at", DateTime(timezone=True)),
     Index("refresh_tokens_family", "family_id"),
+)
+
+# Wrong passwords per phone number (known or not, so that a refusal says nothing about
+# which numbers have accounts); the row goes at the next successful login.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("phone", String(16), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("first_failed_at", DateTime(timezone=True), nullable=False),
 )
 
 devices = Table(
@@ -256,6 +268,33 @@ async def get_rider(
 
 async def get_rider_by_phone(session: AsyncSession, phone: str) -> Record | None:
     return (await session.execute(select(riders).where(riders.c.phone == phone))).first()
+
+
+async def login_failures_of(session: AsyncSession, phone: str) -> Record | None:
+    return (
+        await session.execute(select(login_failures).where(login_failures.c.phone == phone))
+    ).first()
+
+
+async def record_login_failure(
+    session: AsyncSession, phone: str, now: datetime, window: timedelta
+) -> None:
+    """One more wrong password; a count older than `window` starts again from 1."""
+    fresh = login_failures.c.first_failed_at > now - window
+    statement = insert(login_failures).values(phone=phone, failures=1, first_failed_at=now)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[login_failures.c.phone],
+            set_={
+                "failures": case((fresh, login_failures.c.failures + 1), else_=1),
+                "first_failed_at": case((fresh, login_failures.c.first_failed_at), else_=now),
+            },
+        )
+    )
+
+
+async def clear_login_failures(session: AsyncSession, phone: str) -> None:
+    await session.execute(delete(login_failures).where(login_failures.c.phone == phone))
 
 
 async def update_rider(session: AsyncSession, rider_id: uuid.UUID, **values: Any) -> Record:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -82,6 +83,10 @@ _ANY_DEVICE_KEY = bytes(32)
 
 class DeviceSwitchLimit(ProblemError):
     status, code, title = 429, "device_switch_limit", "Too many device switches"
+
+
+class TooManyLoginFailures(ProblemError):
+    status, code, title = 429, "too_many_login_failures", "Too many wrong passwords"
 
 
 class RefreshTokenReused(Unauthorized):
@@ -201,13 +206,29 @@ async def prepare_password(password: str, settings: TicketingSettings) -> str:
 
 async def log_in(
     session: AsyncSession, body: LoginRequest, settings: TicketingSettings
-) -> SessionRead:
+) -> SessionRead | None:
+    """A new session, or None for a wrong phone number or password: that failure is recorded
+    in `session`, so the caller commits it and then refuses (raising would roll it back)."""
+    now = utcnow()
+    failures = await repository.login_failures_of(session, body.phone)
+    if failures is not None and failures.failures >= settings.login_failure_limit:
+        until = failures.first_failed_at + settings.login_failure_window
+        if until > now:
+            raise TooManyLoginFailures(
+                "Too many wrong passwords for this phone number; try again later.",
+                retry_after_s=math.ceil((until - now).total_seconds()),
+            )
     rider = await repository.get_rider_by_phone(session, body.phone)
     password_hash = None if rider is None else rider.password_hash
     if not await verify_password(password_hash, body.password, settings):
-        raise Unauthorized("Wrong phone number or password.", code="invalid_credentials")
+        await repository.record_login_failure(
+            session, body.phone, now, settings.login_failure_window
+        )
+        return None
     assert rider is not None
-    return await _new_session(session, rider, settings, utcnow())
+    if failures is not None:
+        await repository.clear_login_failures(session, body.phone)
+    return await _new_session(session, rider, settings, now)
 
 
 async def refresh_session(

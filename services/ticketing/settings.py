@@ -35,6 +35,10 @@ class TicketingSettings(ServiceSettings):
     key_retirement_interval: timedelta = timedelta(seconds=60)
     device_switch_limit: int = Field(default=3, ge=0)
     device_switch_window: timedelta = timedelta(days=30)
+    # Password guessing: after this many wrong passwords for one phone number within the
+    # window, logins for that number are refused (429) until the window has passed.
+    login_failure_limit: int = Field(default=5, ge=1)
+    login_failure_window: timedelta = timedelta(minutes=15)
     # A purchase still pending this long after its last attempt is resolved by the worker.
     purchase_retry_after: timedelta = timedelta(seconds=30)  # well beyond payments_timeout_s
     purchase_retry_max_backoff: timedelta = timedelta(minutes=5)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import jwt
 import pytest
+from sqlalchemy import text
 
 from services.ticketing.schemas import normalize_phone
 from services.ticketing.settings import TicketingSettings
@@ -126,6 +127,46 @@ class TestSessions:
         )
         assert wrong.status_code == unknown.status_code == 401
         assert wrong.json()["code"] == unknown.json()["code"] == "invalid_credentials"
+
+    async def test_password_guessing_locks_the_number_for_the_window(
+        self, http: httpx.AsyncClient, settings: TicketingSettings, ticketing_db: Database
+    ) -> None:
+        rider = await sign_up(http)
+        limit = settings.login_failure_limit
+
+        async def log_in(phone: str, password: str) -> httpx.Response:
+            return await http.post("/v1/sessions", json={"phone": phone, "password": password})
+
+        for _ in range(limit - 1):
+            assert (await log_in(rider.phone, "guess")).status_code == 401
+        # A success before the limit forgets the failures.
+        assert (await log_in(rider.phone, rider.password)).status_code == 200
+        for _ in range(limit):
+            assert (await log_in(rider.phone, "guess")).status_code == 401
+
+        locked = await log_in(rider.phone, rider.password)  # even the right password now
+
+        assert locked.status_code == 429
+        assert locked.headers["content-type"] == "application/problem+json"
+        assert locked.json()["code"] == "too_many_login_failures"
+        window = settings.login_failure_window.total_seconds()
+        assert 0 < int(locked.headers["retry-after"]) <= window
+        # A number without an account is locked the same way: no hint of which numbers exist.
+        stranger = new_phone()
+        for _ in range(limit):
+            assert (await log_in(stranger, "guess")).status_code == 401
+        assert (await log_in(stranger, "guess")).status_code == 429
+        # Once the window has passed, the rider logs in again.
+        async with ticketing_db.transaction() as session:
+            await session.execute(
+                text(
+                    "UPDATE login_failures"
+                    " SET first_failed_at = first_failed_at - make_interval(secs => :seconds)"
+                    " WHERE phone = :phone"
+                ),
+                {"seconds": window, "phone": normalize_phone(rider.phone)},
+            )
+        assert (await log_in(rider.phone, rider.password)).status_code == 200
 
     async def test_access_token_is_short_lived_and_checked(
         self, http: httpx.AsyncClient, settings: TicketingSettings
