@@ -155,6 +155,9 @@ class Memory:
     places: dict[str, GatePlace] = field(default_factory=dict)
     device_keys: dict[str, DeviceKey] = field(default_factory=dict)
     issuer_keys: dict[str, IssuerKey] = field(default_factory=dict)
+    # This process's own configuration (VALIDATION_ISSUER_KEYS): kept here, not in the shared
+    # Redis, so that replicas configured differently cannot remove each other's keys.
+    configured_keys: dict[str, IssuerKey] = field(default_factory=dict)
     usable_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     products: dict[str, ProductRule] = field(default_factory=dict)
     deny_tickets: dict[str, DenyEntry] = field(default_factory=dict)
@@ -181,7 +184,8 @@ class Memory:
                 keys[kid] = IssuerKey.from_record(kid, record)
             except (ValueError, KeyError):
                 continue
-        self.issuer_keys = keys
+        # What operators and ticketing put in Redis wins: an operator can retire a configured key.
+        self.issuer_keys = {**self.configured_keys, **keys}
         self.refresh_usable_keys(now)
         self.products = {}
         for code, record in state.products.items():

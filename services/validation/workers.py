@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.validation import events, repository
-from services.validation.memory import Memory, b64url, decode_public_key
+from services.validation.memory import IssuerKey, Memory, b64url, decode_public_key
 from services.validation.rules import Reason, TicketKind, device_fingerprint
 from services.validation.schemas import IssuerKeyStatus
 from services.validation.service import TICKET_LIFETIME_MARGIN_S, emit_auto_closed
@@ -123,16 +123,19 @@ class Workers:
     # Network state --------------------------------------------------------------------------
 
     async def load_configured_keys(self) -> None:
-        records = {
-            k.kid: {
-                "public_key": b64url(decode_public_key(k.public_key)),
-                "status": "active",
-                "not_after": k.not_after,
-                "source": SETTINGS_SOURCE,
-            }
+        """This process's configured issuer keys, into its memory only. Earlier versions kept
+        them in Redis, where each replica replaced the others' set: those entries go."""
+        self.memory.configured_keys = {
+            k.kid: IssuerKey(
+                kid=k.kid,
+                public_key=decode_public_key(k.public_key),
+                status=IssuerKeyStatus.active,
+                not_after=k.not_after,
+                source=SETTINGS_SOURCE,
+            )
             for k in self.settings.issuer_keys
         }
-        await repository.replace_issuer_keys(self.redis, SETTINGS_SOURCE, records)
+        await repository.replace_issuer_keys(self.redis, SETTINGS_SOURCE, {})
 
     async def refresh_state(self) -> None:
         interval = self.settings.state_refresh.total_seconds()

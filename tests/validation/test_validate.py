@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from citypass.servers import LocalServers
 from services.validation import repository
+from services.validation.app import build_app
 from services.validation.service import Validator
+from services.validation.workers import Workers
 from shared.events import Event
 from shared.kafka import Publisher
 from shared.qrimage import decode_png, render_png
@@ -19,12 +22,15 @@ from shared.ticketcodec import public_key_bytes
 from tests.support import read_events, wait_until
 from tests.validation.conftest import (
     ADMIN,
+    ISSUER_KID,
     b64,
     device_fingerprint,
+    issuer_config,
     make_ticket,
     provision_gate,
     scan,
     ticket_issued,
+    validation_settings,
 )
 
 
@@ -266,6 +272,27 @@ class TestSignatures:
         await publisher.publish("transit.tickets", "issuer-keys", key_set("retired"))
         await wait_until(lambda: kid not in validator.memory.usable_keys, what="the retirement")
         assert (await scan(http, gate, ticket.qr()))["reason"] == "unknown_key"
+
+    async def test_a_replica_configured_with_other_keys_leaves_ours_alone(
+        self, http: httpx.AsyncClient, validator: Validator, tmp_path: Path
+    ) -> None:
+        gate = await provision_gate(http, station="3-08")
+        other_kid = f"x{uuid.uuid4().hex[:4]}"
+        other = build_app(
+            validation_settings(
+                tmp_path, issuer_keys=[issuer_config(other_kid, Ed25519PrivateKey.generate())]
+            )
+        )
+        other_workers: Workers = other.state.workers
+
+        await other_workers.load_configured_keys()  # what its start-up does, on the same Redis
+        seen = validator.memory.version
+        await repository.bump_state(validator.redis)
+        await wait_until(lambda: validator.memory.version != seen, what="the state refresh")
+
+        assert ISSUER_KID in validator.memory.usable_keys
+        assert other_kid not in validator.memory.usable_keys
+        assert (await scan(http, gate, make_ticket().qr()))["decision"] == "accept"
 
     async def test_operator_loaded_issuer_key_is_accepted(self, http: httpx.AsyncClient) -> None:
         gate = await provision_gate(http, station="3-08")
