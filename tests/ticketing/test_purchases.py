@@ -340,6 +340,7 @@ async def pending_purchase(
     price: int,
     *,
     created_at: datetime | None = None,
+    next_attempt_at: datetime | None = None,
 ) -> str:
     """The row a ticketing process leaves when it crashes right after recording a purchase."""
     now = datetime.now(UTC)
@@ -356,7 +357,7 @@ async def pending_purchase(
             rider_category="regular",
             wallet_account_id=uuid.UUID(str(rider.wallet_account_id)),
             status="pending",
-            next_attempt_at=now,
+            next_attempt_at=next_attempt_at or now,
             created_at=created_at or now,
         )
     return str(purchase_id)
@@ -470,7 +471,11 @@ class TestRecovery:
             )
         rider = await sign_up(http)
         await fund(http, payments_http, rider, 100_000)
-        purchase_id = await pending_purchase(ticketing_db, rider, code, 25_000)
+        # The worker must not resolve it (and issue the ticket) before the product is gone.
+        later = datetime.now(UTC) + timedelta(seconds=3)
+        purchase_id = await pending_purchase(
+            ticketing_db, rider, code, 25_000, next_attempt_at=later
+        )
         await charge_as_ticketing_did(payments_process, rider, purchase_id, 25_000)
         async with ticketing_db.transaction() as session:
             await repository.delete_product(session, code)
