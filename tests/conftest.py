@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -78,6 +79,19 @@ def app_client(configured: None) -> AppClient:
             yield http
 
     return client
+
+
+@pytest.fixture
+def one_browser_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Browser tests hold this across test workers: two Chromiums on two cores starve the
+    services under test, and the dashboard test measures a 2 s freshness budget."""
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every xdist worker
+    with (shared / "browser.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

@@ -360,6 +360,7 @@ async def test_a_gate_validation_shows_on_the_dashboard_within_two_seconds(
     operator_redis: Redis,
     artifacts: Path,
     tmp_path: Path,
+    one_browser_at_a_time: None,
 ) -> None:
     binary = chromium_path()
     if binary is None:

@@ -121,7 +121,9 @@ def rider_app() -> Path:
 
 
 @pytest.fixture
-async def browser(tmp_path: Path, artifacts: Path) -> AsyncIterator[Browser]:
+async def browser(
+    tmp_path: Path, artifacts: Path, one_browser_at_a_time: None
+) -> AsyncIterator[Browser]:
     binary = chromium_path()
     if binary is None:
         pytest.fail(INSTALL_HINT)
