@@ -19,14 +19,19 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-# Debian packages the tests need: Chromium drives the operator dashboard in a browser test.
+# Debian packages the tests need: Chromium drives the dashboard and rider app in browser
+# tests; Node.js and npm build the rider app and run its codec against the Python one.
 SYSTEM_STAMP := $(VENV)/.system-stamp
 $(SYSTEM_STAMP): | $(STAMP)
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium fonts-noto-core"; \
+	{ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; } || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    echo "Installing chromium (Debian) for the browser tests…"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-core >/dev/null; \
-	  else echo "The browser tests need Chromium: sudo apt-get install chromium"; exit 1; fi; }
+	    echo "Installing$$missing (Debian) for the tests…"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "The tests need:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
 	@touch $(SYSTEM_STAMP)
 
 install: $(STAMP) ## create .venv and install everything (done by the other targets)

@@ -106,7 +106,7 @@ FIRST_DARK_PIXEL = """(() => {
 def rider_app() -> Path:
     """The build `make app` makes (make rebuilds it only when a source changed)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("the rider app needs Node.js 18+ and npm to build: apt-get install nodejs npm")
+        pytest.fail("the rider app needs Node.js 18+ and npm to build (`make test` installs them)")
     done = subprocess.run(
         ["make", "--no-print-directory", "app"],
         cwd=ROOT,
