@@ -46,7 +46,7 @@ from services.validation.rules import (
     display,
     static_verdict,
 )
-from shared.devicesigning import DeviceSigner
+from shared.devicesigning import DeviceAuth, DeviceSigner
 from shared.qrimage import decode_png
 from shared.ticketcodec import (
     TicketCodecError,
@@ -258,20 +258,15 @@ class OfflineValidator:
 # Talking to the service -------------------------------------------------------------------------
 
 
-def gate_client(url: str) -> httpx.Client:
-    return httpx.Client(base_url=url, timeout=10)
+def gate_client(url: str, signer: DeviceSigner) -> httpx.Client:
+    """A client whose every request is signed as the gate (shared.devicesigning.DeviceAuth)."""
+    return httpx.Client(base_url=url, timeout=10, auth=DeviceAuth(signer))
 
 
-def signed_post(
-    client: httpx.Client, signer: DeviceSigner, path: str, payload: Any
-) -> httpx.Response:
-    body = orjson.dumps(payload)
-    headers = {**signer.headers("POST", path, body), "Content-Type": "application/json"}
-    return client.post(path, content=body, headers=headers)
-
-
-def signed_get(client: httpx.Client, signer: DeviceSigner, path: str) -> httpx.Response:
-    return client.get(path, headers=signer.headers("GET", path))
+def post_json(client: httpx.Client, path: str, payload: Any) -> httpx.Response:
+    return client.post(
+        path, content=orjson.dumps(payload), headers={"Content-Type": "application/json"}
+    )
 
 
 def read_qr(image: Path) -> str:
@@ -333,9 +328,9 @@ def scan_command(args: argparse.Namespace) -> int:
         qr = read_qr(Path(args.image))
         signer = DeviceSigner(args.gate, _secret(args))
         payload = {"qr": qr, "gate_id": args.gate, "scanned_at": datetime.now(UTC).isoformat()}
-        with gate_client(_url(args)) as client:
+        with gate_client(_url(args), signer) as client:
             started = time.perf_counter()
-            response = signed_post(client, signer, "/v1/validations", payload)
+            response = post_json(client, "/v1/validations", payload)
             latency_ms = (time.perf_counter() - started) * 1000
     except (GateError, httpx.HTTPError, ValueError) as exc:
         print(f"error: {exc}")
@@ -350,9 +345,9 @@ def fetch_command(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
     try:
         signer = DeviceSigner(args.gate, _secret(args))
-        with gate_client(_url(args)) as client:
+        with gate_client(_url(args), signer) as client:
             key_response = client.get("/v1/gate-bundle/key")
-            bundle_response = signed_get(client, signer, "/v1/gate-bundle")
+            bundle_response = client.get("/v1/gate-bundle")
         for response in (key_response, bundle_response):
             if response.status_code != 200:
                 raise GateError(_problem(response))
@@ -428,11 +423,11 @@ def upload_command(args: argparse.Namespace) -> int:
         signer = DeviceSigner(args.gate, _secret(args))
         queue = validator.state.queue
         uploaded = conflicts = 0
-        with gate_client(_url(args)) as client:
+        with gate_client(_url(args), signer) as client:
             while queue:
                 batch = queue[:1000]
                 payload = {"gate_id": args.gate, "decisions": batch}
-                response = signed_post(client, signer, "/v1/validations/batch", payload)
+                response = post_json(client, "/v1/validations/batch", payload)
                 if response.status_code != 200:
                     raise GateError(_problem(response))
                 conflicts += int(response.json()["conflicts"])

@@ -58,15 +58,11 @@ class VerifiedSignatures:
     def __init__(self, size: int) -> None:
         self.size = size
         self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def seen(self, digest: bytes) -> bool:
         if digest in self._seen:
             self._seen.move_to_end(digest)
-            self.hits += 1
             return True
-        self.misses += 1
         return False
 
     def add(self, digest: bytes) -> None:

@@ -283,8 +283,8 @@ async def validate(
     """`decision` is ARGV 1 of the decision script (see its contract)."""
     keys = (
         nonce_key(gate_id, nonce, tag=ticket_id),
-        f"cp:{{{ticket_id}}}:qr-used:{at}:{counter}",
-        f"cp:{{{ticket_id}}}:ticket",
+        qr_used_key(ticket_id, at, counter),
+        ticket_key(ticket_id),
     )
     raw = await VALIDATE(redis, keys, (decision, settings))
     reply = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
@@ -380,11 +380,6 @@ async def reconcile(redis: Redis, call: ReconcileCall) -> Reconciled:
 async def mark_upload(redis: Redis, gate_id: str, validation_id: str, ttl_s: int) -> bool:
     """An uploaded decision without a readable ticket, deduplicated under its gate."""
     return bool(await redis.set(key("upload", gate_id, validation_id), b"1", nx=True, ex=ttl_s))
-
-
-async def claim_gate_nonce(redis: Redis, gate_id: str, nonce: str, ttl_s: int) -> bool:
-    """The nonce claim alone, for requests that never reach a ticket's state."""
-    return bool(await redis.set(nonce_key(gate_id, nonce), b"1", nx=True, ex=ttl_s))
 
 
 # Network state: gates, secrets, issuer keys, products, deny list ----------------------------------

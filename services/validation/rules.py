@@ -15,7 +15,6 @@ from enum import StrEnum
 
 from shared.network import (
     BUS_ROUTES,
-    LINES,
     METRO_BASE_FARE,
     METRO_BASE_KM,
     METRO_FARE_PER_KM,
@@ -75,19 +74,7 @@ class TicketKind(StrEnum):
     stored_value = "stored_value"  # distance fare charged to the rider's wallet at tap-out
 
 
-# Reasons decided before the replay step do not consume the QR; later ones do.
-PRE_REPLAY = frozenset(
-    {
-        Reason.malformed,
-        Reason.unknown_key,
-        Reason.bad_issuer_signature,
-        Reason.bad_device_signature,
-        Reason.qr_expired,
-        Reason.qr_not_yet_valid,
-    }
-)
 WILDCARD_LINES = frozenset({"*", "ALL"})
-METRO_LINES = frozenset(line.code for line in LINES)
 BUS_ROUTE_CODES = frozenset(route.code for route in BUS_ROUTES)
 ROUTE_FARE_BAND = {route.code: route.fare_band for route in BUS_ROUTES}
 
@@ -244,6 +231,14 @@ def _vnd(amount: int) -> tuple[str, str]:
     return f"{amount:,}".replace(",", "."), f"{amount:,}"
 
 
+_GREETINGS = {
+    Action.entry: ("Mời qua", "Welcome"),
+    Action.exit: ("Tạm biệt", "Goodbye"),
+    Action.tap: ("Mời lên xe", "Welcome aboard"),
+    Action.none: ("Hợp lệ", "Valid"),
+}
+
+
 def display(
     reason: Reason,
     action: Action,
@@ -254,12 +249,7 @@ def display(
     """Short gate-display text in Vietnamese and English."""
     if reason is not Reason.ok:
         return _MESSAGES[reason]
-    vi, en = {
-        Action.entry: ("Mời qua", "Welcome"),
-        Action.exit: ("Tạm biệt", "Goodbye"),
-        Action.tap: ("Mời lên xe", "Welcome aboard"),
-        Action.none: ("Hợp lệ", "Valid"),
-    }[action]
+    vi, en = _GREETINGS[action]
     if fare:
         fare_vi, fare_en = _vnd(fare)
         vi, en = f"{vi} · Cước {fare_vi} đ", f"{en} · Fare {fare_en} VND"

@@ -57,7 +57,7 @@ from services.validation.schemas import (
 )
 from services.validation.settings import ValidationSettings
 from services.validation.spool import EventPipeline
-from shared.devicesigning import NONCE_TTL_S, SignedRequest, new_secret, replayed
+from shared.devicesigning import NONCE_TTL_S, SignedRequest, claim_nonce, new_secret, replayed
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.network import BUS_ROUTES, LINES
 from shared.ticketcodec import (
@@ -274,10 +274,7 @@ class Validator:
         try:
             qr = parse_dynamic_qr(text)
         except TicketCodecError as error:
-            if not await repository.claim_gate_nonce(
-                self.redis, signed.device_id, signed.nonce, self.nonce_ttl_s
-            ):
-                raise replayed(signed.device_id) from None
+            await claim_nonce(self.redis, signed, ttl_s=self.nonce_ttl_s)
             return self._decide(
                 validation_id, gate, now, scanned, None, codec_reason(error), error.code
             )
