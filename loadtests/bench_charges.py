@@ -56,7 +56,7 @@ async def _funded_wallet(http: httpx.AsyncClient, credentials: Credentials) -> s
         headers={"Idempotency-Key": str(uuid.uuid4())},
     )
     topup.raise_for_status()
-    await bank_pays_topup(http, topup.json()["reference"], WALLET_FUNDS, credentials.webhook_secret)
+    await bank_pays_topup(http, topup.json()["qr"], WALLET_FUNDS, credentials.webhook_secret)
     return wallet_id
 
 

@@ -154,7 +154,7 @@ async def _registered_car(
             headers={"Idempotency-Key": str(uuid.uuid4())},
         )
     )
-    await bank_pays_topup(payments, topup["reference"], WALLET_FUNDS, keys.webhook_secret)
+    await bank_pays_topup(payments, topup["qr"], WALLET_FUNDS, keys.webhook_secret)
     return plate
 
 

@@ -11,16 +11,14 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
-import orjson
 
-from citypass.bank import signed_headers
+from citypass.bank import bank_notification, signed_headers
 from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
-from services.payments.settings import PaymentsSettings
+from shared import vietqr
 from shared.migrations import upgrade_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,20 +87,11 @@ async def local_services(
 
 
 async def bank_pays_topup(
-    payments: httpx.AsyncClient, reference: str, amount: int, webhook_secret: str
+    payments: httpx.AsyncClient, qr: str, amount: int, webhook_secret: str
 ) -> None:
-    """The bank's signed notification that `amount` VND arrived for the top-up `reference`;
-    raises unless payments credited it."""
-    settings = PaymentsSettings()
-    body = orjson.dumps(
-        {
-            "transaction_id": f"BENCH{uuid.uuid4().hex[:20]}",
-            "amount": amount,
-            "bank_bin": settings.bank_bin,
-            "account": settings.collection_account,
-            "reference": reference,
-        }
-    )
+    """The bank pays the top-up's VietQR `qr` (`amount` VND) and sends its signed
+    notification, as `citypass bank pay` does; raises unless payments credited it."""
+    body = bank_notification(vietqr.decode(qr), amount).model_dump_json().encode()
     paid = await payments.post(
         "/v1/bank/notifications", content=body, headers=signed_headers(webhook_secret, body)
     )

@@ -376,16 +376,6 @@ async def read_dashboard(
     )
 
 
-async def read_counters(
-    redis: Redis, bucket: Bucket, stamps: Sequence[str]
-) -> list[dict[str, int]]:
-    pipe = redis.pipeline(transaction=False)
-    for stamp in stamps:
-        pipe.hgetall(bucket_key(bucket, stamp))
-    replies: list[dict[bytes, bytes]] = await pipe.execute()
-    return [{k.decode(): int(v) for k, v in reply.items()} for reply in replies]
-
-
 async def read_table(redis: Redis, table: Table) -> dict[str, dict[str, Any]]:
     raw = cast(dict[bytes, bytes], await redis.hgetall(TABLES[table]))
     return {k.decode(): orjson.loads(v) for k, v in raw.items()}

@@ -22,7 +22,7 @@ from shared.devicesigning import (
 from shared.errors import Unauthorized
 
 
-def parking(request: Request) -> Parking:
+async def parking(request: Request) -> Parking:
     context: Parking = request.app.state.parking
     return context
 

@@ -117,7 +117,7 @@ def refresh_token_hash(token: str) -> bytes:
 # Dependencies -----------------------------------------------------------------------------------
 
 
-def ticketing_settings(request: Request) -> TicketingSettings:
+async def ticketing_settings(request: Request) -> TicketingSettings:
     settings = request.app.state.runtime.settings
     assert isinstance(settings, TicketingSettings)
     return settings

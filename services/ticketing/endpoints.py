@@ -41,12 +41,12 @@ from shared.idempotency import IdempotencyDep
 logger = logging.getLogger("citypass.ticketing")
 
 
-def _payments(request: Request) -> PaymentsClient:
+async def _payments(request: Request) -> PaymentsClient:
     payments: PaymentsClient = request.app.state.payments
     return payments
 
 
-def _keywrap(request: Request) -> KeyWrap:
+async def _keywrap(request: Request) -> KeyWrap:
     keywrap: KeyWrap = request.app.state.keywrap
     return keywrap
 
