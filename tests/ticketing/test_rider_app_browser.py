@@ -4,12 +4,13 @@ tests/cdp.py), against real ticketing, payments and validation services on the r
 A rider signs up in the page, whose Ed25519 device key is made by WebCrypto, non-extractable,
 and kept in IndexedDB; tops up through the bank sandbox (`citypass bank`'s own functions pay the
 VietQR read from a screenshot); buys a day pass, whose first answer is lost on the way so the
-page retries with the same Idempotency-Key; and opens the ticket. The dynamic QR is read from a
-screenshot with zxing-cpp and sent to the validation service by an entry gate, signed as gates
-sign: accepted. Then the phone loses the network and ticketing stops altogether: the page
-reloads from its service worker, keeps signing new codes, and a later one, read from a later
-screenshot, is accepted at an exit gate (the rider is inside since the entry, so an exit is the
-clean answer; a second entry would be anti-passback). Screenshots: test-artifacts/rider-app-*.
+page retries with the same Idempotency-Key; and opens the ticket. The gate simulator
+(`citypass gate scan`) reads the dynamic QR in the screenshot with zxing-cpp and sends it,
+signed as the entry gate: accepted. Then the phone loses the network and ticketing stops
+altogether: the page reloads from its service worker, keeps signing new codes, and a later one,
+in a later screenshot, is accepted by the gate simulator at an exit gate (the rider is inside
+since the entry, so an exit is the clean answer; a second entry would be anti-passback).
+Screenshots: test-artifacts/rider-app-*.
 """
 
 from __future__ import annotations
@@ -17,19 +18,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
-import zxingcpp
 from fastapi import FastAPI
-from PIL import Image
 
 from citypass import bank
 from citypass.servers import LocalServers
@@ -45,7 +46,7 @@ from shared.ticketcodec import parse_dynamic_qr
 from tests.cdp import INSTALL_HINT, Browser, chromium_path
 from tests.operator.conftest import eventually, serve
 from tests.ticketing.conftest import ROOT, WEBHOOK_SECRET, ServiceProcess, new_phone
-from tests.validation.conftest import provision_gate, scan, validation_settings
+from tests.validation.conftest import Gate, provision_gate, validation_settings
 
 # Not 0 (services' tests), 3 (operator), 4 (the dashboard test's validation): this validation
 # service's issuer keys and trips live apart from theirs.
@@ -55,7 +56,7 @@ PASSWORD = "rider app 2026"
 TOPUP_VND = 100_000
 DAY_PASS, DAY_PASS_PRICE, DAY_PASS_CODE = "METRO-DAY", 40_000, "MD"
 QR_PERIOD_S = 10
-QR_ONLY = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode)
+CITYPASS = Path(sys.executable).parent / "citypass"  # the CLI, from the same environment
 # What Chromium logs by itself when a request fails: expected while the network is cut.
 NETWORK_FAILURES = ("net::ERR_CONNECTION_RESET", "net::ERR_INTERNET_DISCONNECTED")
 
@@ -181,12 +182,31 @@ async def snap(page: Browser, artifacts: Path, name: str) -> bytes:
 
 
 def read_qr(png: bytes) -> str:
-    """What a gate's QR scanner reads off the phone's screen (QR codes only: searching every
-    symbology, zxing-cpp now and then finds a short 1D "barcode" in the page's text)."""
-    image = Image.open(io.BytesIO(png)).convert("L")
-    found = [code.text for code in zxingcpp.read_barcodes(image, formats=QR_ONLY)]
+    """What a gate's QR scanner reads off the phone's screen."""
+    found = qrimage.decode_png(png)
     assert len(found) == 1, f"expected one QR code on the screen, read {found}"
     return found[0]
+
+
+async def gate_simulator(validation_url: str, gate: Gate, screenshot: Path) -> dict[str, Any]:
+    """`citypass gate scan SCREENSHOT --gate G --json`: the gate simulator reads the QR in the
+    image with zxing-cpp and asks validation, signed as the gate."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(CITYPASS), "gate", "scan", str(screenshot), "--gate", gate.gate_id, "--json"],
+        env={
+            **os.environ,
+            "CITYPASS_VALIDATION_URL": validation_url,
+            "CITYPASS_GATE_SECRET": gate.signer.secret.decode(),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode in (0, 1), f"the gate could not decide:\n{done.stdout}{done.stderr}"
+    decided: dict[str, Any] = orjson.loads(done.stdout)
+    return decided
 
 
 def pay_with_the_bank(payments_url: str, text: str, amount: int) -> None:
@@ -347,7 +367,7 @@ async def test_a_rider_buys_a_day_pass_and_passes_the_gates_online_then_offline(
             assert code.counter in (counter, counter + 1)  # it may have just been renewed
             assert qrimage.qr_version(online_qr) <= 11
             await assert_quiet_zone(page, qrimage.qr_version(online_qr))
-            decided = await scan(validation, entry, online_qr)
+            decided = await gate_simulator(gates_url, entry, artifacts / "rider-app-ticket.png")
             assert (decided["decision"], decided["action"]) == ("accept", "entry"), decided
 
             # English on demand.
@@ -405,7 +425,9 @@ async def test_a_rider_buys_a_day_pass_and_passes_the_gates_online_then_offline(
             later = parse_dynamic_qr(later_qr)
             assert later.at > code.at
             assert later.counter > code.counter
-            decided = await scan(validation, exit_, later_qr)
+            decided = await gate_simulator(
+                gates_url, exit_, artifacts / "rider-app-ticket-later.png"
+            )
             assert (decided["decision"], decided["action"]) == ("accept", "exit"), decided
             assert page.problems == []
 
