@@ -39,14 +39,22 @@ from services.ticketing.settings import TicketingSettings
 from services.ticketing.webapp import DIST_DIR
 from services.validation import repository as validation_repository
 from services.validation.app import build_app as build_validation_app
+from services.validation.events import TICKETS_TOPIC
 from services.validation.service import Validator
 from shared import qrimage, vietqr
 from shared.db import Database
+from shared.kafka import Publisher
 from shared.ticketcodec import parse_dynamic_qr
 from tests.cdp import INSTALL_HINT, Browser, chromium_path
 from tests.operator.conftest import eventually, serve
 from tests.ticketing.conftest import ROOT, WEBHOOK_SECRET, ServiceProcess, new_phone
-from tests.validation.conftest import Gate, provision_gate, validation_settings
+from tests.validation.conftest import (
+    Gate,
+    make_ticket,
+    provision_gate,
+    ticket_issued,
+    validation_settings,
+)
 
 # Not 0 (services' tests), 3 (operator), 4 (the dashboard test's validation): this validation
 # service's issuer keys and trips live apart from theirs.
@@ -273,6 +281,21 @@ async def test_a_rider_buys_a_day_pass_and_passes_the_gates_online_then_offline(
                 return kid in validator.memory.usable_keys
 
             await eventually(knows_the_issuer_key, timeout_s=20)
+            # Its new consumer group reads transit.tickets from the beginning: on a worker
+            # where earlier tests published thousands of ticket events, wait until it has
+            # caught up (a probe published now is applied) before the rider buys.
+            probe = make_ticket()
+            kafka = Publisher(servers.kafka_bootstrap, send_timeout_s=5)
+            try:
+                await kafka.publish(TICKETS_TOPIC, probe.id, ticket_issued(probe))
+            finally:
+                await kafka.close()
+
+            async def caught_up() -> bool:
+                key = validation_repository.ticket_key(probe.id)
+                return bool(await validator.redis.exists(key))
+
+            await eventually(caught_up, timeout_s=120)
             entry = await provision_gate(validation, station="2A-01", direction="entry")
             exit_ = await provision_gate(validation, station="2A-08", direction="exit")
 
