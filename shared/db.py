@@ -1,11 +1,21 @@
-"""Async SQLAlchemy 2 on asyncpg. The request or consumer boundary owns the transaction."""
+"""Async SQLAlchemy 2 on asyncpg. The request or consumer boundary owns the transaction.
+
+Hot paths that send one prepared statement per request (a PL/pgSQL function that guards its
+Idempotency-Key, does the work and stores the answer) use `Database.fetchrow` instead: a plain
+asyncpg pool in autocommit, so the statement and its commit are one round trip, and no
+SQLAlchemy statement is built per request (asyncpg caches the prepared statement).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]  # no stubs; kept to this module
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -13,12 +23,30 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+CONNECT_TIMEOUT_S = 5
+
+
+class UniqueViolation(Exception):
+    """A `fetchrow` statement broke a unique constraint (nothing of it was committed)."""
+
+    def __init__(self, constraint: str | None) -> None:
+        super().__init__(f"unique constraint {constraint} violated")
+        self.constraint = constraint
+
+
+async def _keep_session_state(_: Any) -> None:
+    """Returned connections hold no session state to reset (no LISTEN, no session locks):
+    asyncpg's default reset would cost a round trip per statement."""
+
 
 class Database:
     """One engine per service process, with its schema first on the search path."""
 
     def __init__(self, url: str, schema: str, *, pool_size: int = 10) -> None:
         self.schema = schema
+        self.url = url
+        self.pool_size = pool_size
+        self.server_settings = {"search_path": f"{schema},public", "application_name": schema}
         self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,
@@ -26,12 +54,11 @@ class Database:
             # No pre-ping round trip per transaction: a dead connection is invalidated on
             # its first error, and connections are recycled hourly.
             pool_recycle=3600,
-            connect_args={
-                "server_settings": {"search_path": f"{schema},public", "application_name": schema},
-                "timeout": 5,
-            },
+            connect_args={"server_settings": self.server_settings, "timeout": CONNECT_TIMEOUT_S},
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._raw: Any = None  # asyncpg.Pool
+        self._raw_opening: asyncio.Lock | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -39,9 +66,44 @@ class Database:
         async with self.sessions() as session, session.begin():
             yield session
 
+    async def raw_pool(self) -> Any:
+        """The plain asyncpg pool (autocommit), opened on first use."""
+        if self._raw is not None:
+            return self._raw
+        if self._raw_opening is None:
+            self._raw_opening = asyncio.Lock()
+        async with self._raw_opening:
+            if self._raw is None:
+                url = make_url(self.url)
+                self._raw = await asyncpg.create_pool(
+                    host=url.host,
+                    port=url.port,
+                    user=url.username,
+                    password=url.password,
+                    database=url.database,
+                    min_size=1,
+                    max_size=2 * self.pool_size,
+                    server_settings=self.server_settings,
+                    timeout=CONNECT_TIMEOUT_S,
+                    reset=_keep_session_state,
+                )
+        return self._raw
+
+    async def fetchrow(self, query: str, *args: object) -> Mapping[str, Any] | None:
+        """One statement in its own transaction: it commits when it succeeds."""
+        pool = self._raw or await self.raw_pool()
+        try:
+            row: Mapping[str, Any] | None = await pool.fetchrow(query, *args)
+        except asyncpg.UniqueViolationError as error:
+            raise UniqueViolation(error.constraint_name) from error
+        return row
+
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        if self._raw is not None:
+            raw, self._raw = self._raw, None
+            await raw.close()
         await self.engine.dispose()

@@ -9,16 +9,22 @@ The first request takes a transaction-scoped advisory lock on the key, and store
 response in the same transaction as its effect: both commit or neither does, so a crash
 leaves no half-done key and a retry simply runs again. Only successful (2xx) responses are
 stored; an error rolls the whole transaction back, effect and key alike.
+
+Hot operations run the same protocol in one round trip: a PL/pgSQL function of the service
+calls `idempotency_claim` (the lock and the lookup), does its work, renders its answer from a
+`response_template` and calls `idempotency_store`; `Database.fetchrow` runs it in autocommit,
+so the effect and the key commit together, and `guarded_answer` reads what it returned.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import orjson
 from fastapi import Depends, Header, Request
@@ -44,6 +50,8 @@ from shared.errors import ProblemError
 
 KEY_RETENTION = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
+JSON: Final = "application/json"
+REPLAYED_HEADER: Final = {"Idempotent-Replayed": "true"}
 
 
 def idempotency_keys_table(metadata: MetaData) -> Table:
@@ -79,6 +87,16 @@ class IdempotentRequest:
     key: str
     scope: str
     fingerprint: str
+
+    @property
+    def lock_id(self) -> int:
+        """The key's transaction-scoped advisory lock."""
+        digest = hashlib.sha256(f"{self.scope}\0{self.key}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def arguments(self) -> tuple[int, str, str, str]:
+        """The first four arguments of every one-round-trip function (`idempotency_claim`'s)."""
+        return self.lock_id, self.scope, self.key, self.fingerprint
 
 
 async def idempotent_request(
@@ -126,11 +144,11 @@ class IdempotentCall:
                 key=self.request.key,
                 fingerprint=self.request.fingerprint,
                 status_code=status_code,
-                media_type="application/json",
+                media_type=JSON,
                 body=body,
             )
         )
-        return Response(body, status_code, media_type="application/json")
+        return Response(body, status_code, media_type=JSON)
 
 
 class Idempotency:
@@ -142,13 +160,8 @@ class Idempotency:
     async def call(self, request: IdempotentRequest) -> AsyncIterator[IdempotentCall]:
         """Open the request's transaction, guarded by its key; `call.replay` is set on a replay."""
         async with self.database.transaction() as session:
-            lock_id = int.from_bytes(
-                hashlib.sha256(f"{request.scope}\0{request.key}".encode()).digest()[:8],
-                "big",
-                signed=True,
-            )
             locked = await session.scalar(
-                text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": lock_id}
+                text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": request.lock_id}
             )
             if not locked:
                 raise IdempotencyKeyInFlight(
@@ -171,7 +184,7 @@ class Idempotency:
                     stored.body,
                     stored.status_code,
                     media_type=stored.media_type,
-                    headers={"Idempotent-Replayed": "true"},
+                    headers=REPLAYED_HEADER,
                 )
             yield call
 
@@ -181,3 +194,132 @@ class Idempotency:
                 delete(self.table).where(self.table.c.created_at < func.now() - retention)
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# One round trip ----------------------------------------------------------------------------------
+
+# PL/pgSQL for a service's migration (run with its schema first on the search path). Changing it
+# means a new migration that re-creates these functions.
+GUARD_FUNCTIONS: Final = (
+    """
+    CREATE TYPE idempotent_outcome AS (
+        outcome text,  -- created | replay | in_flight | reused | the operation's refusal code
+        status_code integer,
+        media_type text,
+        body bytea,
+        detail jsonb  -- what a refusal needs to explain itself
+    )
+    """,
+    # The guard of `Idempotency.call`: NULL outcome when the key is free (and now locked).
+    """
+    CREATE FUNCTION idempotency_claim(
+        p_lock bigint, p_scope text, p_key text, p_fingerprint text
+    ) RETURNS idempotent_outcome LANGUAGE plpgsql AS $$
+    DECLARE
+        stored record;
+        result idempotent_outcome;
+    BEGIN
+        IF NOT pg_try_advisory_xact_lock(p_lock) THEN
+            result.outcome := 'in_flight';
+            RETURN result;
+        END IF;
+        SELECT k.fingerprint, k.status_code, k.media_type, k.body INTO stored
+          FROM idempotency_keys k WHERE k.scope = p_scope AND k.key = p_key;
+        IF FOUND THEN
+            IF stored.fingerprint <> p_fingerprint THEN
+                result.outcome := 'reused';
+            ELSE
+                result := ROW('replay', stored.status_code, stored.media_type, stored.body,
+                              NULL)::idempotent_outcome;
+            END IF;
+        END IF;
+        RETURN result;
+    END
+    $$
+    """,
+    """
+    CREATE FUNCTION idempotency_store(
+        p_scope text, p_key text, p_fingerprint text, p_status integer, p_body bytea
+    ) RETURNS idempotent_outcome LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO idempotency_keys (scope, key, fingerprint, status_code, media_type, body)
+        VALUES (p_scope, p_key, p_fingerprint, p_status, 'application/json', p_body);
+        RETURN ROW('created', p_status, 'application/json', p_body, NULL)::idempotent_outcome;
+    END
+    $$
+    """,
+    # A timestamp as pydantic writes it in JSON, quoted: 2026-01-02T03:04:05.123456Z.
+    """
+    CREATE FUNCTION json_time(t timestamptz) RETURNS text LANGUAGE sql STABLE AS $$
+        SELECT CASE WHEN t IS NULL THEN 'null' ELSE
+            '"' || to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+            || CASE WHEN to_char(t, 'US') = '000000' THEN '' ELSE to_char(t, '.US') END
+            || 'Z"'
+        END
+    $$
+    """,
+)
+
+_SLOT = f"slot-{secrets.token_hex(8)}-"  # never met in real data
+
+
+def response_template(model: type[BaseModel], slots: tuple[str, ...], /, **values: Any) -> str:
+    """The JSON of `model(**values)` for PostgreSQL's `format()`, with the fields named in
+    `slots` left as `%1$s`, `%2$s`… for the database to fill in (a balance, a timestamp
+    through `json_time`) in the statement that stores the answer."""
+    for position, name in enumerate(slots, 1):
+        values[name] = f"{_SLOT}{position}"
+    # Slots hold text where the model wants a number or a time: skip the type warnings.
+    rendered = model.model_construct(**values).model_dump_json(warnings=False)
+    rendered = rendered.replace("%", "%%")
+    for position in range(1, len(slots) + 1):
+        rendered = rendered.replace(f'"{_SLOT}{position}"', f"%{position}$s")
+    return rendered
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """The stored response of a key: the first answer, or its replay."""
+
+    status_code: int
+    media_type: str
+    body: bytes
+    replayed: bool
+
+    def response(self) -> Response:
+        headers = REPLAYED_HEADER if self.replayed else None
+        return Response(self.body, self.status_code, headers, self.media_type)
+
+
+def guarded_answer(outcome: Mapping[str, Any]) -> StoredAnswer | None:
+    """Read an `idempotent_outcome`: the answer (first or replayed), a 409 or 422 for the key,
+    or None when the operation refused by its own rules (`outcome["outcome"]` says which)."""
+    match outcome["outcome"]:
+        case "created" | "replay" as kind:
+            return StoredAnswer(
+                outcome["status_code"], outcome["media_type"], outcome["body"], kind == "replay"
+            )
+        case "in_flight":
+            raise IdempotencyKeyInFlight(
+                "A request with this Idempotency-Key is still being processed; retry later."
+            )
+        case "reused":
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used for a different request."
+            )
+    return None
+
+
+async def claim(database: Database, request: IdempotentRequest) -> StoredAnswer | None:
+    """Only the guard, for a request refused before it does anything: the stored answer of a
+    replay, a 409 or 422, or None when the key is free (the refusal then goes out)."""
+    outcome = await database.fetchrow(
+        "SELECT * FROM idempotency_claim($1, $2, $3, $4)", *request.arguments()
+    )
+    assert outcome is not None
+    return guarded_answer(outcome)
+
+
+def refusal_detail(outcome: Mapping[str, Any]) -> dict[str, Any]:
+    detail = outcome["detail"]
+    return orjson.loads(detail) if detail else {}

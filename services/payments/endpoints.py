@@ -138,10 +138,7 @@ async def get_account(account_id: uuid.UUID, rt: RuntimeDep) -> AccountRead:
     ),
 )
 async def create_charge(
-    body: ChargeCreate,
-    key: IdempotencyDep,
-    store: IdempotencyStoreDep,
-    settings: SettingsDep,
+    body: ChargeCreate, key: IdempotencyDep, rt: RuntimeDep, settings: SettingsDep
 ) -> Response:
     """Debit a wallet and credit transit revenue, or a parking lot's revenue (`lot_id`).
 
@@ -149,9 +146,7 @@ async def create_charge(
     first answer byte for byte and never charges twice. A wallet short of funds answers 402
     `insufficient_funds` with the `shortfall` in VND; nothing is posted then.
     """
-    return await _idempotent(
-        store, key, 201, lambda session: service.charge(session, body, settings)
-    )
+    return (await service.charge(rt.db, key, body, settings)).response()
 
 
 @router.post(
@@ -167,19 +162,14 @@ async def create_charge(
     ),
 )
 async def place_hold(
-    body: HoldCreate,
-    key: IdempotencyDep,
-    store: IdempotencyStoreDep,
-    settings: SettingsDep,
+    body: HoldCreate, key: IdempotencyDep, rt: RuntimeDep, settings: SettingsDep
 ) -> Response:
     """Reserve funds of a wallet (e.g. at a parking entry) until captured, voided or expired.
 
     The money moves to escrow at once; the wallet's balance no longer shows it. A hold not
     settled before `expires_at` is voided automatically and the money goes back.
     """
-    return await _idempotent(
-        store, key, 201, lambda session: service.place_hold(session, body, settings)
-    )
+    return (await service.place_hold(rt.db, key, body, settings)).response()
 
 
 @router.get(
@@ -209,13 +199,11 @@ async def capture_hold(
     hold_id: uuid.UUID,
     body: HoldCapture,
     key: IdempotencyDep,
-    store: IdempotencyStoreDep,
+    rt: RuntimeDep,
     settings: SettingsDep,
 ) -> Response:
     """Take up to the held amount as revenue; the rest goes back to the wallet at once."""
-    return await _idempotent(
-        store, key, 200, lambda session: service.capture_hold(session, hold_id, body, settings)
-    )
+    return (await service.capture_hold(rt.db, key, hold_id, body, settings)).response()
 
 
 @router.post(
@@ -226,11 +214,9 @@ async def capture_hold(
         (404, "No such hold"), (409, "`hold_not_pending`, or in progress"), IDEMPOTENCY[0]
     ),
 )
-async def void_hold(
-    hold_id: uuid.UUID, key: IdempotencyDep, store: IdempotencyStoreDep
-) -> Response:
+async def void_hold(hold_id: uuid.UUID, key: IdempotencyDep, rt: RuntimeDep) -> Response:
     """Cancel a hold: all of it goes back to the wallet."""
-    return await _idempotent(store, key, 200, lambda session: service.void_hold(session, hold_id))
+    return (await service.void_hold(rt.db, key, hold_id)).response()
 
 
 @router.post(
@@ -315,10 +301,7 @@ async def topup_qr_png(topup_id: uuid.UUID, rt: RuntimeDep) -> Response:
     responses=problem_responses(INVALID, *IDEMPOTENCY),
 )
 async def request_parking_payment(
-    body: ParkingPaymentCreate,
-    key: IdempotencyDep,
-    store: IdempotencyStoreDep,
-    settings: SettingsDep,
+    body: ParkingPaymentCreate, key: IdempotencyDep, rt: RuntimeDep, settings: SettingsDep
 ) -> Response:
     """A dynamic VietQR for an exact parking fee, paid by any bank app.
 
@@ -326,9 +309,7 @@ async def request_parking_payment(
     `citypass.payments.payment_request.paid.v1` (with `parking_session_id`) is published on
     `payments.ledger`.
     """
-    return await _idempotent(
-        store, key, 201, lambda session: service.request_parking_payment(session, body, settings)
-    )
+    return (await service.request_parking_payment(rt.db, key, body, settings)).response()
 
 
 @router.get(

@@ -9,12 +9,13 @@ wallet leg first whichever side it is on.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, TypeAlias
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -37,8 +38,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID, insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db import Database, UniqueViolation
 from shared.events import Event
-from shared.idempotency import idempotency_keys_table
+from shared.idempotency import IdempotentRequest, idempotency_keys_table
 from shared.inbox import processed_events_table
 from shared.outbox import outbox_table
 
@@ -48,6 +50,7 @@ idempotency_keys = idempotency_keys_table(metadata)
 processed_events = processed_events_table(metadata)
 
 Record: TypeAlias = Row[*tuple[Any, ...]]
+Outcome: TypeAlias = Mapping[str, Any]  # an idempotent_outcome (see migration payments_0002)
 
 # uuid5(namespace, code) names every system account, so no lookup is needed to find one.
 SYSTEM_ACCOUNT_NAMESPACE = uuid.UUID("6f1c2a40-3d1e-4b8e-9a57-5b0c9e7d2f11")
@@ -389,6 +392,235 @@ async def post_transfer(
     return PostedTransfer(int(row.debit_balance), int(row.credit_balance), row.posted_at)
 
 
+# One round trip: the *_once functions of migration payments_0002 --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """An event as the outbox row stores it."""
+
+    id: str
+    headers: str  # JSON [[name, value], …]
+    payload: bytes
+
+    @classmethod
+    def of(cls, event: Event) -> OutboxEvent:
+        headers = [[name, value.decode()] for name, value in event.headers()]
+        return cls(event.id, orjson.dumps(headers).decode(), event.value())
+
+
+def _once(function: str, arity: int) -> str:
+    return f"SELECT * FROM {function}({', '.join(f'${n}' for n in range(1, arity + 1))})"
+
+
+_CHARGE_ONCE = _once("charge_once", 19)
+_PLACE_HOLD_ONCE = _once("place_hold_once", 20)
+_CAPTURE_HOLD_ONCE = _once("capture_hold_once", 21)
+_VOID_HOLD_ONCE = _once("void_hold_once", 12)
+_PARKING_PAYMENT_REQUEST_ONCE = _once("parking_payment_request_once", 11)
+DUPLICATE_TRANSFER: Outcome = {"outcome": "duplicate_transfer", "detail": None}
+
+
+async def _run_once(db: Database, statement: str, *args: object) -> Outcome:
+    try:
+        outcome = await db.fetchrow(statement, *args)
+    except UniqueViolation as violation:
+        if violation.constraint == "transfers_pkey":
+            return DUPLICATE_TRANSFER
+        raise
+    assert outcome is not None
+    return outcome
+
+
+async def charge_once(
+    db: Database,
+    key: IdempotentRequest,
+    draft: TransferDraft,
+    revenue: SystemAccount,
+    topic: str,
+    event_key: str,
+    event: OutboxEvent,
+    template: str,
+) -> Outcome:
+    return await _run_once(
+        db,
+        _CHARGE_ONCE,
+        *key.arguments(),
+        draft.id,
+        draft.debit.account_id,
+        draft.amount,
+        draft.source,
+        draft.lot_id,
+        revenue.id,
+        revenue.code,
+        revenue.kind,
+        revenue.shard,
+        event.id,
+        topic,
+        event_key,
+        event.headers,
+        event.payload,
+        template,
+    )
+
+
+async def place_hold_once(
+    db: Database,
+    key: IdempotentRequest,
+    draft: TransferDraft,
+    ttl: timedelta,
+    escrow: SystemAccount,
+    topic: str,
+    event_key: str,
+    event: OutboxEvent,
+    template: str,
+) -> Outcome:
+    return await _run_once(
+        db,
+        _PLACE_HOLD_ONCE,
+        *key.arguments(),
+        draft.hold_id,
+        draft.id,
+        draft.debit.account_id,
+        draft.amount,
+        draft.source,
+        draft.lot_id,
+        ttl,
+        escrow.id,
+        escrow.code,
+        escrow.shard,
+        event.id,
+        topic,
+        event_key,
+        event.headers,
+        event.payload,
+        template,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HoldTerms:
+    """What a hold was placed with: none of it ever changes."""
+
+    id: uuid.UUID
+    wallet_account_id: uuid.UUID
+    holds_account_id: uuid.UUID
+    amount: int
+    source: str
+    lot_id: str | None
+    hold_transfer_id: uuid.UUID
+    expires_at: datetime
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> HoldTerms:
+        return cls(*(row[name] for name in HOLD_TERMS))
+
+
+HOLD_TERMS = tuple(field.name for field in fields(HoldTerms))
+_HOLD_TERMS = f"SELECT {', '.join(HOLD_TERMS)} FROM holds WHERE id = $1"
+
+
+async def get_hold_terms(db: Database, hold_id: uuid.UUID) -> HoldTerms | None:
+    """No lock needed: the terms never change (the *_once function locks the hold)."""
+    row = await db.fetchrow(_HOLD_TERMS, hold_id)
+    return None if row is None else HoldTerms.of(row)
+
+
+@dataclass(frozen=True, slots=True)
+class PostedDraft:
+    """A transfer the database will post, with its event."""
+
+    draft: TransferDraft
+    event: OutboxEvent
+
+
+async def capture_hold_once(
+    db: Database,
+    key: IdempotentRequest,
+    hold_id: uuid.UUID,
+    amount: int,
+    capture: PostedDraft | None,
+    revenue: SystemAccount | None,
+    release: PostedDraft | None,
+    topic: str,
+    event_key: str | None,
+    template: str | None,
+) -> Outcome:
+    return await _run_once(
+        db,
+        _CAPTURE_HOLD_ONCE,
+        *key.arguments(),
+        hold_id,
+        amount,
+        capture and capture.draft.id,
+        revenue and revenue.id,
+        revenue and revenue.code,
+        revenue and revenue.kind,
+        revenue and revenue.shard,
+        capture and capture.event.id,
+        capture and capture.event.headers,
+        capture and capture.event.payload,
+        release and release.draft.id,
+        release and release.event.id,
+        release and release.event.headers,
+        release and release.event.payload,
+        topic,
+        event_key,
+        template,
+    )
+
+
+async def void_hold_once(
+    db: Database,
+    key: IdempotentRequest,
+    hold_id: uuid.UUID,
+    release: PostedDraft | None,
+    topic: str,
+    event_key: str | None,
+    template: str | None,
+) -> Outcome:
+    return await _run_once(
+        db,
+        _VOID_HOLD_ONCE,
+        *key.arguments(),
+        hold_id,
+        release and release.draft.id,
+        release and release.event.id,
+        release and release.event.headers,
+        release and release.event.payload,
+        topic,
+        event_key,
+        template,
+    )
+
+
+async def parking_payment_request_once(
+    db: Database,
+    key: IdempotentRequest,
+    *,
+    id: uuid.UUID,
+    reference: str,
+    amount: int,
+    lot_id: str,
+    parking_session_id: str,
+    qr_payload: str,
+    template: str,
+) -> Outcome:
+    return await _run_once(
+        db,
+        _PARKING_PAYMENT_REQUEST_ONCE,
+        *key.arguments(),
+        id,
+        reference,
+        amount,
+        lot_id,
+        parking_session_id,
+        qr_payload,
+        template,
+    )
+
+
 async def lock_transfer(session: AsyncSession, transfer_id: uuid.UUID) -> Record | None:
     """The transfer, locked against concurrent refunds of it (the journal row never changes)."""
     return (
@@ -409,17 +641,6 @@ async def refunded_total(session: AsyncSession, original_transfer_id: uuid.UUID)
 
 
 # Holds ------------------------------------------------------------------------------------------
-
-
-async def insert_hold(session: AsyncSession, **values: Any) -> Record:
-    row: Record = (await session.execute(holds.insert().values(**values).returning(holds))).one()
-    return row
-
-
-async def lock_hold(session: AsyncSession, hold_id: uuid.UUID) -> Record | None:
-    return (
-        await session.execute(select(holds).where(holds.c.id == hold_id).with_for_update())
-    ).first()
 
 
 async def get_hold(session: AsyncSession, hold_id: uuid.UUID) -> Record | None:

@@ -12,7 +12,7 @@ import secrets
 import uuid
 import zlib
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import uuid_utils
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.payments import events, reconciliation, repository
 from services.payments.repository import (
+    HoldTerms,
     Leg,
+    OutboxEvent,
+    Outcome,
+    PostedDraft,
     PostedTransfer,
     Record,
     SystemAccount,
@@ -57,7 +61,16 @@ from services.payments.schemas import (
 )
 from services.payments.settings import PaymentsSettings
 from shared import qrimage, vietqr
+from shared.db import Database
 from shared.errors import Conflict, NotFound, ProblemError, Unprocessable
+from shared.idempotency import (
+    IdempotentRequest,
+    StoredAnswer,
+    claim,
+    guarded_answer,
+    refusal_detail,
+    response_template,
+)
 from shared.outbox import add_event
 
 
@@ -262,39 +275,78 @@ async def _post(session: AsyncSession, draft: TransferDraft) -> PostedTransfer:
     )
 
 
+def _raise(error: ProblemError) -> NoReturn:
+    raise error
+
+
+def _refusal_of(outcome: Outcome, draft: TransferDraft) -> ProblemError:
+    """Why the database posted nothing for `draft` (a wallet debit)."""
+    match outcome["outcome"]:
+        case "insufficient_funds":
+            balance = int(refusal_detail(outcome)["balance"])
+            shortfall = draft.amount - balance
+            return InsufficientFunds(
+                f"The wallet is {shortfall} VND short of {draft.amount} VND.",
+                shortfall=shortfall,
+                amount=draft.amount,
+                balance=balance,
+                account_id=str(draft.debit.account_id),
+            )
+        case "unknown_account":
+            kinds = " or ".join(draft.debit.kinds)
+            return UnknownAccount(
+                f"No {kinds} account {draft.debit.account_id}.",
+                account_id=str(draft.debit.account_id),
+            )
+        case "duplicate_transfer":
+            return DuplicateTransfer(
+                f"Transfer id {draft.id} is already in the ledger.", transfer_id=str(draft.id)
+            )
+    raise LedgerCorrupted(f"transfer {draft.id}: unexpected outcome {outcome['outcome']}")
+
+
 # Charges ----------------------------------------------------------------------------------------
 
 
 async def charge(
-    session: AsyncSession, request: ChargeCreate, settings: PaymentsSettings
-) -> ChargeRead:
+    db: Database, key: IdempotentRequest, request: ChargeCreate, settings: PaymentsSettings
+) -> StoredAnswer:
+    """Debit the wallet, credit a revenue sub-account: one statement with its key and answer."""
     transfer_id = request.transfer_id or new_id()
     revenue = revenue_account(
         request.source, request.lot_id, shard_of(transfer_id, settings.hot_account_shards)
     )
-    posted = await _post(
-        session,
-        TransferDraft(
-            id=transfer_id,
-            kind=TransferKind.charge.value,
-            amount=request.amount,
-            debit=Leg(request.account_id, WALLET_KIND_NAMES),
-            credit=Leg.of(revenue),
-            wallet_account_id=request.account_id,
-            source=request.source.value,
-            lot_id=request.lot_id,
-        ),
+    draft = TransferDraft(
+        id=transfer_id,
+        kind=TransferKind.charge.value,
+        amount=request.amount,
+        debit=Leg(request.account_id, WALLET_KIND_NAMES),
+        credit=Leg.of(revenue),
+        wallet_account_id=request.account_id,
+        source=request.source.value,
+        lot_id=request.lot_id,
     )
-    return ChargeRead(
+    template = response_template(
+        ChargeRead,
+        ("balance", "posted_at"),
         id=transfer_id,
         account_id=request.account_id,
         amount=request.amount,
         source=request.source,
         lot_id=request.lot_id,
         revenue_account_id=revenue.id,
-        balance=posted.debit_balance,
-        posted_at=posted.posted_at,
     )
+    outcome = await repository.charge_once(
+        db,
+        key,
+        draft,
+        revenue,
+        events.LEDGER_TOPIC,
+        events.ledger_key(draft),
+        OutboxEvent.of(events.transfer_posted(draft)),
+        template,
+    )
+    return guarded_answer(outcome) or _raise(_refusal_of(outcome, draft))
 
 
 # Holds ------------------------------------------------------------------------------------------
@@ -323,47 +375,62 @@ def _hold_read(row: Record, balance: int) -> HoldRead:
 
 
 async def place_hold(
-    session: AsyncSession, request: HoldCreate, settings: PaymentsSettings
-) -> HoldRead:
+    db: Database, key: IdempotentRequest, request: HoldCreate, settings: PaymentsSettings
+) -> StoredAnswer:
     ttl = (
         settings.hold_ttl
         if request.expires_in_s is None
         else timedelta(seconds=request.expires_in_s)
     )
     if ttl > settings.hold_max_ttl:
-        raise HoldTooLong(
-            f"A hold lasts at most {int(settings.hold_max_ttl.total_seconds())} s.",
-            max_expires_in_s=int(settings.hold_max_ttl.total_seconds()),
+        return await claim(db, key) or _raise(
+            HoldTooLong(
+                f"A hold lasts at most {int(settings.hold_max_ttl.total_seconds())} s.",
+                max_expires_in_s=int(settings.hold_max_ttl.total_seconds()),
+            )
         )
     transfer_id = request.transfer_id or new_id()
     hold_id = new_id()
     escrow = holds_account(shard_of(transfer_id, settings.hot_account_shards))
-    posted = await _post(
-        session,
-        TransferDraft(
-            id=transfer_id,
-            kind=TransferKind.hold.value,
-            amount=request.amount,
-            debit=Leg(request.account_id, WALLET_KIND_NAMES),
-            credit=Leg.of(escrow),
-            wallet_account_id=request.account_id,
-            source=request.source.value,
-            lot_id=request.lot_id,
-            hold_id=hold_id,
-        ),
-    )
-    row = await repository.insert_hold(
-        session,
-        id=hold_id,
-        wallet_account_id=request.account_id,
-        holds_account_id=escrow.id,
+    draft = TransferDraft(
+        id=transfer_id,
+        kind=TransferKind.hold.value,
         amount=request.amount,
+        debit=Leg(request.account_id, WALLET_KIND_NAMES),
+        credit=Leg.of(escrow),
+        wallet_account_id=request.account_id,
         source=request.source.value,
         lot_id=request.lot_id,
-        hold_transfer_id=transfer_id,
-        expires_at=posted.posted_at + ttl,
+        hold_id=hold_id,
     )
-    return _hold_read(row, posted.debit_balance)
+    template = response_template(
+        HoldRead,
+        ("balance", "expires_at", "created_at"),
+        id=hold_id,
+        account_id=request.account_id,
+        amount=request.amount,
+        captured_amount=0,
+        released_amount=0,
+        status=HoldStatus.pending,
+        source=request.source,
+        lot_id=request.lot_id,
+        hold_transfer_id=transfer_id,
+        capture_transfer_id=None,
+        release_transfer_id=None,
+        settled_at=None,
+    )
+    outcome = await repository.place_hold_once(
+        db,
+        key,
+        draft,
+        ttl,
+        escrow,
+        events.LEDGER_TOPIC,
+        events.ledger_key(draft),
+        OutboxEvent.of(events.transfer_posted(draft)),
+        template,
+    )
+    return guarded_answer(outcome) or _raise(_refusal_of(outcome, draft))
 
 
 async def get_hold(session: AsyncSession, hold_id: uuid.UUID) -> HoldRead:
@@ -373,99 +440,149 @@ async def get_hold(session: AsyncSession, hold_id: uuid.UUID) -> HoldRead:
     return _hold_read(row, await repository.balance_of(session, row.wallet_account_id))
 
 
-async def _pending_hold(session: AsyncSession, hold_id: uuid.UUID) -> Record:
-    hold = await repository.lock_hold(session, hold_id)
-    if hold is None:
-        raise HoldNotFound(f"No hold {hold_id}.")
-    if hold.status != HoldStatus.pending.value:
-        raise HoldNotPending(f"Hold {hold_id} is already {hold.status}.", hold_status=hold.status)
-    if hold.expires_at <= datetime.now(UTC):
-        raise HoldExpired(
-            f"Hold {hold_id} expired at {hold.expires_at.isoformat()}; its funds are released.",
-            expires_at=hold.expires_at.isoformat(),
-        )
-    return hold
+def _release_draft(hold: HoldTerms, amount: int) -> TransferDraft:
+    """`amount` of a hold back to its wallet."""
+    return TransferDraft(
+        id=new_id(),
+        kind=TransferKind.release.value,
+        amount=amount,
+        debit=Leg(hold.holds_account_id, HOLDS_KIND_NAMES),
+        credit=Leg(hold.wallet_account_id, WALLET_KIND_NAMES),
+        wallet_account_id=hold.wallet_account_id,
+        source=hold.source,
+        lot_id=hold.lot_id,
+        original_transfer_id=hold.hold_transfer_id,
+        hold_id=hold.id,
+    )
 
 
 async def _release(
     session: AsyncSession, hold: Record, amount: int
 ) -> tuple[uuid.UUID, PostedTransfer]:
     """Give `amount` of a hold back to its wallet; returns the release transfer."""
-    transfer_id = new_id()
-    posted = await _post(
-        session,
-        TransferDraft(
-            id=transfer_id,
-            kind=TransferKind.release.value,
-            amount=amount,
-            debit=Leg(hold.holds_account_id, HOLDS_KIND_NAMES),
-            credit=Leg(hold.wallet_account_id, WALLET_KIND_NAMES),
-            wallet_account_id=hold.wallet_account_id,
-            source=hold.source,
-            lot_id=hold.lot_id,
-            original_transfer_id=hold.hold_transfer_id,
-            hold_id=hold.id,
-        ),
+    draft = _release_draft(HoldTerms.of(hold._mapping), amount)
+    return draft.id, await _post(session, draft)
+
+
+def _posted(draft: TransferDraft) -> PostedDraft:
+    return PostedDraft(draft, OutboxEvent.of(events.transfer_posted(draft)))
+
+
+def _settled_template(
+    hold: HoldTerms,
+    status: HoldStatus,
+    captured: int,
+    capture: uuid.UUID | None,
+    release: uuid.UUID | None,
+) -> str:
+    return response_template(
+        HoldRead,
+        ("balance", "settled_at"),
+        id=hold.id,
+        account_id=hold.wallet_account_id,
+        amount=hold.amount,
+        captured_amount=captured,
+        released_amount=hold.amount - captured,
+        status=status,
+        source=Source(hold.source),
+        lot_id=hold.lot_id,
+        hold_transfer_id=hold.hold_transfer_id,
+        capture_transfer_id=capture,
+        release_transfer_id=release,
+        expires_at=hold.expires_at,
+        created_at=hold.created_at,
     )
-    return transfer_id, posted
+
+
+def _hold_refusal(
+    outcome: Outcome, hold_id: uuid.UUID, hold: HoldTerms | None, amount: int
+) -> ProblemError:
+    detail = refusal_detail(outcome)
+    match outcome["outcome"]:
+        case "hold_not_found":
+            return HoldNotFound(f"No hold {hold_id}.")
+        case "hold_not_pending":
+            status = detail["hold_status"]
+            return HoldNotPending(f"Hold {hold_id} is already {status}.", hold_status=status)
+        case "hold_expired" if hold is not None:
+            return HoldExpired(
+                f"Hold {hold_id} expired at {hold.expires_at.isoformat()}; its funds are released.",
+                expires_at=hold.expires_at.isoformat(),
+            )
+        case "capture_exceeds_hold":
+            held = int(detail["held"])
+            return CaptureExceedsHold(
+                f"Hold {hold_id} reserves {held} VND; {amount} VND cannot be captured.", held=held
+            )
+    raise LedgerCorrupted(f"hold {hold_id}: unexpected outcome {outcome['outcome']}")
 
 
 async def capture_hold(
-    session: AsyncSession, hold_id: uuid.UUID, request: HoldCapture, settings: PaymentsSettings
-) -> HoldRead:
-    hold = await _pending_hold(session, hold_id)
-    if request.amount > hold.amount:
-        raise CaptureExceedsHold(
-            f"Hold {hold_id} reserves {hold.amount} VND; {request.amount} VND cannot be captured.",
-            held=hold.amount,
+    db: Database,
+    key: IdempotentRequest,
+    hold_id: uuid.UUID,
+    request: HoldCapture,
+    settings: PaymentsSettings,
+) -> StoredAnswer:
+    """Up to the held amount as revenue, the rest back to the wallet: one statement."""
+    hold = await repository.get_hold_terms(db, hold_id)
+    capture = release = revenue = template = event_key = None
+    if hold is not None:
+        capture_id = new_id()
+        revenue = revenue_account(
+            Source(hold.source), hold.lot_id, shard_of(capture_id, settings.hot_account_shards)
         )
-    # The wallet first: the release below credits it after the holds and revenue rows.
-    await repository.lock_accounts(session, [hold.wallet_account_id])
-    capture_id = new_id()
-    revenue = revenue_account(
-        Source(hold.source), hold.lot_id, shard_of(capture_id, settings.hot_account_shards)
+        capture = _posted(
+            TransferDraft(
+                id=capture_id,
+                kind=TransferKind.capture.value,
+                amount=request.amount,
+                debit=Leg(hold.holds_account_id, HOLDS_KIND_NAMES),
+                credit=Leg.of(revenue),
+                wallet_account_id=hold.wallet_account_id,
+                source=hold.source,
+                lot_id=hold.lot_id,
+                original_transfer_id=hold.hold_transfer_id,
+                hold_id=hold.id,
+            )
+        )
+        if hold.amount > request.amount:
+            release = _posted(_release_draft(hold, hold.amount - request.amount))
+        event_key = events.ledger_key(capture.draft)
+        template = _settled_template(
+            hold,
+            HoldStatus.captured,
+            request.amount,
+            capture_id,
+            release.draft.id if release else None,
+        )
+    outcome = await repository.capture_hold_once(
+        db,
+        key,
+        hold_id,
+        request.amount,
+        capture,
+        revenue,
+        release,
+        events.LEDGER_TOPIC,
+        event_key,
+        template,
     )
-    await _post(
-        session,
-        TransferDraft(
-            id=capture_id,
-            kind=TransferKind.capture.value,
-            amount=request.amount,
-            debit=Leg(hold.holds_account_id, HOLDS_KIND_NAMES),
-            credit=Leg.of(revenue),
-            wallet_account_id=hold.wallet_account_id,
-            source=hold.source,
-            lot_id=hold.lot_id,
-            original_transfer_id=hold.hold_transfer_id,
-            hold_id=hold.id,
-        ),
-    )
-    release_id = None
-    rest = hold.amount - request.amount
-    if rest:
-        release_id, _ = await _release(session, hold, rest)
-    row = await repository.settle_hold(
-        session,
-        hold.id,
-        status=HoldStatus.captured.value,
-        captured_amount=request.amount,
-        capture_transfer_id=capture_id,
-        release_transfer_id=release_id,
-    )
-    return _hold_read(row, await repository.balance_of(session, hold.wallet_account_id))
+    return guarded_answer(outcome) or _raise(_hold_refusal(outcome, hold_id, hold, request.amount))
 
 
-async def void_hold(session: AsyncSession, hold_id: uuid.UUID) -> HoldRead:
-    hold = await repository.lock_hold(session, hold_id)
-    if hold is None:
-        raise HoldNotFound(f"No hold {hold_id}.")
-    if hold.status != HoldStatus.pending.value:
-        raise HoldNotPending(f"Hold {hold_id} is already {hold.status}.", hold_status=hold.status)
-    release_id, released = await _release(session, hold, hold.amount)
-    row = await repository.settle_hold(
-        session, hold.id, status=HoldStatus.voided.value, release_transfer_id=release_id
+async def void_hold(db: Database, key: IdempotentRequest, hold_id: uuid.UUID) -> StoredAnswer:
+    """All of a pending hold back to its wallet: one statement."""
+    hold = await repository.get_hold_terms(db, hold_id)
+    release = template = event_key = None
+    if hold is not None:
+        release = _posted(_release_draft(hold, hold.amount))
+        event_key = events.ledger_key(release.draft)
+        template = _settled_template(hold, HoldStatus.voided, 0, None, release.draft.id)
+    outcome = await repository.void_hold_once(
+        db, key, hold_id, release, events.LEDGER_TOPIC, event_key, template
     )
-    return _hold_read(row, released.credit_balance)
+    return guarded_answer(outcome) or _raise(_hold_refusal(outcome, hold_id, hold, 0))
 
 
 async def expire_holds(session: AsyncSession, limit: int) -> int:
@@ -558,16 +675,10 @@ def _payment_request_read(row: Record) -> PaymentRequestRead:
     )
 
 
-async def _create_payment_request(
-    session: AsyncSession,
-    settings: PaymentsSettings,
-    *,
-    purpose: PaymentPurpose,
-    amount: int,
-    **target: Any,
-) -> PaymentRequestRead:
-    reference = new_reference()
-    payload = vietqr.encode(
+def _vietqr(
+    settings: PaymentsSettings, purpose: PaymentPurpose, amount: int, reference: str
+) -> str:
+    return vietqr.encode(
         vietqr.VietQR(
             bank_bin=settings.bank_bin,
             account=settings.collection_account,
@@ -579,13 +690,24 @@ async def _create_payment_request(
             merchant_city=settings.merchant_city,
         )
     )
+
+
+async def _create_payment_request(
+    session: AsyncSession,
+    settings: PaymentsSettings,
+    *,
+    purpose: PaymentPurpose,
+    amount: int,
+    **target: Any,
+) -> PaymentRequestRead:
+    reference = new_reference()
     row = await repository.insert_payment_request(
         session,
         id=new_id(),
         reference=reference,
         purpose=purpose.value,
         amount=amount,
-        qr_payload=payload,
+        qr_payload=_vietqr(settings, purpose, amount, reference),
         **target,
     )
     return _payment_request_read(row)
@@ -605,16 +727,44 @@ async def request_topup(
 
 
 async def request_parking_payment(
-    session: AsyncSession, request: ParkingPaymentCreate, settings: PaymentsSettings
-) -> PaymentRequestRead:
-    return await _create_payment_request(
-        session,
-        settings,
+    db: Database, key: IdempotentRequest, request: ParkingPaymentCreate, settings: PaymentsSettings
+) -> StoredAnswer:
+    """A VietQR for the exact fee: one statement with its key and answer."""
+    request_id = new_id()
+    reference = new_reference()
+    payload = _vietqr(settings, PaymentPurpose.parking_fee, request.amount, reference)
+    template = response_template(
+        PaymentRequestRead,
+        ("created_at",),
+        id=request_id,
         purpose=PaymentPurpose.parking_fee,
+        reference=reference,
+        amount=request.amount,
+        status=PaymentRequestStatus.pending,
+        account_id=None,
+        lot_id=request.lot_id,
+        parking_session_id=request.parking_session_id,
+        qr=payload,
+        qr_png_base64=None,
+        qr_png_url=f"/v1/payment-requests/{request_id}/qr.png",
+        paid_transfer_id=None,
+        paid_at=None,
+    )
+    outcome = await repository.parking_payment_request_once(
+        db,
+        key,
+        id=request_id,
+        reference=reference,
         amount=request.amount,
         lot_id=request.lot_id,
         parking_session_id=request.parking_session_id,
+        qr_payload=payload,
+        template=template,
     )
+    answer = guarded_answer(outcome)
+    if answer is None:
+        raise LedgerCorrupted(f"payment request: unexpected outcome {outcome['outcome']}")
+    return answer
 
 
 async def _payment_request_row(
