@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,12 +14,22 @@ from typing import Annotated, Any
 
 import uuid_utils
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from redis.asyncio import Redis
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import redis as redis_kit
 from shared.db import Database
-from shared.errors import install_problem_handlers, install_problem_openapi
+from shared.errors import (
+    PayloadTooLarge,
+    ProblemError,
+    install_problem_handlers,
+    install_problem_openapi,
+    internal_error,
+    invalid_request,
+    problem_from,
+)
 from shared.health import (
     DEPENDENCY_ERRORS,
     Check,
@@ -29,7 +40,7 @@ from shared.health import (
 )
 from shared.kafka import Publisher
 from shared.logging import REQUEST_ID_HEADER, configure_logging, request_id_var
-from shared.metrics import MetricsMiddleware, metrics_endpoint
+from shared.metrics import MetricsMiddleware, RouteMetrics, metrics_endpoint
 from shared.settings import ServiceSettings
 
 logger = logging.getLogger("citypass.app")
@@ -100,6 +111,14 @@ async def current_runtime(request: Request) -> Runtime:  # async: a sync one cos
 RuntimeDep = Annotated[Runtime, Depends(current_runtime)]
 
 
+def request_id(scope: Scope) -> str:
+    """The caller's X-Request-ID when it is sane, else a new one."""
+    incoming = next(
+        (v for k, v in scope["headers"] if k == b"x-request-id" and 0 < len(v) <= 128), None
+    )
+    return incoming.decode("latin-1") if incoming else str(uuid_utils.uuid7())
+
+
 class RequestIdMiddleware:
     """Takes X-Request-ID from the caller (or makes one) and echoes it on the response."""
 
@@ -110,22 +129,108 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = next(
-            (v for k, v in scope["headers"] if k == b"x-request-id" and 0 < len(v) <= 128), None
-        )
-        request_id = incoming.decode("latin-1") if incoming else str(uuid_utils.uuid7())
-        token = request_id_var.set(request_id)
+        current = request_id(scope)
+        token = request_id_var.set(current)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
-                message["headers"].append((REQUEST_ID_HEADER.lower().encode(), request_id.encode()))
+                message["headers"].append((REQUEST_ID_HEADER_BYTES, current.encode()))
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             request_id_var.reset(token)
+
+
+REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.lower().encode()
+
+HotHandler = Callable[[Scope, bytes], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class HotRoute:
+    """A latency-critical route: `handler(scope, body)` answers, or raises a ProblemError,
+    FastAPI's RequestValidationError, or anything else (a logged 500)."""
+
+    method: str
+    path: str
+    handler: HotHandler
+    max_body_bytes: int
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Bodies are limited to {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class HotRoutes:
+    """Serves a few routes straight from the server, in front of FastAPI.
+
+    Routing, the middleware chain, exception middlewares and request handling cost a gate
+    decision about as much CPU as the decision itself (docs/benchmarks.md); these routes get
+    what the chain would give them (request id, metrics, body limit, problem answers) inline.
+    Everything else, and the OpenAPI description of these routes, stays with FastAPI.
+    """
+
+    def __init__(self, app: ASGIApp, service: str, routes: Sequence[HotRoute]) -> None:
+        self.app = app
+        self.routes = {(route.method, route.path): route for route in routes}
+        self.metrics = RouteMetrics(service)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get((scope.get("method", ""), scope.get("path", "")))
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        current = request_id(scope)
+        token = request_id_var.set(current)
+        try:
+            declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+            if declared is not None and declared.isdigit() and int(declared) > route.max_body_bytes:
+                raise PayloadTooLarge(f"Bodies are limited to {route.max_body_bytes} bytes.")
+            response = await route.handler(scope, await read_body(receive, route.max_body_bytes))
+        except ProblemError as exc:
+            response = problem_from(exc, route.path)
+        except RequestValidationError as exc:
+            response = invalid_request(exc, route.path)
+        except _Disconnected:
+            return
+        except Exception:
+            response = internal_error(route.method, route.path)
+        finally:
+            request_id_var.reset(token)
+        response.raw_headers.append((REQUEST_ID_HEADER_BYTES, current.encode()))
+        await response(scope, receive, send)
+        self.metrics.observe(route.method, route.path, response.status_code, started)
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with optional hot routes in front of its whole middleware stack."""
+
+    hot_routes: Sequence[HotRoute] = ()
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        service: str = self.state.runtime.name
+        return HotRoutes(stack, service, self.hot_routes) if self.hot_routes else stack
 
 
 def create_app(
@@ -135,6 +240,7 @@ def create_app(
     title: str,
     description: str,
     on_start: Sequence[Callable[[], Awaitable[None]]] = (),
+    hot_routes: Sequence[HotRoute] = (),
 ) -> FastAPI:
     configure_logging(runtime.name, runtime.settings.log_level)
 
@@ -166,13 +272,14 @@ def create_app(
             await asyncio.wait(tasks, timeout=5) if tasks else None
             await runtime.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title=title,
         description=description,
         version="1.0.0",
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.hot_routes = hot_routes
     install_problem_handlers(app)
     install_problem_openapi(app)
     for router in routers:

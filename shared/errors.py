@@ -69,6 +69,10 @@ class ServiceUnavailable(ProblemError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
 
 
+class PayloadTooLarge(ProblemError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
 def problem_response(
     status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any
 ) -> Response:
@@ -101,31 +105,46 @@ STATUS_CODES = {
 }
 
 
+def problem_from(exc: ProblemError, instance: str) -> Response:
+    return problem_response(exc.status, exc.code, exc.title, exc.detail, instance, **exc.extra)
+
+
+def invalid_request(exc: RequestValidationError, instance: str) -> Response:
+    """FastAPI's 422 as a problem listing every field error."""
+    errors = [
+        {
+            "loc": list(map(str, e.get("loc", ()))),
+            "msg": e.get("msg", ""),
+            "type": e.get("type"),
+        }
+        for e in exc.errors()
+    ]
+    return problem_response(
+        422,
+        "validation_error",
+        "Invalid request",
+        "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors),
+        instance,
+        errors=errors,
+    )
+
+
+def internal_error(method: str, path: str) -> Response:
+    """Call inside `except`: logs the exception, answers without revealing it."""
+    logger.exception("unhandled error on %s %s", method, path)
+    return problem_response(
+        500, "internal_error", "Internal error", "The server failed; it has been logged."
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProblemError)
-        return problem_response(
-            exc.status, exc.code, exc.title, exc.detail, request.url.path, **exc.extra
-        )
+        return problem_from(exc, request.url.path)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        errors = [
-            {
-                "loc": list(map(str, e.get("loc", ()))),
-                "msg": e.get("msg", ""),
-                "type": e.get("type"),
-            }
-            for e in exc.errors()
-        ]
-        return problem_response(
-            422,
-            "validation_error",
-            "Invalid request",
-            "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors),
-            request.url.path,
-            errors=errors,
-        )
+        return invalid_request(exc, request.url.path)
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -134,10 +153,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(exc.status_code, code, title, detail, request.url.path)
 
     async def on_unexpected(request: Request, _exc: Exception) -> Response:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(
-            500, "internal_error", "Internal error", "The server failed; it has been logged."
-        )
+        return internal_error(request.method, request.url.path)
 
     app.add_exception_handler(ProblemError, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
@@ -68,12 +69,32 @@ def route_template(scope: Scope) -> str:
     return "<unmatched>"
 
 
+class RouteMetrics:
+    """Request count and latency per route template; keeps the labelled children, since
+    `labels()` costs more than the observation."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, template: str, status: int, started: float) -> None:
+        children = self._children.get((method, template, status))
+        if children is None:
+            children = self._children[(method, template, status)] = (
+                HTTP_REQUESTS.labels(self.service, method, template, str(status)),
+                HTTP_LATENCY.labels(self.service, method, template),
+            )
+        requests, latency = children
+        requests.inc()
+        latency.observe(time.perf_counter() - started)
+
+
 class MetricsMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware) so the hot path pays microseconds, not a task."""
 
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
-        self.service = service
+        self.metrics = RouteMetrics(service)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,11 +114,7 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or route_template(scope)
-            method = scope["method"]
-            HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
-            HTTP_LATENCY.labels(self.service, method, template).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.observe(scope["method"], template, status, started)
 
 
 async def metrics_endpoint(_: Request) -> Response:

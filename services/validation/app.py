@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
+from functools import partial
 
 from fastapi import FastAPI
 
@@ -14,7 +15,7 @@ from services.validation.service import Validator
 from services.validation.settings import ValidationSettings
 from services.validation.spool import EventPipeline, Spool
 from services.validation.workers import Workers
-from shared.app import Runtime, create_app, supervised
+from shared.app import HotRoute, Runtime, create_app, supervised
 from shared.kafka import Consumer
 
 DESCRIPTION = """\
@@ -102,6 +103,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         await pipeline.flush()
         spool.close()
         await workers.close()
+        await validator.decision_redis.close()
 
     runtime.on_stop.append(stop)
     app = create_app(
@@ -110,6 +112,14 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         title="CityPass validation",
         description=DESCRIPTION,
         on_start=[start],
+        hot_routes=[
+            HotRoute(
+                "POST",
+                "/v1/validations",
+                partial(endpoints.decide, validator),
+                settings.max_body_bytes,
+            )
+        ],
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.settings = settings

@@ -8,6 +8,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from services.validation.rules import GatePlace
 from services.validation.service import Validator
@@ -72,13 +74,12 @@ class SignedGate:
     place: GatePlace
 
 
-def authenticate(request: Request, body: bytes, validator: Validator) -> SignedGate:
+def authenticate(scope: Scope, body: bytes, validator: Validator) -> SignedGate:
     """A request signed by an enabled, provisioned gate (its nonce is claimed later, once)."""
-    scope = request.scope
     signed = verify_request(
-        request.method,
+        scope["method"],
         request_target(scope.get("raw_path") or scope["path"].encode(), scope["query_string"]),
-        request.headers,
+        Headers(scope=scope),
         body,
         validator.memory.device_key,
         window_s=validator.device_window_s,
@@ -94,7 +95,7 @@ async def signed_gate(
     validator: ValidatorDep,
     _signature: Annotated[str | None, Security(gate_signature)],
 ) -> SignedGate:
-    return authenticate(request, await request.body(), validator)
+    return authenticate(request.scope, await request.body(), validator)
 
 
 OperatorDep = Depends(operator)

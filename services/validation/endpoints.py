@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.responses import Response
+from starlette.types import Scope
 
 from services.validation import bundle, repository, service
 from services.validation.auth import (
@@ -194,11 +195,13 @@ async def validate(request: Request) -> Response:
     Metro gates with direction `both` treat the tap as an exit when the rider's trip is open.
     Stored-value riders' fares (`fare`) are charged afterwards; the gate never waits for it.
     """
-    # The hot path parses and checks by hand: FastAPI's dependency machinery costs more than
-    # the decision itself (see loadtests/bench_validation.py).
-    validator: Validator = request.app.state.validator
-    body = await request.body()
-    gate = authenticate(request, body, validator)
+    return await decide(request.app.state.validator, request.scope, await request.body())
+
+
+async def decide(validator: Validator, scope: Scope, body: bytes) -> Response:
+    """The gate decision, served as a hot route (shared.app.HotRoutes) in front of FastAPI:
+    its routing and dependency machinery cost more than the decision itself."""
+    gate = authenticate(scope, body, validator)
     try:
         command = ValidationCreate.model_validate_json(body)
     except ValidationError as exc:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import ProblemError, problem_response
-
-
-class PayloadTooLarge(ProblemError):
-    status, code, title = 413, "payload_too_large", "Payload too large"
+from shared.errors import PayloadTooLarge, problem_response
 
 
 class BodyLimit:

@@ -38,7 +38,7 @@ from redis.exceptions import NoScriptError
 
 from services.validation.schemas import GateRead
 from shared.devicesigning import nonce_key
-from shared.redis import key
+from shared.redis import PipelinedRedis, key
 
 NETWORK = "network"
 GATES = key("gates", NETWORK)
@@ -84,6 +84,15 @@ class Script:
         except NoScriptError:  # Redis restarted or flushed its script cache
             await self.load(redis)
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def pipelined(
+        self, redis: PipelinedRedis, keys: Sequence[str], args: Sequence[str | int]
+    ) -> Any:
+        try:
+            return await redis.evalsha(self.sha, keys, args)
+        except NoScriptError:
+            await redis.execute("SCRIPT", "LOAD", self.source)
+            return await redis.evalsha(self.sha, keys, args)
 
 
 _SPLIT = """
@@ -270,7 +279,7 @@ def script_settings(nonce_ttl_s: int, qr_used_ttl_s: int, max_trip_s: int, passb
 
 
 async def validate(
-    redis: Redis,
+    redis: PipelinedRedis,
     *,
     ticket_id: str,
     gate_id: str,
@@ -286,7 +295,7 @@ async def validate(
         qr_used_key(ticket_id, at, counter),
         ticket_key(ticket_id),
     )
-    raw = await VALIDATE(redis, keys, (decision, settings))
+    raw = await VALIDATE.pipelined(redis, keys, (decision, settings))
     reply = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
     if len(reply) == 1:
         return StateOutcome(reply[0])

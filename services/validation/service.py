@@ -60,6 +60,7 @@ from services.validation.spool import EventPipeline
 from shared.devicesigning import NONCE_TTL_S, SignedRequest, claim_nonce, new_secret, replayed
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.network import BUS_ROUTES, LINES
+from shared.redis import PipelinedRedis
 from shared.ticketcodec import (
     DynamicQR,
     TicketCodecError,
@@ -234,6 +235,7 @@ class Validator:
     ) -> None:
         self.settings = settings
         self.redis = redis
+        self.decision_redis = PipelinedRedis(settings.redis_url)  # the one hot round trip
         self.memory = memory
         self.pipeline = pipeline
         self.qr_window_s = int(settings.qr_window.total_seconds())
@@ -306,7 +308,7 @@ class Validator:
         rides = -1 if product.rides is None else product.rides
         expire_at = credential.valid_until + TICKET_LIFETIME_MARGIN_S
         state = await repository.validate(
-            self.redis,
+            self.decision_redis,
             ticket_id=ticket_id,
             gate_id=signed.device_id,
             nonce=signed.nonce,

@@ -5,16 +5,21 @@ from __future__ import annotations
 import logging
 
 import httpx
+import orjson
 import pytest
-from fastapi import APIRouter
-from pydantic import SecretStr, ValidationError
+from fastapi import APIRouter, FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
+from starlette.responses import Response
+from starlette.types import Scope
 
 from citypass.servers import LocalServers, free_port
 from services.payments.app import build_app as build_payments
 from services.payments.settings import PaymentsSettings
 from services.validation.app import build_app as build_validation
 from services.validation.settings import ValidationSettings
-from shared.app import Runtime, create_app
+from shared.app import HotRoute, Runtime, create_app
+from shared.errors import Unprocessable
 from shared.settings import ServiceSettings
 from tests.conftest import AppClient
 
@@ -108,6 +113,72 @@ class TestProblems:
         async with app_client(build_validation()) as http:
             response = await http.get("/v1/lines", headers={"X-Request-ID": "trace-123"})
         assert response.headers["x-request-id"] == "trace-123"
+
+
+class Order(BaseModel):
+    item: str
+    count: int
+
+
+async def hot_order(_scope: Scope, body: bytes) -> Response:
+    try:
+        order = Order.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    if order.item == "boom":
+        raise RuntimeError("secret internal state")
+    if order.count > 9:
+        raise Unprocessable("Too many.", code="too_many", limit=9)
+    return Response(orjson.dumps({"ordered": order.count}), media_type="application/json")
+
+
+class TestHotRoutes:
+    """A hot route skips FastAPI but keeps what the middleware chain gives every route."""
+
+    @pytest.fixture
+    def app(self, servers: LocalServers) -> FastAPI:
+        settings = ServiceSettings(
+            environment="test", kafka_bootstrap_servers=servers.kafka_bootstrap
+        )
+        return create_app(
+            Runtime("hot-test", settings),
+            [failing_router],
+            title="t",
+            description="",
+            hot_routes=[HotRoute("POST", "/v1/orders", hot_order, max_body_bytes=64)],
+        )
+
+    async def test_answers_with_request_id_and_metrics(
+        self, app: FastAPI, app_client: AppClient
+    ) -> None:
+        async with app_client(app) as http:
+            ok = await http.post(
+                "/v1/orders", content=b'{"item":"tea","count":2}', headers={"X-Request-ID": "r-1"}
+            )
+            fallthrough = await http.get("/healthz")
+            metrics = (await http.get("/metrics")).text
+        assert ok.status_code == 200
+        assert ok.json() == {"ordered": 2}
+        assert ok.headers["x-request-id"] == "r-1"
+        assert fallthrough.status_code == 200
+        assert 'route="/v1/orders",service="hot-test",status="200"' in metrics
+
+    async def test_errors_are_problems(self, app: FastAPI, app_client: AppClient) -> None:
+        async with app_client(app) as http:
+            invalid = await http.post("/v1/orders", content=b'{"item":"tea"}')
+            refused = await http.post("/v1/orders", content=b'{"item":"tea","count":10}')
+            too_big = await http.post("/v1/orders", content=b"x" * 65)
+            failed = await http.post("/v1/orders", content=b'{"item":"boom","count":1}')
+        assert (invalid.status_code, invalid.json()["code"]) == (422, "validation_error")
+        assert invalid.json()["errors"][0]["loc"] == ["count"]
+        assert (refused.status_code, refused.json()["code"]) == (422, "too_many")
+        assert refused.json()["limit"] == 9
+        assert (too_big.status_code, too_big.json()["code"]) == (413, "payload_too_large")
+        assert (failed.status_code, failed.json()["code"]) == (500, "internal_error")
+        assert "secret" not in failed.text
+        for response in (invalid, refused, too_big, failed):
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["x-request-id"]
 
 
 class TestSettings:
