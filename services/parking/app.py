@@ -31,22 +31,18 @@ IDEMPOTENCY_PURGE_INTERVAL_S = 3600.0
 
 def ledger_handler(context: Parking) -> Handler:
     async def handle(event: Event, _record: ConsumerRecord) -> None:
-        if event.type not in (events.PAYMENT_REQUEST_PAID, events.TRANSFER_POSTED):
+        if event.type == events.TRANSFER_POSTED:  # transit fares are most of the topic
+            await sessions.on_transfer_posted(context, event)
             return
-        if event.type == events.TRANSFER_POSTED and event.data.get("source") != "parking":
-            return  # transit fares: most of the topic, nothing to record
+        if event.type != events.PAYMENT_REQUEST_PAID:
+            return
         undo = Undo()
         try:
             async with context.db.transaction() as session:
-                if not await first_delivery(
+                if await first_delivery(
                     session, repository.processed_events, events.CONSUMER_GROUP, event.id
                 ):
-                    return
-                work = Work(session, context, undo)
-                if event.type == events.PAYMENT_REQUEST_PAID:
-                    await sessions.on_payment_request_paid(work, event)
-                else:
-                    await sessions.on_transfer_posted(work, event)
+                    await sessions.on_payment_request_paid(Work(session, context, undo), event)
         except BaseException:
             await undo.run()
             raise

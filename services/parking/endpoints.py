@@ -18,7 +18,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from services.parking import audit, service, sessions
+from services.parking import audit, repository, service, sessions
 from services.parking.auth import AdminDep, DeviceDep, DeviceOrAdminDep, ParkingDep
 from services.parking.context import Parking
 from services.parking.schemas import (
@@ -55,7 +55,7 @@ from services.parking.schemas import (
     VehicleCreate,
     VehicleRead,
 )
-from services.parking.sessions import Undo, Work
+from services.parking.sessions import LaneWork, Undo, Work
 from services.parking.tariffs import VehicleType
 from shared.errors import PROBLEM_CONTENT, Unprocessable
 from shared.idempotency import IdempotencyDep, IdempotentRequest
@@ -101,6 +101,22 @@ async def _in_transaction(
         await undo.run()
         raise
     return result
+
+
+async def _lane_decision(
+    context: Parking, key: IdempotentRequest, decide: Callable[[LaneWork], Awaitable[Response]]
+) -> Response:
+    """An entry or exit, once per Idempotency-Key: its claim, reads and writes are a few
+    statements of one transaction; a retry gets the first answer's bytes."""
+    undo = Undo()
+    with context.decisions.admit():
+        try:
+            async with repository.lane_transaction(context.db) as connection:
+                response = await decide(LaneWork(connection, context, key, undo))
+        except BaseException:
+            await undo.run()
+            raise
+    return response
 
 
 async def _decide(
@@ -234,7 +250,7 @@ async def enter(
 
     Send a fresh `Idempotency-Key` (UUID) per vehicle event and reuse it on retries.
     """
-    return await _decide(context, key, lambda work: sessions.enter(work, device, body, key.key))
+    return await _lane_decision(context, key, lambda work: sessions.enter(work, device, body))
 
 
 @lanes.post(
@@ -278,7 +294,7 @@ async def leave(
     A vehicle already waiting at the barrier gets its pending decision again. Print or show
     `receipt_token`: with the session id it opens the receipt (`GET /v1/receipts/…`).
     """
-    return await _decide(context, key, lambda work: sessions.leave(work, device, body))
+    return await _lane_decision(context, key, lambda work: sessions.leave(work, device, body))
 
 
 @lanes.get(

@@ -18,14 +18,18 @@ Money rules:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any, TypeAlias
 
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response
 
 from services.parking import events, plates, repository, service, tokens
 from services.parking.context import Device, Lane, Lot, Parking
@@ -66,6 +70,7 @@ from services.parking.tariffs import (
 )
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from shared.events import Event
+from shared.idempotency import IdempotencyKeyInFlight, IdempotencyKeyReused, IdempotentRequest
 from shared.outbox import add_event
 
 logger = logging.getLogger("citypass.parking")
@@ -101,14 +106,156 @@ class Undo:
         self._steps.clear()
 
 
+# A session as read: a SQLAlchemy row (Work), or the state a lane decision builds (LaneWork).
+SessionRow: TypeAlias = Record | SimpleNamespace
+
+
 @dataclass
 class Work:
-    """One decision's transaction and what it needs."""
+    """One transaction (a request's or a consumer's) and what it needs; writes at once."""
 
     session: AsyncSession
     context: Parking
     undo: Undo = field(default_factory=Undo)
     now: datetime = field(default_factory=service.utcnow)
+
+    async def update_session(self, row: SessionRow, **values: Any) -> SessionRow:
+        return await repository.update_session(self.session, row.session_id, **values)
+
+    async def publish(self, topic: str, key: str, event: Event) -> None:
+        await add_event(self.session, repository.outbox, topic, key, event)
+
+    async def record_payment(
+        self, row: SessionRow, posted: Posted, kind: str, reference: str | None
+    ) -> bool:
+        return await repository.record_payment(
+            self.session,
+            transfer_id=posted.transfer_id,
+            session_id=row.session_id,
+            lot_id=row.lot_id,
+            kind=kind,
+            amount=posted.amount if kind != "refund" else -posted.amount,
+            reference=reference,
+            posted_at=posted.posted_at,
+        )
+
+    async def outstanding_debt(self, plate_key: str) -> int:
+        return await repository.outstanding_debt(self.session, plate_key)
+
+
+@dataclass
+class LaneWork:
+    """One lane decision (an entry or an exit): its transaction on a plain asyncpg connection,
+    its Idempotency-Key, and what it will write. Changes to the session, the payment seen and
+    the outbox events are kept until `answer`, which writes them with the answer in one
+    statement; its reads are one statement too (the key's claim with the lookups)."""
+
+    connection: Any  # asyncpg.Connection, in a transaction
+    context: Parking
+    request: IdempotentRequest
+    undo: Undo = field(default_factory=Undo)
+    now: datetime = field(default_factory=service.utcnow)
+    events: list[tuple[str, str, Event]] = field(default_factory=list)
+    changed: SimpleNamespace | None = None  # the session as it will be written
+    payment: tuple[Posted, str, str | None] | None = None
+    debts: dict[str, int] = field(default_factory=dict)  # outstanding debt by plate key
+
+    async def update_session(self, row: SessionRow, **values: Any) -> SessionRow:
+        for name, value in values.items():
+            if isinstance(value, datetime):  # as PostgreSQL gives it back
+                values[name] = value.astimezone(UTC)
+        self.changed = SimpleNamespace(**{**vars(row), **values})
+        return self.changed
+
+    async def publish(self, topic: str, key: str, event: Event) -> None:
+        self.events.append((topic, key, event))
+
+    async def record_payment(
+        self,
+        row: SessionRow,  # noqa: ARG002  # the session the change is written to
+        posted: Posted,
+        kind: str,
+        reference: str | None,
+    ) -> bool:
+        assert kind != "refund", "lanes never refund"
+        self.payment = (posted, kind, reference)
+        return True
+
+    async def outstanding_debt(self, plate_key: str) -> int:
+        if plate_key not in self.debts:
+            self.debts[plate_key] = await repository.lane_outstanding_debt(
+                self.connection, plate_key
+            )
+        return self.debts[plate_key]
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return await self.connection.fetchrow(query, *args)
+
+    def claim(self) -> tuple[int, str, str]:
+        """`lane_claim`'s arguments: the key's advisory lock (as `shared.idempotency` takes
+        it), its scope and the key."""
+        request = self.request
+        digest = hashlib.sha256(f"{request.scope}\0{request.key}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True), request.scope, request.key
+
+    def claimed(self, row: Any) -> Response | None:
+        """The replay of the key's first answer, or None when this request is the first;
+        409 while the first is in progress, 422 when the key was used for another request."""
+        if not row["claimed"]:
+            raise IdempotencyKeyInFlight(
+                "A request with this Idempotency-Key is still being processed; retry later."
+            )
+        if row["stored_body"] is None:
+            return None
+        if row["stored_fingerprint"] != self.request.fingerprint:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used for a different request."
+            )
+        return Response(
+            row["stored_body"],
+            row["stored_status"],
+            media_type=row["stored_media_type"],
+            headers={"Idempotent-Replayed": "true"},
+        )
+
+    async def answer(
+        self, decision: BaseModel, *, inserted: dict[str, Any] | None = None
+    ) -> Response | None:
+        """Write the decision: the new session (`inserted`) or the changed one, the payment,
+        the events and the answer, all in one statement. None when the new session's plate
+        entered through another lane meanwhile: then nothing was written."""
+        body = decision.model_dump_json().encode()
+        request = self.request
+        write = (
+            *repository.outbox_arrays(self.events),
+            request.scope,
+            request.key,
+            request.fingerprint,
+            body,
+        )
+        if inserted is not None:
+            values = [inserted[name] for name in repository.SESSION_COLUMNS]
+            written = await self.connection.fetchval(repository.INSERT_SESSION, *write, *values)
+        elif self.changed is not None:
+            payment: tuple[Any, ...] = (None, None, None, None, None)
+            if self.payment is not None:
+                posted, kind, reference = self.payment
+                payment = (posted.transfer_id, kind, posted.amount, reference, posted.posted_at)
+            written = await self.connection.fetchval(
+                repository.UPDATE_SESSION,
+                *write,
+                self.changed.session_id,
+                *repository.updatable_values(vars(self.changed)),
+                *payment,
+            )
+        else:
+            written = await self.connection.fetchval(repository.STORE_ANSWER, *write)
+        if not written:
+            return None
+        return Response(body, 200, media_type="application/json")
+
+
+Steps: TypeAlias = Work | LaneWork  # what the settlement rules write through
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +295,7 @@ def _check_time(context: Parking, occurred_at: datetime, now: datetime) -> None:
         )
 
 
-async def _lane(
+def _lane(
     context: Parking, device: Device | None, body: LaneEvent, direction: Direction
 ) -> tuple[Lot, Lane]:
     lot = context.reference.lot(body.lot_id)
@@ -176,58 +323,89 @@ async def _lane(
     return lot, lane
 
 
-def _registered(row: Record | None) -> Registered | None:
-    if row is None or row.vehicle_id is None:
+def _registered(row: Any) -> Registered | None:
+    """The registration in a lookup row (`vehicle_id` null when the plate has none)."""
+    if row is None or row["vehicle_id"] is None:
         return None
-    return Registered(row.vehicle_id, row.wallet_account_id, VehicleType(row.vehicle_type))
+    return Registered(row["vehicle_id"], row["wallet_account_id"], VehicleType(row["vehicle_type"]))
 
 
-async def _identify(work: Work, body: LaneEvent, *, entry_lot: str | None = None) -> Identified:
-    """Who is at the lane. For an entry (`entry_lot`), also whether the plate is inside; an
-    exit needs no registration lookup for a plate read: the session knows its wallet."""
+@dataclass(frozen=True, slots=True)
+class LaneRead:
+    """What a lane event says before anything is looked up."""
+
+    read_plate: plates.Plate | None
+    refused: Unprocessable | None  # an unreadable plate: refused after the key is claimed
+    lookup_key: str | None  # the plate whose state the first statement reads (a plate read)
+
+
+def _read(body: LaneEvent) -> LaneRead:
+    read_plate, refused = None, None
+    if body.plate_read is not None:
+        try:
+            read_plate = service.parse_plate(body.plate_read.plate)
+        except Unprocessable as error:
+            refused = error
+    by_plate = body.account_qr is None and body.rfid_tag is None and read_plate is not None
+    return LaneRead(read_plate, refused, read_plate.key if by_plate and read_plate else None)
+
+
+async def _identify(
+    work: LaneWork,
+    body: LaneEvent,
+    read: LaneRead,
+    found: Any,
+    *,
+    entry_lot: str | None = None,
+) -> Identified:
+    """Who is at the lane. `found` is what the first statement read for a plate read (for an
+    entry: the registration behind the plate and any open session of it at the lot); an
+    account QR or RFID tag is looked up here. An exit needs no registration for a plate
+    read: the session knows its wallet."""
     settings = work.context.settings
-    read = body.plate_read
-    read_plate = service.parse_plate(read.plate) if read is not None else None
+    plate_read = body.plate_read
     review: list[str] = []
-    confident = read is None or read.confidence >= settings.review_confidence
+    confident = plate_read is None or plate_read.confidence >= settings.review_confidence
     if not confident:
         review.append("low_confidence")
-    vehicle: Record | None = None
+    vehicle: Any = None
     method = EntryMethod.plate
     if body.account_qr is not None:
         vehicle_id = tokens.vehicle_of_account_qr(
             settings.token_secret.get_secret_value(), body.account_qr
         )
-        vehicle = await repository.get_vehicle(work.session, vehicle_id) if vehicle_id else None
+        if vehicle_id is not None:
+            vehicle = await work.fetchrow(repository.VEHICLE_BY_ID, vehicle_id)
         if vehicle is None:
             raise Unprocessable("Not a valid CityPass account QR.", code="invalid_account_qr")
         method = EntryMethod.account_qr
     elif body.rfid_tag is not None:
-        vehicle = await repository.vehicle_by_rfid(work.session, body.rfid_tag.upper())
-        if vehicle is None and read_plate is None:
+        vehicle = await work.fetchrow(repository.VEHICLE_BY_RFID, body.rfid_tag.upper())
+        if vehicle is None and read.read_plate is None:
             raise Unprocessable("No vehicle has this RFID tag.", code="unknown_rfid_tag")
         method = EntryMethod.rfid if vehicle is not None else EntryMethod.plate
     if vehicle is not None:
-        plate = plates.normalise(vehicle.plate)
-        if read_plate is not None and read_plate.key != plate.key:
+        plate = plates.normalise(vehicle["plate"])
+        if read.read_plate is not None and read.read_plate.key != plate.key:
             review.append("plate_mismatch")
     else:
-        assert read_plate is not None
-        plate = read_plate
+        assert read.read_plate is not None
+        plate = read.read_plate
     registered = _registered(vehicle)
     open_session_id = None
     if entry_lot is not None:
-        # One round trip: the registration behind the plate and any open session of it.
-        found = await repository.plate_at_lot(work.session, entry_lot, plate.key)
-        open_session_id = found.open_session_id
+        if read.lookup_key != plate.key:  # identified otherwise than by the plate read
+            found = await work.fetchrow(repository.PLATE_AT_LOT, entry_lot, plate.key)
+        open_session_id = found["open_session_id"]
+        work.debts[plate.key] = int(found["outstanding_debt"])
         if vehicle is None and confident:
             registered = _registered(found)
     return Identified(
         plate=plate,
         vehicle=registered,
         method=method,
-        confidence=read.confidence if read is not None else None,
-        image_ref=read.image_ref if read is not None else None,
+        confidence=plate_read.confidence if plate_read is not None else None,
+        image_ref=plate_read.image_ref if plate_read is not None else None,
         review=tuple(review),
         open_session_id=open_session_id,
     )
@@ -243,28 +421,36 @@ def _vehicle_type(body: LaneEvent, who: Identified, lane: Lane) -> VehicleType:
     return VehicleType(who.plate.kind.value)
 
 
-def _masked(row: Record) -> str:
+def _masked(row: SessionRow) -> str:
     return plates.normalise(row.plate).masked()
 
 
-async def _publish(work: Work, topic: str, key: str, event: Event) -> None:
-    await add_event(work.session, repository.outbox, topic, key, event)
+async def _publish(work: Steps, topic: str, key: str, event: Event) -> None:
+    await work.publish(topic, key, event)
 
 
 # Entry ------------------------------------------------------------------------------------------
 
 
-async def enter(work: Work, device: Device, body: EntryCreate, request_key: str) -> EntryDecision:
+async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     """Decide at an entry lane: open (a new session, or a repeated read) or full."""
     context = work.context
+    read = _read(body)
+    found = await work.fetchrow(repository.ENTRY_BEGIN, *work.claim(), body.lot_id, read.lookup_key)
+    if (replay := work.claimed(found)) is not None:
+        return replay
     _check_time(context, body.occurred_at, work.now)
-    lot, lane = await _lane(context, device, body, Direction.entry)
-    who = await _identify(work, body, entry_lot=lot.lot_id)
+    lot, lane = _lane(context, device, body, Direction.entry)
+    if read.refused is not None:
+        raise read.refused
+    who = await _identify(work, body, read, found, entry_lot=lot.lot_id)
     vehicle_type = _vehicle_type(body, who, lane)
     if who.open_session_id is not None:
-        existing = await repository.get_session(work.session, who.open_session_id)
-        if existing is not None and existing.status != SessionStatus.closed.value:
-            return await _already_inside(work, existing, body)
+        existing = await work.fetchrow(repository.SESSION_BY_ID, who.open_session_id)
+        if existing is not None and existing["status"] != SessionStatus.closed.value:
+            return await _answer(
+                work, await _already_inside(work, repository.session_state(existing), body)
+            )
     count = await context.occupancy.admit(lot.lot_id, vehicle_type)
     if not count.admitted:
         await _publish(
@@ -273,7 +459,7 @@ async def enter(work: Work, device: Device, body: EntryCreate, request_key: str)
             lot.lot_id,
             events.entry_refused(lot.lot_id, lane.lane_id, vehicle_type, count, who.plate.masked()),
         )
-        return EntryDecision(
+        refused = EntryDecision(
             decision=EntryOutcome.full,
             reason="lot_full",
             session_id=None,
@@ -287,72 +473,52 @@ async def enter(work: Work, device: Device, body: EntryCreate, request_key: str)
             needs_review=bool(who.review),
             review_reasons=list(who.review),
             occupancy=Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free),
-            outstanding_debt=await repository.outstanding_debt(work.session, who.plate.key),
+            outstanding_debt=await work.outstanding_debt(who.plate.key),
             entry_at=None,
         )
+        return await _answer(work, refused)
     work.undo.add(lambda: context.occupancy.release(lot.lot_id, vehicle_type))
     session_id = service.new_id()
     hold_id, hold_amount, hold_status = await _place_hold(
-        work, who, lot, vehicle_type, body, f"parking-hold:{device.device_id}:{request_key}"
+        work, who, lot, vehicle_type, body, f"parking-hold:{device.device_id}:{work.request.key}"
     )
-    row = await repository.insert_session(
-        work.session,
-        session_id=session_id,
-        lot_id=lot.lot_id,
-        status=SessionStatus.open.value,
-        vehicle_type=vehicle_type.value,
-        plate_key=who.plate.key,
-        plate=who.plate.display,
-        entry_method=who.method.value,
-        entry_lane_id=lane.lane_id,
-        entry_device_id=device.device_id,
-        entry_at=body.occurred_at,
-        entry_recorded_at=work.now,
-        entry_confidence=who.confidence,
-        entry_image_ref=who.image_ref,
-        vehicle_id=who.vehicle.vehicle_id if who.vehicle is not None else None,
-        wallet_account_id=who.vehicle.wallet_account_id if who.vehicle is not None else None,
-        hold_id=hold_id,
-        hold_amount=hold_amount if hold_id is not None else None,
-        hold_status=hold_status,
-        review_reasons=list(who.review),
-    )
-    if row is None:  # the same plate entered through another lane at the same moment
-        await work.undo.run()
-        raced = await repository.open_session_for_plate(work.session, lot.lot_id, who.plate.key)
-        assert raced is not None
-        return await _already_inside(work, raced, body)
-    await _publish(
-        work,
-        events.SESSIONS_TOPIC,
-        str(session_id),
-        events.session_event(
-            events.SESSION_OPENED,
-            session_id,
-            {
-                "lot_id": lot.lot_id,
-                "lane_id": lane.lane_id,
-                "vehicle_type": vehicle_type.value,
-                "plate": who.plate.masked(),
-                "method": who.method.value,
-                "registered": who.vehicle is not None,
-                "hold_amount": row.hold_amount,
-                "hold_status": hold_status,
-                "needs_review": bool(who.review),
-                "review_reasons": list(who.review),
-                "entry_at": body.occurred_at.isoformat(),
-            },
+    held = hold_amount if hold_id is not None else None
+    work.events = [
+        (
+            events.SESSIONS_TOPIC,
+            str(session_id),
+            events.session_event(
+                events.SESSION_OPENED,
+                session_id,
+                {
+                    "lot_id": lot.lot_id,
+                    "lane_id": lane.lane_id,
+                    "vehicle_type": vehicle_type.value,
+                    "plate": who.plate.masked(),
+                    "method": who.method.value,
+                    "registered": who.vehicle is not None,
+                    "hold_amount": held,
+                    "hold_status": hold_status,
+                    "needs_review": bool(who.review),
+                    "review_reasons": list(who.review),
+                    "entry_at": body.occurred_at.isoformat(),
+                },
+            ),
         ),
-    )
-    await _publish(
-        work,
-        events.OCCUPANCY_TOPIC,
-        lot.lot_id,
-        events.occupancy_changed(
-            lot.lot_id, vehicle_type, count, change=1, session_id=session_id, at=body.occurred_at
+        (
+            events.OCCUPANCY_TOPIC,
+            lot.lot_id,
+            events.occupancy_changed(
+                lot.lot_id,
+                vehicle_type,
+                count,
+                change=1,
+                session_id=session_id,
+                at=body.occurred_at,
+            ),
         ),
-    )
-    return EntryDecision(
+    ]
+    decision = EntryDecision(
         decision=EntryOutcome.open,
         reason="entered",
         session_id=session_id,
@@ -361,18 +527,54 @@ async def enter(work: Work, device: Device, body: EntryCreate, request_key: str)
         vehicle_type=vehicle_type,
         plate=who.plate.display,
         registered=who.vehicle is not None,
-        hold_amount=row.hold_amount,
+        hold_amount=held,
         hold_status=hold_status,
         needs_review=bool(who.review),
         review_reasons=list(who.review),
         occupancy=Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free),
-        outstanding_debt=row.outstanding_debt,
+        outstanding_debt=await work.outstanding_debt(who.plate.key),
         entry_at=body.occurred_at,
     )
+    new_session = {
+        "session_id": session_id,
+        "lot_id": lot.lot_id,
+        "status": SessionStatus.open.value,
+        "vehicle_type": vehicle_type.value,
+        "plate_key": who.plate.key,
+        "plate": who.plate.display,
+        "entry_method": who.method.value,
+        "entry_lane_id": lane.lane_id,
+        "entry_device_id": device.device_id,
+        "entry_at": body.occurred_at,
+        "entry_recorded_at": work.now,
+        "entry_confidence": who.confidence,
+        "entry_image_ref": who.image_ref,
+        "vehicle_id": who.vehicle.vehicle_id if who.vehicle is not None else None,
+        "wallet_account_id": who.vehicle.wallet_account_id if who.vehicle is not None else None,
+        "hold_id": hold_id,
+        "hold_amount": held,
+        "hold_status": hold_status,
+        "review_reasons": list(who.review),
+    }
+    answered = await work.answer(decision, inserted=new_session)
+    if answered is not None:
+        return answered
+    # The same plate entered through another lane at the same moment.
+    await work.undo.run()
+    work.events = []
+    raced = await work.fetchrow(repository.OPEN_SESSION_FOR_PLATE, lot.lot_id, who.plate.key)
+    assert raced is not None
+    return await _answer(work, await _already_inside(work, repository.session_state(raced), body))
+
+
+async def _answer(work: LaneWork, decision: BaseModel) -> Response:
+    answered = await work.answer(decision)
+    assert answered is not None
+    return answered
 
 
 async def _place_hold(
-    work: Work,
+    work: LaneWork,
     who: Identified,
     lot: Lot,
     vehicle_type: VehicleType,
@@ -406,11 +608,11 @@ async def _place_hold(
     return hold.hold_id, hold.amount, "held"
 
 
-async def _already_inside(work: Work, row: Record, body: EntryCreate) -> EntryDecision:
+async def _already_inside(work: LaneWork, row: SessionRow, body: EntryCreate) -> EntryDecision:
     reasons = list(row.review_reasons)
     if body.occurred_at - row.entry_at > REPEAT_ENTRY_AFTER and "repeat_entry" not in reasons:
         reasons.append("repeat_entry")  # an exit was probably missed: an operator looks
-        row = await repository.update_session(work.session, row.session_id, review_reasons=reasons)
+        row = await work.update_session(row, review_reasons=reasons)
     counts = await work.context.occupancy.read(row.lot_id)
     count = counts[VehicleType(row.vehicle_type)]
     return EntryDecision(
@@ -427,7 +629,7 @@ async def _already_inside(work: Work, row: Record, body: EntryCreate) -> EntryDe
         needs_review=bool(reasons),
         review_reasons=reasons,
         occupancy=Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free),
-        outstanding_debt=await repository.outstanding_debt(work.session, row.plate_key),
+        outstanding_debt=await work.outstanding_debt(row.plate_key),
         entry_at=row.entry_at,
     )
 
@@ -435,33 +637,41 @@ async def _already_inside(work: Work, row: Record, body: EntryCreate) -> EntryDe
 # Exit -------------------------------------------------------------------------------------------
 
 
-async def leave(work: Work, device: Device, body: ExitCreate) -> ExitDecision:
+async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
     """Decide at an exit lane: open (paid, free, or a debt on the fallback) or pay by VietQR."""
     context = work.context
+    read = _read(body)
+    found = await work.fetchrow(repository.EXIT_BEGIN, *work.claim(), body.lot_id, read.lookup_key)
+    if (replay := work.claimed(found)) is not None:
+        return replay
     _check_time(context, body.occurred_at, work.now)
-    lot, lane = await _lane(context, device, body, Direction.exit)
-    who = await _identify(work, body)
-    row = await repository.open_session_for_plate(
-        work.session, lot.lot_id, who.plate.key, lock=True
-    )
-    if row is None:
+    lot, lane = _lane(context, device, body, Direction.exit)
+    if read.refused is not None:
+        raise read.refused
+    who = await _identify(work, body, read, found)
+    if read.lookup_key != who.plate.key:
+        found = await work.fetchrow(repository.OPEN_SESSION_FOR_PLATE, lot.lot_id, who.plate.key)
+    if found is None or found["session_id"] is None:
         since = work.now - context.settings.double_exit_window
-        last = await repository.last_exit_for_plate(work.session, lot.lot_id, who.plate.key, since)
+        last = await work.fetchrow(repository.LAST_EXIT_FOR_PLATE, lot.lot_id, who.plate.key, since)
         if last is not None:
+            exit_at = last["exit_at"]
             raise Conflict(
-                f"{who.plate.display} already left lot {lot.lot_id} at {last.exit_at.isoformat()}.",
+                f"{who.plate.display} already left lot {lot.lot_id} at {exit_at.isoformat()}.",
                 code="already_exited",
-                session_id=str(last.session_id),
-                exit_at=last.exit_at.isoformat(),
+                session_id=str(last["session_id"]),
+                exit_at=exit_at.isoformat(),
             )
         raise Conflict(
             f"No vehicle {who.plate.display} is inside lot {lot.lot_id}: no entry was recorded.",
             code="no_open_session",
         )
+    row: SessionRow = repository.session_state(found)
     if row.status == SessionStatus.awaiting_payment.value:
         if body.offline:  # the lane lost its link while the VietQR was shown, and let it out
-            return exit_decision(context, await _close_as_debt(work, row))
-        return exit_decision(context, row)  # the same vehicle, still paying at the barrier
+            row = await _close_as_debt(work, row)
+        # else the same vehicle, still paying at the barrier: its pending decision again
+        return await _answer(work, exit_decision(context, row))
     if body.occurred_at < row.entry_at:
         raise Unprocessable(
             f"The exit ({body.occurred_at.isoformat()}) is before the entry"
@@ -484,11 +694,11 @@ async def leave(work: Work, device: Device, body: ExitCreate) -> ExitDecision:
         "review_reasons": reasons,
     }
     row = await _settle(work, row, fee, exit_values, offline=body.offline)
-    return exit_decision(context, row)
+    return await _answer(work, exit_decision(context, row))
 
 
 async def _price(
-    work: Work, row: Record, entry_at: datetime, exit_at: datetime
+    work: Steps, row: SessionRow, entry_at: datetime, exit_at: datetime
 ) -> tuple[int, dict[str, Any]]:
     vehicle_type = VehicleType(row.vehicle_type)
     try:
@@ -511,7 +721,7 @@ class WalletOutcome:
     hold_status: str | None
 
 
-async def _take_from_wallet(context: Parking, row: Record, amount: int) -> WalletOutcome:
+async def _take_from_wallet(context: Parking, row: SessionRow, amount: int) -> WalletOutcome:
     """Capture the entry hold for `amount`, or charge the wallet; PaymentsUnavailable escapes."""
     payments = context.payments
     hold_status = row.hold_status
@@ -550,7 +760,7 @@ async def _take_from_wallet(context: Parking, row: Record, amount: int) -> Walle
     return WalletOutcome(posted, "charge", hold_status)
 
 
-async def _release_hold(work: Work, row: Record) -> str | None:
+async def _release_hold(work: Steps, row: SessionRow) -> str | None:
     """Give a hold back (nothing to pay from it); retried later if payments is away."""
     status: str | None = row.hold_status
     if row.hold_id is None or status not in ("held", "release_pending"):
@@ -565,23 +775,14 @@ async def _release_hold(work: Work, row: Record) -> str | None:
 
 
 async def _record_payment(
-    work: Work, row: Record, posted: Posted, kind: str, reference: str | None = None
+    work: Steps, row: SessionRow, posted: Posted, kind: str, reference: str | None = None
 ) -> bool:
-    return await repository.record_payment(
-        work.session,
-        transfer_id=posted.transfer_id,
-        session_id=row.session_id,
-        lot_id=row.lot_id,
-        kind=kind,
-        amount=posted.amount if kind != "refund" else -posted.amount,
-        reference=reference,
-        posted_at=posted.posted_at,
-    )
+    return await work.record_payment(row, posted, kind, reference)
 
 
 async def _settle(
-    work: Work, row: Record, fee: int, pending: dict[str, Any], *, offline: bool
-) -> Record:
+    work: Steps, row: SessionRow, fee: int, pending: dict[str, Any], *, offline: bool
+) -> SessionRow:
     """Collect the fee of a session at its exit. `pending` (the exit's own values) is written
     with the outcome in one update; returns the updated row."""
     if fee == 0:
@@ -614,9 +815,8 @@ async def _settle(
         )
     except (PaymentsUnavailable, PaymentsRefused) as error:
         return await _fallback(work, row, pending, reason=str(error))
-    row = await repository.update_session(
-        work.session,
-        row.session_id,
+    row = await work.update_session(
+        row,
         status=SessionStatus.awaiting_payment.value,
         payment_request_id=request.payment_request_id,
         payment_reference=request.reference,
@@ -644,7 +844,9 @@ async def _settle(
     return row
 
 
-async def _fallback(work: Work, row: Record, pending: dict[str, Any], *, reason: str) -> Record:
+async def _fallback(
+    work: Steps, row: SessionRow, pending: dict[str, Any], *, reason: str
+) -> SessionRow:
     """Payments cannot settle now: let the vehicle out and bill the plate, or ask to retry."""
     if not work.context.settings.fallback_enabled:
         raise ServiceUnavailable(
@@ -654,7 +856,7 @@ async def _fallback(work: Work, row: Record, pending: dict[str, Any], *, reason:
     return await _close_as_debt(work, row, **pending)
 
 
-async def _close_as_debt(work: Work, row: Record, **pending: Any) -> Record:
+async def _close_as_debt(work: Steps, row: SessionRow, **pending: Any) -> SessionRow:
     # Collected by the debt worker: a wallet is retried, otherwise a VietQR is prepared for
     # the receipt unless one exists already (the barrier's).
     needs_work = row.wallet_account_id is not None or row.payment_request_id is None
@@ -669,8 +871,8 @@ async def _close_as_debt(work: Work, row: Record, **pending: Any) -> Record:
 
 
 async def _close(
-    work: Work,
-    row: Record,
+    work: Steps,
+    row: SessionRow,
     settlement: Settlement,
     *,
     paid: int = 0,
@@ -678,14 +880,13 @@ async def _close(
     debt_status: DebtStatus | None = None,
     debt_next_attempt_at: datetime | None = None,
     **pending: Any,
-) -> Record:
+) -> SessionRow:
     context = work.context
     vehicle_type = VehicleType(row.vehicle_type)
     count = await context.occupancy.release(row.lot_id, vehicle_type)
     work.undo.add(lambda: context.occupancy.restore(row.lot_id, vehicle_type))
-    row = await repository.update_session(
-        work.session,
-        row.session_id,
+    row = await work.update_session(
+        row,
         status=SessionStatus.closed.value,
         settlement=settlement.value,
         paid_amount=row.paid_amount + paid,
@@ -717,7 +918,7 @@ async def _close(
     return row
 
 
-def _closed_data(row: Record) -> dict[str, Any]:
+def _closed_data(row: SessionRow) -> dict[str, Any]:
     priced = row.priced or {}
     return {
         "lot_id": row.lot_id,
@@ -740,7 +941,7 @@ def _closed_data(row: Record) -> dict[str, Any]:
     }
 
 
-def _owed(row: Record) -> int:
+def _owed(row: SessionRow) -> int:
     if row.debt_status != DebtStatus.outstanding.value or row.fee is None:
         return 0
     return max(int(row.fee) - int(row.paid_amount), 0)
@@ -750,7 +951,7 @@ def receipt_token(context: Parking, session_id: uuid.UUID) -> str:
     return tokens.receipt_token(context.settings.token_secret.get_secret_value(), session_id)
 
 
-def _payment_qr(row: Record) -> PaymentQR | None:
+def _payment_qr(row: SessionRow) -> PaymentQR | None:
     if row.payment_request_id is None or row.payment_qr is None:
         return None
     return PaymentQR(
@@ -761,7 +962,7 @@ def _payment_qr(row: Record) -> PaymentQR | None:
     )
 
 
-def exit_decision(context: Parking, row: Record) -> ExitDecision:
+def exit_decision(context: Parking, row: SessionRow) -> ExitDecision:
     status = SessionStatus(row.status)
     if status is SessionStatus.open:
         raise Conflict(
@@ -795,7 +996,7 @@ def exit_decision(context: Parking, row: Record) -> ExitDecision:
     )
 
 
-async def _session_row(work: Work, session_id: uuid.UUID, *, lock: bool = False) -> Record:
+async def _session_row(work: Work, session_id: uuid.UUID, *, lock: bool = False) -> SessionRow:
     row = await repository.get_session(work.session, session_id, lock=lock)
     if row is None:
         raise NotFound(f"No session {session_id}.", code="session_not_found")
@@ -863,8 +1064,9 @@ async def on_payment_request_paid(work: Work, event: Event) -> None:
     await repository.update_session(work.session, row.session_id, paid_amount=paid_total)
 
 
-async def on_transfer_posted(work: Work, event: Event) -> None:
-    """Keep the lot's revenue movements, to explain every dong in the audit."""
+async def on_transfer_posted(context: Parking, event: Event) -> None:
+    """Keep the lot's revenue movements, to explain every dong in the audit; once per event
+    (its dedup and the movement are one statement)."""
     data = event.data
     sign = SIGNED_KINDS.get(str(data.get("kind")))
     if data.get("source") != "parking" or not data.get("lot_id") or sign is None:
@@ -874,8 +1076,10 @@ async def on_transfer_posted(work: Work, event: Event) -> None:
         value = data.get(name)
         return uuid.UUID(str(value)) if value else None
 
-    await repository.record_ledger_transfer(
-        work.session,
+    await repository.record_ledger_event(
+        context.db,
+        events.CONSUMER_GROUP,
+        event.id,
         transfer_id=uuid.UUID(str(data["transfer_id"])),
         lot_id=str(data["lot_id"]),
         kind=str(data["kind"]),
@@ -890,7 +1094,7 @@ async def on_transfer_posted(work: Work, event: Event) -> None:
 # Debts ------------------------------------------------------------------------------------------
 
 
-async def _settle_debt(work: Work, row: Record, amount: int) -> Record:
+async def _settle_debt(work: Work, row: SessionRow, amount: int) -> SessionRow:
     row = await repository.update_session(
         work.session,
         row.session_id,
@@ -911,7 +1115,7 @@ async def _settle_debt(work: Work, row: Record, amount: int) -> Record:
     return row
 
 
-async def collect_debt(work: Work, row: Record) -> None:
+async def collect_debt(work: Work, row: SessionRow) -> None:
     """One attempt at a debt: the wallet first, else a VietQR the driver pays from the receipt."""
     context = work.context
     owed = _owed(row)
@@ -963,7 +1167,7 @@ async def collect_debt(work: Work, row: Record) -> None:
     await repository.update_session(work.session, row.session_id, debt_next_attempt_at=next_attempt)
 
 
-async def release_pending_hold(work: Work, row: Record) -> None:
+async def release_pending_hold(work: Work, row: SessionRow) -> None:
     status = await _release_hold(work, row)
     await repository.update_session(work.session, row.session_id, hold_status=status)
 
@@ -971,7 +1175,7 @@ async def release_pending_hold(work: Work, row: Record) -> None:
 # Reads ------------------------------------------------------------------------------------------
 
 
-def session_read(row: Record) -> SessionRead:
+def session_read(row: SessionRow) -> SessionRead:
     return SessionRead(
         session_id=row.session_id,
         lot_id=row.lot_id,
@@ -1038,7 +1242,7 @@ def _check_token(context: Parking, session_id: uuid.UUID, token: str) -> None:
         raise NotFound("No receipt for this session id and token.", code="receipt_not_found")
 
 
-async def _receipt(work: Work, row: Record) -> ReceiptRead:
+async def _receipt(work: Work, row: SessionRow) -> ReceiptRead:
     lot = await repository.get_lot(work.session, row.lot_id)
     assert lot is not None
     moved = await repository.payments_of_sessions(work.session, [row.session_id])
@@ -1074,7 +1278,7 @@ async def _receipt(work: Work, row: Record) -> ReceiptRead:
     )
 
 
-async def _closed_session_with_token(work: Work, session_id: uuid.UUID, token: str) -> Record:
+async def _closed_session_with_token(work: Work, session_id: uuid.UUID, token: str) -> SessionRow:
     _check_token(work.context, session_id, token)
     row = await repository.get_session(work.session, session_id)
     if row is None:
@@ -1101,7 +1305,7 @@ async def find_receipts(work: Work, plate: str, entered_at: datetime) -> list[Re
 # Overrides --------------------------------------------------------------------------------------
 
 
-def _override_read(row: Record) -> OverrideRead:
+def _override_read(row: SessionRow) -> OverrideRead:
     return OverrideRead(
         override_id=row.override_id,
         session_id=row.session_id,
@@ -1116,14 +1320,14 @@ def _override_read(row: Record) -> OverrideRead:
     )
 
 
-def _require_closed(row: Record) -> None:
+def _require_closed(row: SessionRow) -> None:
     if row.status != SessionStatus.closed.value:
         raise Conflict(
             f"Session {row.session_id} is still {row.status}.", code="session_not_closed"
         )
 
 
-async def _refund(work: Work, row: Record, amount: int) -> tuple[int, str]:
+async def _refund(work: Work, row: SessionRow, amount: int) -> tuple[int, str]:
     """Give `amount` back through payments, from the session's wallet payments.
 
     What was paid by bank transfer cannot be refunded by payments (it has no payout), so
@@ -1170,7 +1374,7 @@ async def _refund(work: Work, row: Record, amount: int) -> tuple[int, str]:
     return refunded, "refund_failed" if failed else "payout_required"
 
 
-async def _rebalance(work: Work, row: Record) -> tuple[Record, int, str | None]:
+async def _rebalance(work: Work, row: SessionRow) -> tuple[SessionRow, int, str | None]:
     """After a fee change: refund what was paid beyond it, or bill what is now missing."""
     fee, paid = int(row.fee), int(row.paid_amount)
     refund_amount, refund_status = 0, None
@@ -1195,7 +1399,7 @@ async def _rebalance(work: Work, row: Record) -> tuple[Record, int, str | None]:
 
 
 def _corrected_times(
-    work: Work, row: Record, entry_at: datetime | None, exit_at: datetime | None
+    work: Work, row: SessionRow, entry_at: datetime | None, exit_at: datetime | None
 ) -> tuple[datetime, datetime]:
     entry = entry_at or row.entry_at
     exit_ = exit_at or row.exit_at or work.now
@@ -1306,7 +1510,7 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
 # Disputes ---------------------------------------------------------------------------------------
 
 
-async def _dispute_read(work: Work, row: Record) -> DisputeRead:
+async def _dispute_read(work: Work, row: SessionRow) -> DisputeRead:
     override = (
         await repository.get_override(work.session, row.override_id) if row.override_id else None
     )
