@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
+from starlette.types import Scope
 
 from services.payments import bank_signature, reconciliation, service
 from services.payments.schemas import (
@@ -38,9 +39,15 @@ from services.payments.schemas import (
     problem_responses,
 )
 from services.payments.settings import PaymentsSettings
-from shared.app import RuntimeDep
+from shared.app import Runtime, RuntimeDep
 from shared.errors import Unauthorized
-from shared.idempotency import Idempotency, IdempotencyDep, IdempotentRequest
+from shared.idempotency import (
+    Idempotency,
+    IdempotencyDep,
+    IdempotentRequest,
+    header,
+    hot_idempotent_body,
+)
 
 
 # Coroutines on purpose: FastAPI runs plain-function dependencies in a worker thread.
@@ -65,11 +72,52 @@ async def service_caller(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
     """Callers are CityPass services: one shared bearer token, compared in constant time."""
+    _check_token(settings, credentials.credentials if credentials else None)
+
+
+def _check_token(settings: PaymentsSettings, token: str | None) -> None:
     expected = settings.service_token.get_secret_value().encode()
-    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
+    if not token or not hmac.compare_digest(token.encode(), expected):
         raise Unauthorized(
             "Send `Authorization: Bearer <payments service token>`.", code="invalid_service_token"
         )
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    """As HTTPBearer reads it."""
+    scheme, _, token = (header(scope, b"authorization") or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+# Hot routes (shared.app.HotRoutes): the money paths that parking and ticketing call per lane
+# decision or fare, answered in front of FastAPI, whose routing and dependencies cost more CPU
+# than the one statement they run. Same checks, in the same order, as the routes below, which
+# keep describing them in the OpenAPI.
+HOT_BODY_LIMIT = 64 * 1024
+
+
+async def hot_charge(
+    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
+) -> Response:
+    _check_token(settings, _bearer_token(scope))
+    key, charge = hot_idempotent_body(scope, body, ChargeCreate)
+    return (await service.charge(runtime.db, key, charge, settings)).response()
+
+
+async def hot_hold(
+    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
+) -> Response:
+    _check_token(settings, _bearer_token(scope))
+    key, hold = hot_idempotent_body(scope, body, HoldCreate)
+    return (await service.place_hold(runtime.db, key, hold, settings)).response()
+
+
+async def hot_parking_payment(
+    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
+) -> Response:
+    _check_token(settings, _bearer_token(scope))
+    key, payment = hot_idempotent_body(scope, body, ParkingPaymentCreate)
+    return (await service.request_parking_payment(runtime.db, key, payment, settings)).response()
 
 
 UNAUTHORIZED = (401, "Missing or wrong service token")
