@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
 from services.parking import events, repository, service, sessions
 from services.parking.context import Parking
-from services.parking.endpoints import routers
+from services.parking.endpoints import LANE_BODY_LIMIT, lane_entry, lane_exit, routers
 from services.parking.sessions import Undo, Work
 from services.parking.settings import ParkingSettings
-from shared.app import Runtime, Worker, create_app, supervised
+from shared.app import HotRoute, Runtime, Worker, create_app, supervised
 from shared.events import Event
 from shared.inbox import first_delivery
 from shared.kafka import Consumer, Handler
@@ -110,6 +111,8 @@ def build_app(settings: ParkingSettings | None = None) -> FastAPI:
         supervised("idempotency-purge", idempotency_purge(context)),
     ]
     runtime.on_stop.append(context.payments.close)
+    if context.occupancy.lanes is not None:
+        runtime.on_stop.append(context.occupancy.lanes.close)
 
     async def load_reference() -> None:
         await context.reference.reload()
@@ -132,6 +135,10 @@ def build_app(settings: ParkingSettings | None = None) -> FastAPI:
             " times carry their offset; days are Hanoi days."
         ),
         on_start=[load_reference, sync_capacity],
+        hot_routes=[
+            HotRoute("POST", "/v1/entries", partial(lane_entry, context), LANE_BODY_LIMIT),
+            HotRoute("POST", "/v1/exits", partial(lane_exit, context), LANE_BODY_LIMIT),
+        ],
     )
     app.state.parking = context
     return app

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Scope
 
 from services.parking.context import Device, Parking
 from shared.devicesigning import (
@@ -15,6 +17,7 @@ from shared.devicesigning import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     DeviceAuthError,
+    SignedRequest,
     claim_nonce,
     request_target,
     verify_request,
@@ -66,17 +69,28 @@ async def admin(
         )
 
 
-async def _verified_device(request: Request, context: Parking) -> Device:
-    device_id = request.headers.get(DEVICE_ID_HEADER)
+async def lane_device(
+    context: Parking, scope: Scope, headers: Mapping[str, str], body: bytes
+) -> tuple[Device, SignedRequest]:
+    """The device whose signature over this request checks out; its nonce is not claimed
+    yet (the caller claims it once, if it can in a script it runs anyway)."""
+    device_id = headers.get(DEVICE_ID_HEADER)
     device = await context.devices.get(device_id) if device_id else None
     signed = verify_request(
-        request.method,
-        request_target(request.scope.get("raw_path") or b"", request.scope["query_string"]),
-        request.headers,
-        await request.body(),
+        scope["method"],
+        request_target(scope.get("raw_path") or scope["path"].encode(), scope["query_string"]),
+        headers,
+        body,
         lambda _: device.key if device is not None else None,
     )
     assert device is not None  # verify_request refuses an unknown device
+    return device, signed
+
+
+async def _verified_device(request: Request, context: Parking) -> Device:
+    device, signed = await lane_device(
+        context, request.scope, request.headers, await request.body()
+    )
     await claim_nonce(context.runtime.kv, signed, tag=device.lot_id)
     return device
 
@@ -111,6 +125,7 @@ async def device_or_admin(
         raise
 
 
+device_signature = _device_headers  # for routes that check the signature themselves
 AdminDep = Depends(admin)
 DeviceDep = Annotated[Device, Depends(signed_device)]
 DeviceOrAdminDep = Annotated[Device | None, Depends(device_or_admin)]

@@ -10,17 +10,30 @@ Three kinds of callers:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel
+from fastapi import APIRouter, Header, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from redis.exceptions import RedisError
+from starlette.datastructures import Headers
 from starlette.responses import Response
+from starlette.types import Scope
 
 from services.parking import audit, repository, service, sessions
-from services.parking.auth import AdminDep, DeviceDep, DeviceOrAdminDep, ParkingDep
-from services.parking.context import Parking
+from services.parking.auth import (
+    AdminDep,
+    DeviceDep,
+    DeviceOrAdminDep,
+    ParkingDep,
+    device_signature,
+    lane_device,
+)
+from services.parking.context import Device, Parking
 from services.parking.schemas import (
     DEVICE_ID_PATTERN,
     LANE_ID_PATTERN,
@@ -57,8 +70,14 @@ from services.parking.schemas import (
 )
 from services.parking.sessions import LaneWork, Undo, Work
 from services.parking.tariffs import VehicleType
+from shared.devicesigning import DeviceAuthError, nonce_key
 from shared.errors import PROBLEM_CONTENT, Unprocessable
-from shared.idempotency import IdempotencyDep, IdempotentRequest
+from shared.idempotency import (
+    MAX_KEY_LENGTH,
+    IdempotencyDep,
+    IdempotencyKeyMissing,
+    IdempotentRequest,
+)
 
 LotId = Annotated[str, Path(pattern=LOT_ID_PATTERN, examples=["HK-01"])]
 LaneId = Annotated[str, Path(pattern=LANE_ID_PATTERN, examples=["HK-01-IN1"])]
@@ -73,6 +92,17 @@ ReceiptToken = Annotated[
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500)]
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# As shared.idempotency documents it, for the lane routes that check it themselves.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description="Unique per logical operation (e.g. a UUID); retries reuse it.",
+        max_length=MAX_KEY_LENGTH,
+    ),
+]
+Command = TypeVar("Command", EntryCreate, ExitCreate)
 
 
 def problems(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
@@ -103,8 +133,89 @@ async def _in_transaction(
     return result
 
 
+LANE_BODY_LIMIT = 16 * 1024  # a lane event is well under 1 KiB
+
+
+async def lane_entry(context: Parking, scope: Scope, body: bytes) -> Response:
+    """POST /v1/entries, served as a hot route (shared.app.HotRoutes) in front of FastAPI:
+    its routing and dependency machinery cost about as much CPU as the decision's own work."""
+    return await _lane(context, scope, body, EntryCreate, sessions.enter)
+
+
+async def lane_exit(context: Parking, scope: Scope, body: bytes) -> Response:
+    """POST /v1/exits, as `lane_entry`."""
+    return await _lane(context, scope, body, ExitCreate, sessions.leave)
+
+
+async def _lane(
+    context: Parking,
+    scope: Scope,
+    body: bytes,
+    model: type[Command],
+    decide: Callable[[LaneWork, Device, Command], Awaitable[Response]],
+) -> Response:
+    """Checks in the order FastAPI made them: the device signature (401), the
+    Idempotency-Key (400 when missing), then the header's and the body's shape (one 422)."""
+    headers = Headers(scope=scope)
+    device, signed = await lane_device(context, scope, headers, body)
+    nonce = sessions.PendingNonce(
+        context.occupancy,
+        device.device_id,
+        nonce_key(signed.device_id, signed.nonce, tag=device.lot_id),
+    )
+    try:
+        key, errors = _idempotent_request(scope, headers, body)
+        try:
+            command = model.model_validate_json(body)
+        except ValidationError as exc:
+            errors += _body_errors(exc)
+        if errors:
+            raise RequestValidationError(errors)
+        assert key is not None
+        return await _lane_decision(context, key, nonce, lambda work: decide(work, device, command))
+    except Exception as refused:
+        if not nonce.claimed and not isinstance(refused, DeviceAuthError):
+            # As when the nonce was claimed first: a replay is refused whatever else is wrong.
+            with contextlib.suppress(RedisError, OSError):
+                await nonce.claim()
+        raise
+
+
+def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {**error, "loc": ("body", *error["loc"])}
+        for error in exc.errors(include_url=False, include_context=False)
+    ]
+
+
+def _idempotent_request(
+    scope: Scope, headers: Headers, body: bytes
+) -> tuple[IdempotentRequest | None, list[dict[str, Any]]]:
+    """The key with its scope and fingerprint, as shared.idempotency.idempotent_request makes
+    them (the same keys whichever way the request came in), or the header's error."""
+    value = headers.get(IDEMPOTENCY_HEADER)
+    if value is not None and len(value) > MAX_KEY_LENGTH:
+        return None, [
+            {
+                "type": "string_too_long",
+                "loc": ("header", IDEMPOTENCY_HEADER),
+                "msg": f"String should have at most {MAX_KEY_LENGTH} characters",
+                "input": value,
+            }
+        ]
+    if not value or not value.strip():
+        raise IdempotencyKeyMissing("This operation requires an Idempotency-Key header.")
+    path: str = scope["path"]
+    caller = hashlib.sha256(headers.get("authorization", "").encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(path.encode() + b"\0" + body).hexdigest()
+    return IdempotentRequest(value, f"{scope['method']} {path} {caller}", fingerprint), []
+
+
 async def _lane_decision(
-    context: Parking, key: IdempotentRequest, decide: Callable[[LaneWork], Awaitable[Response]]
+    context: Parking,
+    key: IdempotentRequest,
+    nonce: sessions.PendingNonce,
+    decide: Callable[[LaneWork], Awaitable[Response]],
 ) -> Response:
     """An entry or exit, once per Idempotency-Key: its claim, reads and writes are a few
     statements of one transaction; a retry gets the first answer's bytes."""
@@ -112,7 +223,8 @@ async def _lane_decision(
     with context.decisions.admit():
         try:
             async with repository.lane_transaction(context.db) as connection:
-                response = await decide(LaneWork(connection, context, key, undo))
+                response = await decide(LaneWork(connection, context, key, nonce, undo))
+                await nonce.claim()  # if no script took it: before the commit
         except BaseException:
             await undo.run()
             raise
@@ -230,7 +342,10 @@ async def list_tariffs(
     ),
 )
 async def enter(
-    body: EntryCreate, device: DeviceDep, key: IdempotencyDep, context: ParkingDep
+    request: Request,
+    _body: EntryCreate,
+    _signature: Annotated[str | None, Security(device_signature)],
+    _key: IdempotencyKeyHeader = None,
 ) -> Response:
     """A vehicle at an entry lane: open the barrier or not.
 
@@ -250,7 +365,7 @@ async def enter(
 
     Send a fresh `Idempotency-Key` (UUID) per vehicle event and reuse it on retries.
     """
-    return await _lane_decision(context, key, lambda work: sessions.enter(work, device, body))
+    return await lane_entry(request.app.state.parking, request.scope, await request.body())
 
 
 @lanes.post(
@@ -277,7 +392,10 @@ async def enter(
     ),
 )
 async def leave(
-    body: ExitCreate, device: DeviceDep, key: IdempotencyDep, context: ParkingDep
+    request: Request,
+    _body: ExitCreate,
+    _signature: Annotated[str | None, Security(device_signature)],
+    _key: IdempotencyKeyHeader = None,
 ) -> Response:
     """A vehicle at an exit lane: the fee, and open the barrier or show a VietQR.
 
@@ -294,7 +412,7 @@ async def leave(
     A vehicle already waiting at the barrier gets its pending decision again. Print or show
     `receipt_token`: with the session id it opens the receipt (`GET /v1/receipts/…`).
     """
-    return await _lane_decision(context, key, lambda work: sessions.leave(work, device, body))
+    return await lane_exit(request.app.state.parking, request.scope, await request.body())
 
 
 @lanes.get(

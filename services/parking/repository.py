@@ -1009,16 +1009,15 @@ SESSION_FIELDS = tuple(column.name for column in sessions.c)
 
 @asynccontextmanager
 async def raw_connection(database: Database) -> AsyncIterator[Any]:
-    """A plain asyncpg connection of the service's pool, in autocommit: each statement
-    commits on its own."""
-    async with database.engine.connect() as connection:
-        raw = await connection.get_raw_connection()
-        driver: Any = raw.driver_connection
+    """A connection of the service's plain asyncpg pool (`Database.raw_pool`), in autocommit:
+    each statement commits on its own."""
+    pool = await database.raw_pool()
+    async with pool.acquire() as connection:
         try:
-            yield driver
+            yield connection
         finally:
-            if driver.is_closed() or driver.is_in_transaction():
-                await connection.invalidate()  # broken or interrupted: never reused
+            if not connection.is_closed() and connection.is_in_transaction():
+                connection.terminate()  # interrupted mid-transaction: never reused
 
 
 @asynccontextmanager

@@ -33,6 +33,8 @@ from starlette.responses import Response
 
 from services.parking import events, plates, repository, service, tokens
 from services.parking.context import Device, Lane, Lot, Parking
+from services.parking.occupancy import Count, Replayed
+from services.parking.occupancy import Occupancy as OccupancyCounters
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
 from services.parking.repository import Record
 from services.parking.schemas import (
@@ -68,6 +70,7 @@ from services.parking.tariffs import (
     price_session,
     tariff_in_force,
 )
+from shared.devicesigning import replayed
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from shared.events import Event
 from shared.idempotency import IdempotencyKeyInFlight, IdempotencyKeyReused, IdempotentRequest
@@ -142,6 +145,37 @@ class Work:
     async def outstanding_debt(self, plate_key: str) -> int:
         return await repository.outstanding_debt(self.session, plate_key)
 
+    async def release_place(self, lot_id: str, vehicle_type: VehicleType) -> Count:
+        occupancy = self.context.occupancy
+        count = await occupancy.release(lot_id, vehicle_type)
+        self.undo.add(lambda: occupancy.restore(lot_id, vehicle_type))
+        return count
+
+    async def keep_place(self) -> None:
+        """Nothing was released ahead (see LaneWork.release_ahead)."""
+
+
+@dataclass
+class PendingNonce:
+    """A lane request's device nonce (shared.devicesigning), claimed once before anything is
+    paid or committed: in the Redis script the decision runs anyway (admit, release), else on
+    its own."""
+
+    occupancy: OccupancyCounters
+    device_id: str
+    key: str
+    claimed: bool = False
+
+    def unclaimed(self) -> str | None:
+        return None if self.claimed else self.key
+
+    async def claim(self) -> None:
+        if self.claimed:
+            return
+        if not await self.occupancy.claim_nonce(self.key):
+            raise replayed(self.device_id)
+        self.claimed = True
+
 
 @dataclass
 class LaneWork:
@@ -153,12 +187,60 @@ class LaneWork:
     connection: Any  # asyncpg.Connection, in a transaction
     context: Parking
     request: IdempotentRequest
+    nonce: PendingNonce
     undo: Undo = field(default_factory=Undo)
     now: datetime = field(default_factory=service.utcnow)
     events: list[tuple[str, str, Event]] = field(default_factory=list)
     changed: SimpleNamespace | None = None  # the session as it will be written
     payment: tuple[Posted, str, str | None] | None = None
     debts: dict[str, int] = field(default_factory=dict)  # outstanding debt by plate key
+    released: Count | None = None  # a place given back ahead of the settlement
+    ahead: tuple[str, VehicleType] | None = None  # where it was given back
+    kept: int = 0  # places released ahead and taken back
+
+    async def admit(self, lot_id: str, vehicle_type: VehicleType) -> Count:
+        """Take a place (and claim the nonce in the same script)."""
+        try:
+            count = await self.context.occupancy.admit(
+                lot_id, vehicle_type, nonce_key=self.nonce.unclaimed()
+            )
+        except Replayed:
+            raise replayed(self.nonce.device_id) from None
+        self.nonce.claimed = True
+        return count
+
+    async def release_place(self, lot_id: str, vehicle_type: VehicleType) -> Count:
+        if self.released is not None:
+            count, self.released = self.released, None
+            return count
+        return await self._release(lot_id, vehicle_type)
+
+    async def _release(self, lot_id: str, vehicle_type: VehicleType) -> Count:
+        occupancy = self.context.occupancy
+        try:
+            count = await occupancy.release(lot_id, vehicle_type, nonce_key=self.nonce.unclaimed())
+        except Replayed:
+            raise replayed(self.nonce.device_id) from None
+        self.nonce.claimed = True
+        kept = self.kept
+
+        async def restore() -> None:
+            if self.kept == kept:  # not taken back already by keep_place
+                await occupancy.restore(lot_id, vehicle_type)
+
+        self.undo.add(restore)
+        return count
+
+    async def release_ahead(self, lot_id: str, vehicle_type: VehicleType) -> None:
+        """Give the place back before settling an exit that will most likely close, so that
+        the nonce rides along; `keep_place` takes it again if the vehicle stays after all."""
+        self.released = await self._release(lot_id, vehicle_type)
+        self.ahead = (lot_id, vehicle_type)
+
+    async def keep_place(self) -> None:
+        if self.released is not None and self.ahead is not None:
+            self.released, self.kept = None, self.kept + 1
+            await self.context.occupancy.restore(*self.ahead)
 
     async def update_session(self, row: SessionRow, **values: Any) -> SessionRow:
         for name, value in values.items():
@@ -451,7 +533,7 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
             return await _answer(
                 work, await _already_inside(work, repository.session_state(existing), body)
             )
-    count = await context.occupancy.admit(lot.lot_id, vehicle_type)
+    count = await work.admit(lot.lot_id, vehicle_type)
     if not count.admitted:
         await _publish(
             work,
@@ -693,6 +775,10 @@ async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
         "priced": priced,
         "review_reasons": reasons,
     }
+    if fee == 0 or row.wallet_account_id is not None or body.offline:
+        await work.release_ahead(row.lot_id, VehicleType(row.vehicle_type))  # it will leave
+    else:
+        await work.nonce.claim()  # before payments is asked for anything
     row = await _settle(work, row, fee, exit_values, offline=body.offline)
     return await _answer(work, exit_decision(context, row))
 
@@ -806,6 +892,7 @@ async def _settle(
         pending = {**pending, "hold_status": outcome.hold_status}
     if offline:
         return await _close_as_debt(work, row, **pending)
+    await work.keep_place()  # at the barrier until the VietQR is paid
     try:
         request = await work.context.payments.request_payment(
             lot_id=row.lot_id,
@@ -881,10 +968,8 @@ async def _close(
     debt_next_attempt_at: datetime | None = None,
     **pending: Any,
 ) -> SessionRow:
-    context = work.context
     vehicle_type = VehicleType(row.vehicle_type)
-    count = await context.occupancy.release(row.lot_id, vehicle_type)
-    work.undo.add(lambda: context.occupancy.restore(row.lot_id, vehicle_type))
+    count = await work.release_place(row.lot_id, vehicle_type)
     row = await work.update_session(
         row,
         status=SessionStatus.closed.value,
