@@ -24,6 +24,12 @@ from sqlalchemy.ext.asyncio import (
 )
 
 CONNECT_TIMEOUT_S = 5
+# The plain pool's "PostgreSQL is away" errors (SQLAlchemy's are DBAPIError).
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 class UniqueViolation(Exception):

@@ -2,15 +2,20 @@
 
 `add_event` runs inside the caller's transaction; `OutboxRelay` moves committed rows to Kafka
 with `FOR UPDATE SKIP LOCKED` (safe with several replicas) and deletes them only once the
-broker acknowledged them. A crash between publish and delete redelivers: consumers dedup.
+broker acknowledged them: the delete is the batch's one statement, and its transaction commits
+after the publish succeeded. A crash between publish and commit redelivers: consumers dedup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
+from typing import Any
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -22,11 +27,12 @@ from sqlalchemy import (
     Table,
     func,
     select,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import Database
+from shared.db import CONNECTION_ERRORS, Database
 from shared.events import Event
 from shared.health import DEPENDENCY_ERRORS, describe_failure
 from shared.kafka import Publisher
@@ -81,39 +87,47 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.idle_sleep_s = idle_sleep_s
         self._stopping = asyncio.Event()
+        self._claim_sql = self._claim("$1")
+
+    def _claim(self, limit_parameter: str) -> str:
+        """One statement: take the oldest rows no other relay holds, delete them, return them.
+        The delete commits only after the broker acknowledged them (the caller's transaction)."""
+        table = self.outbox.fullname
+        return (
+            f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} ORDER BY id"
+            f" LIMIT {limit_parameter} FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, topic, key, headers::text AS headers, payload"
+        )
+
+    async def _publish(self, rows: Sequence[Any]) -> int:
+        if rows:
+            await self.publisher.publish_many(
+                [
+                    (
+                        row[1],
+                        row[2],
+                        row[4],
+                        [(name, value.encode()) for name, value in orjson.loads(row[3])],
+                    )
+                    for row in sorted(rows, key=itemgetter(0))  # in commit order
+                ]
+            )
+        return len(rows)
 
     async def relay_batch(self, session: AsyncSession) -> int:
         """Publish one batch inside `session`'s transaction; the caller commits the delete."""
         rows = (
-            await session.execute(
-                select(
-                    self.outbox.c.id,
-                    self.outbox.c.topic,
-                    self.outbox.c.key,
-                    self.outbox.c.headers,
-                    self.outbox.c.payload,
-                )
-                .order_by(self.outbox.c.id)
-                .limit(self.batch_size)
-                .with_for_update(skip_locked=True)
-            )
+            await session.execute(text(self._claim(":limit")), {"limit": self.batch_size})
         ).all()
-        if not rows:
-            return 0
-        await self.publisher.publish_many(
-            [
-                (row.topic, row.key, row.payload, [(n, v.encode()) for n, v in row.headers])
-                for row in rows
-            ]
-        )
-        await session.execute(
-            self.outbox.delete().where(self.outbox.c.id.in_([r.id for r in rows]))
-        )
-        return len(rows)
+        return await self._publish(rows)
 
     async def relay_once(self) -> int:
-        async with self.database.transaction() as session:
-            published = await self.relay_batch(session)
+        """One batch in its own transaction, on the plain asyncpg pool (three round trips)."""
+        pool = await self.database.raw_pool()
+        async with pool.acquire() as connection, connection.transaction():
+            published = await self._publish(
+                await connection.fetch(self._claim_sql, self.batch_size)
+            )
         OUTBOX_PUBLISHED.labels(self.service).inc(published)
         return published
 
@@ -136,7 +150,7 @@ class OutboxRelay:
                     OUTBOX_BACKLOG.labels(self.service).set(count)
                     OUTBOX_OLDEST.labels(self.service).set(age)
                     last_gauge = loop.time()
-            except DEPENDENCY_ERRORS as exc:
+            except (*DEPENDENCY_ERRORS, *CONNECTION_ERRORS) as exc:
                 logger.warning("outbox relay waits for its dependencies: %s", describe_failure(exc))
                 published = 0
                 await asyncio.sleep(1)
