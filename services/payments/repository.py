@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, TypeAlias
 
 import orjson
@@ -166,6 +166,7 @@ ACCOUNT_COLUMNS = (
 )
 
 
+@lru_cache(maxsize=4096)
 def system_account_id(code: str) -> uuid.UUID:
     return uuid.uuid5(SYSTEM_ACCOUNT_NAMESPACE, code)
 

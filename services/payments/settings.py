@@ -22,8 +22,10 @@ class PaymentsSettings(ServiceSettings):
     collection_account: str = Field(default="0011004242424", pattern=r"^[A-Za-z0-9]{1,19}$")
     merchant_name: str = Field(default="CITYPASS HANOI", max_length=25)
     merchant_city: str = Field(default="HA NOI", max_length=15)
-    # Each hot system account (revenue, holds) is spread over this many rows.
-    hot_account_shards: int = Field(default=8, ge=1, le=64)
+    # Each hot system account (revenue, holds) is spread over this many rows: a charge holds
+    # its row until its commit is flushed, so 16 concurrent callers on 8 rows queued behind
+    # each other's fsync.
+    hot_account_shards: int = Field(default=32, ge=1, le=64)
     hold_ttl: timedelta = timedelta(minutes=30)  # a parking session's pre-authorisation
     hold_max_ttl: timedelta = timedelta(days=2)  # overnight parking
     hold_expiry_interval: timedelta = timedelta(seconds=5)  # how often expired holds are voided
