@@ -12,7 +12,7 @@ import secrets
 import uuid
 import zlib
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 import uuid_utils
 from sqlalchemy.exc import IntegrityError
@@ -275,10 +275,6 @@ async def _post(session: AsyncSession, draft: TransferDraft) -> PostedTransfer:
     )
 
 
-def _raise(error: ProblemError) -> NoReturn:
-    raise error
-
-
 def _refusal_of(outcome: Outcome, draft: TransferDraft) -> ProblemError:
     """Why the database posted nothing for `draft` (a wallet debit)."""
     match outcome["outcome"]:
@@ -346,7 +342,10 @@ async def charge(
         OutboxEvent.of(events.transfer_posted(draft)),
         template,
     )
-    return guarded_answer(outcome) or _raise(_refusal_of(outcome, draft))
+    answer = guarded_answer(outcome)
+    if answer is None:
+        raise _refusal_of(outcome, draft)
+    return answer
 
 
 # Holds ------------------------------------------------------------------------------------------
@@ -383,12 +382,13 @@ async def place_hold(
         else timedelta(seconds=request.expires_in_s)
     )
     if ttl > settings.hold_max_ttl:
-        return await claim(db, key) or _raise(
-            HoldTooLong(
+        stored = await claim(db, key)  # the key's answer or conflict comes first, as ever
+        if stored is None:
+            raise HoldTooLong(
                 f"A hold lasts at most {int(settings.hold_max_ttl.total_seconds())} s.",
                 max_expires_in_s=int(settings.hold_max_ttl.total_seconds()),
             )
-        )
+        return stored
     transfer_id = request.transfer_id or new_id()
     hold_id = new_id()
     escrow = holds_account(shard_of(transfer_id, settings.hot_account_shards))
@@ -430,7 +430,10 @@ async def place_hold(
         OutboxEvent.of(events.transfer_posted(draft)),
         template,
     )
-    return guarded_answer(outcome) or _raise(_refusal_of(outcome, draft))
+    answer = guarded_answer(outcome)
+    if answer is None:
+        raise _refusal_of(outcome, draft)
+    return answer
 
 
 async def get_hold(session: AsyncSession, hold_id: uuid.UUID) -> HoldRead:
@@ -568,7 +571,10 @@ async def capture_hold(
         event_key,
         template,
     )
-    return guarded_answer(outcome) or _raise(_hold_refusal(outcome, hold_id, hold, request.amount))
+    answer = guarded_answer(outcome)
+    if answer is None:
+        raise _hold_refusal(outcome, hold_id, hold, request.amount)
+    return answer
 
 
 async def void_hold(db: Database, key: IdempotentRequest, hold_id: uuid.UUID) -> StoredAnswer:
@@ -582,7 +588,10 @@ async def void_hold(db: Database, key: IdempotentRequest, hold_id: uuid.UUID) ->
     outcome = await repository.void_hold_once(
         db, key, hold_id, release, events.LEDGER_TOPIC, event_key, template
     )
-    return guarded_answer(outcome) or _raise(_hold_refusal(outcome, hold_id, hold, 0))
+    answer = guarded_answer(outcome)
+    if answer is None:
+        raise _hold_refusal(outcome, hold_id, hold, 0)
+    return answer
 
 
 async def expire_holds(session: AsyncSession, limit: int) -> int:
