@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -152,7 +153,8 @@ HotHandler = Callable[[Scope, bytes], Awaitable[Response]]
 @dataclass(frozen=True, slots=True)
 class HotRoute:
     """A latency-critical route: `handler(scope, body)` answers, or raises a ProblemError,
-    FastAPI's RequestValidationError, or anything else (a logged 500)."""
+    FastAPI's RequestValidationError, or anything else (a logged 500). `path` may hold
+    `{name}` segments; their values are in `scope["path_params"]` (strings, unchecked)."""
 
     method: str
     path: str
@@ -191,11 +193,26 @@ class HotRoutes:
 
     def __init__(self, app: ASGIApp, service: str, routes: Sequence[HotRoute]) -> None:
         self.app = app
-        self.routes = {(route.method, route.path): route for route in routes}
+        self.routes = {(r.method, r.path): r for r in routes if "{" not in r.path}
+        self.templated = [
+            (r.method, re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", r.path)), r)
+            for r in routes
+            if "{" in r.path
+        ]
         self.metrics = RouteMetrics(service)
 
+    def match(self, scope: Scope) -> HotRoute | None:
+        method, path = scope.get("method", ""), scope.get("path", "")
+        route = self.routes.get((method, path))
+        if route is None and self.templated:
+            for route_method, pattern, candidate in self.templated:
+                if route_method == method and (found := pattern.fullmatch(path)):
+                    scope["path_params"] = found.groupdict()
+                    return candidate
+        return route
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get((scope.get("method", ""), scope.get("path", "")))
+        route = self.match(scope)
         if route is None:
             await self.app(scope, receive, send)
             return
@@ -208,9 +225,9 @@ class HotRoutes:
                 raise PayloadTooLarge(f"Bodies are limited to {route.max_body_bytes} bytes.")
             response = await route.handler(scope, await read_body(receive, route.max_body_bytes))
         except ProblemError as exc:
-            response = problem_from(exc, route.path)
+            response = problem_from(exc, scope["path"])
         except RequestValidationError as exc:
-            response = invalid_request(exc, route.path)
+            response = invalid_request(exc, scope["path"])
         except _Disconnected:
             return
         except Exception:

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Final, TypeVar
 import orjson
 from fastapi import Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import (
     Column,
     DateTime,
@@ -148,6 +148,42 @@ def hot_idempotent_body(scope: Scope, body: bytes, model: type[M]) -> tuple[Idem
     """For a hot route (shared.app.HotRoutes) of a fixed path: what FastAPI gives an endpoint
     taking `IdempotencyDep` and a `model` body, with the same errors in the same order
     (400 for a missing key; one 422 listing a key too long and every body error)."""
+    key, _, parsed = hot_idempotent_path(scope, body, scope["path"], {}, model)
+    assert parsed is not None
+    return key, parsed
+
+
+def hot_idempotent_path(
+    scope: Scope,
+    body: bytes,
+    template: str,
+    path_types: Mapping[str, TypeAdapter[Any]],
+    model: type[M] | None = None,
+) -> tuple[IdempotentRequest, dict[str, Any], M | None]:
+    """The same for a route with path parameters (`template` as in `HotRoute.path`, each
+    parameter's type in `path_types`) and an optional body: one 422 lists a key too long,
+    then every path parameter error, then every body error."""
+    key, path_values, errors = _hot_key_and_path(scope, path_types)
+    parsed: M | None = None
+    if model is not None:
+        try:
+            parsed = model.model_validate_json(body)
+        except ValidationError as invalid:
+            errors += [
+                {**error, "loc": ("body", *error["loc"])}
+                for error in invalid.errors(include_url=False, include_context=False)
+            ]
+    if errors:
+        raise RequestValidationError(errors)
+    path: str = scope["path"]
+    authorization = header(scope, b"authorization") or ""
+    request = _identified(key, scope["method"], template, path, authorization, body)
+    return request, path_values, parsed
+
+
+def _hot_key_and_path(
+    scope: Scope, path_types: Mapping[str, TypeAdapter[Any]]
+) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
     errors: list[dict[str, Any]] = []
     key = header(scope, b"idempotency-key")
     if key is not None and len(key) > MAX_KEY_LENGTH:
@@ -161,19 +197,18 @@ def hot_idempotent_body(scope: Scope, body: bytes, model: type[M]) -> tuple[Idem
         )
     elif not key or not key.strip():
         raise IdempotencyKeyMissing("This operation requires an Idempotency-Key header.")
-    try:
-        parsed = model.model_validate_json(body)
-    except ValidationError as invalid:
-        errors += [
-            {**error, "loc": ("body", *error["loc"])}
-            for error in invalid.errors(include_url=False, include_context=False)
-        ]
-    if errors:
-        raise RequestValidationError(errors)
+    path_values: dict[str, Any] = {}
+    raw_values: dict[str, str] = scope.get("path_params", {})
+    for name, adapter in path_types.items():
+        try:
+            path_values[name] = adapter.validate_python(raw_values[name])
+        except ValidationError as invalid:
+            errors += [
+                {**error, "loc": ("path", name)}
+                for error in invalid.errors(include_url=False, include_context=False)
+            ]
     assert key is not None
-    path: str = scope["path"]
-    authorization = header(scope, b"authorization") or ""
-    return _identified(key, scope["method"], path, path, authorization, body), parsed
+    return key, path_values, errors
 
 
 IdempotencyDep = Annotated[IdempotentRequest, Depends(idempotent_request)]

@@ -79,6 +79,8 @@ def build_app(settings: PaymentsSettings | None = None) -> FastAPI:
                 ("/v1/charges", endpoints.hot_charge),
                 ("/v1/holds", endpoints.hot_hold),
                 ("/v1/payment-requests", endpoints.hot_parking_payment),
+                (endpoints.CAPTURE_PATH, endpoints.hot_capture),
+                (endpoints.VOID_PATH, endpoints.hot_void),
             )
         ],
     )

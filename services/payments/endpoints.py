@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 from starlette.types import Scope
@@ -47,6 +47,7 @@ from shared.idempotency import (
     IdempotentRequest,
     header,
     hot_idempotent_body,
+    hot_idempotent_path,
 )
 
 
@@ -118,6 +119,32 @@ async def hot_parking_payment(
     _check_token(settings, _bearer_token(scope))
     key, payment = hot_idempotent_body(scope, body, ParkingPaymentCreate)
     return (await service.request_parking_payment(runtime.db, key, payment, settings)).response()
+
+
+HOLD_PATH_TYPES = {"hold_id": TypeAdapter(uuid.UUID)}
+CAPTURE_PATH = "/v1/holds/{hold_id}/capture"
+VOID_PATH = "/v1/holds/{hold_id}/void"
+
+
+async def hot_capture(
+    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
+) -> Response:
+    _check_token(settings, _bearer_token(scope))
+    key, path, capture = hot_idempotent_path(
+        scope, body, CAPTURE_PATH, HOLD_PATH_TYPES, HoldCapture
+    )
+    assert capture is not None
+    return (
+        await service.capture_hold(runtime.db, key, path["hold_id"], capture, settings)
+    ).response()
+
+
+async def hot_void(
+    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
+) -> Response:
+    _check_token(settings, _bearer_token(scope))
+    key, path, _ = hot_idempotent_path(scope, body, VOID_PATH, HOLD_PATH_TYPES)
+    return (await service.void_hold(runtime.db, key, path["hold_id"])).response()
 
 
 UNAUTHORIZED = (401, "Missing or wrong service token")

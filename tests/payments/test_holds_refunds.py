@@ -173,6 +173,42 @@ class TestHolds:
 
         assert (response.status_code, response.json()["code"]) == (404, "hold_not_found")
 
+    async def test_a_malformed_hold_id_and_body_are_one_422_listing_both(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        response = await http.post(
+            "/v1/holds/not-a-uuid/capture",
+            json={"amount": -5},
+            headers={"Idempotency-Key": new_key()},
+        )
+        voided = await http.post("/v1/holds/42/void", headers={"Idempotency-Key": new_key()})
+        unkeyed = await http.post("/v1/holds/not-a-uuid/void")
+
+        assert (response.status_code, response.json()["code"]) == (422, "validation_error")
+        assert [e["loc"] for e in response.json()["errors"]] == [
+            ["path", "hold_id"],
+            ["body", "amount"],
+        ]
+        assert response.json()["instance"] == "/v1/holds/not-a-uuid/capture"
+        assert [e["loc"] for e in voided.json()["errors"]] == [["path", "hold_id"]]
+        assert (unkeyed.status_code, unkeyed.json()["code"]) == (400, "idempotency_key_missing")
+
+    async def test_a_void_replays_its_first_answer(
+        self, http: httpx.AsyncClient, settings: PaymentsSettings
+    ) -> None:
+        wallet = await open_wallet(http, "vehicle_wallet")
+        await fund_wallet(http, settings, wallet["id"], 50_000)
+        hold = (await place_hold(http, wallet["id"], 20_000)).json()
+        key = {"Idempotency-Key": new_key()}
+
+        first = await http.post(f"/v1/holds/{hold['id']}/void", headers=key)
+        again = await http.post(f"/v1/holds/{hold['id']}/void", headers=key)
+
+        assert first.status_code == 200
+        assert (again.status_code, again.content) == (200, first.content)
+        assert again.headers["idempotent-replayed"] == "true"
+        assert await balance(http, wallet["id"]) == 50_000
+
 
 class TestRefunds:
     async def test_partial_and_repeated_refunds_never_exceed_the_charge(
