@@ -11,11 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from hypothesis import settings
 
 from citypass.servers import LocalServers, free_port
 from shared.migrations import upgrade_all
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+# No per-example deadline: it is a timing assertion, and fails on a busy 2-core machine.
+settings.register_profile("citypass", deadline=None)
+settings.load_profile("citypass")
 
 
 @pytest.fixture(scope="session")
