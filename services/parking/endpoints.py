@@ -217,17 +217,21 @@ async def _lane_decision(
     nonce: sessions.PendingNonce,
     decide: Callable[[LaneWork], Awaitable[Response]],
 ) -> Response:
-    """An entry or exit, once per Idempotency-Key: its claim, reads and writes are a few
-    statements of one transaction; a retry gets the first answer's bytes."""
+    """An entry or exit, once per Idempotency-Key: a claim statement, Redis and payments as
+    the decision needs, then one statement that commits it all; a retry gets the first
+    answer's bytes. What cannot be rolled back is compensated if the decision fails."""
     undo = Undo()
     with context.decisions.admit():
+        lane = await repository.LaneConnection.open(context.db)
         try:
-            async with repository.lane_transaction(context.db) as connection:
-                response = await decide(LaneWork(connection, context, key, nonce, undo))
-                await nonce.claim()  # if no script took it: before the commit
+            response = await decide(LaneWork(lane.connection, context, key, nonce, undo))
+            await nonce.claim()  # a replayed answer too
         except BaseException:
             await undo.run()
+            with contextlib.suppress(Exception):  # a connection that cannot is closed
+                await lane.close()
             raise
+    lane.close_soon()
     return response
 
 

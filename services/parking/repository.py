@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -184,6 +185,11 @@ Index(
 Index(
     "sessions_debts",
     sessions.c.debt_next_attempt_at,
+    postgresql_where=sessions.c.debt_status == "outstanding",
+)
+Index(
+    "sessions_debts_by_plate",
+    sessions.c.plate_key,
     postgresql_where=sessions.c.debt_status == "outstanding",
 )
 
@@ -477,20 +483,22 @@ async def get_session(
 ) -> Record | None:
     query = select(sessions).where(sessions.c.session_id == session_id)
     if lock:
+        # The lanes' lock on the session (they hold no row lock: see lane decisions below).
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(session_lock(:id))"), {"id": session_id}
+        )
         query = query.with_for_update()
     return (await session.execute(query)).first()
 
 
 async def open_session_for_plate(
-    session: AsyncSession, lot_id: str, plate_key: str, *, lock: bool = False
+    session: AsyncSession, lot_id: str, plate_key: str
 ) -> Record | None:
     query = select(sessions).where(
         sessions.c.lot_id == lot_id,
         sessions.c.plate_key == plate_key,
         sessions.c.status != "closed",
     )
-    if lock:
-        query = query.with_for_update()
     return (await session.execute(query)).first()
 
 
@@ -799,11 +807,13 @@ async def update_dispute(session: AsyncSession, dispute_id: uuid.UUID, **values:
 
 # Lane decisions ---------------------------------------------------------------------------------
 #
-# Entries and exits are the hot path: plain SQL on the asyncpg connection of the decision's
-# transaction (asyncpg prepares each text once per connection and reuses it), each step one
-# round trip. `lane_claim` (migration parking_0002) takes the Idempotency-Key's lock and reads
-# its stored answer; the same statement reads what the decision needs. The last statement
-# writes the session, its outbox events and the answer together.
+# Entries and exits are the hot path: plain SQL on a connection of the asyncpg pool, in
+# autocommit (asyncpg prepares each text once per connection and reuses it). The first
+# statement claims the Idempotency-Key (`lane_claim_key`, migration parking_0003: a
+# session-level advisory lock, then the stored answer with a fresh snapshot) and reads what the
+# decision needs; an exit's also locks its session (`lane_exit_claim`). The last statement
+# writes the session, the payment seen, the outbox events and the answer, and commits them
+# together; the locks are let go after it (`LaneConnection.close`), off the critical path.
 
 _CLAIM = """
     c.claimed, c.fingerprint AS stored_fingerprint, c.status_code AS stored_status,
@@ -814,7 +824,7 @@ _FRESH = "c.claimed AND c.body IS NULL"  # the key is ours and has no answer yet
 ENTRY_BEGIN = f"""
 SELECT {_CLAIM}, s.session_id AS open_session_id,
        v.vehicle_id, v.wallet_account_id, v.vehicle_type, d.owed AS outstanding_debt
-  FROM lane_claim($1, $2, $3) c
+  FROM lane_claim_key($1, $2, $3) c
   LEFT JOIN sessions s
     ON {_FRESH} AND s.lot_id = $4 AND s.plate_key = $5 AND s.status <> 'closed'
   LEFT JOIN vehicles v ON {_FRESH} AND v.plate_key = $5
@@ -825,13 +835,7 @@ SELECT {_CLAIM}, s.session_id AS open_session_id,
 """
 
 EXIT_BEGIN = f"""
-SELECT {_CLAIM}, s.*
-  FROM lane_claim($1, $2, $3) c
-  LEFT JOIN LATERAL (
-      SELECT * FROM sessions
-       WHERE {_FRESH} AND lot_id = $4 AND plate_key = $5 AND status <> 'closed'
-         FOR UPDATE
-  ) s ON true
+SELECT {_CLAIM}, c.session FROM lane_exit_claim($1, $2, $3, $4, $5) c
 """
 
 PLATE_AT_LOT = """
@@ -845,10 +849,8 @@ SELECT s.session_id AS open_session_id, v.vehicle_id, v.wallet_account_id, v.veh
 
 VEHICLE_BY_ID = "SELECT * FROM vehicles WHERE vehicle_id = $1"
 VEHICLE_BY_RFID = "SELECT * FROM vehicles WHERE rfid_tag = $1"
-SESSION_BY_ID = "SELECT * FROM sessions WHERE session_id = $1"
-OPEN_SESSION_FOR_PLATE = """
-SELECT * FROM sessions WHERE lot_id = $1 AND plate_key = $2 AND status <> 'closed' FOR UPDATE
-"""
+LOCK_SESSION = "SELECT * FROM lane_lock_session($1)"
+LOCK_OPEN_SESSION = "SELECT * FROM lane_open_session($1, $2)"
 LAST_EXIT_FOR_PLATE = """
 SELECT session_id, exit_at FROM sessions
  WHERE lot_id = $1 AND plate_key = $2 AND status = 'closed' AND exit_recorded_at >= $3
@@ -1013,18 +1015,39 @@ async def raw_connection(database: Database) -> AsyncIterator[Any]:
     each statement commits on its own."""
     pool = await database.raw_pool()
     async with pool.acquire() as connection:
-        try:
-            yield connection
-        finally:
-            if not connection.is_closed() and connection.is_in_transaction():
-                connection.terminate()  # interrupted mid-transaction: never reused
-
-
-@asynccontextmanager
-async def lane_transaction(database: Database) -> AsyncIterator[Any]:
-    """A transaction on a plain asyncpg connection of the service's pool."""
-    async with raw_connection(database) as connection, connection.transaction():
         yield connection
+
+
+class LaneConnection:
+    """A lane decision's connection: its statements commit one by one, and the advisory locks
+    they take (session-level) are let go by `close` before it goes back to the pool."""
+
+    def __init__(self, pool: Any, connection: Any) -> None:
+        self.pool = pool
+        self.connection = connection
+
+    @classmethod
+    async def open(cls, database: Database) -> LaneConnection:
+        pool = await database.raw_pool()
+        return cls(pool, await pool.acquire())
+
+    async def close(self) -> None:
+        try:
+            await self.connection.execute("SELECT pg_advisory_unlock_all()")
+        except BaseException:
+            self.connection.terminate()  # its locks end with it
+            raise
+        finally:
+            await self.pool.release(self.connection)
+
+    def close_soon(self) -> None:
+        """`close` after the lane has its answer: the locks outlive the commit by a moment."""
+        task = asyncio.get_running_loop().create_task(self.close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()
 
 
 # The ledger transfer and its event id, once: a redelivered event writes nothing.

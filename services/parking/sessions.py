@@ -100,6 +100,9 @@ class Undo:
     def add(self, step: Callable[[], Awaitable[object]]) -> None:
         self._steps.append(step)
 
+    def forget(self) -> None:
+        self._steps.clear()
+
     async def run(self) -> None:
         for step in reversed(self._steps):
             try:
@@ -179,12 +182,13 @@ class PendingNonce:
 
 @dataclass
 class LaneWork:
-    """One lane decision (an entry or an exit): its transaction on a plain asyncpg connection,
-    its Idempotency-Key, and what it will write. Changes to the session, the payment seen and
-    the outbox events are kept until `answer`, which writes them with the answer in one
-    statement; its reads are one statement too (the key's claim with the lookups)."""
+    """One lane decision (an entry or an exit): a plain asyncpg connection in autocommit, its
+    Idempotency-Key, its device nonce and what it will write. Changes to the session, the
+    payment seen and the outbox events are kept until `answer`, which writes them with the
+    answer in one statement (one commit); its reads are one statement too (the key's claim
+    with the lookups, under session-level locks let go after the answer)."""
 
-    connection: Any  # asyncpg.Connection, in a transaction
+    connection: Any  # asyncpg.Connection, in autocommit
     context: Parking
     request: IdempotentRequest
     nonce: PendingNonce
@@ -283,11 +287,11 @@ class LaneWork:
     def claimed(self, row: Any) -> Response | None:
         """The replay of the key's first answer, or None when this request is the first;
         409 while the first is in progress, 422 when the key was used for another request."""
-        if not row["claimed"]:
-            raise IdempotencyKeyInFlight(
-                "A request with this Idempotency-Key is still being processed; retry later."
-            )
         if row["stored_body"] is None:
+            if not row["claimed"]:
+                raise IdempotencyKeyInFlight(
+                    "A request with this Idempotency-Key is still being processed; retry later."
+                )
             return None
         if row["stored_fingerprint"] != self.request.fingerprint:
             raise IdempotencyKeyReused(
@@ -306,6 +310,7 @@ class LaneWork:
         """Write the decision: the new session (`inserted`) or the changed one, the payment,
         the events and the answer, all in one statement. None when the new session's plate
         entered through another lane meanwhile: then nothing was written."""
+        await self.nonce.claim()  # a replayed request must not commit anything
         body = decision.model_dump_json().encode()
         request = self.request
         write = (
@@ -334,6 +339,7 @@ class LaneWork:
             written = await self.connection.fetchval(repository.STORE_ANSWER, *write)
         if not written:
             return None
+        self.undo.forget()  # committed: nothing to compensate any more
         return Response(body, 200, media_type="application/json")
 
 
@@ -528,7 +534,7 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     who = await _identify(work, body, read, found, entry_lot=lot.lot_id)
     vehicle_type = _vehicle_type(body, who, lane)
     if who.open_session_id is not None:
-        existing = await work.fetchrow(repository.SESSION_BY_ID, who.open_session_id)
+        existing = await work.fetchrow(repository.LOCK_SESSION, who.open_session_id)
         if existing is not None and existing["status"] != SessionStatus.closed.value:
             return await _answer(
                 work, await _already_inside(work, repository.session_state(existing), body)
@@ -644,7 +650,7 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     # The same plate entered through another lane at the same moment.
     await work.undo.run()
     work.events = []
-    raced = await work.fetchrow(repository.OPEN_SESSION_FOR_PLATE, lot.lot_id, who.plate.key)
+    raced = await work.fetchrow(repository.LOCK_OPEN_SESSION, lot.lot_id, who.plate.key)
     assert raced is not None
     return await _answer(work, await _already_inside(work, repository.session_state(raced), body))
 
@@ -731,9 +737,11 @@ async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
     if read.refused is not None:
         raise read.refused
     who = await _identify(work, body, read, found)
-    if read.lookup_key != who.plate.key:
-        found = await work.fetchrow(repository.OPEN_SESSION_FOR_PLATE, lot.lot_id, who.plate.key)
-    if found is None or found["session_id"] is None:
+    if read.lookup_key == who.plate.key:
+        session = found["session"]  # locked by the first statement
+    else:
+        session = await work.fetchrow(repository.LOCK_OPEN_SESSION, lot.lot_id, who.plate.key)
+    if session is None or session["session_id"] is None:
         since = work.now - context.settings.double_exit_window
         last = await work.fetchrow(repository.LAST_EXIT_FOR_PLATE, lot.lot_id, who.plate.key, since)
         if last is not None:
@@ -748,7 +756,7 @@ async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
             f"No vehicle {who.plate.display} is inside lot {lot.lot_id}: no entry was recorded.",
             code="no_open_session",
         )
-    row: SessionRow = repository.session_state(found)
+    row: SessionRow = repository.session_state(session)
     if row.status == SessionStatus.awaiting_payment.value:
         if body.offline:  # the lane lost its link while the VietQR was shown, and let it out
             row = await _close_as_debt(work, row)

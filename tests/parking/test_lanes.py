@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from datetime import datetime, time, timedelta
 from typing import Any
@@ -255,6 +256,34 @@ class TestIdempotency:
             )
         assert response.status_code == 422
         assert response.json()["code"] == "idempotency_key_reused"
+
+    async def test_a_key_in_flight_is_answered_409_and_decided_once_free(
+        self, http: httpx.AsyncClient, app: FastAPI
+    ) -> None:
+        lot = await create_lot(http)
+        body = lot.event(lot.entry, now(), plate_read=plate_read(random_plate()))
+        headers = key()
+        # The first request with this key holds its lock (lanes sign without Authorization).
+        caller = hashlib.sha256(b"").hexdigest()[:16]
+        digest = hashlib.sha256(
+            f"POST /v1/entries {caller}\0{headers['Idempotency-Key']}".encode()
+        ).digest()
+        lock = int.from_bytes(digest[:8], signed=True)
+        pool = await app.state.parking.db.raw_pool()
+        async with pool.acquire() as first:
+            await first.execute("SELECT pg_advisory_lock($1)", lock)
+            try:
+                busy = await http.post(
+                    "/v1/entries", json=body, headers=headers, auth=lot.entry.auth
+                )
+            finally:
+                await first.execute("SELECT pg_advisory_unlock_all()")
+        assert busy.status_code == 409
+        assert busy.json()["code"] == "idempotency_key_in_flight"
+        assert await occupied(http, lot) == 0
+        decided = await http.post("/v1/entries", json=body, headers=headers, auth=lot.entry.auth)
+        assert decided.status_code == 200, decided.text
+        assert await occupied(http, lot) == 1
 
 
 class TestOverload:
