@@ -82,13 +82,20 @@ class Tally:
     shed: int = 0
 
 
-CPU_OF = ("parking", "payments", "postgres")  # children whose CPU per decision is shown
+CPU_OF = ("parking", "payments", "postgres", "valkey", "kafka")  # the servers this run started
+_KIND = (  # how each shows in its command line
+    (b"services.parking", "parking"),
+    (b"services.payments", "payments"),
+    (b"postgres", "postgres"),
+    (b"valkey-server", "valkey"),
+    (b"tansu", "kafka"),
+)
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far by this process and by each kind of server it started
-    (PostgreSQL with its backends, living or ended), from /proc."""
+    """CPU seconds used so far by this process, by each kind of server it started (PostgreSQL
+    with its backends, living or ended) and by the whole machine (`machine`), from /proc."""
     used = dict.fromkeys(("bench", *CPU_OF), 0.0)
     times = os.times()
     used["bench"] = times.user + times.system
@@ -107,15 +114,17 @@ def _cpu_seconds() -> dict[str, float]:
             command = (Path("/proc") / str(pid) / "cmdline").read_bytes()
         except OSError:
             continue
-        name = next((n for n in CPU_OF if f"services.{n}".encode() in command), None)
-        family = [fields]
-        if name is None and b"postgres" in command:
-            name = "postgres"
-            family += [f for f in stats.values() if int(f[1]) == pid]
+        name = next((kind for marker, kind in _KIND if marker in command), None)
         if name is None:
             continue
+        family = [fields]
+        if name == "postgres":
+            family += [f for f in stats.values() if int(f[1]) == pid]
         for member in family:  # utime, stime, then the ended children's cutime, cstime
             used[name] += sum(int(value) for value in member[11:15]) / _TICKS_PER_S
+    # user nice system idle iowait irq softirq steal: all but idle and iowait were busy
+    cpu = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+    used["machine"] = (sum(cpu) - cpu[3] - cpu[4]) / _TICKS_PER_S
     return used
 
 
@@ -418,7 +427,7 @@ async def _measure(
         cpu_from: dict[str, float] | None = None
         while (due := began + sent * interval) < stop_at:
             if cpu_from is None and due >= measure_from:
-                cpu_from = _cpu_seconds()
+                cpu_from = _cpu_seconds() | {"wall": time.perf_counter()}
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -436,7 +445,7 @@ async def _measure(
             task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.wait(tasks)
-        cpu_to = _cpu_seconds()
+        cpu_to = _cpu_seconds() | {"wall": time.perf_counter()}
         lanes.close()
     both = sorted(tally.entries + tally.exits)
     entries, exits = sorted(tally.entries), sorted(tally.exits)
@@ -464,11 +473,16 @@ async def _measure(
         "exit_p99_ms": 1000 * percentile(exits, 0.99),
     }
     if cpu_from is not None and both:
+        ours = 0.0
         for name, seconds_used in cpu_to.items():
-            if seconds_used > 0:
-                result[f"{name}_cpu_ms_per_decision"] = (
-                    1000 * (seconds_used - cpu_from[name]) / len(both)
-                )
+            spent = seconds_used - cpu_from[name]
+            if name not in ("machine", "wall") and seconds_used > 0:
+                result[f"{name}_cpu_ms_per_decision"] = 1000 * spent / len(both)
+                ours += spent
+        window = cpu_to["wall"] - cpu_from["wall"]
+        machine = cpu_to["machine"] - cpu_from["machine"]
+        result["stack_cpu_cores"] = ours / window  # this run: the bench and its servers
+        result["other_cpu_cores"] = max(machine - ours, 0.0) / window  # whatever else ran
     for outcome, count in sorted(tally.outcomes.items()):
         result[f"outcome {outcome}"] = float(count)
     return result
@@ -536,7 +550,12 @@ def main() -> int:
         if name.endswith("_cpu_ms_per_decision")
     ]
     if cpu:
-        print(f"  CPU ms per decision: {', '.join(cpu)}; load average {_load()}")
+        print(f"  CPU ms per decision: {', '.join(cpu)}")
+        print(
+            f"  CPU cores busy: this run {result['stack_cpu_cores']:.2f}, other work on the"
+            f" machine {result['other_cpu_cores']:.2f} (of {os.cpu_count()});"
+            f" load average {_load()}"
+        )
     for name, value in result.items():
         if name.startswith("outcome "):
             print(f"  {name[8:]}: {value:.0f}")
