@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from loadtests import bench_charges, bench_operator, bench_parking, bench_validation
+from loadtests.figures import cpu_times, steal_share
 
 Section = tuple[str, Callable[[], Coroutine[Any, Any, dict[str, float]]]]
 
@@ -96,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, Any]] = []
     for name, measure in sections(only):
         print(f"\n… {name}", flush=True)
+        before = cpu_times()
         figures = asyncio.run(measure())
+        figures["cpu_steal_share"] = steal_share(before, cpu_times())
         rows += [(name, metric, value) for metric, value in figures.items()]
     width = max(len(metric) for _, metric, _ in rows) if rows else 10
     print(f"\n{'section':11} {'figure':{width}} {'value':>12}  {'target':>10}  verdict")

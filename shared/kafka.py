@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ TOPICS: tuple[Topic, ...] = (
     Topic("ops.deadletter", 1, "original topic"),
 )
 DEAD_LETTER_TOPIC = "ops.deadletter"
+MAX_RECORDS = 500  # per fetch
+TIME_SLICE_S = 0.001  # a consumer gives the event loop back at least this often
 
 
 async def ensure_topics(
@@ -198,12 +201,18 @@ class Consumer:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            batches = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
+            slice_started = time.perf_counter()
             for partition, records in batches.items():
                 for record in records:
                     await self._process(record)
                     if self._stopping.is_set():
                         break
+                    # A handler that never waits would run the whole batch in one go; the
+                    # requests sharing this event loop (a gate decision) must not wait for it.
+                    if time.perf_counter() - slice_started > TIME_SLICE_S:
+                        await asyncio.sleep(0)
+                        slice_started = time.perf_counter()
                 last = records[-1].offset if records else None
                 if last is not None:
                     await consumer.commit({partition: last + 1})
