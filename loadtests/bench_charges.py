@@ -25,8 +25,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import cast
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -35,6 +33,7 @@ import uvloop
 from loadtests.figures import percentile
 from loadtests.stack import bank_pays_topup, local_services
 from services.payments.settings import PaymentsSettings
+from shared.http import KeepAliveClient
 
 FARE = 8_000  # a Hanoi bus ride, VND
 WALLET_FUNDS = 100_000_000  # the largest single top-up
@@ -69,58 +68,6 @@ async def _funded_wallet(http: httpx.AsyncClient, credentials: Credentials) -> s
     return wallet_id
 
 
-class KeepAlive(asyncio.Protocol):
-    """One HTTP/1.1 keep-alive connection, one request at a time; answers carry a
-    Content-Length (uvicorn always sends one for these routes)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.received = bytearray()
-        self.answer: asyncio.Future[tuple[int, bytes]] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(exc or ConnectionResetError("the server closed"))
-
-    def data_received(self, data: bytes) -> None:
-        self.received += data
-        end = self.received.find(b"\r\n\r\n")
-        if end < 0 or self.answer is None:
-            return
-        head = bytes(self.received[:end]).lower()
-        at = head.find(b"\r\ncontent-length:")
-        if at < 0:
-            self.answer.set_exception(ValueError(f"no Content-Length in {head!r}"))
-            return
-        line_end = head.find(b"\r\n", at + 2)
-        length = int(head[at + 17 : line_end if line_end > 0 else len(head)])
-        total = end + 4 + length
-        if len(self.received) >= total:
-            status, body = int(head[9:12]), bytes(self.received[end + 4 : total])
-            del self.received[:total]
-            self.answer.set_result((status, body))
-
-    async def exchange(self, request: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
-        self.answer = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return await self.answer
-
-
-def _charge_request(payments_url: str, credentials: Credentials, body: bytes) -> bytes:
-    """The request up to its Idempotency-Key value; the key, CRLF CRLF and body follow."""
-    host = urlsplit(payments_url).netloc
-    return (
-        f"POST /v1/charges HTTP/1.1\r\nHost: {host}\r\n"
-        f"Authorization: Bearer {credentials.service_token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        "Idempotency-Key: "
-    ).encode()
-
-
 async def _client(
     payments_url: str,
     credentials: Credentials,
@@ -131,20 +78,21 @@ async def _client(
 ) -> None:
     """One rider app: its own keep-alive connection, one charge at a time."""
     body = orjson.dumps({"account_id": wallet_id, "amount": FARE, "source": "transit"})
-    head = _charge_request(payments_url, credentials, body)
-    address = urlsplit(payments_url)
-    transport, connection = await asyncio.get_running_loop().create_connection(
-        KeepAlive, address.hostname or "127.0.0.1", address.port or 80
+    http = KeepAliveClient(
+        payments_url,
+        headers={"Authorization": f"Bearer {credentials.service_token}"},
+        timeout_s=30,
+        max_connections=1,
     )
     try:
         while (started := time.perf_counter()) < stop_at:
-            key = str(uuid.uuid4()).encode()
-            status, _ = await connection.exchange(head + key + b"\r\n\r\n" + body)
+            key = {"Idempotency-Key": str(uuid.uuid4())}
+            status, _ = await http.exchange(http.request("POST", "/v1/charges", body, key))
             if started >= measure_from:
                 tally.latencies_s.append(time.perf_counter() - started)
                 tally.statuses[status] += 1
     finally:
-        transport.close()
+        await http.close()
 
 
 async def _cpu_seconds(http: httpx.AsyncClient) -> float:

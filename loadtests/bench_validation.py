@@ -50,6 +50,7 @@ from loadtests.stack import wait_ready
 from services.validation.memory import decode_public_key
 from shared.devicesigning import DeviceSigner
 from shared.events import Event
+from shared.http import KeepAliveClient, KeepAliveConnection
 from shared.kafka import Publisher
 from shared.ticketcodec import (
     Credential,
@@ -100,14 +101,8 @@ def make_riders(count: int, kid: str, issuer: Ed25519PrivateKey) -> list[Rider]:
     return riders
 
 
-def http_request(method: str, path: str, host: str, headers: dict[str, str], body: bytes) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
 def validation_requests(
-    count: int, riders: list[Rider], gates: list[DeviceSigner], host: str
+    count: int, riders: list[Rider], gates: list[DeviceSigner], http: KeepAliveClient
 ) -> list[bytes]:
     """`count` signed requests, each with a fresh QR; rider i taps every len(riders) requests."""
     now = int(time.time())
@@ -119,41 +114,15 @@ def validation_requests(
         body = orjson.dumps(
             {"qr": rider.qr(now), "gate_id": gate.device_id, "scanned_at": scanned_at}
         )
-        headers = {"Content-Type": "application/json", **gate.headers("POST", ROUTE, body)}
-        requests.append(http_request("POST", ROUTE, host, headers, body))
+        requests.append(http.request("POST", ROUTE, body, gate.headers("POST", ROUTE, body)))
     return requests
 
 
-# A minimal HTTP/1.1 client: the load generator must cost less than the server ------------------
-
-
-class Connection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
-
-    async def exchange(self, request: bytes) -> tuple[int, bytes]:
-        self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return status, await self.reader.readexactly(length)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 @contextlib.asynccontextmanager
-async def connections(host: str, port: int, count: int) -> AsyncIterator[list[Connection]]:
-    opened = [await Connection.open(host, port) for _ in range(count)]
+async def connections(host: str, port: int, count: int) -> AsyncIterator[list[KeepAliveConnection]]:
+    """The load generator's own connections (the kit's lean client: it must cost less than
+    the server it measures)."""
+    opened = [await KeepAliveConnection.open(host, port) for _ in range(count)]
     try:
         yield opened
     finally:
@@ -185,7 +154,7 @@ async def open_loop(
     async with connections(host, port, concurrency) as opened:
         started = time.perf_counter()
 
-        async def worker(connection: Connection) -> None:
+        async def worker(connection: KeepAliveConnection) -> None:
             while (index := next(schedule)) < len(requests):
                 due = started + index / rate
                 delay = due - time.perf_counter()
@@ -210,7 +179,7 @@ async def closed_loop(
         started = time.perf_counter()
         deadline = started + seconds
 
-        async def worker(connection: Connection) -> None:
+        async def worker(connection: KeepAliveConnection) -> None:
             while time.perf_counter() < deadline and (request := next_request()) is not None:
                 sent = time.perf_counter()
                 status, body = await connection.exchange(request)
@@ -374,16 +343,17 @@ async def run(
     """Run every phase against a running service; figures in ms, per second and ratios."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    raw = KeepAliveClient(url)  # builds the requests the phases send
     admin = {"Authorization": f"Bearer {admin_token}"}
     figures: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         kid, issuer, gates = await _setup(http, admin, kafka_bootstrap)
         people = make_riders(riders, kid, issuer)
-        warm = validation_requests(2 * riders, people, gates, host)  # each credential once
+        warm = validation_requests(2 * riders, people, gates, raw)  # each credential once
         await closed_loop(host, port, _pop_from(warm), 60, 16)
 
         for rate in rates:
-            requests = validation_requests(int(rate * seconds), people, gates, host)
+            requests = validation_requests(int(rate * seconds), people, gates, raw)
             before = histogram((await http.get("/metrics")).text, "POST", ROUTE)
             phase = await open_loop(host, port, requests, rate, concurrency)
             after = histogram((await http.get("/metrics")).text, "POST", ROUTE)
@@ -395,11 +365,11 @@ async def run(
             figures[f"rate_{rate}_errors"] = float(phase.sent - phase.statuses[200])
             figures[f"rate_{rate}_accepted_share"] = phase.decisions["ok"] / max(1, phase.sent)
 
-        budget = validation_requests(int(3_000 * saturation_s), people, gates, host)
+        budget = validation_requests(int(3_000 * saturation_s), people, gates, raw)
         cpu_before = cpu_seconds((await http.get("/metrics")).text)
         saturated = await closed_loop(host, port, _pop_from(budget), saturation_s, concurrency)
         cpu_between = cpu_seconds((await http.get("/metrics")).text)
-        noop = http_request("GET", "/healthz", host, {}, b"")
+        noop = raw.request("GET", "/healthz")
         baseline = await closed_loop(host, port, lambda: noop, saturation_s, concurrency)
         cpu_after = cpu_seconds((await http.get("/metrics")).text)
         figures["saturated_validations_per_s"] = saturated.sent / saturated.elapsed_s
