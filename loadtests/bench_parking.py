@@ -91,6 +91,7 @@ _KIND = (  # how each shows in its command line
     (b"tansu", "kafka"),
 )
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+_MACHINE = ("machine", "steal", "disk_busy_s", "wall")  # not processes of this run
 
 
 def _cpu_seconds() -> dict[str, float]:
@@ -124,7 +125,16 @@ def _cpu_seconds() -> dict[str, float]:
             used[name] += sum(int(value) for value in member[11:15]) / _TICKS_PER_S
     # user nice system idle iowait irq softirq steal: all but idle and iowait were busy
     cpu = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
-    used["machine"] = (sum(cpu) - cpu[3] - cpu[4]) / _TICKS_PER_S
+    used["machine"] = (sum(cpu) - cpu[3] - cpu[4] - cpu[7]) / _TICKS_PER_S
+    used["steal"] = cpu[7] / _TICKS_PER_S  # the hypervisor ran something else on our cores
+    # The busiest disk's time doing I/O (ms): commits wait for WAL fsyncs on it.
+    used["disk_busy_s"] = (
+        max(
+            (int(line.split()[12]) for line in Path("/proc/diskstats").read_text().splitlines()),
+            default=0,
+        )
+        / 1000
+    )
     return used
 
 
@@ -476,13 +486,16 @@ async def _measure(
         ours = 0.0
         for name, seconds_used in cpu_to.items():
             spent = seconds_used - cpu_from[name]
-            if name not in ("machine", "wall") and seconds_used > 0:
+            if name not in _MACHINE and seconds_used > 0:
                 result[f"{name}_cpu_ms_per_decision"] = 1000 * spent / len(both)
                 ours += spent
         window = cpu_to["wall"] - cpu_from["wall"]
         machine = cpu_to["machine"] - cpu_from["machine"]
         result["stack_cpu_cores"] = ours / window  # this run: the bench and its servers
         result["other_cpu_cores"] = max(machine - ours, 0.0) / window  # whatever else ran
+        result["steal_cpu_cores"] = (cpu_to["steal"] - cpu_from["steal"]) / window
+        disk_busy = cpu_to["disk_busy_s"] - cpu_from["disk_busy_s"]
+        result["disk_busy_percent"] = 100 * disk_busy / window
     for outcome, count in sorted(tally.outcomes.items()):
         result[f"outcome {outcome}"] = float(count)
     return result
@@ -553,7 +566,9 @@ def main() -> int:
         print(f"  CPU ms per decision: {', '.join(cpu)}")
         print(
             f"  CPU cores busy: this run {result['stack_cpu_cores']:.2f}, other work on the"
-            f" machine {result['other_cpu_cores']:.2f} (of {os.cpu_count()});"
+            f" machine {result['other_cpu_cores']:.2f}, stolen by the hypervisor"
+            f" {result['steal_cpu_cores']:.2f} (of {os.cpu_count()}); disk busy"
+            f" {result['disk_busy_percent']:.0f} % (commits wait for WAL fsyncs there);"
             f" load average {_load()}"
         )
     for name, value in result.items():
