@@ -23,10 +23,11 @@ databases, both services and this load generator. Requests that would exceed 256
 not sent and counted as `shed` errors (a lane does not queue hundreds of cars), and each waits
 at most 10 s, so an overload ends the run instead of stretching it.
 
-The lanes' client is HTTP/1.1 keep-alive written on asyncio (`LaneClient`): httpx cost ~3 ms
+The lanes' client is the kit's keep-alive HTTP/1.1 client (`LaneClient`): httpx cost ~3 ms
 of CPU per decision on the cores the servers need. With its own stack, the run also prints the
-CPU time per decision of parking, payments, PostgreSQL and this process (from /proc), the
-figure to judge a change by on a machine other work shares.
+CPU time per decision of this process and of each server (from /proc), and how busy the
+machine was otherwise (other processes, CPU stolen by the hypervisor, the disk the WAL is
+fsynced on): the figures to judge a change by on a machine other work shares.
 """
 
 from __future__ import annotations
@@ -45,9 +46,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import httptools
 import httpx
 import orjson
 import uvloop
@@ -56,6 +56,7 @@ from loadtests.figures import percentile
 from loadtests.stack import bank_pays_topup, local_services
 from services.payments.settings import PaymentsSettings
 from shared.devicesigning import DeviceSigner
+from shared.http import KeepAliveClient
 
 LANES = 4
 REGISTERED_CARS = 400
@@ -63,7 +64,6 @@ WALLET_FUNDS = 10_000_000
 WARM_UP_S = 2.0
 MAX_IN_FLIGHT = 256  # beyond this the lanes would queue in the client: counted as shed
 REQUEST_TIMEOUT_S = 10.0
-KEEPALIVE_S = 4.0  # under uvicorn's 5 s keep-alive: never reuse a connection as it closes
 STAYS = (timedelta(minutes=25), timedelta(hours=1, minutes=40), timedelta(hours=3, minutes=10))
 
 
@@ -231,104 +231,27 @@ class Journey:
     stay: timedelta
 
 
-class _LaneConnection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection of the lanes' client; one request at a time."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.answer: asyncio.Future[tuple[int, bytes]] | None = None
-        self.body = bytearray()
-        self.reusable = False
-        self.idle_since = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.reusable = True
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as error:
-            self._fail(ConnectionError(f"malformed answer: {error}"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionResetError("parking closed the connection"))
-
-    def _fail(self, error: Exception) -> None:
-        self.reusable = False
-        if self.transport is not None:
-            self.transport.close()
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(error)
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        self.reusable = self.parser.should_keep_alive()
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_result((self.parser.get_status_code(), bytes(self.body)))
-        self.body = bytearray()
-
-    async def exchange(self, request: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
-        self.answer = asyncio.get_running_loop().create_future()
-        self.reusable = False
-        self.transport.write(request)
-        try:
-            return await self.answer
-        finally:
-            self.answer = None
-
-
 class LaneClient:
-    """What the lane terminals send: signed JSON POSTs over keep-alive HTTP/1.1 connections,
-    written straight on asyncio (httpx cost this process ~3 ms of CPU per decision, on the
+    """What the lane terminals send: signed JSON POSTs over keep-alive HTTP/1.1 connections
+    (shared.http.KeepAliveClient; httpx cost this process ~3 ms of CPU per decision, on the
     cores the servers need). One connection per request in flight, reused when idle."""
 
     def __init__(self, base_url: str) -> None:
-        url = httpx.URL(base_url)
-        self.host, self.port = url.host, url.port or 80
-        self._fixed = (
-            f"Host: {url.netloc.decode()}\r\nContent-Type: application/json\r\n"
-        ).encode()
-        self._idle: list[_LaneConnection] = []
+        self.http = KeepAliveClient(
+            base_url, timeout_s=REQUEST_TIMEOUT_S, max_connections=MAX_IN_FLIGHT
+        )
 
     async def post(
         self, path: str, body: bytes, signer: DeviceSigner, key: str
     ) -> tuple[int, bytes]:
-        head = [f"POST {path} HTTP/1.1\r\n".encode(), self._fixed]
         headers = signer.headers("POST", path, body) | {"Idempotency-Key": key}
-        head += [f"{name}: {value}\r\n".encode() for name, value in headers.items()]
-        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        request = b"".join(head) + body
-        now = time.monotonic()
-        while self._idle:
-            connection = self._idle.pop()
-            if connection.reusable and now - connection.idle_since < KEEPALIVE_S:
-                break
-            if connection.transport is not None:
-                connection.transport.close()
-        else:
-            loop = asyncio.get_running_loop()
-            _, connection = await loop.create_connection(_LaneConnection, self.host, self.port)
-        try:
-            answer = await connection.exchange(request)
-        except BaseException:
-            if connection.transport is not None:
-                connection.transport.close()
-            raise
-        if connection.reusable:
-            connection.idle_since = time.monotonic()
-            self._idle.append(connection)
-        return answer
+        # Not sent twice: a lane would sign its retry afresh (a nonce is used once).
+        return await self.http.exchange(
+            self.http.request("POST", path, body, headers), repeatable=False
+        )
 
-    def close(self) -> None:
-        for connection in self._idle:
-            if connection.transport is not None:
-                connection.transport.close()
-        self._idle.clear()
+    async def close(self) -> None:
+        await self.http.close()
 
 
 class Workload:
@@ -457,7 +380,7 @@ async def _measure(
         if tasks:
             await asyncio.wait(tasks)
         cpu_to = _cpu_seconds() | {"wall": time.perf_counter()}
-        lanes.close()
+        await lanes.close()
     both = sorted(tally.entries + tally.exits)
     entries, exits = sorted(tally.entries), sorted(tally.exits)
     errors = tally.shed + sum(

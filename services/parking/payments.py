@@ -8,20 +8,15 @@ exceptions: `PaymentsUnavailable` (no answer, a timeout, a 5xx: try later) and
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, cast
-from urllib.parse import urlencode, urlsplit
+from typing import Any
+from urllib.parse import urlencode
 
-import httptools
 import orjson
 
-from shared.logging import REQUEST_ID_HEADER, request_id_var
-
-KEEPALIVE_S = 4.0  # below uvicorn's 5 s: never reuse a connection the server is closing
+from shared.http import KeepAliveClient
 
 
 class PaymentsUnavailable(Exception):
@@ -93,142 +88,24 @@ def _payment_request(body: dict[str, Any]) -> PaymentRequest:
     )
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection to payments; one request at a time."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.answer: asyncio.Future[tuple[int, bytes]] | None = None
-        self.body = bytearray()
-        self.reusable = False
-        self.idle_since = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.reusable = True
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as error:
-            self._fail(ConnectionError(f"malformed answer: {error}"))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionResetError("payments closed the connection"))
-
-    def _fail(self, error: Exception) -> None:
-        self.reusable = False
-        if self.transport is not None:
-            self.transport.close()
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(error)
-
-    # httptools callbacks
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        self.reusable = self.parser.should_keep_alive()
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_result((self.parser.get_status_code(), bytes(self.body)))
-        self.body = bytearray()
-
-    async def exchange(self, request: bytes) -> tuple[int, bytes]:
-        assert self.transport is not None
-        self.answer = asyncio.get_running_loop().create_future()
-        self.reusable = False  # until the whole answer is in
-        self.transport.write(request)
-        try:
-            return await self.answer
-        finally:
-            self.answer = None
-
-    def close(self) -> None:
-        self.reusable = False
-        if self.transport is not None:
-            self.transport.close()
-
-
 class PaymentsClient:
-    """Keep-alive HTTP/1.1 straight on asyncio: a lane decision makes one call, and a general
-    HTTP client spent more CPU per call (~1 ms) than the rest of the decision's Python."""
+    """Payments over keep-alive HTTP/1.1 (shared.http.KeepAliveClient): a lane decision makes
+    one call, and httpx spent more CPU per call (~1 ms) than the rest of the decision's Python.
+    The token and the other fixed headers are written once."""
 
-    def __init__(
-        self, base_url: str, token: str, timeout_s: float, *, max_connections: int = 100
-    ) -> None:
-        url = urlsplit(base_url)
-        if url.scheme != "http" or url.hostname is None:
-            raise ValueError(f"payments_url must be http://host[:port], not {base_url!r}")
-        self.host = url.hostname
-        self.port = url.port or 80
-        self.prefix = url.path.rstrip("/")
-        self.timeout_s = timeout_s
-        # Written once: every request carries the same host, token and content type.
-        self._fixed = (
-            f"Host: {url.netloc}\r\nAuthorization: Bearer {token}\r\n"
-            "User-Agent: citypass-parking\r\nAccept: application/json\r\n"
-        ).encode("latin-1")
-        self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(max_connections)
+    def __init__(self, base_url: str, token: str, timeout_s: float) -> None:
+        self.http = KeepAliveClient(
+            base_url,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "User-Agent": "citypass-parking",
+                "Accept": "application/json",
+            },
+            timeout_s=timeout_s,
+        )
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
-
-    async def _connection(self) -> tuple[_Connection, bool]:
-        """An idle connection (reused: True), else a new one."""
-        now = time.monotonic()
-        while self._idle:
-            connection = self._idle.pop()
-            if connection.reusable and now - connection.idle_since < KEEPALIVE_S:
-                return connection, True
-            connection.close()
-        loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(_Connection, self.host, self.port)
-        return connection, False
-
-    def _request(
-        self, method: str, path: str, body: bytes | None, key: str | None, params: str
-    ) -> bytes:
-        head = [f"{method} {self.prefix}{path}{params} HTTP/1.1\r\n".encode("latin-1"), self._fixed]
-        if key is not None:
-            if "\r" in key or "\n" in key:
-                raise ValueError("an Idempotency-Key has no line breaks")
-            head.append(f"Idempotency-Key: {key}\r\n".encode("latin-1"))
-        request_id = request_id_var.get()
-        if request_id:
-            head.append(f"{REQUEST_ID_HEADER}: {request_id}\r\n".encode("latin-1"))
-        if body is not None:
-            head.append(b"Content-Type: application/json\r\n")
-        head.append(b"Content-Length: %d\r\n\r\n" % len(body or b""))
-        if body is not None:
-            head.append(body)
-        return b"".join(head)
-
-    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
-        async with self._slots, asyncio.timeout(self.timeout_s):
-            connection, reused = await self._connection()
-            try:
-                try:
-                    answer = await connection.exchange(request)
-                except ConnectionError:
-                    if not reused:
-                        raise
-                    # Mostly a keep-alive connection payments closed as we reused it. Every
-                    # call here is safe to repeat (Idempotency-Key, or a read): once more, now.
-                    connection, _ = await self._connection()
-                    answer = await connection.exchange(request)
-            except BaseException:
-                connection.close()
-                raise
-            if connection.reusable:
-                connection.idle_since = time.monotonic()
-                self._idle.append(connection)
-            else:
-                connection.close()
-            return answer
+        await self.http.close()
 
     async def _call(
         self,
@@ -239,11 +116,14 @@ class PaymentsClient:
         key: str | None = None,
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        query = f"?{urlencode(params)}" if params else ""
+        target = f"{path}?{urlencode(params)}" if params else path
         body = orjson.dumps(json) if json is not None else None
-        request = self._request(method, path, body, key, query)
+        request = self.http.request(
+            method, target, body, {"Idempotency-Key": key} if key is not None else None
+        )
         try:
-            status, content = await self._exchange(request)
+            # Every call here is safe to repeat (an Idempotency-Key, or a read).
+            status, content = await self.http.exchange(request)
         except (OSError, TimeoutError) as error:  # ConnectionError is an OSError
             raise PaymentsUnavailable(f"payments {method} {path}: {error!r}") from error
         if status >= 500 or (status in (409, 429) and _retryable(status, content)):
