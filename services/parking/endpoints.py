@@ -11,14 +11,12 @@ Three kinds of callers:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Header, Path, Query, Request, Security
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -75,8 +73,8 @@ from shared.errors import PROBLEM_CONTENT, Unprocessable
 from shared.idempotency import (
     MAX_KEY_LENGTH,
     IdempotencyDep,
-    IdempotencyKeyMissing,
     IdempotentRequest,
+    hot_idempotent_body,
 )
 
 LotId = Annotated[str, Path(pattern=LOT_ID_PATTERN, examples=["HK-01"])]
@@ -164,14 +162,7 @@ async def _lane(
         nonce_key(signed.device_id, signed.nonce, tag=device.lot_id),
     )
     try:
-        key, errors = _idempotent_request(scope, headers, body)
-        try:
-            command = model.model_validate_json(body)
-        except ValidationError as exc:
-            errors += _body_errors(exc)
-        if errors:
-            raise RequestValidationError(errors)
-        assert key is not None
+        key, command = hot_idempotent_body(scope, body, model)
         return await _lane_decision(context, key, nonce, lambda work: decide(work, device, command))
     except Exception as refused:
         if not nonce.claimed and not isinstance(refused, DeviceAuthError):
@@ -179,36 +170,6 @@ async def _lane(
             with contextlib.suppress(RedisError, OSError):
                 await nonce.claim()
         raise
-
-
-def _body_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {**error, "loc": ("body", *error["loc"])}
-        for error in exc.errors(include_url=False, include_context=False)
-    ]
-
-
-def _idempotent_request(
-    scope: Scope, headers: Headers, body: bytes
-) -> tuple[IdempotentRequest | None, list[dict[str, Any]]]:
-    """The key with its scope and fingerprint, as shared.idempotency.idempotent_request makes
-    them (the same keys whichever way the request came in), or the header's error."""
-    value = headers.get(IDEMPOTENCY_HEADER)
-    if value is not None and len(value) > MAX_KEY_LENGTH:
-        return None, [
-            {
-                "type": "string_too_long",
-                "loc": ("header", IDEMPOTENCY_HEADER),
-                "msg": f"String should have at most {MAX_KEY_LENGTH} characters",
-                "input": value,
-            }
-        ]
-    if not value or not value.strip():
-        raise IdempotencyKeyMissing("This operation requires an Idempotency-Key header.")
-    path: str = scope["path"]
-    caller = hashlib.sha256(headers.get("authorization", "").encode()).hexdigest()[:16]
-    fingerprint = hashlib.sha256(path.encode() + b"\0" + body).hexdigest()
-    return IdempotentRequest(value, f"{scope['method']} {path} {caller}", fingerprint), []
 
 
 async def _lane_decision(

@@ -18,7 +18,6 @@ Money rules:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -278,11 +277,9 @@ class LaneWork:
         return await self.connection.fetchrow(query, *args)
 
     def claim(self) -> tuple[int, str, str]:
-        """`lane_claim`'s arguments: the key's advisory lock (as `shared.idempotency` takes
-        it), its scope and the key."""
+        """`lane_claim_key`'s arguments: the key's advisory lock, its scope and the key."""
         request = self.request
-        digest = hashlib.sha256(f"{request.scope}\0{request.key}".encode()).digest()
-        return int.from_bytes(digest[:8], "big", signed=True), request.scope, request.key
+        return request.lock_id, request.scope, request.key
 
     def claimed(self, row: Any) -> Response | None:
         """The replay of the key's first answer, or None when this request is the first;
