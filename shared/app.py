@@ -36,6 +36,7 @@ from shared.health import (
     Check,
     describe_failure,
     healthz,
+    raise_if_cancelled,
     readyz_endpoint,
     run_checks,
 )
@@ -326,9 +327,11 @@ def supervised(name: str, worker: Worker) -> Worker:
             except asyncio.CancelledError:
                 raise
             except DEPENDENCY_ERRORS as exc:
+                raise_if_cancelled()
                 logger.warning("worker %s waits for a dependency: %s", name, describe_failure(exc))
                 await asyncio.sleep(1)
             except Exception:
+                raise_if_cancelled()  # a library turned the cancellation into its own error
                 logger.exception("worker %s crashed; restarting in 1 s", name)
                 await asyncio.sleep(1)
 

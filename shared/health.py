@@ -19,6 +19,14 @@ Check = Callable[[], Awaitable[None]]
 DEPENDENCY_ERRORS = (OSError, TimeoutError, KafkaError, DBAPIError, RedisError)
 
 
+def raise_if_cancelled() -> None:
+    """For loops that catch library errors: some libraries turn a cancellation into their own
+    error (or swallow it), which would keep a stopped service's background loop running."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer before the timeout"

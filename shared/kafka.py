@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from shared.events import EnvelopeError, Event
+from shared.health import raise_if_cancelled
 from shared.logging import request_id_var
 from shared.metrics import CONSUMER_DEAD_LETTERS, CONSUMER_EVENTS
 
@@ -194,6 +195,7 @@ class Consumer:
                 await asyncio.wait_for(consumer.start(), 15)
                 await self._consume(consumer)
             except (KafkaError, TimeoutError, OSError) as exc:
+                raise_if_cancelled()
                 logger.warning("consumer %s lost the broker: %s", self.group_id, exc)
                 await asyncio.sleep(1)
             finally:
@@ -201,6 +203,7 @@ class Consumer:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
+            raise_if_cancelled()  # in case a library below swallowed the cancellation
             batches = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
             slice_started = time.perf_counter()
             for partition, records in batches.items():

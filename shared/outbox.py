@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import CONNECTION_ERRORS, Database
 from shared.events import Event
-from shared.health import DEPENDENCY_ERRORS, describe_failure
+from shared.health import DEPENDENCY_ERRORS, describe_failure, raise_if_cancelled
 from shared.kafka import Publisher
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST, OUTBOX_PUBLISHED
 
@@ -151,10 +151,12 @@ class OutboxRelay:
                     OUTBOX_OLDEST.labels(self.service).set(age)
                     last_gauge = loop.time()
             except (*DEPENDENCY_ERRORS, *CONNECTION_ERRORS) as exc:
+                raise_if_cancelled()
                 logger.warning("outbox relay waits for its dependencies: %s", describe_failure(exc))
                 published = 0
                 await asyncio.sleep(1)
             except Exception:
+                raise_if_cancelled()
                 logger.exception("outbox relay failed, will retry")
                 published = 0
                 await asyncio.sleep(1)

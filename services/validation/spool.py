@@ -28,6 +28,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from shared.events import Event
+from shared.health import raise_if_cancelled
 from shared.kafka import Publisher
 
 logger = logging.getLogger("citypass.validation.spool")
@@ -59,14 +60,6 @@ def decode(line: bytes) -> Record:
     item = orjson.loads(line)
     headers = [(name, base64.b64decode(raw)) for name, raw in item["h"]]
     return item["t"], item["k"], base64.b64decode(item["v"]), headers
-
-
-def raise_if_cancelled() -> None:
-    """For loops that catch library errors: some libraries turn a cancellation into their own
-    error (or swallow it), which would keep a stopped service's background loop running."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class Spool:

@@ -32,8 +32,9 @@ from services.validation.rules import Reason, TicketKind, device_fingerprint
 from services.validation.schemas import IssuerKeyStatus
 from services.validation.service import TICKET_LIFETIME_MARGIN_S, emit_auto_closed
 from services.validation.settings import ValidationSettings
-from services.validation.spool import EventPipeline, raise_if_cancelled
+from services.validation.spool import EventPipeline
 from shared.events import Event
+from shared.health import raise_if_cancelled
 from shared.http import service_client
 
 logger = logging.getLogger("citypass.validation.workers")
