@@ -809,9 +809,9 @@ async def update_dispute(session: AsyncSession, dispute_id: uuid.UUID, **values:
 #
 # Entries and exits are the hot path: plain SQL on a connection of the asyncpg pool, in
 # autocommit (asyncpg prepares each text once per connection and reuses it). The first
-# statement claims the Idempotency-Key (`lane_claim_key`, migration parking_0003: a
-# session-level advisory lock, then the stored answer with a fresh snapshot) and reads what the
-# decision needs; an exit's also locks its session (`lane_exit_claim`). The last statement
+# statement claims the Idempotency-Key (`lane_key`, migration parking_0004: a session-level
+# advisory lock, then the stored answer with a fresh snapshot) and reads what the decision
+# needs; an exit's also locks its session (`lane_exit_begin`). The last statement
 # writes the session, the payment seen, the outbox events and the answer, and commits them
 # together; the locks are let go after it (`LaneConnection.close`), off the critical path.
 
@@ -824,7 +824,7 @@ _FRESH = "c.claimed AND c.body IS NULL"  # the key is ours and has no answer yet
 ENTRY_BEGIN = f"""
 SELECT {_CLAIM}, s.session_id AS open_session_id,
        v.vehicle_id, v.wallet_account_id, v.vehicle_type, d.owed AS outstanding_debt
-  FROM lane_claim_key($1, $2, $3) c
+  FROM lane_key($1, $2, $3) c
   LEFT JOIN sessions s
     ON {_FRESH} AND s.lot_id = $4 AND s.plate_key = $5 AND s.status <> 'closed'
   LEFT JOIN vehicles v ON {_FRESH} AND v.plate_key = $5
@@ -835,7 +835,7 @@ SELECT {_CLAIM}, s.session_id AS open_session_id,
 """
 
 EXIT_BEGIN = f"""
-SELECT {_CLAIM}, c.session FROM lane_exit_claim($1, $2, $3, $4, $5) c
+SELECT {_CLAIM}, c.session FROM lane_exit_begin($1, $2, $3, $4, $5) c
 """
 
 PLATE_AT_LOT = """
@@ -1018,6 +1018,9 @@ async def raw_connection(database: Database) -> AsyncIterator[Any]:
         yield connection
 
 
+UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
+
+
 class LaneConnection:
     """A lane decision's connection: its statements commit one by one, and the advisory locks
     they take (session-level) are let go by `close` before it goes back to the pool."""
@@ -1033,7 +1036,9 @@ class LaneConnection:
 
     async def close(self) -> None:
         try:
-            await self.connection.execute("SELECT pg_advisory_unlock_all()")
+            # fetchval, not execute: a prepared statement (execute without arguments would be
+            # parsed and planned by PostgreSQL every time, ~45 µs of its CPU per decision).
+            await self.connection.fetchval(UNLOCK_ALL)
         except BaseException:
             self.connection.terminate()  # its locks end with it
             raise

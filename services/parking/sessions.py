@@ -277,7 +277,7 @@ class LaneWork:
         return await self.connection.fetchrow(query, *args)
 
     def claim(self) -> tuple[int, str, str]:
-        """`lane_claim_key`'s arguments: the key's advisory lock, its scope and the key."""
+        """`lane_key`'s arguments: the key's advisory lock, its scope and the key."""
         request = self.request
         return request.lock_id, request.scope, request.key
 
