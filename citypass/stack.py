@@ -36,15 +36,39 @@ class ServiceSpec:
     prefix: str
     port: int
     uses: tuple[str, ...]  # which stores it talks to
+    module: str = ""  # services.<name> unless set
+    settings: tuple[tuple[str, str], ...] = ()  # this process's own environment variables
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.module or f"services.{self.name}"]
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("payments", "PAYMENTS", 8004, ("postgres", "kafka")),
     ServiceSpec("ticketing", "TICKETING", 8001, ("postgres", "kafka")),
-    ServiceSpec("validation", "VALIDATION", 8002, ("redis", "kafka")),
+    # The gates' process decides and does nothing else: fares, top-ups and the trip sweeper run
+    # in FARE_WORKER, so that their work never queues in front of a gate request.
+    ServiceSpec(
+        "validation",
+        "VALIDATION",
+        8002,
+        ("redis", "kafka"),
+        settings=(("VALIDATION_RUN_FARE_WORKER", "false"),),
+    ),
     ServiceSpec("parking", "PARKING", 8003, ("postgres", "redis", "kafka")),
     ServiceSpec("operator", "OPERATOR", 8080, ("redis", "kafka")),
 )
+FARE_WORKER = ServiceSpec(
+    "validation-fares",
+    "VALIDATION",
+    8012,
+    ("redis", "kafka"),
+    module="services.validation",
+    settings=(("VALIDATION_RUN_FARE_WORKER", "true"),),
+)
+PROCESSES = (*SERVICES, FARE_WORKER)  # what `citypass stack run` starts
+
 READY_TIMEOUT_S = 60.0
 
 
@@ -58,9 +82,18 @@ def service_environment(
         f"{p}_DATABASE_URL": database_url,
         f"{p}_REDIS_URL": redis_url,
         f"{p}_KAFKA_BOOTSTRAP_SERVERS": kafka,
+        **dict(spec.settings),
     }
     if spec.name in ("ticketing", "parking"):
         env[f"{p}_PAYMENTS_URL"] = "http://127.0.0.1:8004"
+    return env
+
+
+def merged(environments: dict[str, dict[str, str]]) -> dict[str, str]:
+    """One environment for the seeders, which only need each service's stores."""
+    env: dict[str, str] = {}
+    for one in environments.values():
+        env |= one
     return env
 
 
@@ -142,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        for spec in SERVICES:
+        for spec in PROCESSES:
             if port_in_use(spec.port):
                 raise ServerStartError(f"port {spec.port} for {spec.name} is already in use")
         with console.status("Starting…") as status:
@@ -156,31 +189,32 @@ def run(args: argparse.Namespace) -> int:
             status.update("Migrating database schemas…")
             migrate(servers.database_url)
             console.print("[green]✓[/] topics created, schemas migrated")
-            env: dict[str, str] = {}
-            for spec in SERVICES:
-                env |= service_environment(
+            environments = {
+                spec.name: service_environment(
                     spec,
                     servers.database_url,
                     servers.redis_url,
                     servers.kafka_bootstrap,
                     "development",
                 )
+                for spec in PROCESSES
+            }
             status.update("Seeding demo data…")
             password = operator_password(var)
-            seeded = asyncio.run(seed_all(env, password))
+            seeded = asyncio.run(seed_all(merged(environments), password))
             console.print(f"[green]✓[/] seeded: {', '.join(seeded)}")
-            for spec in SERVICES:
+            for spec in PROCESSES:
                 processes.append(
                     spawn(
                         spec.name,
-                        [sys.executable, "-m", f"services.{spec.name}"],
+                        spec.argv,
                         servers.log_dir / f"{spec.name}.log",
-                        env={**os.environ, **env},
+                        env={**os.environ, **environments[spec.name]},
                         cwd=ROOT,
                     )
                 )
             deadline = time.monotonic() + READY_TIMEOUT_S
-            for spec, managed in zip(SERVICES, processes, strict=True):
+            for spec, managed in zip(PROCESSES, processes, strict=True):
                 status.update(f"Waiting for {spec.name} to be ready…")
                 ready, reason = wait_ready(spec, managed, deadline)
                 if not ready:
@@ -188,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
                 console.print(f"[green]✓[/] {spec.name} ready on :{spec.port}")
         print_urls(password, servers)
         while True:
-            for spec, managed in zip(SERVICES, processes, strict=True):
+            for spec, managed in zip(PROCESSES, processes, strict=True):
                 if managed.process.poll() is not None:
                     raise ServerStartError(
                         f"{spec.name} stopped (code {managed.process.returncode}); "
@@ -238,7 +272,7 @@ def print_urls(password: str, servers: LocalServers) -> None:
     table = Table(title="CityPass is running", show_lines=False)
     table.add_column("service")
     table.add_column("API docs")
-    for spec in SERVICES:
+    for spec in PROCESSES:
         table.add_row(spec.name, f"http://127.0.0.1:{spec.port}/docs")
     console.print(table)
     console.print(
@@ -261,13 +295,14 @@ def topics_command(args: argparse.Namespace) -> int:
 
 
 def seed_command(args: argparse.Namespace) -> int:
-    env: dict[str, str] = {}
-    for spec in SERVICES:
-        env |= service_environment(
+    environments = {
+        spec.name: service_environment(
             spec, args.database_url, args.redis_url, args.bootstrap, "development"
         )
+        for spec in PROCESSES
+    }
     password = args.operator_password or secrets.token_urlsafe(12)
-    for line in asyncio.run(seed_all(env, password)):
+    for line in asyncio.run(seed_all(merged(environments), password)):
         console.print(f"seeded {line}")
     if not args.operator_password:
         console.print(f"operator login admin / {password}")

@@ -418,6 +418,7 @@ async def local_run(args: argparse.Namespace) -> dict[str, float]:
         root = Path(workdir)
         servers = LocalServers(root, free_port(), free_port(), free_port())
         process: ManagedProcess | None = None
+        fare_worker: ManagedProcess | None = None
         try:
             servers.start_valkey()
             servers.start_kafka()
@@ -426,19 +427,30 @@ async def local_run(args: argparse.Namespace) -> dict[str, float]:
             env = {
                 **os.environ,
                 "VALIDATION_ENVIRONMENT": "test",
-                "VALIDATION_PORT": str(port),
                 "VALIDATION_REDIS_URL": servers.redis_url,
                 "VALIDATION_KAFKA_BOOTSTRAP_SERVERS": servers.kafka_bootstrap,
                 "VALIDATION_ADMIN_TOKEN": token,
                 "VALIDATION_TICKETING_URL": "",
                 "VALIDATION_SPOOL_DIR": str(root / "spool"),
                 "VALIDATION_LOG_LEVEL": "WARNING",
-                "VALIDATION_RUN_FARE_WORKER": "false" if args.without_fare_worker else "true",
+            }
+            gate_env = {
+                **env,
+                "VALIDATION_PORT": str(port),
+                "VALIDATION_RUN_FARE_WORKER": str(args.fare_worker == "in-process").lower(),
             }
             argv = [sys.executable, "-m", "services.validation"]
+            if args.fare_worker == "separate":  # as `make run` and docker-compose deploy it
+                fares_port = free_port()
+                fares_env = {**env, "VALIDATION_PORT": str(fares_port)}
+                fares_env["VALIDATION_RUN_FARE_WORKER"] = "true"
+                fare_worker = spawn(
+                    "validation-fares", argv, root / "fares.log", env=fares_env, cwd=ROOT
+                )
+                await wait_ready(f"http://127.0.0.1:{fares_port}", fare_worker)
             if args.profile:
                 argv = [sys.executable, "-c", PROFILED_SERVICE, args.profile]
-            process = spawn("validation", argv, root / "validation.log", env=env, cwd=ROOT)
+            process = spawn("validation", argv, root / "validation.log", env=gate_env, cwd=ROOT)
             url = f"http://127.0.0.1:{port}"
             await wait_ready(url, process)
             return await run(
@@ -450,8 +462,9 @@ async def local_run(args: argparse.Namespace) -> dict[str, float]:
                 saturation_s=args.saturation_seconds,
             )
         finally:
-            if process is not None:
-                process.stop(timeout_s=30)
+            for managed in (process, fare_worker):
+                if managed is not None:
+                    managed.stop(timeout_s=30)
             servers.stop()
 
 
@@ -501,9 +514,11 @@ def main() -> None:
     )
     parser.add_argument("--profile", help="run the local service under cProfile, write here")
     parser.add_argument(
-        "--without-fare-worker",
-        action="store_true",
-        help="the local service leaves fares to dedicated replicas (VALIDATION_RUN_FARE_WORKER)",
+        "--fare-worker",
+        choices=("separate", "in-process", "none"),
+        default="separate",
+        help="where the fare worker runs: its own process, as deployed (default), inside the "
+        "gates' process, or not at all (VALIDATION_RUN_FARE_WORKER)",
     )
     args = parser.parse_args()
     if args.url:

@@ -14,6 +14,7 @@ def _default_metrics_urls() -> dict[str, str]:
     return {
         "ticketing": "http://127.0.0.1:8001/metrics",
         "validation": "http://127.0.0.1:8002/metrics",
+        "validation-fares": "http://127.0.0.1:8012/metrics",
         "parking": "http://127.0.0.1:8003/metrics",
         "payments": "http://127.0.0.1:8004/metrics",
     }

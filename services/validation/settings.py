@@ -51,8 +51,9 @@ class ValidationSettings(ServiceSettings):
     credential_cache_size: int = Field(default=200_000, ge=1)  # verified issuer signatures
 
     # Fares of stored-value riders are charged through payments, never on the gate's path.
-    # The fare worker (fares, top-ups, the trip sweeper) runs in every process by default;
-    # at scale, run it in a few dedicated replicas and turn it off on the gate-facing ones.
+    # The fare worker (fares, top-ups, the trip sweeper) runs in every process by default (one
+    # process does everything); `make run` and docker-compose turn it off in the gates' process
+    # and run it in its own (validation-fares), so its work never competes with a gate request.
     run_fare_worker: bool = True
     payments_url: str = "http://127.0.0.1:8004"
     payments_token: SecretStr = SecretStr("dev-only-payments-service-token")

@@ -196,7 +196,9 @@ class TestPipeline:
             body = (await console.http.get("/v1/pipeline", headers=console.viewer)).json()
             groups = {g["group"] for g in body["groups"]}
             ready = body["checked_at"] and console.settings.consumer_group in groups
-            return body if ready else None
+            # The first check may run before uvicorn listens: the console's own scrape fails.
+            up = {s["service"] for s in body["services"] if s["up"]}
+            return body if ready and "operator" in up else None
 
         body = await eventually(health, timeout_s=20)
         assert body["kafka_error"] is None
