@@ -29,6 +29,7 @@ Consumes
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +55,7 @@ ISSUER_KEYS_CHANGED = "citypass.transit.issuer_keys.changed.v1"
 TRANSFER_POSTED = "citypass.payments.transfer.posted.v1"
 
 
+@functools.lru_cache(maxsize=1024)  # a decision formats three times that are mostly the same
 def iso(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s, UTC).isoformat().replace("+00:00", "Z")
 
