@@ -6,6 +6,7 @@ Keys (`cp:{tag}:name`; keys sharing a `{tag}` share a Redis Cluster slot):
       cp:{network}:gates           hash  gate id → gate JSON (never the secret)
       cp:{network}:gate-secrets    hash  gate id → device secret
       cp:{network}:issuer-keys     hash  kid → {public_key, status, not_after, source}
+      cp:{network}:issuer-keys-as-of  hash  source → unix time of the last key set applied
       cp:{network}:products        hash  product code → {kind, rides}, learned from ticket events
       cp:{network}:deny            hash  "ticket:<id>" / "device:<fingerprint>" → {reason, until}
       cp:{network}:state-version   int   bumped on every change above; processes reload on change
@@ -34,7 +35,7 @@ from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, WatchError
 
 from services.validation.schemas import GateRead
 from shared.devicesigning import nonce_key
@@ -44,6 +45,7 @@ NETWORK = "network"
 GATES = key("gates", NETWORK)
 GATE_SECRETS = key("gate-secrets", NETWORK)
 ISSUER_KEYS = key("issuer-keys", NETWORK)
+ISSUER_KEYS_AS_OF = key("issuer-keys-as-of", NETWORK)
 PRODUCTS = key("products", NETWORK)
 DENY = key("deny", NETWORK)
 STATE_VERSION = key("state-version", NETWORK)
@@ -477,27 +479,42 @@ async def save_issuer_key(redis: Redis, kid: str, record: dict[str, Any]) -> Non
 
 
 async def replace_issuer_keys(
-    redis: Redis, source: str, records: dict[str, dict[str, Any]]
+    redis: Redis, source: str, records: dict[str, dict[str, Any]], as_of: float | None = None
 ) -> bool:
-    """Make the keys from `source` exactly `records`; True if anything changed."""
-    current = {
-        _text(k): orjson.loads(v)
-        for k, v in cast(dict[bytes, bytes], await redis.hgetall(ISSUER_KEYS)).items()
-    }
-    stale = [
-        kid for kid, rec in current.items() if rec.get("source") == source and kid not in records
-    ]
-    changed = {kid: rec for kid, rec in records.items() if current.get(kid) != rec}
-    if not stale and not changed:
-        return False
+    """Make the keys from `source` exactly `records`; True if anything changed.
+
+    `as_of` (unix seconds, the source's clock) orders snapshots: one older than the last applied
+    from that source is ignored, so that a redelivered or replayed `issuer_keys.changed` event
+    cannot bring back a set without the key ticketing signs with today."""
     async with redis.pipeline(transaction=True) as pipe:
-        if stale:
-            pipe.hdel(ISSUER_KEYS, *stale)
-        for kid, record in changed.items():
-            pipe.hset(ISSUER_KEYS, kid, orjson.dumps(record))
-        pipe.incr(STATE_VERSION)
-        await pipe.execute()
-    return True
+        while True:
+            try:
+                await pipe.watch(ISSUER_KEYS, ISSUER_KEYS_AS_OF)
+                if as_of is not None:
+                    applied = cast(bytes | None, await pipe.hget(ISSUER_KEYS_AS_OF, source))
+                    if applied is not None and float(applied) > as_of:
+                        return False
+                stored = cast(dict[bytes, bytes], await pipe.hgetall(ISSUER_KEYS))
+                current = {_text(k): orjson.loads(v) for k, v in stored.items()}
+                stale = [
+                    kid
+                    for kid, rec in current.items()
+                    if rec.get("source") == source and kid not in records
+                ]
+                changed = {kid: rec for kid, rec in records.items() if current.get(kid) != rec}
+                pipe.multi()  # type: ignore[no-untyped-call]
+                if as_of is not None:
+                    pipe.hset(ISSUER_KEYS_AS_OF, source, repr(as_of))
+                if stale:
+                    pipe.hdel(ISSUER_KEYS, *stale)
+                for kid, record in changed.items():
+                    pipe.hset(ISSUER_KEYS, kid, orjson.dumps(record))
+                if stale or changed:
+                    pipe.incr(STATE_VERSION)
+                await pipe.execute()
+                return bool(stale or changed)
+            except WatchError:
+                continue  # another process changed the keys meanwhile: judge again
 
 
 async def save_product(redis: Redis, code: str, record: dict[str, Any]) -> bool:

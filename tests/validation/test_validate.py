@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -272,6 +272,45 @@ class TestSignatures:
         await publisher.publish("transit.tickets", "issuer-keys", key_set("retired"))
         await wait_until(lambda: kid not in validator.memory.usable_keys, what="the retirement")
         assert (await scan(http, gate, ticket.qr()))["reason"] == "unknown_key"
+
+    async def test_an_older_key_set_redelivered_late_does_not_drop_the_current_key(
+        self, http: httpx.AsyncClient, publisher: Publisher, validator: Validator
+    ) -> None:
+        gate = await provision_gate(http, station="3-08")
+        issuer = Ed25519PrivateKey.generate()
+        kid = f"n{uuid.uuid4().hex[:4]}"
+        ticket = make_ticket(kid=kid, issuer=issuer)
+        key = {"kid": kid, "public_key": b64(public_key_bytes(issuer)), "status": "active"}
+        key_set = {"keys": [{**key, "algorithm": "Ed25519", "not_after": None}]}
+        now = datetime.now(UTC)
+        before_it = Event(
+            type="citypass.transit.issuer_keys.changed.v1",
+            source="/citypass/ticketing",
+            subject="issuer-keys",
+            data={"keys": []},  # a set from before the new key existed
+            time=now - timedelta(minutes=5),
+        )
+        with_it = Event(
+            type="citypass.transit.issuer_keys.changed.v1",
+            source="/citypass/ticketing",
+            subject="issuer-keys",
+            data=key_set,
+            time=now,
+        )
+
+        await publisher.publish("transit.tickets", "issuer-keys", with_it)
+        await wait_until(lambda: kid in validator.memory.usable_keys, what="the new key")
+        await publisher.publish("transit.tickets", "issuer-keys", before_it)  # at least once
+        probe = make_ticket()  # behind it on its partition: once applied, so is the old set
+        await publisher.publish("transit.tickets", "issuer-keys", ticket_issued(probe))
+
+        async def probe_applied() -> bool:
+            return bool(await validator.redis.exists(repository.ticket_key(probe.id)))
+
+        await wait_until(probe_applied, what="the events after it")
+
+        assert kid in validator.memory.usable_keys
+        assert (await scan(http, gate, ticket.qr()))["decision"] == "accept"
 
     async def test_a_replica_configured_with_other_keys_leaves_ours_alone(
         self, http: httpx.AsyncClient, validator: Validator, tmp_path: Path
