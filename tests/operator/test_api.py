@@ -135,13 +135,13 @@ class TestStream:
         params = {"ticket": await ticket(console)}
         async with console.http.stream("GET", "/v1/stream", params=params) as live:
             await publisher.publish("transit.validations", str(first.data["ticket_id"]), first)
-            position, _ = await asyncio.wait_for(until(live, first.id), 20)
+            position, _ = await asyncio.wait_for(until(live, first.id), 60)
         assert position is not None
 
         await publisher.publish("transit.validations", str(second.data["ticket_id"]), second)
         params = {"ticket": await ticket(console), "last_event_id": position}
         async with console.http.stream("GET", "/v1/stream", params=params) as resumed:
-            _, seen = await asyncio.wait_for(until(resumed, second.id), 20)
+            _, seen = await asyncio.wait_for(until(resumed, second.id), 60)
         assert first.id not in seen
 
     async def test_a_bearer_token_also_opens_the_stream(self, console: Console) -> None:
