@@ -483,17 +483,18 @@ async def replace_issuer_keys(
 ) -> bool:
     """Make the keys from `source` exactly `records`; True if anything changed.
 
-    `as_of` (unix seconds, the source's clock) orders snapshots: one older than the last applied
-    from that source is ignored, so that a redelivered or replayed `issuer_keys.changed` event
-    cannot bring back a set without the key ticketing signs with today."""
+    `as_of` (unix seconds, the source's clock) orders snapshots: one no newer than the last
+    applied from that source is ignored, so that a redelivered or replayed
+    `issuer_keys.changed` event cannot bring back a set without the key ticketing signs with
+    today. Without `as_of` the set applies as it is (ticketing's own answer)."""
     async with redis.pipeline(transaction=True) as pipe:
         while True:
             try:
                 await pipe.watch(ISSUER_KEYS, ISSUER_KEYS_AS_OF)
                 if as_of is not None:
                     applied = cast(bytes | None, await pipe.hget(ISSUER_KEYS_AS_OF, source))
-                    if applied is not None and float(applied) > as_of:
-                        return False
+                    if applied is not None and float(applied) >= as_of:
+                        return False  # this set, or a later one, was applied already
                 stored = cast(dict[bytes, bytes], await pipe.hgetall(ISSUER_KEYS))
                 current = {_text(k): orjson.loads(v) for k, v in stored.items()}
                 stale = [

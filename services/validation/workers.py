@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import contextlib
 import logging
 import time
 import uuid
@@ -96,15 +96,6 @@ def key_records(payload: Any) -> dict[str, dict[str, Any]]:
     return records
 
 
-def answered_at(response: httpx.Response) -> float:
-    """When ticketing answered, by its own clock (the `Date` header; ours if it has none), so
-    that its answers and its events are ordered by one clock."""
-    try:
-        return email.utils.parsedate_to_datetime(response.headers["date"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return time.time()
-
-
 class Workers:
     def __init__(
         self,
@@ -120,6 +111,7 @@ class Workers:
         self.max_trip_s = int(settings.max_trip.total_seconds())
         self._payments: httpx.AsyncClient | None = None
         self._failing: set[str] = set()
+        self._keys_changed = asyncio.Event()  # ticketing said so: ask it now
 
     def _log_failure(self, what: str, exc: BaseException) -> None:
         if what not in self._failing:  # once per outage, not once per second
@@ -171,16 +163,15 @@ class Workers:
             while True:
                 raise_if_cancelled()
                 try:
+                    self._keys_changed.clear()
                     response = await http.get("/v1/keys")
                     response.raise_for_status()
                     records = key_records(response.json())
-                    as_of = answered_at(response)
-                    if await repository.replace_issuer_keys(
-                        self.redis, TICKETING_SOURCE, records, as_of
-                    ):
+                    if await repository.replace_issuer_keys(self.redis, TICKETING_SOURCE, records):
                         self.memory.apply(await repository.load_state(self.redis), int(time.time()))
                     self._recovered("issuer keys from ticketing")
-                    await asyncio.sleep(interval)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._keys_changed.wait(), interval)
                 except (httpx.HTTPError, ValueError, RedisError, OSError) as exc:
                     self._log_failure("issuer keys from ticketing", exc)
                     # Ticketing may still be starting: ask again soon, not a whole interval later.
@@ -204,10 +195,7 @@ class Workers:
                 until = unix(data.get("deny_until"))
                 await self._deny(f"device:{fingerprint.lower()}", Reason.revoked_device, until)
         elif event.type == events.ISSUER_KEYS_CHANGED:
-            records = key_records(data)
-            as_of = event.time.timestamp()
-            if await repository.replace_issuer_keys(self.redis, TICKETING_SOURCE, records, as_of):
-                self.memory.apply(await repository.load_state(self.redis), int(time.time()))
+            await self._issuer_keys_changed(event)
         elif event.type == events.FARE_UNPAID:
             if ticket_id := ticket_uuid(data.get("ticket_id")):
                 current = self.memory.deny_tickets.get(ticket_id)
@@ -219,6 +207,21 @@ class Workers:
             entry = f"ticket:{ticket_id}"
             await repository.lift(self.redis, entry, Reason.insufficient_balance.value)
             self.memory.lift_entry(entry, Reason.insufficient_balance)
+
+    async def _issuer_keys_changed(self, event: Event) -> None:
+        """With ticketing reachable, the event only says "ask now": its `/v1/keys` is the
+        current set, where an event may be an old one redelivered or replayed. Without it, the
+        event's set applies unless one with a later time already did (its time is capped at our
+        clock plus the device window, so a clock running ahead cannot freeze the keys)."""
+        if self.settings.ticketing_url:
+            self._keys_changed.set()
+            return
+        as_of = min(
+            event.time.timestamp(), time.time() + self.settings.device_window.total_seconds()
+        )
+        records = key_records(event.data)
+        if await repository.replace_issuer_keys(self.redis, TICKETING_SOURCE, records, as_of):
+            self.memory.apply(await repository.load_state(self.redis), int(time.time()))
 
     async def _ticket_issued(self, data: dict[str, Any]) -> None:
         ticket_id = ticket_uuid(data.get("ticket_id"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
 
 from citypass.servers import LocalServers
 from services.validation import repository
@@ -19,6 +20,8 @@ from shared.events import Event
 from shared.kafka import Publisher
 from shared.qrimage import decode_png, render_png
 from shared.ticketcodec import public_key_bytes
+from tests.conftest import AppClient
+from tests.operator.conftest import serve
 from tests.support import read_events, wait_until
 from tests.validation.conftest import (
     ADMIN,
@@ -311,6 +314,53 @@ class TestSignatures:
 
         assert kid in validator.memory.usable_keys
         assert (await scan(http, gate, ticket.qr()))["decision"] == "accept"
+
+    async def test_a_key_change_event_makes_it_ask_ticketing_and_not_trust_the_event(
+        self, app_client: AppClient, publisher: Publisher, tmp_path: Path
+    ) -> None:
+        def key_of(kid: str, issuer: Ed25519PrivateKey) -> dict[str, object]:
+            raw = b64(public_key_bytes(issuer))
+            return {"kid": kid, "public_key": raw, "status": "active", "algorithm": "Ed25519"}
+
+        issuer = Ed25519PrivateKey.generate()
+        kid, stranger = f"t{uuid.uuid4().hex[:4]}", f"s{uuid.uuid4().hex[:4]}"
+        published: dict[str, list[dict[str, object]]] = {"keys": []}  # ticketing's GET /v1/keys
+        asked: list[float] = []
+
+        async def keys() -> dict[str, list[dict[str, object]]]:
+            answer = {"keys": list(published["keys"])}  # the set as it is when asked
+            asked.append(time.monotonic())
+            return answer
+
+        ticketing = FastAPI()
+        ticketing.add_api_route("/v1/keys", keys)
+        async with serve(ticketing) as ticketing_url:
+            settings = validation_settings(
+                tmp_path, ticketing_url=ticketing_url, keys_refresh=timedelta(hours=1)
+            )
+            app = build_app(settings)
+            validator: Validator = app.state.validator
+            async with app_client(app) as gates:
+                gate = await provision_gate(gates, station="3-08")
+                await wait_until(lambda: asked, what="the poll at start")  # next: in an hour
+                published["keys"] = [key_of(kid, issuer)]  # ticketing rotates to a new key
+                # The newest event by time, carrying a set that is not ticketing's (a replay
+                # of another deployment's, a bug): the gate asks ticketing instead.
+                odd = Event(
+                    type="citypass.transit.issuer_keys.changed.v1",
+                    source="/citypass/ticketing",
+                    subject="issuer-keys",
+                    data={"keys": [key_of(stranger, Ed25519PrivateKey.generate())]},
+                )
+                await publisher.publish("transit.tickets", "issuer-keys", odd)
+                # Its new consumer group reads transit.tickets from the start: give it time.
+                await wait_until(
+                    lambda: kid in validator.memory.usable_keys, timeout_s=120, what="the new key"
+                )
+
+                assert stranger not in validator.memory.usable_keys
+                ticket = make_ticket(kid=kid, issuer=issuer)
+                assert (await scan(gates, gate, ticket.qr()))["decision"] == "accept"
 
     async def test_a_replica_configured_with_other_keys_leaves_ours_alone(
         self, http: httpx.AsyncClient, validator: Validator, tmp_path: Path
