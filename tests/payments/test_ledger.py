@@ -85,6 +85,33 @@ class TestLedgerIntegrity:
         with pytest.raises(DBAPIError, match="not balanced"):
             await execute(ledger_db, *one_sided)
 
+    async def test_checks_fired_early_do_not_let_a_later_posting_through(
+        self, http: httpx.AsyncClient, ledger_db: Database
+    ) -> None:
+        wallet, other = await open_wallet(http), await open_wallet(http)
+        names = {"t": uuid.uuid4(), "wallet": uuid.UUID(wallet["id"])}
+        clearing = system_account_id("bank_clearing")
+        balanced_then_more: tuple[tuple[str, dict[str, Any]], ...] = (
+            (
+                "INSERT INTO transfers (id, kind, amount, debit_account_id, credit_account_id)"
+                " VALUES (:t, 'topup', 500, :clearing, :wallet)",
+                names | {"clearing": clearing},
+            ),
+            (
+                "INSERT INTO postings VALUES (:t, :clearing, -500), (:t, :wallet, 500)",
+                names | {"clearing": clearing},
+            ),
+            ("SET CONSTRAINTS ALL IMMEDIATE", {}),  # the transfer is checked, and balanced
+            ("SET CONSTRAINTS ALL DEFERRED", {}),
+            (
+                "INSERT INTO postings VALUES (:t, :other, 700)",
+                {**names, "other": uuid.UUID(other["id"])},
+            ),
+        )
+
+        with pytest.raises(DBAPIError, match="not balanced"):
+            await execute(ledger_db, *balanced_then_more)
+
 
 async def execute(database: Database, *statements: tuple[str, dict[str, Any]]) -> None:
     """Run raw SQL in one transaction, as an operator with database access could."""
