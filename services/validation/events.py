@@ -21,7 +21,8 @@ Consumes
   valid_until(_unix), wallet_account_id}, `citypass.transit.ticket.revoked.v1` {ticket_id,
   valid_until}, `citypass.transit.device.revoked.v1` {device_key_fingerprint (hex SHA-256 of
   the raw key), deny_until}, `citypass.transit.issuer_keys.changed.v1` {keys: as
-  `GET /v1/keys`}; and the two `fare.*` events above.
+  `GET /v1/keys`} (with a ticketing URL configured it only triggers a `GET /v1/keys` at once);
+  and the two `fare.*` events above.
 - `transit.validations` (group `validation-fares`): charges fares, tracks open trips.
 - `payments.ledger` (group `validation-topups`): `citypass.payments.transfer.posted.v1` with
   `kind: topup` retries the unpaid fares of that wallet.
