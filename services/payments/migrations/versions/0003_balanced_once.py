@@ -40,7 +40,19 @@ _CHECK = """
         END IF;
 """
 
-CHECK_ONCE = f"""
+
+def balance_check(remembered: str | None) -> str:
+    """The trigger function; with `remembered` (an SQL expression of `checked_id`) it skips a
+    check whose expression equals the last one it passed in the transaction."""
+    skip, remember = "", ""
+    if remembered is not None:
+        skip = f"""
+        IF current_setting('payments.last_balanced_transfer', true) = {remembered} THEN
+            RETURN NULL;
+        END IF;"""
+        remember = f"""
+        PERFORM set_config('payments.last_balanced_transfer', {remembered}, true);"""
+    return f"""
     CREATE OR REPLACE FUNCTION assert_transfer_balanced() RETURNS trigger
     LANGUAGE plpgsql AS $$
     DECLARE
@@ -53,36 +65,16 @@ CHECK_ONCE = f"""
             checked_id := NEW.id;
         ELSE
             checked_id := NEW.transfer_id;
-        END IF;
-        IF current_setting('payments.last_balanced_transfer', true) = checked_id::text THEN
-            RETURN NULL;
-        END IF;
-{_CHECK}
-        PERFORM set_config('payments.last_balanced_transfer', checked_id::text, true);
+        END IF;{skip}
+{_CHECK}{remember}
         RETURN NULL;
     END
     $$
 """
 
-CHECK_EACH = f"""
-    CREATE OR REPLACE FUNCTION assert_transfer_balanced() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-    DECLARE
-        checked_id uuid;
-        legs bigint;
-        total bigint;
-        matching bigint;
-    BEGIN
-        IF TG_TABLE_NAME = 'transfers' THEN
-            checked_id := NEW.id;
-        ELSE
-            checked_id := NEW.transfer_id;
-        END IF;
-{_CHECK}
-        RETURN NULL;
-    END
-    $$
-"""
+
+CHECK_ONCE = balance_check("checked_id::text")
+CHECK_EACH = balance_check(None)
 
 
 def upgrade() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 from alembic import op
 
@@ -25,30 +26,21 @@ branch_labels = None
 depends_on = None
 
 
-def _payments_0003_check() -> str:
-    """The function payments_0003 installed (migration files are loaded by path, not as a
-    package), so that this one changes exactly the two lines it means to."""
+def _payments_0003() -> ModuleType:
+    """payments_0003's module (migration files are loaded by path, not as a package)."""
     path = Path(__file__).with_name("0003_balanced_once.py")
     spec = importlib.util.spec_from_file_location("payments_0003", path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    check: str = module.CHECK_ONCE
-    return check
+    return module
 
 
-_ONCE = _payments_0003_check()
-_REMEMBERED = "checked_id::text"
-_PER_PASS = "checked_id::text || '@' || statement_timestamp()::text"
-CHECK_ONCE_PER_PASS = _ONCE.replace(
-    f"current_setting('payments.last_balanced_transfer', true) = {_REMEMBERED}",
-    f"current_setting('payments.last_balanced_transfer', true) = {_PER_PASS}",
-).replace(
-    f"set_config('payments.last_balanced_transfer', {_REMEMBERED}, true)",
-    f"set_config('payments.last_balanced_transfer', {_PER_PASS}, true)",
+_PAYMENTS_0003 = _payments_0003()
+CHECK_ONCE_PER_PASS: str = _PAYMENTS_0003.balance_check(
+    "checked_id::text || '@' || statement_timestamp()::text"
 )
-assert CHECK_ONCE_PER_PASS.count("statement_timestamp()") == 2, "payments_0003's text changed"
 
 
 def upgrade() -> None:
@@ -56,4 +48,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(_ONCE)
+    op.execute(_PAYMENTS_0003.CHECK_ONCE)
