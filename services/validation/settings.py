@@ -9,6 +9,7 @@ from typing import Self
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.validation.memory import decode_private_key
 from shared.settings import Environment, ServiceSettings
 
 
@@ -74,7 +75,16 @@ class ValidationSettings(ServiceSettings):
     instance_id: str = Field(default_factory=_instance_id, pattern=r"^[A-Za-z0-9_.-]{1,100}$")
 
     @model_validator(mode="after")
-    def _bundle_key_in_production(self) -> Self:
-        if self.environment is Environment.production and self.bundle_signing_key is None:
-            raise ValueError("bundle_signing_key must be set in production")
+    def _bundle_key(self) -> Self:
+        if self.bundle_signing_key is None:
+            if self.environment is Environment.production:
+                raise ValueError("bundle_signing_key must be set in production")
+            return self
+        try:  # at start-up, not at the first gate that asks for a bundle
+            decode_private_key(self.bundle_signing_key.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(
+                "bundle_signing_key must be a raw 32-byte Ed25519 key in base64"
+                " (e.g. `openssl rand -base64 32`)"
+            ) from exc
         return self
