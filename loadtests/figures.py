@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 
@@ -44,3 +45,35 @@ def wait_for_quiet(
         waited = time.monotonic() - started
         if steal < threshold or waited >= max_wait_s:
             return waited, steal
+
+
+class StealTimeline:
+    """The hypervisor's steal share second by second during a run, sampled by a task on the load
+    generator's loop: which seconds of a run the machine was whole for.
+
+    A diagnostic, never a verdict: the targets are judged on every decision of the run."""
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, tuple[int, int]]] = []  # (perf_counter, cpu_times)
+
+    async def run(self) -> None:
+        while True:
+            self.samples.append((time.perf_counter(), cpu_times()))
+            await asyncio.sleep(self.interval_s)
+
+    def quiet_seconds(self, start: float, seconds: int, threshold: float = 0.03) -> set[int]:
+        """Seconds `i` of the run (from `start`) in which, and in the second before which, less
+        than `threshold` of the CPU was stolen (a queue built up in a stolen second drains in
+        the next)."""
+        steal: dict[int, float] = {}
+        for second in range(-1, seconds):
+            begin, end = start + second, start + second + 1
+            inside = [sample for at, sample in self.samples if begin <= at <= end]
+            if len(inside) >= 2:
+                steal[second] = steal_share(inside[0], inside[-1])
+        return {
+            second
+            for second in range(seconds)
+            if steal.get(second, 1.0) < threshold and steal.get(second - 1, 1.0) < threshold
+        }
