@@ -52,9 +52,13 @@ async def today(redis: Redis, name: str) -> int:
 
 
 async def read_topic(
-    bootstrap: str, topic: str, wanted: Callable[[ConsumerRecord], bool], timeout_s: float = 10
+    bootstrap: str,
+    topic: str,
+    wanted: Callable[[ConsumerRecord], bool],
+    timeout_s: float = 10,
+    count: int = 1,
 ) -> list[ConsumerRecord]:
-    """Records of `topic` from the beginning, until one satisfies `wanted`."""
+    """Records of `topic` from the beginning, until `count` of them satisfy `wanted`."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
@@ -62,7 +66,7 @@ async def read_topic(
     found: list[ConsumerRecord] = []
     try:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not any(wanted(r) for r in found):
+        while time.monotonic() < deadline and sum(map(wanted, found)) < count:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 found += records
     finally:
@@ -229,10 +233,14 @@ class TestDeadLetters:
         await publisher.publish(VALIDATIONS, str(good.data["ticket_id"]), good)
 
         await eventually(lambda: _applied(operator_redis, good.id))
+        # The three records went to different partitions: the good one applied says nothing
+        # of the other two, so wait for both to be parked.
         parked = await read_topic(
             servers.kafka_bootstrap,
             DEAD_LETTER_TOPIC,
             lambda r: header(r, "dlq_group") == group and marker.encode() in (r.value or b""),
+            timeout_s=30,
+            count=2,
         )
         reasons = sorted((header(r, "dlq_reason") or "").split(":")[0] for r in parked)
         assert reasons == ["missing_attribute", "unknown_type"]
