@@ -18,9 +18,11 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import RecordMetadata
 
 from citypass.bank import signed_headers
 from citypass.servers import ManagedProcess, free_port, spawn
+from services.operator.pipeline import LagReader
 from shared.events import EnvelopeError, Event
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,3 +203,17 @@ async def read_events(
     finally:
         await consumer.stop()
     return found
+
+
+async def committed_past(bootstrap: str, group: str, sent: RecordMetadata) -> bool:
+    """`group` committed an offset past the record `sent`: its handler is done with it (the kit
+    consumer commits after the handler). A record handled says nothing of other partitions."""
+    tp = TopicPartition(sent.topic, sent.partition)
+    reader = LagReader(bootstrap, {group: [sent.topic]}, include_listed=False)
+    try:
+        lags, _ = await reader.read([sent.topic])
+    finally:
+        await reader.close()
+    return any(
+        lag.group == group and lag.tp == tp and (lag.committed or 0) > sent.offset for lag in lags
+    )

@@ -283,17 +283,28 @@ async def test_a_rider_buys_a_day_pass_and_passes_the_gates_online_then_offline(
             await eventually(knows_the_issuer_key, timeout_s=20)
             # Its new consumer group reads transit.tickets from the beginning: on a worker
             # where earlier tests published thousands of ticket events, wait until it has
-            # caught up (a probe published now is applied) before the rider buys.
-            probe = make_ticket()
+            # caught up before the rider buys: a probe published now to every partition (they
+            # are read independently) is applied.
+            probes = []
             kafka = Publisher(servers.kafka_bootstrap, send_timeout_s=5)
             try:
-                await kafka.publish(TICKETS_TOPIC, probe.id, ticket_issued(probe))
+                producer = await kafka.connect()
+                for partition in sorted(await producer.partitions_for(TICKETS_TOPIC)):
+                    probe = make_ticket()
+                    issued = ticket_issued(probe)
+                    await producer.send_and_wait(
+                        TICKETS_TOPIC,
+                        issued.value(),
+                        key=probe.id.encode(),
+                        headers=issued.headers(),
+                        partition=partition,
+                    )
+                    probes.append(validation_repository.ticket_key(probe.id))
             finally:
                 await kafka.close()
 
             async def caught_up() -> bool:
-                key = validation_repository.ticket_key(probe.id)
-                return bool(await validator.redis.exists(key))
+                return int(await validator.redis.exists(*probes)) == len(probes)
 
             await eventually(caught_up, timeout_s=120)
             entry = await provision_gate(validation, station="2A-01", direction="entry")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import httpx
-from prometheus_client import REGISTRY
 
 from citypass.servers import LocalServers
 from services.validation import repository
@@ -13,7 +12,7 @@ from services.validation.service import Validator
 from services.validation.workers import Workers
 from shared.kafka import Publisher
 from shared.network import metro_fare, metro_max_fare
-from tests.support import read_events, wait_until
+from tests.support import committed_past, read_events, wait_until
 from tests.validation.conftest import (
     balance,
     balance_is,
@@ -23,14 +22,6 @@ from tests.validation.conftest import (
     stored_value_ticket,
     top_up,
 )
-
-
-def fares_processed() -> float:
-    value = REGISTRY.get_sample_value(
-        "citypass_consumer_events_total",
-        {"group": "validation-fares", "topic": "transit.validations"},
-    )
-    return value or 0.0
 
 
 class TestDistanceFare:
@@ -67,9 +58,16 @@ class TestDistanceFare:
             lambda e: e.id == exited["validation_id"],
             1,
         )
-        before = fares_processed()
-        await publisher.publish("transit.validations", ticket.id, event)
-        await wait_until(lambda: fares_processed() > before, what="the redelivered event")
+        producer = await publisher.connect()
+        sent = await producer.send_and_wait(
+            "transit.validations", event.value(), key=ticket.id.encode(), headers=event.headers()
+        )
+        # The fare group commits a record's offset once it has handled it: past the copy's
+        # offset, the copy was handled (other records bump the group's counters too).
+        await wait_until(
+            lambda: committed_past(servers.kafka_bootstrap, "validation-fares", sent),
+            what="the redelivered event handled",
+        )
         assert await balance(payments, wallet) == 50_000 - fare
 
     async def test_unpaid_fare_denies_the_ticket_until_a_top_up(

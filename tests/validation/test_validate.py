@@ -22,7 +22,7 @@ from shared.qrimage import decode_png, render_png
 from shared.ticketcodec import public_key_bytes
 from tests.conftest import AppClient
 from tests.operator.conftest import serve
-from tests.support import read_events, wait_until
+from tests.support import committed_past, read_events, wait_until
 from tests.validation.conftest import (
     ADMIN,
     ISSUER_KID,
@@ -352,10 +352,21 @@ class TestSignatures:
                     subject="issuer-keys",
                     data={"keys": [key_of(stranger, Ed25519PrivateKey.generate())]},
                 )
-                await publisher.publish("transit.tickets", "issuer-keys", odd)
+                producer = await publisher.connect()
+                sent = await producer.send_and_wait(
+                    "transit.tickets", odd.value(), key=b"issuer-keys", headers=odd.headers()
+                )
                 # Its new consumer group reads transit.tickets from the start: give it time.
+                # Earlier key events on the partition make it poll too, so the new key alone
+                # does not say the odd event was handled: its offset committed does.
                 await wait_until(
                     lambda: kid in validator.memory.usable_keys, timeout_s=120, what="the new key"
+                )
+                group = f"validation-deny-{settings.instance_id}"
+                await wait_until(
+                    lambda: committed_past(settings.kafka_bootstrap_servers, group, sent),
+                    timeout_s=60,
+                    what="the odd event handled",
                 )
 
                 assert stranger not in validator.memory.usable_keys
