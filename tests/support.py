@@ -21,9 +21,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from citypass.bank import signed_headers
-from citypass.servers import ManagedProcess, free_port, spawn
+from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
 from services.operator.pipeline import LagReader
 from shared.events import EnvelopeError, Event
+from shared.kafka import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 BANK_BIN = "970436"  # the payments settings' defaults: where riders' top-ups are paid to
@@ -110,11 +111,13 @@ async def service_client(url: str, token: str) -> AsyncIterator[httpx.AsyncClien
 async def wait_until(
     condition: Callable[[], Any],
     *,
-    timeout_s: float = 20,
+    timeout_s: float = 60,
     interval_s: float = 0.05,
     what: str = "condition",
 ) -> None:
-    """Poll `condition` (plain or async) until it answers something truthy."""
+    """Poll `condition` (plain or async) until it answers something truthy. The default bound
+    is generous: on shared vCPUs the hypervisor has taken 60-80 % of the CPU for minutes, and
+    asynchronous work (a consumer group rejoining) then takes several times its usual time."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = condition()
@@ -217,3 +220,16 @@ async def committed_past(bootstrap: str, group: str, sent: RecordMetadata) -> bo
     return any(
         lag.group == group and lag.tp == tp and (lag.committed or 0) > sent.offset for lag in lags
     )
+
+
+@asynccontextmanager
+async def broker_stopped(servers: LocalServers) -> AsyncIterator[None]:
+    """The broker down for the block, then back with the platform's topics. Its storage is in
+    memory, so a restarted broker has none: they are created again, as `citypass stack` does at
+    start-up, before the services' consumers look for them."""
+    servers.stop_kafka()
+    try:
+        yield
+    finally:
+        servers.start_kafka()
+        await ensure_topics(servers.kafka_bootstrap)

@@ -186,7 +186,7 @@ async def exit_status(http: httpx.AsyncClient, lot: Lot, session_id: str) -> htt
 
 
 async def wait_for_open(
-    http: httpx.AsyncClient, lot: Lot, session_id: str, timeout_s: float = 30
+    http: httpx.AsyncClient, lot: Lot, session_id: str, timeout_s: float = 60
 ) -> dict[str, Any]:
     """Poll the exit status as a lane terminal does, until the barrier may open."""
     deadline = asyncio.get_running_loop().time() + timeout_s

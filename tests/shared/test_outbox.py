@@ -17,6 +17,7 @@ from shared.events import Event
 from shared.inbox import first_delivery, processed_events_table
 from shared.kafka import Publisher
 from shared.outbox import OutboxRelay, add_event, outbox_table
+from tests.support import broker_stopped
 
 SCHEMA = "kit_outbox_test"
 metadata = MetaData()
@@ -168,15 +169,12 @@ class TestOutbox:
         topic = f"test.outbox.{uuid.uuid4().hex[:8]}"
         relay = OutboxRelay("test", database, outbox, publisher)
         await relay.relay_once()  # drain what earlier tests left
-        servers.stop_kafka()
-        try:
+        async with broker_stopped(servers):
             async with database.transaction() as session:
                 event = await place_order(session, topic)
             with pytest.raises((OSError, TimeoutError, Exception)):
                 await relay.relay_once()
             assert (await relay.backlog())[0] == 1
-        finally:
-            servers.start_kafka()
 
         async with asyncio.timeout(30):
             while (await relay.backlog())[0]:

@@ -14,7 +14,7 @@ from citypass.servers import LocalServers, free_port
 from services.validation.app import build_app
 from services.validation.spool import EventPipeline
 from tests.conftest import AppClient
-from tests.support import read_events, wait_until
+from tests.support import broker_stopped, read_events, wait_until
 from tests.validation.conftest import (
     make_ticket,
     provision_gate,
@@ -40,8 +40,7 @@ class TestBrokerDown:
             ticket = riders[ticket_index]
             return [await scan(http, gate, ticket.qr()) for _ in range(VALIDATIONS // RIDERS)]
 
-        servers.stop_kafka()
-        try:
+        async with broker_stopped(servers):
             started = time.monotonic()
             decided = [
                 d for batch in await asyncio.gather(*map(ride, range(RIDERS))) for d in batch
@@ -50,8 +49,6 @@ class TestBrokerDown:
             await wait_until(
                 lambda: pipeline.spool.backlog >= VALIDATIONS, timeout_s=30, what="the spool"
             )
-        finally:
-            servers.start_kafka()
 
         assert len(decided) == VALIDATIONS
         assert {d["decision"] for d in decided} == {"accept"}
