@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
 from citypass.bank import signed_headers
@@ -210,11 +211,14 @@ async def read_events(
 
 async def committed_past(bootstrap: str, group: str, sent: RecordMetadata) -> bool:
     """`group` committed an offset past the record `sent`: its handler is done with it (the kit
-    consumer commits after the handler). A record handled says nothing of other partitions."""
+    consumer commits after the handler). A record handled says nothing of other partitions.
+    False also when the broker did not answer in time (a stolen machine: ask again)."""
     tp = TopicPartition(sent.topic, sent.partition)
     reader = LagReader(bootstrap, {group: [sent.topic]}, include_listed=False)
     try:
         lags, _ = await reader.read([sent.topic])
+    except (KafkaError, TimeoutError, OSError):
+        return False
     finally:
         await reader.close()
     return any(

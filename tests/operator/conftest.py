@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
@@ -181,10 +182,13 @@ async def eventually(
 
 
 async def caught_up(bootstrap: str, group: str, topics: Sequence[str] = TOPICS) -> bool:
-    """The group committed offsets up to the end of every partition of `topics`."""
+    """The group committed offsets up to the end of every partition of `topics`; False also
+    when the broker did not answer in time (a stolen machine: ask again)."""
     reader = LagReader(bootstrap, {group: list(topics)}, include_listed=False)
     try:
         lags, _ = await reader.read(topics)
+    except (KafkaError, TimeoutError, OSError):
+        return False
     finally:
         await reader.close()
     return sum(lag.lag for lag in lags if lag.group == group) == 0  # uncommitted: from the start

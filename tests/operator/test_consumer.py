@@ -43,7 +43,7 @@ async def settled(console: Console, servers: LocalServers) -> None:
     """The console has read what earlier test modules published on this worker's Kafka, so
     every change a test sees comes from its own events."""
     await eventually(
-        lambda: caught_up(servers.kafka_bootstrap, console.settings.consumer_group), timeout_s=30
+        lambda: caught_up(servers.kafka_bootstrap, console.settings.consumer_group), timeout_s=90
     )
 
 
