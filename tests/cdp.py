@@ -184,7 +184,7 @@ class Browser:
             raise CDPError(f"{expression!r} failed: {reply['exceptionDetails'].get('text')}")
         return reply.get("result", {}).get("value")
 
-    async def wait_for(self, expression: str, timeout_s: float = 10.0, what: str = "") -> Any:
+    async def wait_for(self, expression: str, timeout_s: float = 30.0, what: str = "") -> Any:
         """Poll a page expression until it is truthy; its value."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         value: Any = None

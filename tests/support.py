@@ -172,7 +172,7 @@ async def bank_credits(
 
 
 async def read_events(
-    bootstrap: str, topic: str, wanted: Callable[[Event], bool], count: int, timeout_s: float = 30
+    bootstrap: str, topic: str, wanted: Callable[[Event], bool], count: int, timeout_s: float = 60
 ) -> list[tuple[Event, bytes | None]]:
     """Read `topic` from the beginning with a consumer of its own (no group) until `count`
     distinct events satisfy `wanted`, or the timeout passes; each comes with its record key."""

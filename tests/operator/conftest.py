@@ -168,7 +168,7 @@ async def sse(
 
 
 async def eventually(
-    check: Callable[[], Awaitable[Any]], *, timeout_s: float = 15.0, interval_s: float = 0.05
+    check: Callable[[], Awaitable[Any]], *, timeout_s: float = 60.0, interval_s: float = 0.05
 ) -> Any:
     """Poll `check` until it answers something truthy; fail with its last answer."""
     deadline = time.monotonic() + timeout_s

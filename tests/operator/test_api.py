@@ -200,7 +200,7 @@ class TestPipeline:
             up = {s["service"] for s in body["services"] if s["up"]}
             return body if ready and "operator" in up else None
 
-        body = await eventually(health, timeout_s=20)
+        body = await eventually(health, timeout_s=60)
         assert body["kafka_error"] is None
         mine = [p for p in body["partitions"] if p["group"] == console.settings.consumer_group]
         assert {p["topic"] for p in mine} == set(TOPICS)

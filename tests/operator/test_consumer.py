@@ -55,7 +55,7 @@ async def read_topic(
     bootstrap: str,
     topic: str,
     wanted: Callable[[ConsumerRecord], bool],
-    timeout_s: float = 10,
+    timeout_s: float = 30,
     count: int = 1,
 ) -> list[ConsumerRecord]:
     """Records of `topic` from the beginning, until `count` of them satisfy `wanted`."""

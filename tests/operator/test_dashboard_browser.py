@@ -365,7 +365,7 @@ async def test_a_gate_validation_shows_on_the_dashboard_within_two_seconds(
     binary = chromium_path()
     if binary is None:
         pytest.fail(INSTALL_HINT)
-    await eventually(lambda: probe_lands(publisher, operator_redis), timeout_s=30)
+    await eventually(lambda: probe_lands(publisher, operator_redis), timeout_s=60)
     traffic = morning_traffic(time.time())
     await publisher.publish_many(
         [(topic, key, e.value(), e.headers()) for topic, key, e in traffic]
@@ -379,7 +379,7 @@ async def test_a_gate_validation_shows_on_the_dashboard_within_two_seconds(
         # the riders who pass.
         return int(await operator_redis.exists(*seen)) == len(seen)
 
-    await eventually(applied, timeout_s=30)
+    await eventually(applied, timeout_s=90)
 
     browser = await Browser.launch(
         binary,
