@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from aiokafka.structs import RecordMetadata
 
 from citypass.bank import signed_headers
 from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
-from services.operator.pipeline import LagReader
+from services.operator.pipeline import LagReader, PartitionLag
 from shared.events import EnvelopeError, Event
 from shared.kafka import ensure_topics
 
@@ -209,20 +209,29 @@ async def read_events(
     return found
 
 
-async def committed_past(bootstrap: str, group: str, sent: RecordMetadata) -> bool:
-    """`group` committed an offset past the record `sent`: its handler is done with it (the kit
-    consumer commits after the handler). A record handled says nothing of other partitions.
-    False also when the broker did not answer in time (a stolen machine: ask again)."""
-    tp = TopicPartition(sent.topic, sent.partition)
-    reader = LagReader(bootstrap, {group: [sent.topic]}, include_listed=False)
+async def group_lags(
+    bootstrap: str, group: str, topics: Sequence[str]
+) -> list[PartitionLag] | None:
+    """`group`'s committed offsets and lag on every partition of `topics` (the operator's own
+    lag reader, which never joins the group); None when the broker did not answer in time (a
+    stolen machine: ask again)."""
+    reader = LagReader(bootstrap, {group: list(topics)}, include_listed=False)
     try:
-        lags, _ = await reader.read([sent.topic])
+        lags, _ = await reader.read(topics)
     except (KafkaError, TimeoutError, OSError):
-        return False
+        return None
     finally:
         await reader.close()
-    return any(
-        lag.group == group and lag.tp == tp and (lag.committed or 0) > sent.offset for lag in lags
+    return [lag for lag in lags if lag.group == group]
+
+
+async def committed_past(bootstrap: str, group: str, sent: RecordMetadata) -> bool:
+    """`group` committed an offset past the record `sent`: its handler is done with it (the kit
+    consumer commits after the handler). A record handled says nothing of other partitions."""
+    tp = TopicPartition(sent.topic, sent.partition)
+    lags = await group_lags(bootstrap, group, [sent.topic])
+    return lags is not None and any(
+        lag.tp == tp and (lag.committed or 0) > sent.offset for lag in lags
     )
 
 

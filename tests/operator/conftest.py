@@ -21,14 +21,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from citypass.servers import LocalServers, free_port
 from services.operator import service
 from services.operator.app import build_app
-from services.operator.pipeline import LagReader
 from services.operator.projection import TOPICS
 from services.operator.schemas import Role
 from services.operator.settings import OperatorSettings
@@ -36,6 +34,7 @@ from services.validation import events as validation_events
 from shared import redis as redis_kit
 from shared.events import Event
 from shared.kafka import Publisher
+from tests.support import group_lags
 
 OPERATOR_REDIS_DB = 3  # other services' tests use database 0 of the same Valkey
 # The browser test's own validation service: its issuer key set must not replace the one the
@@ -182,16 +181,10 @@ async def eventually(
 
 
 async def caught_up(bootstrap: str, group: str, topics: Sequence[str] = TOPICS) -> bool:
-    """The group committed offsets up to the end of every partition of `topics`; False also
-    when the broker did not answer in time (a stolen machine: ask again)."""
-    reader = LagReader(bootstrap, {group: list(topics)}, include_listed=False)
-    try:
-        lags, _ = await reader.read(topics)
-    except (KafkaError, TimeoutError, OSError):
-        return False
-    finally:
-        await reader.close()
-    return sum(lag.lag for lag in lags if lag.group == group) == 0  # uncommitted: from the start
+    """The group committed offsets up to the end of every partition of `topics` (False when the
+    broker did not answer in time)."""
+    lags = await group_lags(bootstrap, group, topics)
+    return lags is not None and sum(lag.lag for lag in lags) == 0  # uncommitted: from the start
 
 
 def validation_event(
