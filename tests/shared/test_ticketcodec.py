@@ -22,6 +22,8 @@ from shared.ticketcodec import (
     SignedCredential,
     TicketCodecError,
     _b45decode,
+    _decode_envelope,
+    _read_canonical_envelope,
     check_freshness,
     decode_and_verify,
     encode_credential,
@@ -607,6 +609,79 @@ class TestArbitraryInput:
             return
         with pytest.raises(TicketCodecError):
             decode_and_verify(text_of(spliced), ISSUER_KEYS)
+
+
+def generic_envelope(payload: bytes) -> object:
+    """What the generic decoder makes of `payload`: its envelope, or the code it refuses with."""
+    try:
+        return _decode_envelope(payload)
+    except TicketCodecError as refused:
+        return refused.code
+
+
+class TestCanonicalEnvelopeReader:
+    """The gate's fast reader of well-formed envelopes takes exactly what the generic decoder
+    takes, with the same values; everything else it leaves to the generic decoder."""
+
+    @given(
+        credential=st.binary(max_size=MAX_CREDENTIAL_BYTES),
+        at=st.integers(0, UINT32_MAX),
+        counter=st.integers(0, UINT32_MAX),
+    )
+    def test_every_shortest_form_envelope_is_read_as_the_generic_decoder_reads_it(
+        self, credential: bytes, at: int, counter: int
+    ) -> None:
+        payload = cbor2.dumps(envelope(credential, at=at, counter=counter))
+        read = _read_canonical_envelope(payload)
+        assert read is not None
+        assert (
+            read
+            == generic_envelope(payload)
+            == (credential, ANY_SIGNATURE, at, counter, ANY_SIGNATURE)
+        )
+
+    @settings(database=None)
+    @given(st.binary(max_size=300))
+    def test_arbitrary_bytes_are_read_the_same_or_left_to_the_generic_decoder(
+        self, payload: bytes
+    ) -> None:
+        read = _read_canonical_envelope(payload)
+        assert read is None or read == generic_envelope(payload)
+
+    @settings(database=None)
+    @given(st.data())
+    def test_altered_envelopes_are_read_the_same_or_left_to_the_generic_decoder(
+        self, data: st.DataObject
+    ) -> None:
+        payload = bytearray(payload_of(issue()))
+        for _ in range(data.draw(st.integers(1, 4))):
+            payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
+        cut = data.draw(st.integers(0, len(payload)))
+        altered = bytes(payload[:cut]) + data.draw(st.binary(max_size=4))
+        read = _read_canonical_envelope(altered)
+        assert read is None or read == generic_envelope(altered)
+
+    @pytest.mark.parametrize(
+        ("at", "encoded"),
+        [(23, b"\x17"), (24, b"\x18\x18"), (255, b"\x18\xff"), (256, b"\x19\x01\x00")],
+    )
+    def test_longer_integer_forms_are_left_to_the_generic_decoder(
+        self, at: int, encoded: bytes
+    ) -> None:
+        shortest = cbor2.dumps(envelope(b"", at=at))
+        assert encoded in shortest
+        widened = shortest.replace(encoded, b"\x1a" + at.to_bytes(4, "big"), 1)
+        assert _read_canonical_envelope(widened) is None
+        assert generic_envelope(widened) == "malformed_cbor"
+
+    @pytest.mark.parametrize("length", [0, 5, 23])
+    def test_a_longer_credential_length_form_is_left_to_the_generic_decoder(
+        self, length: int
+    ) -> None:
+        shortest = cbor2.dumps(envelope(bytes(length)))
+        widened = b"\x85\x58" + bytes((length,)) + shortest[2:]
+        assert _read_canonical_envelope(widened) is None
+        assert generic_envelope(widened) == "malformed_cbor"
 
 
 class TestFreshness:
