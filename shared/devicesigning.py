@@ -33,7 +33,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -64,6 +64,7 @@ __all__ = [
     "replayed",
     "request_target",
     "sign",
+    "signing_headers",
     "verify_request",
 ]
 
@@ -123,7 +124,21 @@ def canonical_request(method: str, target: str, timestamp: str, nonce: str, body
 
 def sign(secret: bytes, method: str, target: str, timestamp: str, nonce: str, body: bytes) -> str:
     message = canonical_request(method, target, timestamp, nonce, body)
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return hmac.digest(secret, message, "sha256").hex()
+
+
+_RAW_SIGNED_HEADERS = {name.lower().encode(): name for name in SIGNED_HEADERS}
+
+
+def signing_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The X-Device-* headers of an ASGI request by their names, for `verify_request`: the
+    first of each, as Starlette's `Headers` would give (a gate decision cannot afford it)."""
+    found: dict[str, str] = {}
+    for raw_name, value in raw_headers:
+        name = _RAW_SIGNED_HEADERS.get(raw_name)
+        if name is not None and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
 
 
 def request_target(raw_path: bytes, query_string: bytes) -> str:
@@ -187,7 +202,8 @@ def verify_request(
 ) -> SignedRequest:
     """Check a signed request in memory (no I/O); raises `DeviceAuthError`.
 
-    `headers` must look names up case-insensitively (Starlette's `Headers` does). The nonce
+    `headers` must look names up case-insensitively (Starlette's `Headers` does), or be
+    `signing_headers(...)` of the request. The nonce
     is not claimed here: call `claim_nonce`, or fold `nonce_key` into your own Redis script.
     """
     device_id = headers.get(DEVICE_ID_HEADER)

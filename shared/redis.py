@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -113,12 +114,27 @@ def _parse(buffer: bytearray, start: int) -> tuple[Any, int] | None:
     raise RedisConnectionError(f"unexpected reply from Redis: {bytes(buffer[start:after])!r}")
 
 
-def _command(*parts: str | bytes | int) -> bytes:
-    chunks = [b"*%d\r\n" % len(parts)]
+def _bulk_strings(parts: Sequence[str | bytes | int]) -> bytes:
+    chunks = []
     for part in parts:
-        data = part if isinstance(part, bytes) else str(part).encode()
+        if isinstance(part, str):
+            data = part.encode()
+        elif isinstance(part, bytes):
+            data = part
+        else:
+            data = str(part).encode()
         chunks.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(chunks)
+
+
+def _command(*parts: str | bytes | int) -> bytes:
+    return b"*%d\r\n" % len(parts) + _bulk_strings(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def _evalsha_head(sha: str, key_count: int, value_count: int) -> bytes:
+    """`EVALSHA sha numkeys` of a command with `value_count` keys and arguments, encoded once."""
+    return b"*%d\r\n" % (3 + value_count) + _bulk_strings(("EVALSHA", sha, key_count))
 
 
 class PipelinedRedis:
@@ -194,7 +210,13 @@ class PipelinedRedis:
         return await self._send(protocol, _command(*parts))
 
     async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            protocol = await self._connect()
+        values = (*keys, *args)
+        return await self._send(
+            protocol, _evalsha_head(sha, len(keys), len(values)) + _bulk_strings(values)
+        )
 
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:

@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from starlette.datastructures import Headers
 from starlette.types import Scope
 
 from services.validation.rules import GatePlace
@@ -19,6 +18,7 @@ from shared.devicesigning import (
     DeviceAuthError,
     SignedRequest,
     request_target,
+    signing_headers,
     verify_request,
 )
 from shared.errors import Unauthorized
@@ -79,7 +79,7 @@ def authenticate(scope: Scope, body: bytes, validator: Validator) -> SignedGate:
     signed = verify_request(
         scope["method"],
         request_target(scope.get("raw_path") or scope["path"].encode(), scope["query_string"]),
-        Headers(scope=scope),
+        signing_headers(scope["headers"]),
         body,
         validator.memory.device_key,
         window_s=validator.device_window_s,

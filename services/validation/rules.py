@@ -8,8 +8,10 @@ steps (replay, rides, trips, passback) run in one Redis script (see repository.p
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -128,9 +130,15 @@ class ProductRule:
 DEFAULT_PRODUCT = ProductRule(TicketKind.single, 1)  # unknown product: the strictest reading
 
 
+@functools.lru_cache(maxsize=65_536)  # a rider's device key comes back at every tap
 def device_fingerprint(device_public_key: bytes) -> str:
     """How ticketing names a rider device in `device.revoked` events: hex SHA-256 of the key."""
     return hashlib.sha256(device_public_key).hexdigest()
+
+
+# A ticket's id as text (deny list, Redis keys, events): the same tickets tap all day, and a
+# UUID's str() costs more than finding it here.
+ticket_text: Callable[[uuid.UUID], str] = functools.lru_cache(maxsize=65_536)(str)
 
 
 def line_allowed(lines: tuple[str, ...], gate: GatePlace) -> bool:
@@ -159,7 +167,7 @@ def static_verdict(
     fingerprint: str,
 ) -> Reason | None:
     """Deny list, then the product rules that need no state: validity, lines, gate."""
-    denied = deny_tickets.get(str(credential.ticket_id)) or deny_devices.get(fingerprint)
+    denied = deny_tickets.get(ticket_text(credential.ticket_id)) or deny_devices.get(fingerprint)
     if denied is not None and (denied.until is None or now <= denied.until):
         return denied.reason
     if now < credential.valid_from:

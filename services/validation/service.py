@@ -37,6 +37,7 @@ from services.validation.rules import (
     display,
     max_trip_fare,
     static_verdict,
+    ticket_text,
     trip_fare,
 )
 from services.validation.schemas import (
@@ -282,7 +283,7 @@ class Validator:
             )
 
         credential = qr.credential
-        ticket_id = str(credential.ticket_id)
+        ticket_id = ticket_text(credential.ticket_id)
         pre: Reason | None = None
         detail: str | None = None
         try:
@@ -356,7 +357,7 @@ class Validator:
             entry = _trip_data(state.closed_trip)
         rides_left = state.rides_left if state else None
         message_vi, message_en = display(reason, action, rides_left=rides_left, fare=fare)
-        ticket_id = str(qr.credential.ticket_id) if qr else None
+        ticket_id = ticket_text(qr.credential.ticket_id) if qr else None
         decided_at = events.iso(now)
         body: dict[str, Any] = {
             "validation_id": validation_id,

@@ -15,6 +15,7 @@ from shared import redis as redis_kit
 from shared.devicesigning import (
     NONCE_HEADER,
     SIGNATURE_HEADER,
+    SIGNED_HEADERS,
     TIMESTAMP_HEADER,
     DeviceAuth,
     DeviceAuthError,
@@ -25,6 +26,7 @@ from shared.devicesigning import (
     claim_nonce,
     nonce_key,
     request_target,
+    signing_headers,
     verify_request,
 )
 
@@ -139,6 +141,38 @@ class TestVerify:
     def test_timestamp_inside_the_window_passes(self) -> None:
         verify(signed(), now=NOW + 59)
         verify(signed(), now=NOW - 59)
+
+
+class TestSigningHeaders:
+    """What an ASGI hot route hands `verify_request` instead of Starlette's `Headers`."""
+
+    @staticmethod
+    def raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+        return [(b"host", b"gate.example")] + [
+            (name.lower().encode(), value.encode("latin-1")) for name, value in headers.items()
+        ]
+
+    def test_a_signed_request_verifies_through_them(self) -> None:
+        headers = signed()
+        found = signing_headers(self.raw(headers))
+        assert found == headers
+        assert verify_request("POST", "/v1/validations", found, BODY, DEVICES.get, now=NOW)
+
+    def test_the_first_of_repeated_headers_counts_as_with_starlette(self) -> None:
+        headers = signed()
+        raw = [*self.raw(headers), (b"x-device-signature", b"0" * 64)]
+        found, starlette = signing_headers(raw), Headers(raw=raw)
+        assert found == {name: starlette[name] for name in SIGNED_HEADERS}
+        assert found[SIGNATURE_HEADER] == headers[SIGNATURE_HEADER]
+
+    def test_a_missing_header_is_still_unsigned(self) -> None:
+        headers = signed()
+        del headers[NONCE_HEADER]
+        with pytest.raises(DeviceAuthError) as raised:
+            verify_request(
+                "POST", "/v1/validations", signing_headers(self.raw(headers)), BODY, DEVICES.get
+            )
+        assert raised.value.code == "unsigned_request"
 
 
 class TestHttpxAuth:
