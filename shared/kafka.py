@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +23,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from shared.events import EnvelopeError, Event
 from shared.health import raise_if_cancelled
 from shared.logging import request_id_var
+from shared.memo import AtomicMemo
 from shared.metrics import CONSUMER_DEAD_LETTERS, CONSUMER_EVENTS
 
 logger = logging.getLogger("citypass.kafka")
@@ -129,12 +129,14 @@ class Publisher:
         await self.reset()
 
 
-@functools.lru_cache(maxsize=65_536)
-def key_hash(key: bytes) -> int:
-    """aiokafka's DefaultPartitioner (Java's): murmur2 of the key, made positive. Pure Python,
-    ≈ 6 µs a key; the same tickets and gates come back all day, so each is hashed once."""
+def _positive_murmur2(key: bytes) -> int:
     hashed: int = murmur2(key)
     return hashed & 0x7FFFFFFF
+
+
+# aiokafka's DefaultPartitioner (Java's): murmur2 of the key, made positive. Pure Python, ≈ 6 µs
+# a key; the same tickets and gates come back all day, so each is hashed once.
+key_hash = AtomicMemo(_positive_murmur2, max_entries=65_536)
 
 
 async def _send_in_batches(

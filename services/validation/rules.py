@@ -8,13 +8,13 @@ steps (replay, rides, trips, passback) run in one Redis script (see repository.p
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from shared.memo import AtomicMemo
 from shared.network import (
     BUS_ROUTES,
     METRO_BASE_FARE,
@@ -130,15 +130,26 @@ class ProductRule:
 DEFAULT_PRODUCT = ProductRule(TicketKind.single, 1)  # unknown product: the strictest reading
 
 
-@functools.lru_cache(maxsize=65_536)  # a rider's device key comes back at every tap
-def device_fingerprint(device_public_key: bytes) -> str:
-    """How ticketing names a rider device in `device.revoked` events: hex SHA-256 of the key."""
+def _sha256_hex(device_public_key: bytes) -> str:
     return hashlib.sha256(device_public_key).hexdigest()
 
 
-# A ticket's id as text (deny list, Redis keys, events): the same tickets tap all day, and a
-# UUID's str() costs more than finding it here.
-ticket_text: Callable[[uuid.UUID], str] = functools.lru_cache(maxsize=65_536)(str)
+# How ticketing names a rider device in `device.revoked` events: hex SHA-256 of the key. A
+# rider's device key comes back at every tap.
+device_fingerprint = AtomicMemo(_sha256_hex, max_entries=65_536)
+
+
+def _uuid_text(number: int) -> str:
+    return str(uuid.UUID(int=number))
+
+
+_ticket_texts = AtomicMemo(_uuid_text, max_entries=65_536)
+
+
+def ticket_text(ticket_id: uuid.UUID) -> str:
+    """A ticket's id as text (deny list, Redis keys, events): the same tickets tap all day, and
+    a UUID's str() costs more than finding it by its number."""
+    return _ticket_texts(ticket_id.int)
 
 
 def line_allowed(lines: tuple[str, ...], gate: GatePlace) -> bool:
