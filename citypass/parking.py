@@ -99,6 +99,11 @@ def _show(decision: dict[str, Any]) -> None:
         print(f"  this plate still owes {decision['outstanding_debt']:,} VND")
     if decision.get("receipt_token"):
         print(f"  receipt: /v1/receipts/{decision['session_id']}?token={decision['receipt_token']}")
+    payment = decision.get("payment")
+    if decision["decision"] == "pay" and payment and payment.get("qr"):
+        # The lane display's VietQR as text, so that a driver (or the sandbox) can pay it
+        # without --wait.
+        print(f'  VietQR: citypass bank pay "{payment["qr"]}"')
 
 
 def _code(response: httpx.Response) -> int:

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+
+from citypass.parking import _show
+
+QR = "00020101021238570010A000000727012700069704360113001100424242402089QRIBFTTA53037045404800058"
+
+
+class TestLaneDisplay:
+    def test_a_pay_decision_shows_the_vietqr_to_pay(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        _show(
+            {
+                "decision": "pay",
+                "reason": "payment_required",
+                "session_id": "s-1",
+                "fee": 8000,
+                "payment": {"qr": QR, "amount": 8000, "reference": "CP1"},
+            }
+        )
+        shown = capsys.readouterr().out
+        assert "PAY  (payment_required)" in shown
+        assert f'citypass bank pay "{QR}"' in shown
+
+    def test_an_open_barrier_shows_no_vietqr(self, capsys: pytest.CaptureFixture[str]) -> None:
+        _show({"decision": "open", "reason": "paid_by_vietqr", "payment": {"qr": QR}})
+        assert "bank pay" not in capsys.readouterr().out
