@@ -12,10 +12,11 @@ V = TypeVar("V")
 class AtomicMemo(Generic[K, V]):
     """`function(key)`, remembered in a plain dict that is emptied when it reaches `max_entries`.
 
-    For keys and values that hold no other objects (str, bytes, int), CPython keeps such a dict
-    out of the cyclic garbage collector, where `functools.lru_cache`'s linked entries would add
-    four tracked objects a key to every full collection's pause. The price is a burst of misses
-    after each emptying, once per `max_entries` distinct keys.
+    `functools.lru_cache` links its entries through lists, four objects a key that every full
+    collection of the cyclic garbage collector walks; this is one dict, and on CPython up to
+    3.13 a dict of keys and values that hold no other objects (str, bytes, int) is not tracked
+    at all (3.14 tracks every dict, still as one object). The price is a burst of misses after
+    each emptying, once per `max_entries` distinct keys.
     """
 
     def __init__(self, function: Callable[[K], V], max_entries: int) -> None:

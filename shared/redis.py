@@ -199,9 +199,10 @@ class PipelinedRedis:
     def _time_out(self, protocol: _Pipelined, future: asyncio.Future[Any]) -> None:
         if not future.done():
             # Replies are matched by order: after a lost one the connection cannot be trusted.
+            protocol.lost = True  # the next command reconnects instead of waiting on this one
             protocol.fail(RedisTimeoutError("Redis did not answer in time"))
             if protocol.transport is not None:
-                protocol.transport.close()
+                protocol.transport.abort()
 
     async def execute(self, *parts: str | bytes | int) -> Any:
         protocol = self._protocol

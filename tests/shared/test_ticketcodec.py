@@ -669,8 +669,14 @@ class TestCanonicalEnvelopeReader:
         self, at: int, encoded: bytes
     ) -> None:
         shortest = cbor2.dumps(envelope(b"", at=at))
-        assert encoded in shortest
-        widened = shortest.replace(encoded, b"\x1a" + at.to_bytes(4, "big"), 1)
+        at_offset = 1 + 1 + 2 + len(ANY_SIGNATURE)  # array head, empty credential, signature
+        assert shortest[at_offset : at_offset + len(encoded)] == encoded
+        widened = (
+            shortest[:at_offset]
+            + b"\x1a"
+            + at.to_bytes(4, "big")
+            + shortest[at_offset + len(encoded) :]
+        )
         assert _read_canonical_envelope(widened) is None
         assert generic_envelope(widened) == "malformed_cbor"
 
