@@ -204,19 +204,19 @@ class PipelinedRedis:
             if protocol.transport is not None:
                 protocol.transport.abort()
 
-    async def execute(self, *parts: str | bytes | int) -> Any:
+    async def _request(self, command: bytes) -> Any:
         protocol = self._protocol
         if protocol is None or protocol.lost:
             protocol = await self._connect()
-        return await self._send(protocol, _command(*parts))
+        return await self._send(protocol, command)
+
+    async def execute(self, *parts: str | bytes | int) -> Any:
+        return await self._request(_command(*parts))
 
     async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        protocol = self._protocol
-        if protocol is None or protocol.lost:
-            protocol = await self._connect()
         values = (*keys, *args)
-        return await self._send(
-            protocol, _evalsha_head(sha, len(keys), len(values)) + _bulk_strings(values)
+        return await self._request(
+            _evalsha_head(sha, len(keys), len(values)) + _bulk_strings(values)
         )
 
     async def close(self) -> None:

@@ -3,8 +3,6 @@ from __future__ import annotations
 import gc
 import sys
 
-import pytest
-
 from shared.memo import AtomicMemo
 
 
@@ -26,9 +24,10 @@ class TestAtomicMemo:
             assert memo(number) == str(number)
             assert len(memo.values) <= 100
 
-    @pytest.mark.skipif(sys.version_info >= (3, 14), reason="CPython 3.14 tracks every dict")
-    def test_atomic_keys_and_values_stay_out_of_the_garbage_collector(self) -> None:
+    def test_the_collector_has_at_most_the_dict_itself_to_walk(self) -> None:
         memo = AtomicMemo(bytes.hex, max_entries=1_000)
         for number in range(500):
             memo(number.to_bytes(4, "big"))
-        assert not gc.is_tracked(memo.values)
+        # Up to CPython 3.13 the dict itself is untracked too; 3.14 tracks every dict.
+        assert not any(gc.is_tracked(item) for item in gc.get_referents(memo.values))
+        assert sys.version_info >= (3, 14) or not gc.is_tracked(memo.values)
