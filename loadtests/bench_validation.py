@@ -455,7 +455,6 @@ async def local_run(args: argparse.Namespace) -> dict[str, float]:
                 "VALIDATION_KAFKA_BOOTSTRAP_SERVERS": servers.kafka_bootstrap,
                 "VALIDATION_ADMIN_TOKEN": token,
                 "VALIDATION_TICKETING_URL": "",
-                "VALIDATION_SPOOL_DIR": str(root / "spool"),
                 "VALIDATION_LOG_LEVEL": "WARNING",
             }
             gate_env = {

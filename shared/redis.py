@@ -213,7 +213,9 @@ class PipelinedRedis:
     async def execute(self, *parts: str | bytes | int) -> Any:
         return await self._request(_command(*parts))
 
-    async def evalsha(self, sha: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def evalsha(
+        self, sha: str, keys: Sequence[str], args: Sequence[str | bytes | int]
+    ) -> Any:
         values = (*keys, *args)
         return await self._request(
             _evalsha_head(sha, len(keys), len(values)) + _bulk_strings(values)

@@ -11,9 +11,9 @@ from fastapi import FastAPI
 from services.validation import endpoints, events, repository
 from services.validation.limits import BodyLimit
 from services.validation.memory import Memory, VerifiedSignatures
+from services.validation.outbox import Outbox
 from services.validation.service import Validator
 from services.validation.settings import ValidationSettings
-from services.validation.spool import EventPipeline, Spool
 from services.validation.workers import Workers
 from shared.app import HotRoute, Runtime, create_app, supervised
 from shared.kafka import Consumer
@@ -26,9 +26,10 @@ Metro gates and bus validators: the network model, gate provisioning, and the QR
 Unsigned, unknown, disabled, stale or replayed requests get a 401 problem with its `code`.
 **Operators** provision gates and issuer keys with `Authorization: Bearer <admin token>`.
 
-A decision (`POST /v1/validations`) is taken from memory and one Redis round trip; its event
-goes to Kafka (`transit.validations`) without the gate waiting, through a durable spool when
-the broker is down. Gates that lose the network decide from a signed bundle
+A decision (`POST /v1/validations`) is taken from memory and one Redis round trip, which also
+appends its event to a Redis stream: the event is durable before the gate hears the answer, and
+a relay moves it to Kafka (`transit.validations`) without the gate waiting, whenever the broker
+answers. Gates that lose the network decide from a signed bundle
 (`GET /v1/gate-bundle`) and upload their decisions later (`POST /v1/validations/batch`).
 """
 
@@ -38,15 +39,16 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     runtime = Runtime("validation", settings, uses_redis=True)
     redis = runtime.kv
     memory = Memory(VerifiedSignatures(settings.credential_cache_size))
-    spool = Spool(settings.spool_dir, settings.instance_id)
-    pipeline = EventPipeline(
+    outbox = Outbox(
+        redis,
         runtime.publisher,
-        spool,
-        queue_size=settings.event_queue_size,
-        retry_interval_s=settings.spool_retry_interval.total_seconds(),
+        settings.instance_id,
+        batch_size=settings.relay_batch_size,
+        retry_interval_s=settings.relay_retry_interval.total_seconds(),
+        claim_after_s=settings.relay_claim_after.total_seconds(),
     )
-    validator = Validator(settings, redis, memory, pipeline)
-    workers = Workers(settings, redis, memory, pipeline)
+    validator = Validator(settings, redis, memory, outbox)
+    workers = Workers(settings, redis, memory, outbox)
     bootstrap = settings.kafka_bootstrap_servers
     consumers = [
         Consumer(
@@ -74,8 +76,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         ),
     ]
     runtime.workers += [
-        supervised("event-publisher", pipeline.run),
-        supervised("event-spool", pipeline.redeliver),
+        supervised("event-relay", outbox.run),
         supervised("state-refresh", workers.refresh_state),
         supervised("issuer-keys", workers.poll_issuer_keys),
         supervised("deny-list-clean-up", workers.drop_expired_revocations),
@@ -89,8 +90,9 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     runtime.workers += [supervised(f"consumer-{c.group_id}", c.run) for c in consumers]
 
     async def start() -> None:
-        spool.count_own_backlog()
+        await repository.adopt_old_key_layout(redis)
         await repository.load_scripts(redis)
+        await outbox.start()
         await workers.load_configured_keys()
         memory.apply(await repository.load_state(redis), int(time.time()))
         # Everything allocated so far lives as long as the process: keep it out of the cyclic
@@ -100,8 +102,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     async def stop() -> None:
         for consumer in consumers:
             consumer.stop()
-        await pipeline.flush()
-        spool.close()
+        await outbox.drain(timeout_s=2 * runtime.publisher.send_timeout_s)
         await workers.close()
         await validator.decision_redis.close()
 
@@ -125,5 +126,5 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.validator = validator
     app.state.workers = workers
-    app.state.pipeline = pipeline
+    app.state.outbox = outbox
     return app

@@ -82,7 +82,7 @@ def authenticate(scope: Scope, body: bytes, validator: Validator) -> SignedGate:
         signing_headers(scope["headers"]),
         body,
         validator.memory.device_key,
-        window_s=validator.device_window_s,
+        window_s=validator.tolerances.request_window_s,
     )
     place = validator.memory.places.get(signed.device_id)
     if place is None:  # a secret without a gate record: provisioning went half-way

@@ -13,6 +13,12 @@ Publishes
 - `ops.alerts`, keyed by ticket id:
   - `citypass.transit.validation.duplicate_use.v1`: one QR accepted at two gates (found when
     offline gates upload their decisions).
+  - `citypass.transit.validation.upload_too_late.v1`: an offline decision uploaded after the
+    upload horizon (`offline_upload_horizon`): reported, but it changes no state.
+
+Every event is first appended to a Redis stream (by the same atomic script as the decision it
+follows from, for decisions) and relayed to Kafka from there (outbox.py): at least once, with
+ids that are the same whenever an event is rebuilt.
 
 Consumes
 - `transit.tickets` (a group per process, so each one holds the whole deny list), from
@@ -34,7 +40,7 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.events import Event
+from shared.events import Event, new_event_id
 
 SOURCE = "/citypass/validation"
 VALIDATIONS_TOPIC = "transit.validations"
@@ -48,6 +54,7 @@ TRIP_AUTO_CLOSED = "citypass.transit.trip.auto_closed.v1"
 FARE_UNPAID = "citypass.transit.fare.unpaid.v1"
 FARE_SETTLED = "citypass.transit.fare.settled.v1"
 DUPLICATE_USE = "citypass.transit.validation.duplicate_use.v1"
+UPLOAD_TOO_LATE = "citypass.transit.validation.upload_too_late.v1"
 
 TICKET_ISSUED = "citypass.transit.ticket.issued.v1"
 TICKET_REVOKED = "citypass.transit.ticket.revoked.v1"
@@ -61,13 +68,19 @@ def iso(unix_s: float) -> str:
     return datetime.fromtimestamp(unix_s, UTC).isoformat().replace("+00:00", "Z")
 
 
-def validation(data: dict[str, Any], *, accepted: bool) -> Event:
+def validation(
+    data: dict[str, Any], *, accepted: bool, at: float | None = None, request_id: str | None = None
+) -> Event:
+    """The relay rebuilds it from the decision (`at`, `request_id`): every attribute follows
+    from its inputs, so a rebuilt event is the same event."""
     return Event(
         type=VALIDATION_ACCEPTED if accepted else VALIDATION_REJECTED,
         source=SOURCE,
         subject=str(data["validation_id"]),
         data=data,
         id=str(data["validation_id"]),
+        time=datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC),
+        request_id=request_id,
     )
 
 
@@ -81,8 +94,12 @@ def trip_auto_closed(
     fare: int,
     kind: str,
     wallet_account_id: str | None,
+    id: str,
 ) -> Event:
     return Event(
+        id=id,
+        time=datetime.fromtimestamp(closed_at, UTC),
+        request_id=None,
         type=TRIP_AUTO_CLOSED,
         source=SOURCE,
         subject=ticket_id,
@@ -130,9 +147,16 @@ def fare_settled(*, ticket_id: str, wallet_account_id: str, validation_ids: list
 
 
 def duplicate_use(
-    *, ticket_id: str, qr_at: int, counter: int, uses: list[dict[str, str]], detail: str
+    *,
+    ticket_id: str,
+    qr_at: int,
+    counter: int,
+    uses: list[dict[str, str]],
+    detail: str,
+    id: str | None = None,
 ) -> Event:
     return Event(
+        id=id or new_event_id(),
         type=DUPLICATE_USE,
         source=SOURCE,
         subject=ticket_id,
@@ -144,5 +168,26 @@ def duplicate_use(
             "qr_at": iso(qr_at),
             "qr_counter": counter,
             "uses": uses,
+        },
+    )
+
+
+def upload_too_late(
+    *, gate_id: str, validation_id: str, ticket_id: str, qr_at: int, scanned_at: float, id: str
+) -> Event:
+    return Event(
+        id=id,
+        type=UPLOAD_TOO_LATE,
+        source=SOURCE,
+        subject=ticket_id,
+        data={
+            "severity": "warning",
+            "code": "offline_upload_too_late",
+            "detail": "An offline decision arrived after the upload horizon; nothing was changed.",
+            "gate_id": gate_id,
+            "validation_id": validation_id,
+            "ticket_id": ticket_id,
+            "qr_at": iso(qr_at),
+            "scanned_at": iso(scanned_at),
         },
     )

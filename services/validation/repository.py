@@ -11,16 +11,22 @@ Keys (`cp:{tag}:name`; keys sharing a `{tag}` share a Redis Cluster slot):
       cp:{network}:deny            hash  "ticket:<id>" / "device:<fingerprint>" → {reason, until}
       cp:{network}:state-version   int   bumped on every change above; processes reload on change
       cp:{network}:bundle-key      str   development-only bundle signing key (see settings)
-    per ticket, tag = ticket id (one slot, so the decision script is cluster-safe)
-      cp:{T}:ticket                hash  the ticket's state, until its validity ends + 1 day:
+    per ticket T, tag = the ticket's shard S (one of SHARDS; one slot, so that the decision
+    script, which also appends the decision's event to the shard's stream, is cluster-safe)
+      cp:{S}:ticket:T              hash  the ticket's state, until its validity ends + 1 day:
                                          kind, rides (-1 = unlimited), wallet, product (from
                                          ticketing), balance (after the last fare), used (rides
                                          consumed), trip_vid/_station/_at/_gate/_kind/_wallet
                                          (the open metro trip), bus:<route> (last boarding)
-      cp:{T}:qr-used:<at>:<ctr>    str   "gate|validation id": one-time use of a dynamic QR
-      cp:{T}:device-nonce:<gate>:<nonce>  the gate request's nonce (devicesigning)
-      cp:{T}:offline-use:<at>:<ctr> hash gate → validation id, accepted offline uses of a QR
-      cp:{T}:upload:<vid>          str   an offline decision already reconciled
+      cp:{S}:qr-used:T:<at>:<ctr>  str   "gate|validation id": one-time use of a dynamic QR,
+                                         online or uploaded, until every path's last acceptance
+                                         (timing.py)
+      cp:{S}:device-nonce:<gate>:<nonce>  the gate request's nonce (devicesigning)
+      cp:{S}:offline-use:T:<at>:<ctr> hash gate → validation id, accepted offline uses of a QR
+      cp:{S}:upload:T:<vid>        str   an offline decision already reconciled
+      cp:{S}:events                stream every event of validation, until Kafka acknowledged
+                                         it (outbox.py); decisions of unreadable QRs go to the
+                                         gate's shard
     cp:{trips}:open                zset  "ticket|entry vid" by the time its trip must auto-close
     cp:{W}:unpaid-fares            hash  per wallet: validation id → charge that got 402
     cp:{unpaid}:wallets            set   wallets with unpaid fares (re-checked periodically)
@@ -29,13 +35,15 @@ Keys (`cp:{tag}:name`; keys sharing a `{tag}` share a Redis Cluster slot):
 from __future__ import annotations
 
 import hashlib
+import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, WatchError
+from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from services.validation.schemas import GateRead
 from shared.devicesigning import nonce_key
@@ -52,18 +60,40 @@ STATE_VERSION = key("state-version", NETWORK)
 BUNDLE_KEY = key("bundle-key", NETWORK)
 OPEN_TRIPS = key("open", "trips")
 UNPAID_WALLETS = key("wallets", "unpaid")
+KEY_LAYOUT = key("key-layout", NETWORK)
+
+# Fixed for the life of the data: a ticket's keys and its events' stream live in its shard.
+# 32 spreads them over a cluster's primaries while one relay read covers every stream.
+SHARDS = 32
+_SHARD_TAGS = tuple(f"s{n:02d}" for n in range(SHARDS))
+
+
+def shard(entity: str) -> str:
+    """The hash tag of a ticket's (or, for unreadable codes, a gate's) keys and stream."""
+    return _SHARD_TAGS[zlib.crc32(entity.encode()) % SHARDS]
+
+
+def events_key(tag: str) -> str:
+    return key("events", tag)
+
+
+EVENT_STREAMS = tuple(events_key(tag) for tag in _SHARD_TAGS)
 
 
 def ticket_key(ticket_id: str) -> str:
-    return key("ticket", ticket_id)
+    return key("ticket", shard(ticket_id), ticket_id)
 
 
 def qr_used_key(ticket_id: str, at: int, counter: int) -> str:
-    return key("qr-used", ticket_id, str(at), str(counter))
+    return key("qr-used", shard(ticket_id), ticket_id, str(at), str(counter))
 
 
 def offline_use_key(ticket_id: str, at: int, counter: int) -> str:
-    return key("offline-use", ticket_id, str(at), str(counter))
+    return key("offline-use", shard(ticket_id), ticket_id, str(at), str(counter))
+
+
+def upload_key(ticket_id: str, validation_id: str) -> str:
+    return key("upload", shard(ticket_id), ticket_id, validation_id)
 
 
 def unpaid_key(wallet_id: str) -> str:
@@ -80,7 +110,9 @@ class Script:
     async def load(self, redis: Redis) -> None:
         await redis.script_load(self.source)
 
-    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def __call__(
+        self, redis: Redis, keys: Sequence[str], args: Sequence[str | bytes | int]
+    ) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:  # Redis restarted or flushed its script cache
@@ -88,7 +120,7 @@ class Script:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
     async def pipelined(
-        self, redis: PipelinedRedis, keys: Sequence[str], args: Sequence[str | int]
+        self, redis: PipelinedRedis, keys: Sequence[str], args: Sequence[str | bytes | int]
     ) -> Any:
         try:
             return await redis.evalsha(self.sha, keys, args)
@@ -106,32 +138,40 @@ end
 """
 _TRIP_FIELDS = "'trip_vid', 'trip_station', 'trip_at', 'trip_gate', 'trip_kind', 'trip_wallet'"
 
-# The gate decision, in one round trip. Contract:
-#   KEYS  1 the gate request's nonce   2 qr-used   3 the ticket's state hash
-#   ARGV  1 "now|pre|post|action|place|validation id|kind|rides|gate|expire at", where
+# The gate decision, in one round trip; its event is durable in the same atomic step. Contract:
+#   KEYS  1 the gate request's nonce   2 qr-used   3 the ticket's state hash   4 events stream
+#   ARGV  1 "now|pre|post|action|place|validation id|kind|rides|gate|expire at|marker expire at",
 #           pre  = a verdict before the replay step ('' = none): the QR is not consumed,
 #           post = a verdict after it ('' = none): deny list, validity, gate, line,
 #           action = entry | exit | both | bus, place = station (metro) or route (bus),
 #           kind/rides = the product's rule if ticketing has not announced the ticket
-#           (rides -1 = unlimited), expire at = when the state may go (end of validity)
-#         2 "nonce TTL|qr-used TTL|max trip seconds|bus passback seconds" (configuration)
+#           (rides -1 = unlimited), expire at = when the state may go (end of validity),
+#           marker expire at = when the QR's used-marker may go (timing.py)
+#         2 "nonce TTL|max trip seconds|bus passback seconds" (configuration)
+#         3 the decision's context (JSON, see decisions.py), appended with the reply
 #   Reply "outcome|action|kind|rides left|wallet|balance|closed trip vid|station|entered at|
 #          auto-closed trip vid|station|entered at" (empty fields when not applicable), or
 #          just the outcome when it was decided before the state was read. outcome is
 #          nonce_replayed | <pre> | replayed | <post> | no_rides_left | already_inside |
 #          not_inside | ok; rides and trips change only on ok. A stale trip (older than the
 #          maximum trip time) is closed whatever the outcome, and reported as auto-closed.
+#   Every reply but nonce_replayed is appended to the stream as {k=decision, c=context, r=reply}
+#   before the script returns: no gate hears a decision whose event could still be lost.
 VALIDATE = Script(
     _SPLIT
     + f"""
 local a, c = split(ARGV[1]), split(ARGV[2])
 local now = tonumber(a[1])
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', c[1]) then return 'nonce_replayed' end
-if a[2] ~= '' then return a[2] end
-if not redis.call('SET', KEYS[2], a[9] .. '|' .. a[6], 'NX', 'EX', c[2]) then
-  return 'replayed'
+local function record(out)
+  redis.call('XADD', KEYS[4], '*', 'k', 'decision', 'c', ARGV[3], 'r', out)
+  return out
 end
-if a[3] ~= '' then return a[3] end
+if a[2] ~= '' then return record(a[2]) end
+if not redis.call('SET', KEYS[2], a[9] .. '|' .. a[6], 'NX', 'EXAT', a[11]) then
+  return record('replayed')
+end
+if a[3] ~= '' then return record(a[3]) end
 local s = redis.call('HMGET', KEYS[3], 'kind', 'rides', 'wallet', 'balance', 'used',
                      'trip_vid', 'trip_station', 'trip_at')
 local kind, rides = s[1] or a[7], tonumber(s[2] or a[8])
@@ -142,8 +182,8 @@ local function reply(outcome, closed)
   local left = ''
   if rides >= 0 then left = tostring(rides - used) end
   closed = closed or {{'', '', ''}}
-  return table.concat({{outcome, action, kind, left, wallet, balance, closed[1], closed[2],
-                       closed[3], auto[1], auto[2], auto[3]}}, '|')
+  return record(table.concat({{outcome, action, kind, left, wallet, balance, closed[1],
+                              closed[2], closed[3], auto[1], auto[2], auto[3]}}, '|'))
 end
 local function consume()
   if rides >= 0 then used = redis.call('HINCRBY', KEYS[3], 'used', 1) end
@@ -153,13 +193,13 @@ if action == 'bus' then
   action = 'tap'
   if rides >= 0 and used >= rides then return reply('no_rides_left') end
   local last = redis.call('HGET', KEYS[3], 'bus:' .. a[5])
-  if last and now - tonumber(last) <= tonumber(c[4]) then return reply('already_inside') end
+  if last and now - tonumber(last) <= tonumber(c[3]) then return reply('already_inside') end
   redis.call('HSET', KEYS[3], 'bus:' .. a[5], a[1])
   consume()
   return reply('ok')
 end
 local open = s[6] ~= false
-if open and now - tonumber(s[8]) > tonumber(c[3]) then
+if open and now - tonumber(s[8]) > tonumber(c[2]) then
   redis.call('HDEL', KEYS[3], {_TRIP_FIELDS})
   auto = {{s[6], s[7], s[8]}}
   open = false
@@ -182,41 +222,58 @@ return reply('ok', {{s[6], s[7], s[8]}})
 )
 
 # Close a trip left open (the sweeper), only if it is still the one that was indexed.
-#   KEYS 1 ticket state   ARGV 1 entry validation id
-#   Reply {station, entered at, kind, wallet}, or nil when that trip is no longer open
+#   KEYS 1 ticket state   2 events stream
+#   ARGV 1 entry validation id   2 context (JSON: ticket id, closed at)
+#   Reply {station, entered at, kind, wallet}, or nil when that trip is no longer open; the
+#   closure is appended to the stream as {k=closed, c=context, r="station|at|kind|wallet"}.
 CLOSE_TRIP = Script(
     f"""
 local t = redis.call('HMGET', KEYS[1], 'trip_vid', 'trip_station', 'trip_at', 'trip_kind',
                      'trip_wallet')
 if t[1] ~= ARGV[1] then return false end
 redis.call('HDEL', KEYS[1], {_TRIP_FIELDS})
-return {{t[2], t[3], t[4] or '', t[5] or ''}}
+local out = {{t[2], t[3], t[4] or '', t[5] or ''}}
+redis.call('XADD', KEYS[2], '*', 'k', 'closed', 'c', ARGV[2], 'r', table.concat(out, '|'))
+return out
 """
 )
 
 # Reconcile one decision an offline gate uploads. Contract:
-#   KEYS  1 upload marker   2 offline-use   3 qr-used (online)   4 ticket state
+#   KEYS  1 upload marker   2 offline-use   3 qr-used (online)   4 ticket state   5 events stream
 #   ARGV  1 validation id   2 gate id   3 '1' if the gate accepted   4 action entry|exit|tap|none
-#         5 station   6 scanned at (unix s)   7 record TTL   8 state expiry (unix s)
-#         9 kind if unknown   10 rides if unknown (-1 = unlimited)
+#         5 station   6 scanned at (unix s)   7 markers expire at (unix s)   8 state expiry
+#         9 kind if unknown   10 rides if unknown (-1 = unlimited)   11 context (JSON)
 #   Reply {'duplicate'} or {'recorded', kind, wallet, closed trip vid, station, at,
-#          other accepted uses of the same QR as "gate|validation id"...}
+#          other accepted uses of the same QR as "gate|validation id"...}; a recorded upload is
+#   appended to the stream as {k=upload, c=context, r=the reply as JSON}. An accepted use also
+#   becomes the QR's used-marker if it has none, so that the code is refused online after it.
 RECONCILE = Script(
     f"""
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[7]) then return {{'duplicate'}} end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[7]) then return {{'duplicate'}} end
 local info = redis.call('HMGET', KEYS[4], 'kind', 'rides', 'wallet')
 local kind = info[1] or ARGV[9]
 local rides = tonumber(info[2] or ARGV[10])
 local reply = {{'recorded', kind, info[3] or '', '', '', ''}}
-if ARGV[3] ~= '1' then return reply end
-local online = redis.call('GET', KEYS[3])
-if online and online ~= (ARGV[2] .. '|' .. ARGV[1]) then table.insert(reply, online) end
+local function record()
+  redis.call('XADD', KEYS[5], '*', 'k', 'upload', 'c', ARGV[11], 'r', cjson.encode(reply))
+  return reply
+end
+if ARGV[3] ~= '1' then return record() end
+local own = ARGV[2] .. '|' .. ARGV[1]
+local seen = {{[own] = true}}
 local prior = redis.call('HGETALL', KEYS[2])
 for i = 1, #prior, 2 do
-  if prior[i] ~= ARGV[2] then table.insert(reply, prior[i] .. '|' .. prior[i + 1]) end
+  local use = prior[i] .. '|' .. prior[i + 1]
+  if not seen[use] then table.insert(reply, use); seen[use] = true end
+end
+local online = redis.call('GET', KEYS[3])
+if online then
+  if not seen[online] then table.insert(reply, online) end
+else
+  redis.call('SET', KEYS[3], own, 'EXAT', ARGV[7])
 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[7])
+redis.call('EXPIREAT', KEYS[2], ARGV[7])
 local action = ARGV[4]
 if (action == 'entry' or action == 'tap') and rides >= 0 then
   redis.call('HINCRBY', KEYS[4], 'used', 1)
@@ -232,11 +289,22 @@ elseif action == 'exit' then
   end
 end
 if redis.call('TTL', KEYS[4]) == -1 then redis.call('EXPIREAT', KEYS[4], ARGV[8]) end
-return reply
+return record()
 """
 )
 
-SCRIPTS = (VALIDATE, CLOSE_TRIP, RECONCILE)
+# An uploaded decision whose code cannot be read: recorded once under its gate.
+#   KEYS 1 upload marker   2 events stream   ARGV 1 TTL   2 context (JSON)
+#   Reply 1 when recorded (and appended to the stream as {k=upload, r=["recorded"]}), else 0
+MARK_UPLOAD = Script(
+    """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[2], '*', 'k', 'upload', 'c', ARGV[2], 'r', '["recorded"]')
+return 1
+"""
+)
+
+SCRIPTS = (VALIDATE, CLOSE_TRIP, RECONCILE, MARK_UPLOAD)
 
 
 async def load_scripts(redis: Redis) -> None:
@@ -275,33 +343,17 @@ def _trip(vid: str, station: str, at: str) -> Trip | None:
     return Trip(vid, station, int(at)) if vid else None
 
 
-def script_settings(nonce_ttl_s: int, qr_used_ttl_s: int, max_trip_s: int, passback_s: int) -> str:
+def script_settings(nonce_ttl_s: int, max_trip_s: int, passback_s: int) -> str:
     """ARGV 2 of the decision script: fixed for the life of the process."""
-    return f"{nonce_ttl_s}|{qr_used_ttl_s}|{max_trip_s}|{passback_s}"
+    return f"{nonce_ttl_s}|{max_trip_s}|{passback_s}"
 
 
-async def validate(
-    redis: PipelinedRedis,
-    *,
-    ticket_id: str,
-    gate_id: str,
-    nonce: str,
-    at: int,
-    counter: int,
-    decision: str,
-    settings: str,
-) -> StateOutcome:
-    """`decision` is ARGV 1 of the decision script (see its contract)."""
-    keys = (
-        nonce_key(gate_id, nonce, tag=ticket_id),
-        qr_used_key(ticket_id, at, counter),
-        ticket_key(ticket_id),
-    )
-    raw = await VALIDATE.pipelined(redis, keys, (decision, settings))
-    reply = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
-    if len(reply) == 1:
-        return StateOutcome(reply[0])
-    outcome, action, kind, rides_left, wallet, balance, *trips = reply
+def parse_outcome(reply: str) -> StateOutcome:
+    """The decision script's reply (also read back from the stream by the relay)."""
+    fields = reply.split("|")
+    if len(fields) == 1:
+        return StateOutcome(fields[0])
+    outcome, action, kind, rides_left, wallet, balance, *trips = fields
     return StateOutcome(
         outcome=outcome,
         action=action,
@@ -314,6 +366,31 @@ async def validate(
     )
 
 
+async def validate(
+    redis: PipelinedRedis,
+    *,
+    tag: str,
+    ticket_id: str,
+    gate_id: str,
+    nonce: str,
+    at: int,
+    counter: int,
+    decision: str,
+    settings: str,
+    context: bytes,
+) -> StateOutcome:
+    """`decision` is ARGV 1 of the decision script (see its contract); `tag` is the shard of
+    the ticket (of the gate when the code could not be read: then only the nonce is used)."""
+    keys = (
+        nonce_key(gate_id, nonce, tag=tag),
+        key("qr-used", tag, ticket_id, str(at), str(counter)),
+        key("ticket", tag, ticket_id),
+        events_key(tag),
+    )
+    raw = await VALIDATE.pipelined(redis, keys, (decision, settings, context))
+    return parse_outcome(raw.decode() if isinstance(raw, bytes) else raw)
+
+
 @dataclass(frozen=True, slots=True)
 class ClosedTrip:
     trip: Trip
@@ -321,8 +398,13 @@ class ClosedTrip:
     wallet: str | None
 
 
-async def close_trip(redis: Redis, ticket_id: str, entry_validation_id: str) -> ClosedTrip | None:
-    reply = await CLOSE_TRIP(redis, (ticket_key(ticket_id),), (entry_validation_id,))
+async def close_trip(
+    redis: Redis, ticket_id: str, entry_validation_id: str, context: bytes
+) -> ClosedTrip | None:
+    tag = shard(ticket_id)
+    reply = await CLOSE_TRIP(
+        redis, (ticket_key(ticket_id), events_key(tag)), (entry_validation_id, context)
+    )
     if not reply:
         return None
     station, at, kind, wallet = (_text(item) for item in reply)
@@ -340,28 +422,23 @@ class ReconcileCall:
     action: str
     station: str
     scanned_at: int
-    record_ttl_s: int
+    markers_expire_at: int
     expire_at: int
     default_kind: str
     default_rides: int
+    context: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Reconciled:
-    duplicate: bool
-    kind: str = ""
-    wallet: str | None = None
-    closed_trip: Trip | None = None
-    other_uses: tuple[str, ...] = ()
-
-
-async def reconcile(redis: Redis, call: ReconcileCall) -> Reconciled:
+async def reconcile(redis: Redis, call: ReconcileCall) -> list[str] | None:
+    """The script's reply (see RECONCILE; read by decisions.upload_outcome), None if the
+    decision was uploaded before."""
     t = call.ticket_id
     keys = (
-        key("upload", t, call.validation_id),
+        upload_key(t, call.validation_id),
         offline_use_key(t, call.at, call.counter),
         qr_used_key(t, call.at, call.counter),
         ticket_key(t),
+        events_key(shard(t)),
     )
     args = (
         call.validation_id,
@@ -370,27 +447,122 @@ async def reconcile(redis: Redis, call: ReconcileCall) -> Reconciled:
         call.action,
         call.station,
         call.scanned_at,
-        call.record_ttl_s,
+        call.markers_expire_at,
         call.expire_at,
         call.default_kind,
         call.default_rides,
+        call.context,
     )
     reply = [_text(item) for item in await RECONCILE(redis, keys, args)]
-    if reply[0] == "duplicate":
-        return Reconciled(duplicate=True)
-    _, kind, wallet, vid, station, at, *others = reply
-    return Reconciled(
-        duplicate=False,
-        kind=kind,
-        wallet=wallet or None,
-        closed_trip=_trip(vid, station, at),
-        other_uses=tuple(others),
+    return None if reply[0] == "duplicate" else reply
+
+
+async def mark_upload(
+    redis: Redis, gate_id: str, validation_id: str, ttl_s: int, context: bytes
+) -> bool:
+    """An uploaded decision without a readable ticket, recorded once under its gate."""
+    tag = shard(gate_id)
+    keys = (key("upload", tag, gate_id, validation_id), events_key(tag))
+    return bool(await MARK_UPLOAD(redis, keys, (ttl_s, context)))
+
+
+# The events stream of each shard (outbox.py relays them to Kafka) -------------------------------
+
+
+async def append_event(redis: Redis, tag: str, record: bytes) -> None:
+    await redis.xadd(events_key(tag), {"k": "event", "c": record})
+
+
+StreamEntry = tuple[str, str, dict[bytes, bytes]]  # stream, entry id, fields
+
+
+async def ensure_relay_group(redis: Redis, group: str) -> None:
+    """The relays' consumer group on every stream, from the start: entries are deleted once
+    relayed, so whatever is in a stream has not reached Kafka yet."""
+    for stream in EVENT_STREAMS:
+        try:
+            await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+async def read_events(
+    redis: Redis, group: str, consumer: str, *, pending: bool, count: int, block_ms: int | None
+) -> list[StreamEntry]:
+    """New entries (`pending=False`), or those this consumer read and has not acknowledged."""
+    start = "0" if pending else ">"
+    streams: dict[Any, Any] = dict.fromkeys(EVENT_STREAMS, start)
+    reply = cast(
+        list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
+        await redis.xreadgroup(group, consumer, streams, count=count, block=block_ms),
     )
+    return [
+        (_text(stream), _text(entry_id), fields)
+        for stream, entries in reply or []
+        for entry_id, fields in entries
+        if fields  # a pending entry deleted meanwhile comes back without fields
+    ]
 
 
-async def mark_upload(redis: Redis, gate_id: str, validation_id: str, ttl_s: int) -> bool:
-    """An uploaded decision without a readable ticket, deduplicated under its gate."""
-    return bool(await redis.set(key("upload", gate_id, validation_id), b"1", nx=True, ex=ttl_s))
+async def relayed(redis: Redis, group: str, entries: Sequence[StreamEntry]) -> None:
+    """Kafka has these: acknowledge and delete them, in one round trip."""
+    by_stream: dict[str, list[str]] = {}
+    for stream, entry_id, _ in entries:
+        by_stream.setdefault(stream, []).append(entry_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, group, *ids)
+            pipe.xdel(stream, *ids)
+        await pipe.execute()
+
+
+async def park_unreadable(redis: Redis, entries: Sequence[StreamEntry]) -> None:
+    """Entries the relay cannot turn into events (a newer version's, during a rolling
+    upgrade): copied to `cp:{S}:events-unreadable` for a person before they leave the stream."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream, _, fields in entries:
+            pipe.xadd(stream + "-unreadable", cast(dict[Any, Any], fields))
+        await pipe.execute()
+
+
+async def claim_abandoned(
+    redis: Redis, group: str, consumer: str, min_idle_ms: int, count: int
+) -> int:
+    """Take over entries another relay read and never acknowledged (it died)."""
+    claimed = 0
+    for stream in EVENT_STREAMS:
+        reply = await redis.xautoclaim(stream, group, consumer, min_idle_ms, "0-0", count=count)
+        claimed += len(reply[1])
+    return claimed
+
+
+async def event_backlog(redis: Redis) -> int:
+    """Events not yet acknowledged by Kafka, over every shard."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in EVENT_STREAMS:
+            pipe.xlen(stream)
+        return sum(await pipe.execute())
+
+
+_OLD_LAYOUT = re.compile(r"cp:\{([0-9a-f-]{36})\}:(ticket|qr-used|offline-use|upload)(?::(.*))?")
+
+
+async def adopt_old_key_layout(redis: Redis) -> int:
+    """Move per-ticket keys of the layout before shards (`cp:{T}:name:…`) to `cp:{S}:name:T:…`,
+    once per Redis: open trips, rides used and used-markers survive the upgrade."""
+    if await redis.exists(KEY_LAYOUT):
+        return 0
+    moved = 0
+    async for raw in redis.scan_iter(match="cp:{*}:*", count=1000):
+        match = _OLD_LAYOUT.fullmatch(_text(raw))
+        if match is None:
+            continue
+        ticket_id, name, rest = match.groups()
+        parts = (ticket_id, *rest.split(":")) if rest else (ticket_id,)
+        moved += bool(await redis.renamenx(raw, key(name, shard(ticket_id), *parts)))
+    await redis.set(KEY_LAYOUT, b"sharded")
+    return moved
 
 
 # Network state: gates, secrets, issuer keys, products, deny list ----------------------------------

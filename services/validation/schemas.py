@@ -203,6 +203,9 @@ class ValidationBatchCreate(StrictRequest):
 class BatchStatus(StrEnum):
     recorded = "recorded"
     duplicate = "duplicate"  # uploaded before; nothing happened twice
+    # Its QR is older than the upload horizon: reported to operators (an alert), no state
+    # changed, no fare charged; the gate may drop it.
+    too_late = "too_late"
 
 
 class BatchItemRead(BaseModel):
@@ -217,6 +220,7 @@ class ValidationBatchRead(BaseModel):
     gate_id: str
     recorded: int
     duplicates: int
+    too_late: int = Field(description="Uploaded after the upload horizon (see `status`)")
     conflicts: int
     results: list[BatchItemRead]
 

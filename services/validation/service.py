@@ -9,12 +9,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import uuid_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
-from services.validation import events, repository
+from services.validation import decisions, events, repository
 from services.validation.bundle import BundleSigner
 from services.validation.memory import (
     IssuerKey,
@@ -23,22 +24,16 @@ from services.validation.memory import (
     decode_private_key,
     decode_public_key,
 )
-from services.validation.repository import StateOutcome, Trip
+from services.validation.outbox import Outbox
 from services.validation.rules import (
-    Action,
     Decision,
     Direction,
     GatePlace,
     Reason,
-    TicketKind,
-    bus_fare,
     codec_reason,
     device_fingerprint,
-    display,
-    max_trip_fare,
     static_verdict,
     ticket_text,
-    trip_fare,
 )
 from services.validation.schemas import (
     BatchItemRead,
@@ -57,18 +52,13 @@ from services.validation.schemas import (
     ValidationBatchRead,
 )
 from services.validation.settings import ValidationSettings
-from services.validation.spool import EventPipeline
-from shared.devicesigning import NONCE_TTL_S, SignedRequest, claim_nonce, new_secret, replayed
+from services.validation.timing import Tolerances
+from shared.devicesigning import SignedRequest, new_secret, replayed
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.logging import request_id_var
 from shared.network import BUS_ROUTES, LINES
 from shared.redis import PipelinedRedis
-from shared.ticketcodec import (
-    DynamicQR,
-    TicketCodecError,
-    check_freshness,
-    parse_dynamic_qr,
-    verify_dynamic_qr,
-)
+from shared.ticketcodec import TicketCodecError, parse_dynamic_qr, verify_dynamic_qr
 
 DECISIONS = Counter(
     "citypass_validation_decisions_total", "Gate decisions", ["decision", "reason", "mode"]
@@ -215,40 +205,28 @@ def issuer_keys(memory: Memory) -> list[IssuerKeyRead]:
 # The gate decision ------------------------------------------------------------------------------
 
 
-_OUTCOME_REASONS = {
-    "ok": Reason.ok,
-    "replayed": Reason.replayed,
-    "no_rides_left": Reason.no_rides_left,
-    "already_inside": Reason.already_inside,
-    "not_inside": Reason.not_inside,
-}
-
-
 class Validator:
-    """The hot path: everything in memory, then exactly one Redis round trip."""
+    """The hot path: everything in memory, then exactly one Redis round trip, which also makes
+    the decision's event durable (decisions.py, outbox.py)."""
 
     def __init__(
         self,
         settings: ValidationSettings,
         redis: Redis,
         memory: Memory,
-        pipeline: EventPipeline,
+        outbox: Outbox,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.decision_redis = PipelinedRedis(settings.redis_url)  # the one hot round trip
         self.memory = memory
-        self.pipeline = pipeline
-        self.qr_window_s = int(settings.qr_window.total_seconds())
-        self.qr_skew_s = int(settings.qr_skew.total_seconds())
-        self.device_window_s = int(settings.device_window.total_seconds())
-        self.max_trip_s = int(settings.max_trip.total_seconds())
-        self.passback_s = int(settings.bus_passback.total_seconds())
-        # A code is fresh for window + skew seconds; remember it a little longer than that.
-        self.qr_used_ttl_s = self.qr_window_s + 2 * self.qr_skew_s + 10
-        self.nonce_ttl_s = max(NONCE_TTL_S, 2 * self.device_window_s)
+        self.outbox = outbox
+        self.tolerances = Tolerances.from_settings(settings)
+        self.nonce_ttl_s = self.tolerances.nonce_ttl_s
         self.script_settings = repository.script_settings(
-            self.nonce_ttl_s, self.qr_used_ttl_s, self.max_trip_s, self.passback_s
+            self.nonce_ttl_s,
+            int(settings.max_trip.total_seconds()),
+            int(settings.bus_passback.total_seconds()),
         )
         self._bundle_signer: BundleSigner | None = None
 
@@ -268,31 +246,52 @@ class Validator:
         self, signed: SignedRequest, gate: GatePlace, text: str, scanned_at: datetime
     ) -> dict[str, Any]:
         now = int(time.time())
-        validation_id = str(uuid_utils.uuid7())
+        tolerances = self.tolerances
         # The gate's scan time counts when it is plausible (queued on a slow link); a gate clock
-        # that is off by more than the signing window is ignored for the server's.
-        scanned = int(scanned_at.timestamp())
-        if not now - self.device_window_s <= scanned <= now:
-            scanned = now
+        # that is off by more than the scan lag is ignored for the server's.
+        scanned = tolerances.scan_time(int(scanned_at.timestamp()), now)
+        ctx: dict[str, Any] = {
+            "vid": str(uuid_utils.uuid7()),
+            "now": now,
+            "scanned": scanned,
+            "gate": gate.gate_id,
+            "station": gate.station,
+            "line": gate.line,
+            "route": gate.route,
+            "ticket": None,
+            "product": None,
+            "category": None,
+            "qr_at": None,
+            "counter": None,
+            "detail": None,
+            "rid": request_id_var.get(),
+        }
         try:
             qr = parse_dynamic_qr(text)
         except TicketCodecError as error:
-            await claim_nonce(self.redis, signed, ttl_s=self.nonce_ttl_s)
-            return self._decide(
-                validation_id, gate, now, scanned, None, codec_reason(error), error.code
+            ctx["detail"] = error.code
+            state = await repository.validate(
+                self.decision_redis,
+                tag=repository.shard(gate.gate_id),
+                ticket_id="",
+                gate_id=signed.device_id,
+                nonce=signed.nonce,
+                at=0,
+                counter=0,
+                decision=f"{now}|{codec_reason(error).value}|||||||||",
+                settings=self.script_settings,
+                context=orjson.dumps(ctx),
             )
+            return self._answer(signed, ctx, state)
 
         credential = qr.credential
         ticket_id = ticket_text(credential.ticket_id)
         pre: Reason | None = None
-        detail: str | None = None
         try:
             verify_dynamic_qr(qr, self.memory.usable_keys)
         except TicketCodecError as error:
-            pre, detail = codec_reason(error), error.code
-        if pre is None and (
-            fresh := check_freshness(qr.at, scanned, self.qr_window_s, self.qr_skew_s)
-        ):
+            pre, ctx["detail"] = codec_reason(error), error.code
+        if pre is None and (fresh := tolerances.freshness(qr.at, scanned)):
             pre = Reason(fresh)
         post = None
         if pre is None:
@@ -308,8 +307,14 @@ class Validator:
         place = gate.station or gate.route or ""
         rides = -1 if product.rides is None else product.rides
         expire_at = credential.valid_until + TICKET_LIFETIME_MARGIN_S
+        ctx["ticket"] = ticket_id
+        ctx["product"] = credential.product
+        ctx["category"] = credential.rider_category.name.lower()
+        ctx["qr_at"] = qr.at
+        ctx["counter"] = qr.counter
         state = await repository.validate(
             self.decision_redis,
+            tag=repository.shard(ticket_id),
             ticket_id=ticket_id,
             gate_id=signed.device_id,
             nonce=signed.nonce,
@@ -317,115 +322,76 @@ class Validator:
             counter=qr.counter,
             decision=(
                 f"{now}|{pre.value if pre else ''}|{post.value if post else ''}|"
-                f"{gate.script_action}|{place}|{validation_id}|{product.kind.value}|{rides}|"
-                f"{signed.device_id}|{expire_at}"
+                f"{gate.script_action}|{place}|{ctx['vid']}|{product.kind.value}|{rides}|"
+                f"{signed.device_id}|{expire_at}|{tolerances.marker_expires_at(qr.at)}"
             ),
             settings=self.script_settings,
+            context=orjson.dumps(ctx),
         )
+        return self._answer(signed, ctx, state)
+
+    def _answer(
+        self, signed: SignedRequest, ctx: dict[str, Any], state: repository.StateOutcome
+    ) -> dict[str, Any]:
         if state.outcome == "nonce_replayed":
             raise replayed(signed.device_id)
-        reason = _OUTCOME_REASONS.get(state.outcome) or Reason(state.outcome)
-        if state.auto_closed_trip is not None:
-            emit_auto_closed(
-                self.pipeline, ticket_id, state.auto_closed_trip, state.kind, state.wallet, now
-            )
-        return self._decide(validation_id, gate, now, scanned, qr, reason, detail, state=state)
-
-    def _decide(
-        self,
-        validation_id: str,
-        gate: GatePlace,
-        now: int,
-        scanned: int,
-        qr: DynamicQR | None,
-        reason: Reason,
-        detail: str | None,
-        *,
-        state: StateOutcome | None = None,
-    ) -> dict[str, Any]:
-        accepted = reason is Reason.ok
-        action = Action(state.action) if accepted and state and state.action else Action.none
-        kind = state.kind if state and state.kind else None
-        fare = None
-        entry = None
-        if accepted and state is not None and kind == TicketKind.stored_value.value:
-            if action is Action.exit and state.closed_trip is not None and gate.station:
-                fare = trip_fare(state.closed_trip.station, gate.station)
-            elif action is Action.tap and gate.route:
-                fare = bus_fare(gate.route)
-        if state is not None and state.closed_trip is not None:
-            entry = _trip_data(state.closed_trip)
-        rides_left = state.rides_left if state else None
-        message_vi, message_en = display(reason, action, rides_left=rides_left, fare=fare)
-        ticket_id = ticket_text(qr.credential.ticket_id) if qr else None
-        decided_at = events.iso(now)
-        body: dict[str, Any] = {
-            "validation_id": validation_id,
-            "decision": (Decision.accept if accepted else Decision.reject).value,
-            "reason": reason.value,
-            "reason_detail": detail,
-            "action": action.value,
-            "message_vi": message_vi,
-            "message_en": message_en,
-            "ticket_id": ticket_id,
-            "product": qr.credential.product if qr else None,
-            "remaining_rides": rides_left,
-            "fare": fare,
-            "balance": state.balance if state else None,
-            "gate_id": gate.gate_id,
-            "decided_at": decided_at,
-        }
-        data = {
-            **body,
-            "station": gate.station,
-            "line": gate.line,
-            "route": gate.route,
-            "kind": kind,
-            "rider_category": qr.credential.rider_category.name.lower() if qr else None,
-            "wallet_account_id": state.wallet if state else None,
-            "qr_at": events.iso(qr.at) if qr else None,
-            "qr_counter": qr.counter if qr else None,
-            "scanned_at": events.iso(scanned),
-            "entry": entry,
-            "offline": False,
-        }
-        self.pipeline.emit(
-            events.VALIDATIONS_TOPIC,
-            ticket_id or gate.gate_id,
-            events.validation(data, accepted=accepted),
-        )
-        count_decision(body["decision"], reason.value, "online")
+        body, _ = decisions.answer(ctx, state)
+        count_decision(body["decision"], body["reason"], "online")
         return body
 
     # Offline uploads -----------------------------------------------------------------------------
 
     async def reconcile(
-        self, gate: GatePlace, decisions: list[OfflineDecision]
+        self, gate: GatePlace, uploaded: list[OfflineDecision]
     ) -> ValidationBatchRead:
         results: list[BatchItemRead] = []
-        for item in decisions:
+        for item in uploaded:
             results.append(await self._reconcile_one(gate, item))
         return ValidationBatchRead(
             gate_id=gate.gate_id,
             recorded=sum(r.status is BatchStatus.recorded for r in results),
             duplicates=sum(r.status is BatchStatus.duplicate for r in results),
+            too_late=sum(r.status is BatchStatus.too_late for r in results),
             conflicts=sum(r.conflict for r in results),
             results=results,
         )
 
     async def _reconcile_one(self, gate: GatePlace, item: OfflineDecision) -> BatchItemRead:
+        now = int(time.time())
         vid = str(item.validation_id)
-        scanned = int(item.scanned_at.timestamp())
+        scanned = item.scanned_at.timestamp()
         accepted = item.decision is Decision.accept
+        ctx: dict[str, Any] = {
+            "vid": vid,
+            "now": now,
+            "scanned": scanned,
+            "gate": gate.gate_id,
+            "station": gate.station,
+            "line": gate.line,
+            "route": gate.route,
+            "decision": item.decision.value,
+            "reason": item.reason.value,
+            "action": item.action.value,
+            "ticket": None,
+            "product": None,
+            "category": None,
+            "qr_at": None,
+            "counter": None,
+            "server_reason": None,
+            "rid": request_id_var.get(),
+        }
         try:
             qr = parse_dynamic_qr(item.qr)
             verify_dynamic_qr(qr, self.memory.usable_keys)
         except TicketCodecError as error:
             refused = codec_reason(error)
-            ttl_s = int(self.settings.offline_record_ttl.total_seconds())
-            first = await repository.mark_upload(self.redis, gate.gate_id, vid, ttl_s)
+            ctx["server_reason"] = refused.value
+            ttl_s = self.tolerances.upload_horizon_s
+            first = await repository.mark_upload(
+                self.redis, gate.gate_id, vid, ttl_s, orjson.dumps(ctx)
+            )
             if first:
-                self._emit_offline(gate, item, None, refused, None, None, None)
+                count_decision(item.decision.value, item.reason.value, "offline")
             return BatchItemRead(
                 validation_id=item.validation_id,
                 status=BatchStatus.recorded if first else BatchStatus.duplicate,
@@ -435,17 +401,47 @@ class Validator:
             )
         credential = qr.credential
         ticket_id = str(credential.ticket_id)
-        fresh = check_freshness(qr.at, scanned, self.qr_window_s, self.qr_skew_s)
+        fresh = self.tolerances.freshness(qr.at, int(scanned))
         server_reason: Reason | None = Reason(fresh) if fresh else None
         if server_reason is None:
             server_reason = static_verdict(
                 credential,
                 gate,
-                scanned,
+                int(scanned),
                 self.memory.deny_tickets,
                 self.memory.deny_devices,
                 device_fingerprint(credential.device_public_key),
             )
+        server_reason = server_reason or Reason.ok
+        if not self.tolerances.accepts_upload(qr.at, now):
+            # Its markers may be gone: counting it could admit or charge a QR twice.
+            await self.outbox.emit(
+                events.ALERTS_TOPIC,
+                ticket_id,
+                events.upload_too_late(
+                    gate_id=gate.gate_id,
+                    validation_id=vid,
+                    ticket_id=ticket_id,
+                    qr_at=qr.at,
+                    scanned_at=scanned,
+                    id=decisions.derived_id(vid, "upload_too_late"),
+                ),
+            )
+            return BatchItemRead(
+                validation_id=item.validation_id,
+                status=BatchStatus.too_late,
+                server_reason=server_reason,
+                conflict=False,
+                fare=None,
+            )
+        ctx.update(
+            ticket=ticket_id,
+            product=credential.product,
+            category=credential.rider_category.name.lower(),
+            qr_at=qr.at,
+            counter=qr.counter,
+            server_reason=server_reason.value,
+        )
         product = self.memory.product(credential.product)
         result = await repository.reconcile(
             self.redis,
@@ -458,141 +454,28 @@ class Validator:
                 accepted=accepted,
                 action=item.action.value,
                 station=gate.station or gate.route or "",
-                scanned_at=scanned,
-                record_ttl_s=int(self.settings.offline_record_ttl.total_seconds()),
+                scanned_at=int(scanned),
+                markers_expire_at=self.tolerances.marker_expires_at(qr.at),
                 expire_at=credential.valid_until + TICKET_LIFETIME_MARGIN_S,
                 default_kind=product.kind.value,
                 default_rides=-1 if product.rides is None else product.rides,
+                context=orjson.dumps(ctx),
             ),
         )
-        if result.duplicate:
+        if result is None:
             return BatchItemRead(
                 validation_id=item.validation_id,
                 status=BatchStatus.duplicate,
-                server_reason=server_reason or Reason.ok,
+                server_reason=server_reason,
                 conflict=False,
                 fare=None,
             )
-        fare = None
-        if accepted and result.kind == TicketKind.stored_value.value:
-            if item.action is Action.exit and result.closed_trip is not None and gate.station:
-                fare = trip_fare(result.closed_trip.station, gate.station)
-            elif item.action is Action.tap and gate.route:
-                fare = bus_fare(gate.route)
-        conflict = accepted and bool(result.other_uses)
-        if conflict:
-            uses = [{"gate_id": gate.gate_id, "validation_id": vid}]
-            for other in result.other_uses:
-                other_gate, _, other_vid = other.partition("|")
-                uses.append({"gate_id": other_gate, "validation_id": other_vid})
-            self.pipeline.emit(
-                events.ALERTS_TOPIC,
-                ticket_id,
-                events.duplicate_use(
-                    ticket_id=ticket_id,
-                    qr_at=qr.at,
-                    counter=qr.counter,
-                    uses=uses,
-                    detail=f"One dynamic QR was accepted at {len(uses)} gates.",
-                ),
-            )
-        self._emit_offline(
-            gate,
-            item,
-            qr,
-            server_reason or Reason.ok,
-            result.kind,
-            result.wallet,
-            fare,
-            entry=result.closed_trip,
-            conflict=conflict,
-        )
+        fare, conflict, _ = decisions.upload_outcome(ctx, result)
+        count_decision(item.decision.value, item.reason.value, "offline")
         return BatchItemRead(
             validation_id=item.validation_id,
             status=BatchStatus.recorded,
-            server_reason=server_reason or Reason.ok,
+            server_reason=server_reason,
             conflict=conflict,
             fare=fare,
         )
-
-    def _emit_offline(
-        self,
-        gate: GatePlace,
-        item: OfflineDecision,
-        qr: DynamicQR | None,
-        server_reason: Reason,
-        kind: str | None,
-        wallet: str | None,
-        fare: int | None,
-        *,
-        entry: Trip | None = None,
-        conflict: bool = False,
-    ) -> None:
-        accepted = item.decision is Decision.accept
-        ticket_id = str(qr.credential.ticket_id) if qr else None
-        data = {
-            "validation_id": str(item.validation_id),
-            "decision": item.decision.value,
-            "reason": item.reason.value,
-            "reason_detail": None,
-            "action": item.action.value,
-            "ticket_id": ticket_id,
-            "product": qr.credential.product if qr else None,
-            "remaining_rides": None,
-            "fare": fare,
-            "balance": None,
-            "gate_id": gate.gate_id,
-            "decided_at": events.iso(item.scanned_at.timestamp()),
-            "station": gate.station,
-            "line": gate.line,
-            "route": gate.route,
-            "kind": kind,
-            "rider_category": qr.credential.rider_category.name.lower() if qr else None,
-            "wallet_account_id": wallet,
-            "qr_at": events.iso(qr.at) if qr else None,
-            "qr_counter": qr.counter if qr else None,
-            "scanned_at": events.iso(item.scanned_at.timestamp()),
-            "entry": _trip_data(entry) if entry else None,
-            "offline": True,
-            "server_reason": server_reason.value,
-            "conflict": conflict,
-        }
-        self.pipeline.emit(
-            events.VALIDATIONS_TOPIC,
-            ticket_id or gate.gate_id,
-            events.validation(data, accepted=accepted),
-        )
-        count_decision(item.decision.value, item.reason.value, "offline")
-
-
-def _trip_data(trip: Trip) -> dict[str, Any]:
-    return {
-        "validation_id": trip.validation_id,
-        "station": trip.station,
-        "entered_at": events.iso(trip.at),
-    }
-
-
-def emit_auto_closed(
-    pipeline: EventPipeline,
-    ticket_id: str,
-    trip: Trip,
-    kind: str,
-    wallet: str | None,
-    now: int,
-) -> None:
-    fare = max_trip_fare(trip.station) if kind == TicketKind.stored_value.value else 0
-    pipeline.emit(
-        events.VALIDATIONS_TOPIC,
-        ticket_id,
-        events.trip_auto_closed(
-            ticket_id=ticket_id,
-            entry_validation_id=trip.validation_id,
-            entry_station=trip.station,
-            entered_at=trip.at,
-            closed_at=now,
-            fare=fare,
-            kind=kind,
-            wallet_account_id=wallet,
-        ),
-    )

@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
-from pathlib import Path
 from typing import Self
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
@@ -37,6 +36,11 @@ class ValidationSettings(ServiceSettings):
     qr_window: timedelta = timedelta(seconds=30)
     qr_skew: timedelta = timedelta(seconds=5)
     device_window: timedelta = timedelta(seconds=60)  # gate request timestamps
+    # A gate's scan time this far in the past is trusted (a request queued on a slow link).
+    scan_lag: timedelta = timedelta(seconds=60)
+    # Validation processes and Redis agree on the time within this (NTP keeps it to ms); the
+    # one-time-use markers of QRs outlive every tolerance by this much (services/.../timing.py).
+    clock_tolerance: timedelta = timedelta(seconds=30)
     # A trip open longer than this closes at the line's maximum fare (line 2A end to end ≈ 25 min).
     max_trip: timedelta = timedelta(hours=3)
     trip_sweep_interval: timedelta = timedelta(seconds=5)
@@ -60,19 +64,31 @@ class ValidationSettings(ServiceSettings):
     payments_token: SecretStr = SecretStr("dev-only-payments-service-token")
     payments_timeout_s: float = Field(default=5.0, gt=0)
 
-    # Events wait here while Kafka is unreachable (append-only files, fsync'd per batch).
-    spool_dir: Path = Path("var/validation-spool")
-    event_queue_size: int = Field(default=100_000, ge=100)
-    spool_retry_interval: timedelta = timedelta(seconds=1)
-
     # Offline gate bundles: signed with this Ed25519 key (raw 32 bytes, base64). When unset,
     # development and test share one generated key through Redis; production must set it.
     bundle_signing_key: SecretStr | None = None
     bundle_ttl: timedelta = timedelta(hours=6)
-    offline_record_ttl: timedelta = timedelta(days=7)  # how late offline uploads are reconciled
+    # Offline decisions are reconciled until their QR is this old; a QR's used-marker lives as
+    # long (about 150 bytes of Redis per validation: 1.3 M a day in Hanoi ≈ 0.4 GB for 2 days).
+    offline_upload_horizon: timedelta = timedelta(days=2)
+
+    # Every event waits in a Redis stream (written by the decision itself) until Kafka has it.
+    relay_batch_size: int = Field(default=500, ge=1)
+    relay_retry_interval: timedelta = timedelta(seconds=1)
+    # Another process's events unacknowledged this long are taken over (that process died).
+    relay_claim_after: timedelta = timedelta(seconds=30)
 
     # Each process reads every deny-list event itself, in a consumer group of its own.
     instance_id: str = Field(default_factory=_instance_id, pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+
+    @model_validator(mode="after")
+    def _horizons(self) -> Self:
+        if self.offline_upload_horizon < self.bundle_ttl + self.qr_window:
+            raise ValueError(
+                "offline_upload_horizon must be at least bundle_ttl + qr_window: a gate that"
+                " decides offline until its bundle expires must still be able to upload"
+            )
+        return self
 
     @model_validator(mode="after")
     def _bundle_key(self) -> Self:

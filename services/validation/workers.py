@@ -29,11 +29,11 @@ from redis.exceptions import RedisError
 
 from services.validation import events, repository
 from services.validation.memory import IssuerKey, Memory, b64url, decode_public_key
+from services.validation.outbox import Outbox
 from services.validation.rules import Reason, TicketKind, device_fingerprint
 from services.validation.schemas import IssuerKeyStatus
-from services.validation.service import TICKET_LIFETIME_MARGIN_S, emit_auto_closed
+from services.validation.service import TICKET_LIFETIME_MARGIN_S
 from services.validation.settings import ValidationSettings
-from services.validation.spool import EventPipeline
 from shared.events import Event
 from shared.health import raise_if_cancelled
 from shared.http import service_client
@@ -102,12 +102,12 @@ class Workers:
         settings: ValidationSettings,
         redis: Redis,
         memory: Memory,
-        pipeline: EventPipeline,
+        outbox: Outbox,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.memory = memory
-        self.pipeline = pipeline
+        self.outbox = outbox
         self.max_trip_s = int(settings.max_trip.total_seconds())
         self._payments: httpx.AsyncClient | None = None
         self._failing: set[str] = set()
@@ -350,7 +350,7 @@ class Workers:
         if status == 402:
             unpaid = orjson.dumps({"ticket_id": ticket_id, "body": body.decode()})
             await repository.record_unpaid(self.redis, account, validation_id, unpaid)
-            self.pipeline.emit(
+            await self.outbox.emit(
                 events.TICKETS_TOPIC,
                 ticket_id,
                 events.fare_unpaid(
@@ -389,7 +389,7 @@ class Workers:
                 still_unpaid.add(ticket_id)
         for ticket_id, validation_ids in settled.items():
             if ticket_id not in still_unpaid:
-                self.pipeline.emit(
+                await self.outbox.emit(
                     events.TICKETS_TOPIC,
                     ticket_id,
                     events.fare_settled(
@@ -435,11 +435,9 @@ class Workers:
     async def close_overdue_trips(self, now: int) -> int:
         closed = 0
         for ticket_id, entry_vid in await repository.overdue_trips(self.redis, now):
-            result = await repository.close_trip(self.redis, ticket_id, entry_vid)
-            if result is not None:  # another process may have closed it first: then it is None
-                emit_auto_closed(
-                    self.pipeline, ticket_id, result.trip, result.kind, result.wallet, now
-                )
+            context = orjson.dumps({"ticket": ticket_id, "vid": entry_vid, "now": now})
+            # The script appends the closure's event; None if another process closed it first.
+            if await repository.close_trip(self.redis, ticket_id, entry_vid, context):
                 closed += 1
             await repository.unindex_trip(self.redis, ticket_id, entry_vid)
         return closed

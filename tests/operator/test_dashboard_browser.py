@@ -83,7 +83,6 @@ async def validation(
             )
         ],
         ticketing_url=None,
-        spool_dir=tmp_path_factory.mktemp("spool"),
         instance_id=f"browser-{uuid.uuid4().hex[:10]}",
         # Its fare worker would join the validation tests' consumer group and take their events.
         run_fare_worker=False,

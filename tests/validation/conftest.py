@@ -63,7 +63,6 @@ def validation_settings(tmp: Path, **overrides: Any) -> ValidationSettings:
         "admin_token": ADMIN_TOKEN,
         "issuer_keys": [issuer_config()],
         "ticketing_url": None,
-        "spool_dir": tmp / "spool",
         "payments_token": PAYMENTS_TOKEN,
         "kafka_send_timeout_s": 2.0,
         "dependency_timeout_s": 2.0,

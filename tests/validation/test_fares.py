@@ -119,7 +119,7 @@ class TestTripsLeftOpen:
             lambda: validator.redis.zscore(repository.OPEN_TRIPS, member), what="trip indexed"
         )
 
-        closed = await workers.close_overdue_trips(int(time.time()) + validator.max_trip_s + 1)
+        closed = await workers.close_overdue_trips(int(time.time()) + workers.max_trip_s + 1)
 
         assert closed >= 1
         await wait_until(
@@ -140,7 +140,7 @@ class TestTripsLeftOpen:
         ticket = await stored_value_ticket(publisher, validator, wallet)
         entry = await provision_gate(http, station="3-02", direction="entry")
         assert (await scan(http, entry, ticket.qr()))["decision"] == "accept"
-        overdue = int(time.time()) - validator.max_trip_s - 60
+        overdue = int(time.time()) - int(validator.settings.max_trip.total_seconds()) - 60
         await validator.redis.hset(repository.ticket_key(ticket.id), "trip_at", str(overdue))
 
         again = await scan(http, entry, ticket.qr())

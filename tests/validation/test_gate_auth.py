@@ -86,7 +86,7 @@ class TestGateSignature:
     ) -> None:
         gate = await provision_gate(http, station="2A-03")
         body = validation_body(gate, make_ticket().qr())
-        old = int(time.time()) - validator.device_window_s - 5
+        old = int(time.time()) - validator.tolerances.request_window_s - 5
         headers = gate.signer.headers("POST", "/v1/validations", body, timestamp=old)
 
         response = await post(http, body, headers)

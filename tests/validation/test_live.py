@@ -49,10 +49,8 @@ def processes(
     servers: LocalServers,
     service_env: dict[str, str],
     nowhere: str,
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[list[str]]:
     """Two validation processes on one Redis, with the database URL pointing nowhere."""
-    tmp = tmp_path_factory.mktemp("live")
     started: list[tuple[ManagedProcess, str]] = []
     try:
         for name in ("a", "b"):
@@ -65,7 +63,6 @@ def processes(
                 "VALIDATION_ADMIN_TOKEN": ADMIN_TOKEN,
                 "VALIDATION_ISSUER_KEYS": orjson.dumps([issuer_config().model_dump()]).decode(),
                 "VALIDATION_TICKETING_URL": "",
-                "VALIDATION_SPOOL_DIR": str(tmp / f"spool-{name}"),
                 "VALIDATION_INSTANCE_ID": f"live-{name}-{uuid.uuid4().hex[:8]}",
             }
             process = spawn(

@@ -70,8 +70,8 @@ class TestAccept:
     ) -> None:
         gate = await provision_gate(http, station="2A-03")
         ticket = make_ticket()
-        stale = ticket.qr(at=int(time.time()) - validator.qr_window_s - 1)
-        ahead = ticket.qr(at=int(time.time()) + validator.qr_skew_s + 30)
+        stale = ticket.qr(at=int(time.time()) - validator.tolerances.qr_window_s - 1)
+        ahead = ticket.qr(at=int(time.time()) + validator.tolerances.qr_skew_s + 30)
 
         assert (await scan(http, gate, stale))["reason"] == "qr_expired"
         assert (await scan(http, gate, ahead))["reason"] == "qr_not_yet_valid"

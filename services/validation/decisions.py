@@ -1,0 +1,252 @@
+"""What a decision says: the gate's answer and its events, from the decision's context and the
+Redis script's reply.
+
+The script appends (context, reply) to its shard's events stream in the same atomic step that
+marks the QR used, so the event is durable before the gate hears the answer. The gate builds its
+answer, and the relay (outbox.py) builds the events, with the functions below: both read the
+same two inputs, so they cannot disagree, and the relay can rebuild an event any number of
+times with the same id and bytes (consumers deduplicate on the id).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from services.validation import events
+from services.validation.repository import StateOutcome, Trip, parse_outcome
+from services.validation.rules import (
+    Action,
+    Decision,
+    Reason,
+    TicketKind,
+    bus_fare,
+    display,
+    max_trip_fare,
+    trip_fare,
+)
+from shared.events import Event
+
+Record = tuple[str, str, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
+
+_IDS = uuid.UUID("6f1c3c1e-2b7a-4d0e-9a51-0c1d2e3f4a5b")  # namespace of derived event ids
+
+_OUTCOME_REASONS = {
+    "ok": Reason.ok,
+    "replayed": Reason.replayed,
+    "no_rides_left": Reason.no_rides_left,
+    "already_inside": Reason.already_inside,
+    "not_inside": Reason.not_inside,
+}
+
+
+def derived_id(validation_id: str, purpose: str) -> str:
+    """The id of an event that follows from a decision: the same whenever it is rebuilt."""
+    return str(uuid.uuid5(_IDS, f"{validation_id}:{purpose}"))
+
+
+def record(topic: str, key: str, event: Event) -> Record:
+    return topic, key, event.value(), event.headers()
+
+
+def trip_data(trip: Trip) -> dict[str, Any]:
+    return {
+        "validation_id": trip.validation_id,
+        "station": trip.station,
+        "entered_at": events.iso(trip.at),
+    }
+
+
+# Online decisions ---------------------------------------------------------------------------------
+
+
+def reason_of(state: StateOutcome) -> Reason:
+    return _OUTCOME_REASONS.get(state.outcome) or Reason(state.outcome)
+
+
+def answer(ctx: dict[str, Any], state: StateOutcome) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The gate's answer and the event's data (a superset of it)."""
+    reason = reason_of(state)
+    accepted = reason is Reason.ok
+    action = Action(state.action) if accepted and state.action else Action.none
+    kind = state.kind or None
+    station, route = ctx["station"], ctx["route"]
+    fare = None
+    if accepted and kind == TicketKind.stored_value.value:
+        if action is Action.exit and state.closed_trip is not None and station:
+            fare = trip_fare(state.closed_trip.station, station)
+        elif action is Action.tap and route:
+            fare = bus_fare(route)
+    message_vi, message_en = display(reason, action, rides_left=state.rides_left, fare=fare)
+    body: dict[str, Any] = {
+        "validation_id": ctx["vid"],
+        "decision": (Decision.accept if accepted else Decision.reject).value,
+        "reason": reason.value,
+        "reason_detail": ctx["detail"],
+        "action": action.value,
+        "message_vi": message_vi,
+        "message_en": message_en,
+        "ticket_id": ctx["ticket"],
+        "product": ctx["product"],
+        "remaining_rides": state.rides_left,
+        "fare": fare,
+        "balance": state.balance,
+        "gate_id": ctx["gate"],
+        "decided_at": events.iso(ctx["now"]),
+    }
+    qr_at = ctx["qr_at"]
+    data = {
+        **body,
+        "station": station,
+        "line": ctx["line"],
+        "route": route,
+        "kind": kind,
+        "rider_category": ctx["category"],
+        "wallet_account_id": state.wallet,
+        "qr_at": events.iso(qr_at) if qr_at is not None else None,
+        "qr_counter": ctx["counter"],
+        "scanned_at": events.iso(ctx["scanned"]),
+        "entry": trip_data(state.closed_trip) if state.closed_trip else None,
+        "offline": False,
+    }
+    return body, data
+
+
+def decision_records(ctx: dict[str, Any], reply: str) -> list[Record]:
+    state = parse_outcome(reply)
+    body, data = answer(ctx, state)
+    key = ctx["ticket"] or ctx["gate"]
+    accepted = body["decision"] == Decision.accept.value
+    out = [
+        record(
+            events.VALIDATIONS_TOPIC,
+            key,
+            events.validation(data, accepted=accepted, at=ctx["now"], request_id=ctx["rid"]),
+        )
+    ]
+    if state.auto_closed_trip is not None:
+        out.append(
+            auto_closed_record(
+                ctx["ticket"], state.auto_closed_trip, state.kind, state.wallet, ctx["now"]
+            )
+        )
+    return out
+
+
+def auto_closed_record(
+    ticket_id: str, trip: Trip, kind: str, wallet: str | None, closed_at: int
+) -> Record:
+    fare = max_trip_fare(trip.station) if kind == TicketKind.stored_value.value else 0
+    return record(
+        events.VALIDATIONS_TOPIC,
+        ticket_id,
+        events.trip_auto_closed(
+            ticket_id=ticket_id,
+            entry_validation_id=trip.validation_id,
+            entry_station=trip.station,
+            entered_at=trip.at,
+            closed_at=closed_at,
+            fare=fare,
+            kind=kind,
+            wallet_account_id=wallet,
+            id=derived_id(trip.validation_id, "auto_closed"),
+        ),
+    )
+
+
+def closed_records(ctx: dict[str, Any], reply: str) -> list[Record]:
+    """The sweeper closed a trip left open."""
+    station, at, kind, wallet = reply.split("|")
+    trip = Trip(ctx["vid"], station, int(at))
+    return [auto_closed_record(ctx["ticket"], trip, kind, wallet or None, ctx["now"])]
+
+
+# Offline decisions uploaded later -------------------------------------------------------------
+
+
+def upload_outcome(ctx: dict[str, Any], reply: list[str]) -> tuple[int | None, bool, list[Record]]:
+    """(fare, conflict, events) of a recorded upload; `reply` is the script's (see RECONCILE)."""
+    accepted = ctx["decision"] == Decision.accept.value
+    action = Action(ctx["action"])
+    kind = reply[1] if len(reply) > 1 else None
+    wallet = (reply[2] or None) if len(reply) > 2 else None
+    closed = Trip(reply[3], reply[4], int(reply[5])) if len(reply) > 5 and reply[3] else None
+    others = reply[6:]
+    fare = None
+    if accepted and kind == TicketKind.stored_value.value:
+        if action is Action.exit and closed is not None and ctx["station"]:
+            fare = trip_fare(closed.station, ctx["station"])
+        elif action is Action.tap and ctx["route"]:
+            fare = bus_fare(ctx["route"])
+    conflict = accepted and bool(others)
+    out: list[Record] = []
+    ticket_id = ctx["ticket"]
+    vid = ctx["vid"]
+    if conflict:
+        uses = [{"gate_id": ctx["gate"], "validation_id": vid}]
+        for other in others:
+            other_gate, _, other_vid = other.partition("|")
+            uses.append({"gate_id": other_gate, "validation_id": other_vid})
+        out.append(
+            record(
+                events.ALERTS_TOPIC,
+                ticket_id,
+                events.duplicate_use(
+                    ticket_id=ticket_id,
+                    qr_at=ctx["qr_at"],
+                    counter=ctx["counter"],
+                    uses=uses,
+                    detail=f"One dynamic QR was accepted at {len(uses)} gates.",
+                    id=derived_id(vid, "duplicate_use"),
+                ),
+            )
+        )
+    qr_at = ctx["qr_at"]
+    data = {
+        "validation_id": vid,
+        "decision": ctx["decision"],
+        "reason": ctx["reason"],
+        "reason_detail": None,
+        "action": ctx["action"],
+        "ticket_id": ticket_id,
+        "product": ctx["product"],
+        "remaining_rides": None,
+        "fare": fare,
+        "balance": None,
+        "gate_id": ctx["gate"],
+        "decided_at": events.iso(ctx["scanned"]),
+        "station": ctx["station"],
+        "line": ctx["line"],
+        "route": ctx["route"],
+        "kind": kind,
+        "rider_category": ctx["category"],
+        "wallet_account_id": wallet,
+        "qr_at": events.iso(qr_at) if qr_at is not None else None,
+        "qr_counter": ctx["counter"],
+        "scanned_at": events.iso(ctx["scanned"]),
+        "entry": trip_data(closed) if closed else None,
+        "offline": True,
+        "server_reason": ctx["server_reason"],
+        "conflict": conflict,
+    }
+    out.append(
+        record(
+            events.VALIDATIONS_TOPIC,
+            ticket_id or ctx["gate"],
+            events.validation(data, accepted=accepted, at=ctx["now"], request_id=ctx["rid"]),
+        )
+    )
+    return fare, conflict, out
+
+
+def upload_records(ctx: dict[str, Any], reply: str) -> list[Record]:
+    return upload_outcome(ctx, orjson.loads(reply))[2]
+
+
+BUILDERS = {
+    "decision": decision_records,
+    "closed": closed_records,
+    "upload": upload_records,
+}

@@ -1,0 +1,171 @@
+"""Validation's outbox: every event waits in a Redis stream until Kafka acknowledged it.
+
+Validation has no database, so its outbox is Redis: the decision script appends each decision
+to its shard's stream in the same atomic step that marks the QR used (no extra round trip on
+the gate's path), and code outside scripts appends ready events with `emit`. A relay in every
+validation process reads the streams as one consumer group, publishes to Kafka, then
+acknowledges and deletes what Kafka has. Delivery is at least once; an event rebuilt after a
+crash has the same id and bytes (decisions.py), and consumers deduplicate on the id.
+
+Whatever process dies, an entry stays in its stream: a relay that restarts reads its own
+unacknowledged entries first, and the others take over those of a relay that went away
+(`relay_claim_after`). While Kafka hangs or is down, entries simply wait in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import orjson
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Gauge
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from services.validation import repository
+from services.validation.decisions import BUILDERS, Record
+from shared.events import Event
+from shared.health import raise_if_cancelled
+from shared.kafka import Publisher
+
+logger = logging.getLogger("citypass.validation.outbox")
+
+GROUP = "relay"
+
+PUBLISHED = Counter("citypass_validation_published_events_total", "Events acknowledged by Kafka")
+BACKLOG = Gauge(
+    "citypass_validation_outbox_backlog_events", "Events in the Redis streams, not yet in Kafka"
+)
+UNREADABLE = Counter(
+    "citypass_validation_outbox_unreadable_total", "Stream entries no builder could read"
+)
+
+Builder = Callable[[dict[str, object], str], list[Record]]
+
+
+def encode_record(topic: str, key: str, event: Event) -> bytes:
+    return orjson.dumps(
+        {
+            "t": topic,
+            "k": key,
+            "v": base64.b64encode(event.value()).decode(),
+            "h": [[name, base64.b64encode(raw).decode()] for name, raw in event.headers()],
+        }
+    )
+
+
+def decode_record(raw: bytes) -> Record:
+    item = orjson.loads(raw)
+    headers = [(name, base64.b64decode(value)) for name, value in item["h"]]
+    return item["t"], item["k"], base64.b64decode(item["v"]), headers
+
+
+def records_of(fields: Mapping[bytes, bytes], builders: Mapping[str, Builder]) -> list[Record]:
+    kind = fields[b"k"].decode()
+    if kind == "event":
+        return [decode_record(fields[b"c"])]
+    return builders[kind](orjson.loads(fields[b"c"]), fields[b"r"].decode())
+
+
+class Outbox:
+    def __init__(
+        self,
+        redis: Redis,
+        publisher: Publisher,
+        consumer: str,
+        *,
+        batch_size: int,
+        retry_interval_s: float,
+        claim_after_s: float,
+        builders: Mapping[str, Builder] = BUILDERS,
+    ) -> None:
+        self.redis = redis
+        self.publisher = publisher
+        self.consumer = consumer
+        self.batch_size = batch_size
+        self.retry_interval_s = retry_interval_s
+        self.claim_after_s = claim_after_s
+        self.builders = builders
+        self._own_pending = True  # after a start or a failure, our unacknowledged entries first
+        self._next_claim = 0.0
+
+    async def emit(self, topic: str, key: str, event: Event) -> None:
+        """Append a ready event; it reaches Kafka through the relay."""
+        await repository.append_event(
+            self.redis, repository.shard(key), encode_record(topic, key, event)
+        )
+
+    async def start(self) -> None:
+        await repository.ensure_relay_group(self.redis, GROUP)
+
+    async def run(self) -> None:
+        while True:
+            raise_if_cancelled()
+            try:
+                await self.relay_once(block_ms=1000)
+            except (KafkaError, TimeoutError, OSError, RedisError) as exc:
+                self._own_pending = True
+                logger.warning("events wait in Redis: %s", exc or type(exc).__name__)
+                await asyncio.sleep(self.retry_interval_s)
+
+    async def relay_once(self, block_ms: int | None = None) -> int:
+        """Relay one batch; returns how many entries Kafka acknowledged."""
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + self.claim_after_s / 3
+            claim_ms = int(self.claim_after_s * 1000)
+            if await repository.claim_abandoned(
+                self.redis, GROUP, self.consumer, claim_ms, self.batch_size
+            ):
+                self._own_pending = True
+            BACKLOG.set(await repository.event_backlog(self.redis))
+        entries = await repository.read_events(
+            self.redis,
+            GROUP,
+            self.consumer,
+            pending=self._own_pending,
+            count=self.batch_size,
+            block_ms=None if self._own_pending else block_ms,
+        )
+        if not entries:
+            self._own_pending = False
+            return 0
+        records: list[Record] = []
+        unreadable: list[repository.StreamEntry] = []
+        for entry in entries:
+            try:
+                records += records_of(entry[2], self.builders)
+            except (KeyError, ValueError, TypeError, orjson.JSONDecodeError):
+                unreadable.append(entry)  # kept aside for a person, never dropped
+        await self._publish(records)
+        if unreadable:
+            UNREADABLE.inc(len(unreadable))
+            logger.error("%d event entries no builder reads: parked", len(unreadable))
+            await repository.park_unreadable(self.redis, unreadable)
+        await repository.relayed(self.redis, GROUP, entries)
+        PUBLISHED.inc(len(entries) - len(unreadable))
+        return len(entries)
+
+    async def _publish(self, records: Sequence[Record]) -> None:
+        """Bounded as a whole: with the broker hung, each send can wait its full timeout."""
+        try:
+            await asyncio.wait_for(
+                self.publisher.publish_many(records), 2 * self.publisher.send_timeout_s
+            )
+        except TimeoutError:
+            await self.publisher.reset()
+            raise
+
+    async def drain(self, timeout_s: float) -> None:
+        """At shutdown: relay what is there while Kafka answers; the rest waits in Redis."""
+        deadline = time.monotonic() + timeout_s
+        self._own_pending = True
+        try:
+            while time.monotonic() < deadline and await self.relay_once():
+                pass
+        except (KafkaError, TimeoutError, OSError, RedisError) as exc:
+            logger.info("events left in Redis for the next relay: %s", exc or type(exc).__name__)

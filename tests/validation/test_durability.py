@@ -1,0 +1,161 @@
+"""No accepted validation without its event, whichever process dies and whenever.
+
+The broker hangs (paused, not dead: connections stay open and nothing answers), gates keep
+getting decisions, and the validation process is killed with SIGKILL at several points of the
+hang. Another process starts, the broker resumes, and a plain consumer with no group counts
+the events: every validation a gate heard "accept" for must be there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
+from tests.support import ROOT, read_events, wait_ready
+from tests.validation.conftest import (
+    ADMIN_TOKEN,
+    Gate,
+    issuer_config,
+    make_ticket,
+    provision_gate,
+    validation_body,
+)
+
+KILL_AFTER_S = (0.3, 2.0, 3.0)  # into the broker's hang
+RIDERS = 16  # concurrent gates' requests
+
+
+@pytest.fixture
+def own_servers(servers: LocalServers, tmp_path: Path) -> Iterator[LocalServers]:
+    """Redis and a broker of this test's own: the session's validation app relays the shared
+    Redis's streams, and pausing the shared broker would stall other tests' consumers."""
+    own = LocalServers(tmp_path, servers.postgres_port, free_port(), free_port())
+    own.start_valkey()
+    own.start_kafka()
+    try:
+        yield own
+    finally:
+        own.stop()
+
+
+def _broker(servers: LocalServers) -> ManagedProcess:
+    return next(m for m in servers.processes if m.name == "Kafka")
+
+
+class Gates:
+    """Validation processes started and killed one after the other on the same servers."""
+
+    def __init__(self, servers: LocalServers, base_env: dict[str, str]) -> None:
+        self.servers = servers
+        self.base_env = base_env
+        self.count = 0
+
+    def start(self) -> tuple[ManagedProcess, str]:
+        self.count += 1
+        port = free_port()
+        env = {
+            **self.base_env,
+            "VALIDATION_PORT": str(port),
+            "VALIDATION_INSTANCE_ID": f"durable-{self.count}-{uuid.uuid4().hex[:6]}",
+        }
+        process = spawn(
+            f"validation-durable-{self.count}",
+            [sys.executable, "-m", "services.validation"],
+            self.servers.log_dir / f"validation-durable-{self.count}.log",
+            env=env,
+            cwd=ROOT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(process, url)
+        return process, url
+
+
+async def _ride_until(
+    client: httpx.AsyncClient, gate: Gate, deadline: float, accepted: set[str]
+) -> None:
+    """One gate's riders, one after another, until the deadline or the process dies."""
+    while time.monotonic() < deadline:
+        body = validation_body(gate, make_ticket().qr())
+        try:
+            answer = await client.post(
+                "/v1/validations",
+                content=body,
+                headers=gate.headers("POST", "/v1/validations", body),
+            )
+        except httpx.HTTPError:
+            return  # killed: the gate never heard an answer, so nobody was admitted
+        if answer.status_code == 200 and answer.json()["decision"] == "accept":
+            accepted.add(answer.json()["validation_id"])
+
+
+@pytest.mark.fault
+class TestProcessKilledWhileBrokerHangs:
+    async def test_every_accepted_validation_has_its_event(
+        self, own_servers: LocalServers, service_env: dict[str, str]
+    ) -> None:
+        env = {
+            **os.environ,
+            **service_env,
+            "VALIDATION_REDIS_URL": own_servers.redis_url,
+            "VALIDATION_KAFKA_BOOTSTRAP_SERVERS": own_servers.kafka_bootstrap,
+            "VALIDATION_ADMIN_TOKEN": ADMIN_TOKEN,
+            "VALIDATION_ISSUER_KEYS": orjson.dumps([issuer_config().model_dump()]).decode(),
+            "VALIDATION_TICKETING_URL": "",
+            "VALIDATION_RUN_FARE_WORKER": "false",
+            "VALIDATION_KAFKA_SEND_TIMEOUT_S": "2",
+            "VALIDATION_RELAY_CLAIM_AFTER": "PT3S",
+            "VALIDATION_LOG_LEVEL": "WARNING",
+        }
+        gates = Gates(own_servers, env)
+        broker = _broker(own_servers).process
+        accepted: set[str] = set()
+        per_kill: list[int] = []
+        for kill_after in KILL_AFTER_S:
+            process, url = gates.start()
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                gate = await provision_gate(client, station="2A-06", direction="entry")
+                before = len(accepted)
+                os.kill(broker.pid, signal.SIGSTOP)
+                try:
+                    deadline = time.monotonic() + kill_after
+                    riders = [
+                        asyncio.create_task(_ride_until(client, gate, deadline + 5, accepted))
+                        for _ in range(RIDERS)
+                    ]
+                    await asyncio.sleep(kill_after)
+                    os.kill(process.process.pid, signal.SIGKILL)
+                    await asyncio.gather(*riders)
+                finally:
+                    os.kill(broker.pid, signal.SIGCONT)
+                process.process.wait(10)
+                per_kill.append(len(accepted) - before)
+        assert all(n > 0 for n in per_kill), f"no rider was admitted at some kill: {per_kill}"
+
+        survivor, _ = gates.start()  # relays what the killed processes left in Redis
+        try:
+            found = await read_events(
+                own_servers.kafka_bootstrap,
+                "transit.validations",
+                lambda event: event.id in accepted,
+                len(accepted),
+                timeout_s=120,
+            )
+        finally:
+            survivor.stop()
+        delivered = {event.id for event, _ in found}
+        assert delivered == accepted, (
+            f"{len(accepted - delivered)} of {len(accepted)} accepted validations have no event "
+            f"(admitted per kill: {per_kill})"
+        )
+        assert all(event.type.endswith("validation.accepted.v1") for event, _ in found)
