@@ -1,4 +1,4 @@
-"""Finding a receipt again, as a real parking process answers strangers and drivers.
+"""Finding a receipt again: what parking answers strangers and drivers over HTTP.
 
 An outside review found a stranger's receipt by scanning `GET /v1/receipts?plate=&entered_at=`
 (±15 minutes) in 5 unauthenticated requests, and the token it returned opened a dispute. A
@@ -19,7 +19,7 @@ import io
 import secrets
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -93,7 +93,9 @@ def as_client(address: str) -> dict[str, str]:
     return {"X-Forwarded-For": address}
 
 
-async def park(parking: httpx.AsyncClient, minutes: int = 8) -> tuple[str, Any, dict[str, Any]]:
+async def park(
+    parking: httpx.AsyncClient, minutes: int = 8
+) -> tuple[str, datetime, dict[str, Any]]:
     """A driver parks (within the free grace period) and leaves: the plate, the entry time
     and the exit lane's answer."""
     lot = await create_lot(parking)
