@@ -1,4 +1,5 @@
-"""`citypass parking`: a lane terminal and plate camera simulator, and device provisioning.
+"""`citypass parking`: a lane terminal and plate camera simulator, device provisioning, and a
+driver's receipt lookup.
 
 citypass parking provision --lot L [--lane LANE] [--kind camera]
                                      provision a device (admin token); prints its secret
@@ -8,11 +9,17 @@ citypass parking exit --lot L --lane LANE --plate … [--offline] [--wait]
                                      --wait shows the VietQR and polls until the barrier opens
 citypass parking status SESSION_ID   the exit decision of a session (poll it after `pay`)
 citypass parking fallback SESSION_ID the bank is slow: let the vehicle out as a debt
+citypass parking receipt --plate "29A-123.45" --code K7QMD-3XRW9
+                                     a driver finds a receipt again with the code printed on
+                                     it (no device needed; read only: disputes need the
+                                     receipt token the exit lane showed)
 
-Devices sign every request: --device-id/--secret, or PARKING_DEVICE_ID/PARKING_DEVICE_SECRET.
+Lane commands are devices, and devices sign every request: --device-id/--secret, or
+PARKING_DEVICE_ID/PARKING_DEVICE_SECRET.
 The service: --url or PARKING_URL (default http://127.0.0.1:8003); the admin token for
-`provision`: PARKING_ADMIN_TOKEN. Exit code: 0 barrier opens, 1 it stays closed (full, pay,
-refused), 2 no decision (the service failed or was unreachable).
+`provision`: PARKING_ADMIN_TOKEN. Exit code: 0 barrier opens (receipt found), 1 it stays
+closed (full, pay, refused; receipt not found or too many lookups), 2 no decision (the
+service failed or was unreachable).
 """
 
 from __future__ import annotations
@@ -76,6 +83,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     fallback.add_argument("session_id", type=uuid.UUID)
     fallback.set_defaults(func=fallback_command)
 
+    receipt = commands.add_parser("receipt", help="find a receipt with its plate and code")
+    receipt.add_argument("--plate", required=True)
+    receipt.add_argument("--code", required=True, help="the receipt code printed on it")
+    receipt.set_defaults(func=receipt_command)
+
 
 def _client(args: argparse.Namespace) -> httpx.Client:
     if not args.device_id or not args.secret:
@@ -97,7 +109,10 @@ def _show(decision: dict[str, Any]) -> None:
         print(f"    {line['description']}: {line['amount']:,} VND")
     if decision.get("outstanding_debt"):
         print(f"  this plate still owes {decision['outstanding_debt']:,} VND")
+    if decision.get("receipt_code"):
+        print(f"  receipt code: {decision['receipt_code']}  (printed on the receipt)")
     if decision.get("receipt_token"):
+        # Shown to the driver at the barrier only (as a QR): it opens the receipt and disputes.
         print(f"  receipt: /v1/receipts/{decision['session_id']}?token={decision['receipt_token']}")
     payment = decision.get("payment")
     if decision["decision"] == "pay" and payment and payment.get("qr"):
@@ -194,6 +209,45 @@ def status_command(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     _show(response.json())
     return _code(response)
+
+
+def receipt_command(args: argparse.Namespace) -> int:
+    """A driver, not a device: `GET /v1/receipts?plate=&code=`, unsigned."""
+    try:
+        response = httpx.get(
+            f"{args.url.rstrip('/')}/v1/receipts",
+            params={"plate": args.plate, "code": args.code},
+            timeout=10,
+        )
+    except httpx.HTTPError as error:
+        print(f"no answer: {error}")
+        return EXIT_ERROR
+    receipt: dict[str, Any] = response.json()
+    if response.is_error:
+        retry = response.headers.get("Retry-After")
+        print(f"refused: {receipt.get('code')}: {receipt.get('detail')}")
+        if retry:
+            print(f"  retry in {retry} s")
+        return EXIT_ERROR if response.status_code >= 500 else EXIT_CLOSED
+    print(f"{receipt['lot_name']}, {receipt['lot_address']}")
+    print(f"  receipt code: {receipt['receipt_code']}   session: {receipt['session_id']}")
+    print(f"  {receipt['plate']} ({receipt['vehicle_type']})")
+    print(f"  {receipt['entry_at']} → {receipt['exit_at']}  ({receipt['duration_minutes']} min)")
+    for line in receipt["lines"]:
+        print(f"    {line['description']}: {line['amount']:,} VND")
+    print(f"  fee: {receipt['fee']:,} VND   paid: {receipt['paid_amount']:,} VND")
+    print(f"  settlement: {receipt['settlement']}")
+    if receipt["refunded_amount"]:
+        print(f"  refunded: {receipt['refunded_amount']:,} VND")
+    if receipt["amount_due"]:
+        print(f"  still owed: {receipt['amount_due']:,} VND")
+        payment = receipt.get("payment")
+        if payment and payment.get("qr"):
+            print(f'  VietQR: citypass bank pay "{payment["qr"]}"')
+    print(
+        f"  reopen (read only): /v1/receipts/{receipt['session_id']}?token={receipt['read_token']}"
+    )
+    return EXIT_OPEN
 
 
 def fallback_command(args: argparse.Namespace) -> int:

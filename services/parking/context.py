@@ -29,6 +29,7 @@ from shared.db import Database
 from shared.devicesigning import DeviceKey
 from shared.errors import ServiceUnavailable
 from shared.idempotency import Idempotency
+from shared.ratelimit import RateLimit
 from shared.redis import PipelinedRedis
 
 
@@ -206,6 +207,7 @@ class Parking:
     reference: ReferenceData
     devices: Devices
     decisions: DecisionLimit
+    receipt_lookups: RateLimit
 
     @property
     def db(self) -> Database:
@@ -228,4 +230,9 @@ class Parking:
             reference=ReferenceData(runtime.db),
             devices=Devices(runtime.db, settings.cache_ttl.total_seconds()),
             decisions=DecisionLimit(settings.max_decisions_in_flight),
+            receipt_lookups=RateLimit(
+                "receipt-lookup",
+                settings.receipt_lookups_per_client,
+                settings.receipt_lookup_period,
+            ),
         )

@@ -4,8 +4,8 @@ Three kinds of callers:
 - lane terminals and cameras, which sign every request (`X-Device-*`, shared/devicesigning.py)
   and send an `Idempotency-Key` (a UUID per vehicle event) with every decision;
 - operators and back offices, with `Authorization: Bearer <PARKING_ADMIN_TOKEN>`;
-- drivers and the public: lots, occupancy, tariffs, quotes, and receipts opened with their
-  receipt token.
+- drivers and the public: lots, occupancy, tariffs, quotes, and receipts opened with a
+  receipt token (tokens.py says which token grants what).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from services.parking.schemas import (
     OverrideCreate,
     OverrideRead,
     QuoteRead,
+    ReceiptFound,
     ReceiptRead,
     SessionRead,
     SessionStatus,
@@ -76,6 +77,7 @@ from shared.idempotency import (
     IdempotentRequest,
     hot_idempotent_body,
 )
+from shared.ratelimit import client_address
 
 LotId = Annotated[str, Path(pattern=LOT_ID_PATTERN, examples=["HK-01"])]
 LaneId = Annotated[str, Path(pattern=LANE_ID_PATTERN, examples=["HK-01-IN1"])]
@@ -86,7 +88,10 @@ ReceiptToken = Annotated[
         min_length=16,
         max_length=64,
         pattern=r"^[A-Za-z0-9_-]+$",
-        description="The receipt token printed at the exit lane",
+        description=(
+            "The receipt token shown at the exit lane, or the read token of a lookup"
+            " (which only reads the receipt)"
+        ),
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500)]
@@ -374,8 +379,10 @@ async def leave(
       it says `open` (the bank's signed notification arrived). After `fallback_after` the
       lane may let the vehicle out with `POST /v1/sessions/{session_id}/fallback-exit`.
 
-    A vehicle already waiting at the barrier gets its pending decision again. Print or show
-    `receipt_token`: with the session id it opens the receipt (`GET /v1/receipts/…`).
+    A vehicle already waiting at the barrier gets its pending decision again. Show and print
+    `receipt_code`: with the plate it finds the receipt again, read only. Show `receipt_token`
+    to the driver as a QR: with the session id it opens the receipt and lets the driver dispute
+    it, and no other route hands it out.
     """
     return await lane_exit(request.app.state.parking, request.scope, await request.body())
 
@@ -461,22 +468,48 @@ async def get_receipt(
 
 @public.get(
     "/receipts",
-    response_model=list[ReceiptRead],
+    response_model=ReceiptFound,
     tags=["receipts"],
-    responses=problems((422, "`invalid_plate`, or invalid values")),
+    responses=problems(
+        (404, "`receipt_not_found`: no receipt of this plate has this code"),
+        (422, "`invalid_plate`, `invalid_receipt_code`, or invalid values"),
+        (
+            429,
+            "`too_many_requests`: this client address has made its lookups for the period;"
+            " retry after `Retry-After` seconds",
+        ),
+        (503, "`rate_limit_unavailable`: the limit cannot be checked; retry"),
+    ),
 )
-async def find_receipts(
+async def find_receipt(
+    request: Request,
     plate: Annotated[str, Query(min_length=1, max_length=20, examples=["29A-123.45"])],
-    entered_at: Annotated[
-        Moment,
-        Query(description="When the vehicle entered, within 15 minutes (with its offset)"),
+    code: Annotated[
+        str,
+        Query(
+            min_length=10,
+            max_length=16,
+            description=(
+                "The receipt code printed on the receipt and shown at the exit (`K7QMD-3XRW9`;"
+                " any case, dashes and spaces ignored)"
+            ),
+            examples=["K7QMD-3XRW9"],
+        ),
     ],
     context: ParkingDep,
-) -> list[ReceiptRead]:
-    """Find lost receipts: the plate and the entry time (to within 15 minutes) are needed,
-    so knowing a plate alone reveals nothing."""
+) -> ReceiptFound:
+    """Find a receipt again with the plate and the receipt code printed on it.
+
+    The answer carries `read_token`, which reopens this receipt
+    (`GET /v1/receipts/{session_id}?token=…`) and grants nothing else: listing or opening a
+    dispute needs the receipt token shown at the exit lane. Each client address may look up
+    `PARKING_RECEIPT_LOOKUPS_PER_CLIENT` times (10) per `PARKING_RECEIPT_LOOKUP_PERIOD` (10
+    minutes), found or not; then 429 with `Retry-After`. Codes find the receipts of the last
+    `PARKING_RECEIPT_LOOKUP_HORIZON` (90 days).
+    """
+    await context.receipt_lookups.hit(context.runtime.kv, client_address(request))
     async with context.db.transaction() as session:
-        return await sessions.find_receipts(Work(session, context), plate, entered_at)
+        return await sessions.find_receipt(Work(session, context), plate, code)
 
 
 @public.post(
@@ -485,6 +518,7 @@ async def find_receipts(
     status_code=201,
     tags=["receipts"],
     responses=problems(
+        (403, "`exit_token_required`: a lookup's read token cannot open a dispute"),
         (404, "`receipt_not_found`"),
         (409, "`dispute_open` (one at a time), `session_not_closed`"),
         (422, "`claim_required` (wrong_times without a claimed time), or invalid body"),
@@ -495,7 +529,8 @@ async def open_dispute(
 ) -> DisputeRead:
     """Dispute a session: not my vehicle (`wrong_plate`), wrong entry/exit times
     (`wrong_times`, with the claimed times), or `other`. An operator resolves it; an accepted
-    dispute is refunded through payments."""
+    dispute is refunded through payments. `token` must be the receipt token shown at the exit
+    lane: a lookup's read token is refused (403)."""
 
     async def act(work: Work) -> DisputeRead:
         return await sessions.open_dispute(work, session_id, token, body)
@@ -509,12 +544,16 @@ async def open_dispute(
     "/receipts/{session_id}/disputes",
     response_model=list[DisputeRead],
     tags=["receipts"],
-    responses=problems((404, "`receipt_not_found`"), (409, "`session_not_closed`")),
+    responses=problems(
+        (403, "`exit_token_required`: a lookup's read token cannot list disputes"),
+        (404, "`receipt_not_found`"),
+        (409, "`session_not_closed`"),
+    ),
 )
 async def receipt_disputes(
     session_id: uuid.UUID, token: ReceiptToken, context: ParkingDep
 ) -> list[DisputeRead]:
-    """The disputes of a session and how they were resolved."""
+    """The disputes of a session and how they were resolved (with the exit's receipt token)."""
     async with context.db.transaction() as session:
         return await sessions.disputes_of_receipt(Work(session, context), session_id, token)
 

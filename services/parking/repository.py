@@ -51,6 +51,7 @@ processed_events = processed_events_table(metadata)
 Record: TypeAlias = Row[*tuple[Any, ...]]
 
 OPEN_STATUSES = ("open", "awaiting_payment")
+RECEIPT_LOOKUP_SCAN = 2000  # a plate's sessions a receipt code is checked against
 
 lots = Table(
     "lots",
@@ -536,20 +537,21 @@ async def outstanding_debt(session: AsyncSession, plate_key: str) -> int:
     return int(await session.scalar(select(_outstanding_debt(plate_key))) or 0)
 
 
-async def sessions_entered_between(
-    session: AsyncSession, plate_key: str, since: datetime, until: datetime
-) -> Sequence[Record]:
+async def closed_session_ids_of_plate(
+    session: AsyncSession, plate_key: str, entered_since: datetime
+) -> Sequence[uuid.UUID]:
+    """The plate's closed sessions entered since then, newest first (at most a few thousand:
+    a vehicle that parks twice a day has ~180 in 90 days)."""
     return (
-        await session.execute(
-            select(sessions)
+        await session.scalars(
+            select(sessions.c.session_id)
             .where(
                 sessions.c.plate_key == plate_key,
-                sessions.c.entry_at >= since,
-                sessions.c.entry_at <= until,
+                sessions.c.entry_at >= entered_since,
                 sessions.c.status == "closed",
             )
-            .order_by(sessions.c.entry_at)
-            .limit(10)
+            .order_by(sessions.c.entry_at.desc())
+            .limit(RECEIPT_LOOKUP_SCAN)
         )
     ).all()
 

@@ -390,7 +390,20 @@ class ExitDecision(BaseModel):
         description="From then on the lane may let the vehicle out as a debt (`fallback-exit`)"
     )
     debt_amount: int
-    receipt_token: str | None = Field(description="With the session id, opens the receipt")
+    receipt_token: str | None = Field(
+        description=(
+            "Show it (as a QR) and print it for the driver only: with the session id it opens"
+            " the receipt and its disputes (`GET /v1/receipts/{session_id}?token=…`). Never"
+            " handed out anywhere else"
+        )
+    )
+    receipt_code: str | None = Field(
+        description=(
+            "Show it and print it on the receipt: with the plate it finds the receipt again"
+            " (`GET /v1/receipts?plate=&code=`), read only"
+        ),
+        examples=["K7QMD-3XRW9"],
+    )
 
 
 # Sessions (operators) ---------------------------------------------------------------------------
@@ -489,7 +502,16 @@ class ReceiptRead(BaseModel):
     debt_status: DebtStatus | None
     amount_due: int = Field(description="What is still owed (a debt), VND")
     payment: PaymentQR | None = Field(description="How to pay what is owed")
-    receipt_token: str
+    receipt_code: str = Field(description="Printed on the receipt; with the plate it finds it")
+
+
+class ReceiptFound(ReceiptRead):
+    read_token: str = Field(
+        description=(
+            "Opens this receipt again (`GET /v1/receipts/{session_id}?token=…`) and nothing"
+            " else: disputes need the receipt token shown at the exit"
+        )
+    )
 
 
 class DisputeReason(StrEnum):

@@ -18,6 +18,7 @@ Money rules:
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,7 @@ from services.parking.schemas import (
     OverrideCreate,
     OverrideRead,
     PaymentQR,
+    ReceiptFound,
     ReceiptRead,
     SessionRead,
     SessionStatus,
@@ -69,6 +71,7 @@ from services.parking.tariffs import (
     price_session,
     tariff_in_force,
 )
+from services.parking.tokens import ReceiptScope
 from shared.devicesigning import replayed
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from shared.events import Event
@@ -1037,8 +1040,13 @@ def _owed(row: SessionRow) -> int:
     return max(int(row.fee) - int(row.paid_amount), 0)
 
 
-def receipt_token(context: Parking, session_id: uuid.UUID) -> str:
-    return tokens.receipt_token(context.settings.token_secret.get_secret_value(), session_id)
+def receipt_token(context: Parking, session_id: uuid.UUID, scope: ReceiptScope) -> str:
+    secret = context.settings.token_secret.get_secret_value()
+    return tokens.receipt_token(secret, session_id, scope)
+
+
+def receipt_code(context: Parking, session_id: uuid.UUID) -> str:
+    return tokens.receipt_code(context.settings.token_secret.get_secret_value(), session_id)
 
 
 def _payment_qr(row: SessionRow) -> PaymentQR | None:
@@ -1065,6 +1073,8 @@ def exit_decision(context: Parking, row: SessionRow) -> ExitDecision:
         if waiting and context.settings.fallback_enabled
         else None
     )
+    # Only here, to the lane the driver stands at: the proof that opens disputes.
+    exit_token = None if waiting else receipt_token(context, row.session_id, ReceiptScope.exit)
     return ExitDecision(
         decision=ExitOutcome.pay if waiting else ExitOutcome.open,
         reason="payment_required" if waiting else SETTLED_REASONS[settlement or Settlement.free],
@@ -1082,7 +1092,8 @@ def exit_decision(context: Parking, row: SessionRow) -> ExitDecision:
         payment=_payment_qr(row) if waiting else None,
         fallback_after=fallback_after,
         debt_amount=_owed(row),
-        receipt_token=None if waiting else receipt_token(context, row.session_id),
+        receipt_token=exit_token,
+        receipt_code=None if waiting else receipt_code(context, row.session_id),
     )
 
 
@@ -1325,11 +1336,17 @@ async def list_sessions(
 # Receipts ---------------------------------------------------------------------------------------
 
 
-def _check_token(context: Parking, session_id: uuid.UUID, token: str) -> None:
-    if not tokens.receipt_token_matches(
-        context.settings.token_secret.get_secret_value(), session_id, token
-    ):
+def _check_token(context: Parking, session_id: uuid.UUID, token: str, need: ReceiptScope) -> None:
+    secret = context.settings.token_secret.get_secret_value()
+    scope = tokens.receipt_token_scope(secret, session_id, token)
+    if scope is None:
         raise NotFound("No receipt for this session id and token.", code="receipt_not_found")
+    if need is ReceiptScope.exit and scope is not ReceiptScope.exit:
+        raise Forbidden(
+            "This token only reads the receipt: disputes need the receipt token shown at the"
+            " exit lane.",
+            code="exit_token_required",
+        )
 
 
 async def _receipt(work: Work, row: SessionRow) -> ReceiptRead:
@@ -1364,12 +1381,14 @@ async def _receipt(work: Work, row: SessionRow) -> ReceiptRead:
         debt_status=DebtStatus(row.debt_status) if row.debt_status else None,
         amount_due=owed,
         payment=_payment_qr(row) if owed and row.payment_amount == owed else None,
-        receipt_token=receipt_token(work.context, row.session_id),
+        receipt_code=receipt_code(work.context, row.session_id),
     )
 
 
-async def _closed_session_with_token(work: Work, session_id: uuid.UUID, token: str) -> SessionRow:
-    _check_token(work.context, session_id, token)
+async def _closed_session_with_token(
+    work: Work, session_id: uuid.UUID, token: str, need: ReceiptScope
+) -> SessionRow:
+    _check_token(work.context, session_id, token, need)
     row = await repository.get_session(work.session, session_id)
     if row is None:
         raise NotFound("No receipt for this session id and token.", code="receipt_not_found")
@@ -1379,17 +1398,35 @@ async def _closed_session_with_token(work: Work, session_id: uuid.UUID, token: s
 
 
 async def receipt(work: Work, session_id: uuid.UUID, token: str) -> ReceiptRead:
-    return await _receipt(work, await _closed_session_with_token(work, session_id, token))
+    row = await _closed_session_with_token(work, session_id, token, ReceiptScope.read)
+    return await _receipt(work, row)
 
 
-async def find_receipts(work: Work, plate: str, entered_at: datetime) -> list[ReceiptRead]:
-    """Receipts of `plate` whose entry lies within the lookup window around `entered_at`."""
+async def find_receipt(work: Work, plate: str, code: str) -> ReceiptFound:
+    """The receipt of `plate` whose code is `code`, among those of the lookup horizon, with a
+    token that reads it and does nothing else. The code is checked against each of the plate's
+    sessions (an HMAC each, ~4 µs): nothing about codes is stored."""
+    printed = tokens.typed_receipt_code(code)
+    if printed is None:
+        raise Unprocessable(
+            f"A receipt code is {tokens.RECEIPT_CODE_LENGTH} letters and digits, as printed.",
+            code="invalid_receipt_code",
+        )
     found = service.parse_plate(plate)
-    window = work.context.settings.receipt_lookup_window
-    rows = await repository.sessions_entered_between(
-        work.session, found.key, entered_at - window, entered_at + window
+    secret = work.context.settings.token_secret.get_secret_value()
+    candidates = await repository.closed_session_ids_of_plate(
+        work.session, found.key, work.now - work.context.settings.receipt_lookup_horizon
     )
-    return [await _receipt(work, row) for row in rows]
+    for session_id in candidates:
+        if hmac.compare_digest(tokens.receipt_code(secret, session_id), printed):
+            row = await repository.get_session(work.session, session_id)
+            assert row is not None
+            receipt = await _receipt(work, row)
+            return ReceiptFound(
+                **receipt.model_dump(),
+                read_token=receipt_token(work.context, session_id, ReceiptScope.read),
+            )
+    raise NotFound("No receipt for this plate and code.", code="receipt_not_found")
 
 
 # Overrides --------------------------------------------------------------------------------------
@@ -1622,8 +1659,9 @@ async def _dispute_read(work: Work, row: SessionRow) -> DisputeRead:
 async def open_dispute(
     work: Work, session_id: uuid.UUID, token: str, body: DisputeCreate
 ) -> DisputeRead:
-    """A driver contests a closed session (wrong plate, wrong times…) with its receipt token."""
-    row = await _closed_session_with_token(work, session_id, token)
+    """A driver contests a closed session (wrong plate, wrong times…) with the receipt token
+    shown at the exit: the proof of having been there, which no lookup hands out."""
+    row = await _closed_session_with_token(work, session_id, token, ReceiptScope.exit)
     if body.reason is DisputeReason.wrong_times and not (
         body.claimed_entry_at or body.claimed_exit_at
     ):
@@ -1661,7 +1699,7 @@ async def open_dispute(
 
 
 async def disputes_of_receipt(work: Work, session_id: uuid.UUID, token: str) -> list[DisputeRead]:
-    row = await _closed_session_with_token(work, session_id, token)
+    row = await _closed_session_with_token(work, session_id, token, ReceiptScope.exit)
     return [
         await _dispute_read(work, dispute)
         for dispute in await repository.disputes_of_session(work.session, row.session_id)

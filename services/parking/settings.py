@@ -20,8 +20,8 @@ class ParkingSettings(ServiceSettings):
     # Bearer token of operators and back offices: lots, lanes, devices, tariffs, vehicles,
     # overrides, disputes, audit.
     admin_token: SecretStr = SecretStr("dev-only-parking-admin-token")
-    # Keys the receipt tokens and account QRs parking hands out (HMAC, one key per purpose
-    # derived from it).
+    # Keys the receipt tokens, receipt codes and account QRs parking hands out (HMAC, one key
+    # per purpose derived from it).
     token_secret: SecretStr = SecretStr("dev-only-parking-token-secret")
 
     # Plate reads below this camera confidence open the barrier but flag the session.
@@ -44,8 +44,12 @@ class ParkingSettings(ServiceSettings):
     debt_retry_interval: timedelta = timedelta(seconds=30)
     # A second exit read of a plate this soon after its last exit is a double exit.
     double_exit_window: timedelta = timedelta(hours=1)
-    # Receipts found by plate + entry time: the time given must be this close to the real one.
-    receipt_lookup_window: timedelta = timedelta(minutes=15)
+    # Receipts found by plate + receipt code (GET /v1/receipts): lookups per client address
+    # and period. A driver mistypes a code a few times; a guesser of 50-bit codes gets nowhere.
+    receipt_lookups_per_client: int = Field(default=10, ge=1)
+    receipt_lookup_period: timedelta = timedelta(minutes=10)
+    # How far back a code finds receipts (the receipt token shown at exit never expires).
+    receipt_lookup_horizon: timedelta = timedelta(days=90)
     # Lane decisions in progress at once; the next lane gets 503 `overloaded` + Retry-After
     # at once rather than queueing behind a saturated process.
     max_decisions_in_flight: int = Field(default=48, ge=1)

@@ -27,3 +27,19 @@ class TestLaneDisplay:
     def test_an_open_barrier_shows_no_vietqr(self, capsys: pytest.CaptureFixture[str]) -> None:
         _show({"decision": "open", "reason": "paid_by_vietqr", "payment": {"qr": QR}})
         assert "bank pay" not in capsys.readouterr().out
+
+    def test_an_open_barrier_shows_the_receipt_code_and_the_drivers_receipt(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        _show(
+            {
+                "decision": "open",
+                "reason": "free",
+                "session_id": "s-1",
+                "receipt_token": "VcJkSNqBzcLO-6b-g1ynXg",
+                "receipt_code": "K7QMD-3XRW9",
+            }
+        )
+        shown = capsys.readouterr().out
+        assert "receipt code: K7QMD-3XRW9" in shown
+        assert "/v1/receipts/s-1?token=VcJkSNqBzcLO-6b-g1ynXg" in shown

@@ -220,25 +220,6 @@ class TestReceipts:
         assert wrong.json()["code"] == "receipt_not_found"
         assert (await receipt_of(http, decision))["settlement"] == "free"
 
-    async def test_a_lost_receipt_is_found_by_plate_and_entry_time(
-        self, http: httpx.AsyncClient
-    ) -> None:
-        lot = await create_lot(http)
-        plate = random_plate()
-        entry_at = now() - timedelta(minutes=8)
-        await enter(http, lot, entry_at, plate_read=plate_read(plate))
-        decision = (await leave(http, lot, now(), plate_read=plate_read(plate))).json()
-        near = await http.get(
-            "/v1/receipts",
-            params={"plate": plate, "entered_at": (entry_at + timedelta(minutes=10)).isoformat()},
-        )
-        assert [row["session_id"] for row in near.json()] == [decision["session_id"]]
-        far = await http.get(
-            "/v1/receipts",
-            params={"plate": plate, "entered_at": (entry_at - timedelta(hours=2)).isoformat()},
-        )
-        assert far.json() == []
-
 
 class TestDisputes:
     async def test_an_accepted_wrong_times_dispute_refunds_the_difference_to_the_wallet(
