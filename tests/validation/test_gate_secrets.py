@@ -264,9 +264,16 @@ class TestReadme:
                     code = await asyncio.to_thread(cli.main, argv)
                     outputs.append(capsys.readouterr().out)
                     assert code == 0, outputs[-1]
+            rotate_argv = ["gate", "secret", "--gate", gate.gate_id, "--rotate", "--url", url]
+            code = await asyncio.to_thread(cli.main, [*rotate_argv, "--admin-token", ADMIN_TOKEN])
+            rotated = capsys.readouterr()
 
         assert [output.split()[0] for output in outputs[1::2]] == ["ACCEPT", "ACCEPT"]
         assert (tmp_path / "first" / "gate.secret").read_text() == (
             tmp_path / "second" / "gate.secret"
         ).read_text()
         assert await works(http, gate)
+        assert code == 0, rotated.out
+        assert "the secret it replaced is accepted until" in rotated.err
+        assert await works(http, signer(gate, rotated.out.strip()))
+        assert await works(http, gate)  # within the grace period
