@@ -1,5 +1,9 @@
 """`citypass gate`: a gate simulator, and the SDK's offline validator.
 
+citypass gate secret --gate G [--out FILE]     print (or write, 0600) gate G's device secret;
+                                               reading never changes it (operator token)
+citypass gate secret --gate G --rotate         replace it; the old one is still accepted for
+                                               the grace period the answer states
 citypass gate scan IMAGE.png --gate G          read the QR in the image (zxing-cpp), sign the
                                                request as gate G, print decision and latency
 citypass gate offline fetch --gate G           download and verify G's signed offline bundle
@@ -8,15 +12,17 @@ citypass gate offline scan IMAGE.png --gate G  decide without the network (bundl
 citypass gate offline upload --gate G          upload queued decisions for reconciliation
 
 The gate secret comes from --secret, --secret-file or CITYPASS_GATE_SECRET; the service from
---url or CITYPASS_VALIDATION_URL (default http://127.0.0.1:8002). Offline state (bundle, replay
-cache, queue) lives in --state (default var/gates/<gate id>). Exit code: 0 accepted,
-1 rejected, 2 could not decide.
+--url or CITYPASS_VALIDATION_URL (default http://127.0.0.1:8002); the operator token of
+`secret` from --admin-token or VALIDATION_ADMIN_TOKEN (default: the development token).
+Offline state (bundle, replay cache, queue) lives in --state (default var/gates/<gate id>).
+Exit code: 0 accepted (or done), 1 rejected, 2 could not decide (or failed).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +34,7 @@ import httpx
 import orjson
 import uuid_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import SecretStr
 
 from services.validation.bundle import BundleError, open_bundle
 from services.validation.memory import CachedIssuerKey, VerifiedSignatures, decode_public_key
@@ -46,6 +53,7 @@ from services.validation.rules import (
     display,
     static_verdict,
 )
+from services.validation.settings import ValidationSettings
 from shared.devicesigning import DeviceAuth, DeviceSigner
 from shared.qrimage import decode_png
 from shared.ticketcodec import (
@@ -323,6 +331,48 @@ def _print_decision(decided: Mapping[str, Any], latency_ms: float | None, as_jso
     return EXIT_ACCEPT if decided["decision"] == Decision.accept else EXIT_REJECT
 
 
+def _admin_token(args: argparse.Namespace) -> str:
+    if args.admin_token:
+        return str(args.admin_token)
+    configured = os.environ.get("VALIDATION_ADMIN_TOKEN")
+    if configured:
+        return configured
+    default: SecretStr = ValidationSettings.model_fields["admin_token"].default
+    return default.get_secret_value()
+
+
+def secret_command(args: argparse.Namespace) -> int:
+    """Read the gate's secret (never changing it), or rotate it with --rotate."""
+    path = f"/v1/gates/{args.gate}/secret" + (":rotate" if args.rotate else "")
+    headers = {"Authorization": f"Bearer {_admin_token(args)}"}
+    try:
+        with httpx.Client(base_url=_url(args), timeout=10) as client:
+            if args.rotate:
+                response = client.post(path, headers=headers)
+            else:
+                response = client.get(path, headers=headers)
+    except httpx.HTTPError as exc:
+        print(f"error: {exc}")
+        return EXIT_ERROR
+    if response.status_code != 200:
+        print(f"error: {_problem(response)}")
+        return EXIT_ERROR
+    answer = response.json()
+    if args.out:
+        out = Path(args.out)
+        out.touch(mode=0o600)
+        out.chmod(0o600)
+        out.write_text(answer["secret"] + "\n")
+        print(f"{'new ' if args.rotate else ''}secret of gate {args.gate} written to {out}")
+    else:
+        print(answer["secret"])
+    if args.rotate:
+        until = answer.get("previous_valid_until")
+        old = f"accepted until {until}" if until else "no longer accepted"
+        print(f"the secret it replaced is {old}", file=sys.stderr)
+    return EXIT_ACCEPT
+
+
 def scan_command(args: argparse.Namespace) -> int:
     try:
         qr = read_qr(Path(args.image))
@@ -459,6 +509,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = gate.add_subparsers(dest="gate_command", required=True)
+    secret = commands.add_parser(
+        "secret", help="print gate --gate's device secret (never changes it), or --rotate it"
+    )
+    secret.add_argument("--gate", required=True, help="the gate id, e.g. 2A-01-EN")
+    secret.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace the secret; the old one is accepted for the service's grace period",
+    )
+    secret.add_argument("--out", help="write the secret to this file (mode 0600), not stdout")
+    secret.add_argument("--admin-token", help="operator token (default: VALIDATION_ADMIN_TOKEN)")
+    secret.add_argument("--url", help=f"validation service (default {DEFAULT_URL})")
+    secret.set_defaults(func=secret_command)
     scan = commands.add_parser("scan", help="validate the QR in IMAGE online, as gate --gate")
     scan.add_argument("image", help="PNG (or any image) holding the rider's QR")
     _gate_options(scan, offline=False)

@@ -16,6 +16,9 @@ where the canonical request is these lines joined by "\\n" (no trailing newline)
     <the X-Device-Nonce value>
     <lowercase hex SHA-256 of the body bytes (of b"" for a request without a body)>
 
+A rotated secret's predecessor may be accepted for a grace period (`DeviceKey.previous_*`);
+checking it costs a second HMAC only for a request the current secret does not sign.
+
 The server refuses (401 problem, stable `code`): `unsigned_request` (a header is missing),
 `malformed_device_headers`, `unknown_device`, `bad_signature`, `device_disabled`,
 `stale_request` (timestamp more than the window, 60 s by default, away from the server clock)
@@ -92,11 +95,17 @@ class DeviceAuthError(Unauthorized):
 
 @dataclass(frozen=True, slots=True)
 class DeviceKey:
-    """What the server knows about a device: its secret and whether it may call."""
+    """What the server knows about a device: its secret and whether it may call.
+
+    After a rotation, the secret it replaced (`previous_secret`) is still accepted until
+    `previous_until` (unix seconds), so a device can be given its new secret meanwhile.
+    """
 
     device_id: str
     secret: bytes
     enabled: bool = True
+    previous_secret: bytes | None = None
+    previous_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +238,12 @@ def verify_request(
     device = lookup(device_id)
     if device is None:
         raise DeviceAuthError(f"No device {device_id} is provisioned.", code="unknown_device")
-    expected = sign(device.secret, method, target, stamp, nonce, body)
-    if not hmac.compare_digest(expected, signature):
+    message = canonical_request(method, target, stamp, nonce, body)
+    clock = time.time() if now is None else now
+    if not (
+        _signed_with(device.secret, message, signature)
+        or _signed_by_previous(device, message, signature, clock)
+    ):
         raise DeviceAuthError(
             "The signature does not match this request and the device's secret.",
             code="bad_signature",
@@ -238,7 +251,6 @@ def verify_request(
     if not device.enabled:
         raise DeviceAuthError(f"Device {device_id} is disabled.", code="device_disabled")
     timestamp = int(stamp)
-    clock = time.time() if now is None else now
     if abs(clock - timestamp) > window_s:
         raise DeviceAuthError(
             f"X-Device-Timestamp is {int(clock - timestamp)} s away from the server clock "
@@ -246,6 +258,18 @@ def verify_request(
             code="stale_request",
         )
     return SignedRequest(device_id, timestamp, nonce)
+
+
+def _signed_with(secret: bytes, message: bytes, signature: str) -> bool:
+    return hmac.compare_digest(hmac.digest(secret, message, "sha256").hex(), signature)
+
+
+def _signed_by_previous(device: DeviceKey, message: bytes, signature: str, clock: float) -> bool:
+    """Whether the secret a rotation replaced, still in its grace period, signed `message`."""
+    previous = device.previous_secret
+    if previous is None or clock > device.previous_until:
+        return False
+    return _signed_with(previous, message, signature)
 
 
 def nonce_key(device_id: str, nonce: str, tag: str | None = None) -> str:

@@ -1,7 +1,14 @@
-"""VietQR bank-transfer payloads (NAPAS on EMVCo merchant-presented mode): encode, decode, CRC.
+"""VietQR payloads (NAPAS on EMVCo merchant-presented mode): encode, decode, CRC.
 
 Pure functions, no I/O. Field lengths count characters; the CRC covers the UTF-8 bytes of
 everything up to and including the literal ``6304``. Encoding only ever emits ASCII.
+
+Field 38 (NAPAS QR Switching v1.5.2, and its VietQR transfer profile of 2021): the GUID
+(38.00) and the beneficiary organisation (38.01: bank BIN 00 and account, card or merchant
+id 01) are mandatory; the service code (38.02) is conditional. Transfers carry QRIBFTTA (to
+an account) or QRIBFTTC (to a card); a merchant payment may carry QRPUSH or leave 38.02 out,
+and then needs what EMVCo requires of every merchant: category code (52), name (59) and
+city (60). QRCASH (cash at an ATM) is not a payment request and is refused.
 """
 
 from __future__ import annotations
@@ -34,23 +41,34 @@ class VietQRError(ValueError):
 class ServiceCode(StrEnum):
     TO_ACCOUNT = "QRIBFTTA"
     TO_CARD = "QRIBFTTC"
+    PAYMENT = "QRPUSH"
 
 
 @dataclass(frozen=True, slots=True)
 class VietQR:
-    """One VietQR payment request: who gets paid, optionally how much and why."""
+    """One VietQR payment request: who gets paid, optionally how much and why.
+
+    `service_code` None is a merchant payment whose field 38 has no service code (NAPAS
+    treats it as QRPUSH); `account` is then the merchant id at the acquiring bank `bank_bin`.
+    """
 
     bank_bin: str
     account: str
     amount: int | None = None
     dynamic: bool = False
-    service_code: ServiceCode = ServiceCode.TO_ACCOUNT
+    service_code: ServiceCode | None = ServiceCode.TO_ACCOUNT
+    merchant_category: str | None = None
     bill_number: str | None = None
+    store: str | None = None
     reference: str | None = None
     terminal: str | None = None
     purpose: str | None = None
     merchant_name: str | None = None
     merchant_city: str | None = None
+
+    @property
+    def merchant_payment(self) -> bool:
+        return self.service_code in (None, ServiceCode.PAYMENT)
 
 
 MAX_PAYLOAD_LENGTH: Final = 512
@@ -61,6 +79,7 @@ class _Field:
     PAYLOAD_FORMAT: Final = "00"
     POINT_OF_INITIATION: Final = "01"
     MERCHANT_ACCOUNT: Final = "38"
+    MERCHANT_CATEGORY: Final = "52"
     CURRENCY: Final = "53"
     AMOUNT: Final = "54"
     COUNTRY: Final = "58"
@@ -83,6 +102,7 @@ class _BeneficiaryField:
 
 class _AdditionalDataField:
     BILL_NUMBER: Final = "01"
+    STORE_LABEL: Final = "03"
     REFERENCE_LABEL: Final = "05"
     TERMINAL_LABEL: Final = "07"
     PURPOSE: Final = "08"
@@ -94,6 +114,7 @@ _DYNAMIC: Final = "12"
 _VND: Final = "704"
 _VIETNAM: Final = "VN"
 _CRC_HEADER: Final = _Field.CRC + "04"
+_CASH_WITHDRAWAL: Final = "QRCASH"
 _MAX_TEMPLATE_LENGTH: Final = 99
 _MAX_ACCOUNT_LENGTH: Final = 19
 _MAX_AMOUNT_LENGTH: Final = 13
@@ -105,7 +126,7 @@ _MAX_ADDITIONAL_DATA_LENGTH: Final = 25
 _TOP_LEVEL_MAX_LENGTH: Final[dict[str, int]] = {
     "00": 2,
     "01": 2,
-    "52": 4,
+    _Field.MERCHANT_CATEGORY: 4,
     "53": 3,
     "54": _MAX_AMOUNT_LENGTH,
     "55": 2,
@@ -128,6 +149,7 @@ _TWO_DIGITS: Final = re.compile(r"[0-9]{2}")
 _BANK_BIN_PATTERN: Final = re.compile(r"[0-9]{6}")
 _ACCOUNT_PATTERN: Final = re.compile(r"[A-Za-z0-9]+")
 _AMOUNT_PATTERN: Final = re.compile(r"[1-9][0-9]*")
+_MERCHANT_CATEGORY_PATTERN: Final = re.compile(r"[0-9]{4}")  # ISO 18245
 _CRC_PATTERN: Final = re.compile(r"[0-9A-F]{4}")
 # Bank apps reject or mangle anything else in transfer descriptions, diacritics included.
 _BANK_SAFE_TEXT: Final = re.compile(r"[A-Za-z0-9 .-]+")
@@ -222,13 +244,17 @@ def _expect(value: str, expected: str, name: str) -> None:
 
 
 def _service_code(value: str) -> ServiceCode:
+    if value == _CASH_WITHDRAWAL:
+        raise VietQRError(
+            "invalid_field", f"service code {value} is a cash withdrawal at an ATM, not a payment"
+        )
     try:
         return ServiceCode(value)
     except ValueError:
         raise VietQRError(
             "invalid_field",
-            f"service code {value!r} is neither {ServiceCode.TO_ACCOUNT.value}"
-            f" (to account) nor {ServiceCode.TO_CARD.value} (to card)",
+            f"service code {value!r} is none of {ServiceCode.TO_ACCOUNT.value} (to account),"
+            f" {ServiceCode.TO_CARD.value} (to card) and {ServiceCode.PAYMENT.value} (merchant)",
         ) from None
 
 
@@ -243,7 +269,7 @@ def _check_crc(text: str, fields: dict[str, str]) -> None:
         raise VietQRError("crc_mismatch", f"CRC is {declared} but the payload's CRC is {computed}")
 
 
-def _decode_merchant_account(value: str) -> tuple[str, str, ServiceCode]:
+def _decode_merchant_account(value: str) -> tuple[str, str, ServiceCode | None]:
     parent = _Field.MERCHANT_ACCOUNT
     fields = _parse_fields(value, parent)
     _check_max_lengths(fields, _MERCHANT_ACCOUNT_MAX_LENGTH, parent)
@@ -263,8 +289,8 @@ def _decode_merchant_account(value: str) -> tuple[str, str, ServiceCode]:
     if not _ACCOUNT_PATTERN.fullmatch(account):
         raise VietQRError("invalid_field", f"account {account!r} is not letters and digits")
 
-    service = _required(fields, _MerchantAccountField.SERVICE_CODE, "service code", parent)
-    return bank_bin, account, _service_code(service)
+    service = fields.get(_MerchantAccountField.SERVICE_CODE)
+    return bank_bin, account, None if service is None else _service_code(service)
 
 
 def _decode_amount(value: str | None) -> int | None:
@@ -276,6 +302,26 @@ def _decode_amount(value: str | None) -> int | None:
             f"amount {value!r} is not a positive whole number of VND without leading zeros",
         )
     return int(value)
+
+
+def _check_merchant_category(value: str | None) -> None:
+    if value is not None and not _MERCHANT_CATEGORY_PATTERN.fullmatch(value):
+        raise VietQRError("invalid_field", f"merchant category code {value!r} is not 4 digits")
+
+
+def _check_merchant_fields(qr: VietQR) -> None:
+    """What EMVCo requires of every merchant-presented code, which a transfer may leave out."""
+    for value, field_id, name in (
+        (qr.merchant_category, _Field.MERCHANT_CATEGORY, "merchant category code"),
+        (qr.merchant_name, _Field.MERCHANT_NAME, "merchant name"),
+        (qr.merchant_city, _Field.MERCHANT_CITY, "merchant city"),
+    ):
+        if value is None:
+            raise VietQRError(
+                "missing_field",
+                f"{_label(field_id)} ({name}) is required in a merchant payment"
+                f" (service code {ServiceCode.PAYMENT.value} or none)",
+            )
 
 
 def decode(text: str) -> VietQR:
@@ -317,25 +363,32 @@ def decode(text: str) -> VietQR:
             "missing_field", f"{_label(_Field.AMOUNT)} (amount) is required in a dynamic VietQR"
         )
     _expect(_required(fields, _Field.COUNTRY, "country code"), _VIETNAM, "country code")
+    merchant_category = fields.get(_Field.MERCHANT_CATEGORY)
+    _check_merchant_category(merchant_category)
 
     additional: dict[str, str] = {}
     if _Field.ADDITIONAL_DATA in fields:
         additional = _parse_fields(fields[_Field.ADDITIONAL_DATA], _Field.ADDITIONAL_DATA)
         _check_max_lengths(additional, _ADDITIONAL_DATA_MAX_LENGTH, _Field.ADDITIONAL_DATA)
 
-    return VietQR(
+    qr = VietQR(
         bank_bin=bank_bin,
         account=account,
         amount=amount,
         dynamic=dynamic,
         service_code=service_code,
+        merchant_category=merchant_category,
         bill_number=additional.get(_AdditionalDataField.BILL_NUMBER),
+        store=additional.get(_AdditionalDataField.STORE_LABEL),
         reference=additional.get(_AdditionalDataField.REFERENCE_LABEL),
         terminal=additional.get(_AdditionalDataField.TERMINAL_LABEL),
         purpose=additional.get(_AdditionalDataField.PURPOSE),
         merchant_name=fields.get(_Field.MERCHANT_NAME),
         merchant_city=fields.get(_Field.MERCHANT_CITY),
     )
+    if qr.merchant_payment:
+        _check_merchant_fields(qr)
+    return qr
 
 
 def _too_long(name: str, length: int, limit: int) -> VietQRError:
@@ -379,9 +432,13 @@ def _check_request(qr: VietQR) -> None:
         )
     elif len(str(qr.amount)) > _MAX_AMOUNT_LENGTH:
         raise _too_long("amount", len(str(qr.amount)), _MAX_AMOUNT_LENGTH)
+    _check_merchant_category(qr.merchant_category)
     _check_text(qr.merchant_name, _MAX_MERCHANT_NAME_LENGTH, "merchant name")
     _check_text(qr.merchant_city, _MAX_MERCHANT_CITY_LENGTH, "merchant city")
+    if qr.merchant_payment:
+        _check_merchant_fields(qr)
     _check_text(qr.bill_number, _MAX_ADDITIONAL_DATA_LENGTH, "bill number")
+    _check_text(qr.store, _MAX_ADDITIONAL_DATA_LENGTH, "store")
     _check_text(qr.reference, _MAX_ADDITIONAL_DATA_LENGTH, "reference")
     _check_text(qr.terminal, _MAX_ADDITIONAL_DATA_LENGTH, "terminal")
     _check_text(qr.purpose, _MAX_ADDITIONAL_DATA_LENGTH, "purpose")
@@ -390,19 +447,20 @@ def _check_request(qr: VietQR) -> None:
 def encode(qr: VietQR) -> str:
     """The VietQR payload for `qr`, CRC included; raise VietQRError if `qr` breaks a limit."""
     _check_request(qr)
-    service_code = _service_code(qr.service_code)
+    service_code = None if qr.service_code is None else _service_code(qr.service_code)
     beneficiary = _tlv(_BeneficiaryField.BANK_BIN, qr.bank_bin, "bank BIN") + _tlv(
         _BeneficiaryField.ACCOUNT, qr.account, "account"
     )
-    merchant_account = (
-        _tlv(_MerchantAccountField.GUID, NAPAS_GUID, "GUID")
-        + _tlv(_MerchantAccountField.BENEFICIARY, beneficiary, "beneficiary organisation")
-        + _tlv(_MerchantAccountField.SERVICE_CODE, service_code.value, "service code")
+    merchant_account = _tlv(_MerchantAccountField.GUID, NAPAS_GUID, "GUID") + _tlv(
+        _MerchantAccountField.BENEFICIARY, beneficiary, "beneficiary organisation"
     )
+    if service_code is not None:
+        merchant_account += _tlv(_MerchantAccountField.SERVICE_CODE, service_code, "service code")
     additional_data = "".join(
         _tlv(field_id, value, name)
         for field_id, value, name in (
             (_AdditionalDataField.BILL_NUMBER, qr.bill_number, "bill number"),
+            (_AdditionalDataField.STORE_LABEL, qr.store, "store"),
             (_AdditionalDataField.REFERENCE_LABEL, qr.reference, "reference"),
             (_AdditionalDataField.TERMINAL_LABEL, qr.terminal, "terminal"),
             (_AdditionalDataField.PURPOSE, qr.purpose, "purpose"),
@@ -413,8 +471,10 @@ def encode(qr: VietQR) -> str:
         _tlv(_Field.PAYLOAD_FORMAT, _PAYLOAD_FORMAT_VERSION, "payload format indicator"),
         _tlv(_Field.POINT_OF_INITIATION, _DYNAMIC if qr.dynamic else _STATIC, "initiation"),
         _tlv(_Field.MERCHANT_ACCOUNT, merchant_account, "merchant account information"),
-        _tlv(_Field.CURRENCY, _VND, "currency"),
     ]
+    if qr.merchant_category is not None:
+        parts.append(_tlv(_Field.MERCHANT_CATEGORY, qr.merchant_category, "merchant category"))
+    parts.append(_tlv(_Field.CURRENCY, _VND, "currency"))
     if qr.amount is not None:
         parts.append(_tlv(_Field.AMOUNT, str(qr.amount), "amount"))
     parts.append(_tlv(_Field.COUNTRY, _VIETNAM, "country code"))

@@ -99,8 +99,9 @@ async def get_gate(gate_id: GateId, rt: RuntimeDep) -> GateRead:
 async def provision_gate(body: GateCreate, validator: ValidatorDep) -> GateProvisioned:
     """Provision a metro gate (a station and a direction) or a bus validator (a route).
 
-    The answer carries the gate's device secret, once: load it into the gate, which signs
-    every request with it. Lost secrets are replaced with `POST /v1/gates/{gate_id}/secret`.
+    The answer carries the gate's device secret: load it into the gate, which signs every
+    request with it. `GET /v1/gates/{gate_id}/secret` reads it again (it never changes it);
+    `POST /v1/gates/{gate_id}/secret:rotate` replaces it.
     """
     return await service.provision_gate(validator.redis, validator.memory, body)
 
@@ -120,15 +121,40 @@ async def update_gate(gate_id: GateId, body: GateUpdate, validator: ValidatorDep
     return await service.update_gate(validator.redis, validator.memory, gate_id, body)
 
 
-@gates.post(
+@gates.get(
     "/gates/{gate_id}/secret",
     response_model=GateSecretRead,
     dependencies=[OperatorDep],
-    responses=UNAUTHORIZED_ADMIN,
+    responses={**UNAUTHORIZED_ADMIN, 404: {"description": "`gate_not_found`, `no_secret`"}},
 )
-async def rotate_gate_secret(gate_id: GateId, validator: ValidatorDep) -> GateSecretRead:
-    """Give the gate a new device secret; the old one stops working at once."""
-    return await service.rotate_secret(validator.redis, validator.memory, gate_id)
+async def read_gate_secret(gate_id: GateId, validator: ValidatorDep) -> GateSecretRead:
+    """The gate's current device secret, to load into the gate (or a gate simulator).
+
+    Reading never changes it: everyone who reads it gets the same secret, and the gate keeps
+    working. To replace it, rotate it (`POST /v1/gates/{gate_id}/secret:rotate`).
+    """
+    return await service.gate_secret(validator.redis, gate_id)
+
+
+@gates.post(
+    "/gates/{gate_id}/secret:rotate",
+    response_model=GateSecretRead,
+    dependencies=[OperatorDep],
+    responses={**UNAUTHORIZED_ADMIN, 404: {"description": "`gate_not_found`"}},
+)
+async def rotate_gate_secret(
+    gate_id: GateId, validator: ValidatorDep, settings: SettingsDep
+) -> GateSecretRead:
+    """Replace the gate's device secret (a leaked secret, a scheduled rotation).
+
+    The answer carries the new secret. The one it replaced is still accepted until
+    `previous_valid_until`: for the grace period `VALIDATION_GATE_SECRET_GRACE` (10 minutes by
+    default; 0 cuts it off at once), on every gate route (decisions, offline uploads, the
+    bundle), so the gate can be given its new secret without closing. After that only the new
+    secret signs. Rotating again drops the older secret at once.
+    """
+    grace_s = settings.gate_secret_grace.total_seconds()
+    return await service.rotate_secret(validator.redis, validator.memory, gate_id, grace_s)
 
 
 @keys.get("/issuer-keys", response_model=list[IssuerKeyRead])

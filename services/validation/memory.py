@@ -50,6 +50,20 @@ def decode_private_key(text: str) -> bytes:
     return decode_public_key(text)
 
 
+def device_key(gate: GateRead, state: NetworkState, now: int) -> DeviceKey:
+    """The gate's secret, and the one its last rotation replaced while that is still accepted."""
+    previous = state.previous_secrets.get(gate.gate_id)
+    if previous is None or previous.until < now:
+        return DeviceKey(gate.gate_id, state.secrets[gate.gate_id], gate.enabled)
+    return DeviceKey(
+        gate.gate_id,
+        state.secrets[gate.gate_id],
+        gate.enabled,
+        previous_secret=previous.secret,
+        previous_until=previous.until,
+    )
+
+
 def b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -174,7 +188,7 @@ class Memory:
         self.gates = {gate.gate_id: gate for gate in state.gates}
         self.places = {gate.gate_id: place_of(gate) for gate in state.gates}
         self.device_keys = {
-            gate.gate_id: DeviceKey(gate.gate_id, state.secrets[gate.gate_id], gate.enabled)
+            gate.gate_id: device_key(gate, state, now)
             for gate in state.gates
             if gate.gate_id in state.secrets
         }

@@ -5,6 +5,8 @@ Keys (`cp:{tag}:name`; keys sharing a `{tag}` share a Redis Cluster slot):
     network-wide, tag `network`
       cp:{network}:gates           hash  gate id → gate JSON (never the secret)
       cp:{network}:gate-secrets    hash  gate id → device secret
+      cp:{network}:gate-previous-secrets  hash  gate id → {secret, until}: the secret a rotation
+                                         replaced, accepted until `until` (unix seconds)
       cp:{network}:issuer-keys     hash  kid → {public_key, status, not_after, source}
       cp:{network}:issuer-keys-as-of  hash  source → unix time of the last key set applied
       cp:{network}:products        hash  product code → {kind, rides}, learned from ticket events
@@ -52,6 +54,7 @@ from shared.redis import PipelinedRedis, key
 NETWORK = "network"
 GATES = key("gates", NETWORK)
 GATE_SECRETS = key("gate-secrets", NETWORK)
+GATE_PREVIOUS_SECRETS = key("gate-previous-secrets", NETWORK)
 ISSUER_KEYS = key("issuer-keys", NETWORK)
 ISSUER_KEYS_AS_OF = key("issuer-keys-as-of", NETWORK)
 PRODUCTS = key("products", NETWORK)
@@ -578,10 +581,24 @@ async def state_version(redis: Redis) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class PreviousSecret:
+    """The secret a rotation replaced, still accepted until `until` (unix seconds)."""
+
+    secret: bytes
+    until: int
+
+    @classmethod
+    def from_record(cls, raw: bytes) -> PreviousSecret:
+        record = orjson.loads(raw)
+        return cls(record["secret"].encode(), int(record["until"]))
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkState:
     version: int
     gates: list[GateRead]
     secrets: dict[str, bytes]
+    previous_secrets: dict[str, PreviousSecret]
     issuer_keys: dict[str, dict[str, Any]]
     products: dict[str, dict[str, Any]]
     deny: dict[str, dict[str, Any]]
@@ -593,14 +610,16 @@ async def load_state(redis: Redis) -> NetworkState:
         pipe.get(STATE_VERSION)
         pipe.hgetall(GATES)
         pipe.hgetall(GATE_SECRETS)
+        pipe.hgetall(GATE_PREVIOUS_SECRETS)
         pipe.hgetall(ISSUER_KEYS)
         pipe.hgetall(PRODUCTS)
         pipe.hgetall(DENY)
-        version, gates, secrets, keys, products, deny = await pipe.execute()
+        version, gates, secrets, previous, keys, products, deny = await pipe.execute()
     return NetworkState(
         version=int(version) if version else 0,
         gates=[GateRead.model_validate_json(raw) for raw in gates.values()],
         secrets={_text(k): v for k, v in secrets.items()},
+        previous_secrets={_text(k): PreviousSecret.from_record(v) for k, v in previous.items()},
         issuer_keys={_text(k): orjson.loads(v) for k, v in keys.items()},
         products={_text(k): orjson.loads(v) for k, v in products.items()},
         deny={_text(k): orjson.loads(v) for k, v in deny.items()},
@@ -631,6 +650,43 @@ async def seed_gate(redis: Redis, gate: GateRead, secret: str) -> None:
         pipe.hsetnx(GATE_SECRETS, gate.gate_id, secret)
         pipe.incr(STATE_VERSION)
         await pipe.execute()
+
+
+async def gate_secret(redis: Redis, gate_id: str) -> tuple[str | None, PreviousSecret | None]:
+    """The gate's secret and the one its last rotation replaced (however old)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(GATE_SECRETS, gate_id)
+        pipe.hget(GATE_PREVIOUS_SECRETS, gate_id)
+        secret, previous = await pipe.execute()
+    return (
+        None if secret is None else _text(secret),
+        None if previous is None else PreviousSecret.from_record(previous),
+    )
+
+
+async def rotate_gate_secret(
+    redis: Redis, gate_id: str, secret: str, previous_until: int | None
+) -> bool:
+    """Give the gate `secret`; the one it replaces stays accepted until `previous_until` (unix
+    seconds; None: not at all). Any older secret is dropped. True if one was kept."""
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(GATE_SECRETS)
+                old = cast(bytes | None, await pipe.hget(GATE_SECRETS, gate_id))
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.hset(GATE_SECRETS, gate_id, secret)
+                kept = old is not None and previous_until is not None
+                if kept:
+                    record = {"secret": _text(old), "until": previous_until}
+                    pipe.hset(GATE_PREVIOUS_SECRETS, gate_id, orjson.dumps(record))
+                else:
+                    pipe.hdel(GATE_PREVIOUS_SECRETS, gate_id)
+                pipe.incr(STATE_VERSION)
+                await pipe.execute()
+                return kept
+            except WatchError:
+                continue  # rotated at the same moment elsewhere: replace what that one set
 
 
 async def list_gates(redis: Redis) -> list[GateRead]:

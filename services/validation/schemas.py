@@ -110,12 +110,20 @@ class GateUpdate(StrictRequest):
 
 
 class GateProvisioned(GateRead):
-    secret: str = Field(description="The device secret; shown once, store it on the gate")
+    secret: str = Field(
+        description="The device secret: store it on the gate (`GET /v1/gates/{gate_id}/secret` "
+        "reads it again)"
+    )
 
 
 class GateSecretRead(BaseModel):
     gate_id: str
-    secret: str = Field(description="The new device secret; the old one stops working at once")
+    secret: str = Field(description="The gate's current device secret")
+    previous_valid_until: datetime | None = Field(
+        default=None,
+        description="Until when the secret this one replaced is still accepted (the rotation's "
+        "grace period); null when no replaced secret is accepted any more",
+    )
 
 
 class IssuerKeyStatus(StrEnum):

@@ -162,12 +162,38 @@ async def update_gate(redis: Redis, memory: Memory, gate_id: str, body: GateUpda
     return updated
 
 
-async def rotate_secret(redis: Redis, memory: Memory, gate_id: str) -> GateSecretRead:
-    gate = await get_gate(redis, gate_id)
+async def gate_secret(redis: Redis, gate_id: str) -> GateSecretRead:
+    """The gate's current secret, unchanged: reading it twice gives the same one."""
+    await get_gate(redis, gate_id)
+    secret, previous = await repository.gate_secret(redis, gate_id)
+    if secret is None:  # provisioning went half-way: the gate cannot sign anything yet
+        raise NotFound(f"Gate {gate_id} has no secret; rotate it to give it one.", code="no_secret")
+    still_accepted = previous is not None and previous.until >= time.time()
+    return GateSecretRead(
+        gate_id=gate_id,
+        secret=secret,
+        previous_valid_until=_unix_time(previous.until) if previous and still_accepted else None,
+    )
+
+
+async def rotate_secret(
+    redis: Redis, memory: Memory, gate_id: str, grace_s: float
+) -> GateSecretRead:
+    """A new secret for the gate; the replaced one is accepted for `grace_s` more seconds."""
+    await get_gate(redis, gate_id)
     secret = new_secret()
-    await repository.save_gate(redis, gate, secret)
+    until = int(time.time() + grace_s) if grace_s > 0 else None
+    kept = await repository.rotate_gate_secret(redis, gate_id, secret, until)
     await reload(redis, memory)
-    return GateSecretRead(gate_id=gate_id, secret=secret)
+    return GateSecretRead(
+        gate_id=gate_id,
+        secret=secret,
+        previous_valid_until=_unix_time(until) if kept and until is not None else None,
+    )
+
+
+def _unix_time(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 async def reload(redis: Redis, memory: Memory) -> None:

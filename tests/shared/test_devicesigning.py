@@ -143,6 +143,46 @@ class TestVerify:
         verify(signed(), now=NOW - 59)
 
 
+class TestRotatedSecret:
+    """After a rotation the replaced secret signs for a grace period, then never again."""
+
+    NEW = b"the-secret-after-rotation"
+
+    def rotated(self, *, until: float) -> DeviceKey:
+        return DeviceKey(
+            "2A-01-EN", self.NEW, previous_secret=SECRET.encode(), previous_until=until
+        )
+
+    def verify_with(self, device: DeviceKey, headers: dict[str, str], now: float) -> SignedRequest:
+        return verify_request(
+            "POST", "/v1/validations", Headers(headers), BODY, {"2A-01-EN": device}.get, now=now
+        )
+
+    def test_the_new_secret_signs(self) -> None:
+        headers = DeviceSigner("2A-01-EN", self.NEW).headers(
+            "POST", "/v1/validations", BODY, timestamp=NOW
+        )
+        assert self.verify_with(self.rotated(until=NOW - 1), headers, NOW).device_id == "2A-01-EN"
+
+    def test_the_old_secret_signs_until_the_grace_period_ends(self) -> None:
+        device = self.rotated(until=NOW + 30)
+        assert self.verify_with(device, signed(), NOW).device_id == "2A-01-EN"
+        assert self.verify_with(device, signed(), NOW + 30).device_id == "2A-01-EN"
+
+    def test_the_old_secret_is_a_bad_signature_after_the_grace_period(self) -> None:
+        with pytest.raises(DeviceAuthError) as raised:
+            self.verify_with(self.rotated(until=NOW - 0.5), signed(), NOW)
+        assert raised.value.code == "bad_signature"
+
+    def test_a_third_secret_is_a_bad_signature_during_the_grace_period(self) -> None:
+        headers = DeviceSigner("2A-01-EN", "neither").headers(
+            "POST", "/v1/validations", BODY, timestamp=NOW
+        )
+        with pytest.raises(DeviceAuthError) as raised:
+            self.verify_with(self.rotated(until=NOW + 30), headers, NOW)
+        assert raised.value.code == "bad_signature"
+
+
 class TestSigningHeaders:
     """What an ASGI hot route hands `verify_request` instead of Starlette's `Headers`."""
 

@@ -74,8 +74,48 @@ SUBIZ_DYNAMIC_LONG_PURPOSE = (
     "53037045405401235802VN62290825chuyen khoan alsdkf laksj6304E5DB"
 )
 
+# NAPAS, Technical Specifications on NAPAS QR Switching v1.5.2 (January 2021), part IV,
+# examples 6.1.1-6.1.4: merchant payments (acquirer 970403, merchant 2112995044604025, MCC
+# 5812, store label 62.03). Copied from liopayvn/vietqr-php,
+# tests/Integration/QRPushBuilderIntegrationTest.php (6.1.1 and 6.1.2 also in its
+# CRCHelperTest; 6.1.4 also in trantuan94/vietqrjs, src/decryptor/vietqrv1.decryptor.spec.ts).
+# 6.1.1: static, field 38 without a service code (38.02).
+NAPAS_MERCHANT_STATIC = (
+    "00020101021138480010A00000072701300006970403011621129950446040255204581253037045802VN"
+    "5910PHUONG CAC6005HANOI62110307NPS686963045802"
+)
+# 6.1.2: static, service code QRPUSH.
+NAPAS_MERCHANT_STATIC_QRPUSH = (
+    "00020101021138580010A00000072701300006970403011621129950446040250206QRPUSH5204581253037045802VN"
+    "5910PHUONG CAC6005HANOI62110307NPS686963043820"
+)
+# 6.1.3: dynamic 180000 VND, no service code (the PDF drops the 2 of "5802VN"; liopay's fix).
+NAPAS_MERCHANT_DYNAMIC = (
+    "00020101021238480010A00000072701300006970403011621129950446040255204581253037045406180000"
+    "5802VN5910PHUONG CAC6005HANOI62110307NPS6869630479EE"
+)
+# 6.1.4: dynamic 180000 VND, service code QRPUSH.
+NAPAS_MERCHANT_DYNAMIC_QRPUSH = (
+    "00020101021238580010A00000072701300006970403011621129950446040250206QRPUSH5204581253037045406"
+    "1800005802VN5910PHUONG CAC6005HANOI62110307NPS686963047C1B"
+)
+# trantuan94/vietqrjs, src/decryptor/vietqrv1.decryptor.spec.ts ('decrypt cash withdrawl
+# service'): a NAPAS QRCASH code (cash at an ATM), with postal code and language template.
+VIETQRJS_CASH_WITHDRAWAL = (
+    "00020101021238500010A000000727012200069704030108123456780206QRCASH5204601153037045802VN"
+    "5915NGUYEN HUU HUAN6005HANOI6105100006237052120190109155714228384707080000111164260002en"
+    "0107shop vn0205Hanoi630476DA"
+)
+NAPAS_MERCHANT_EXAMPLES = [
+    NAPAS_MERCHANT_STATIC,
+    NAPAS_MERCHANT_STATIC_QRPUSH,
+    NAPAS_MERCHANT_DYNAMIC,
+    NAPAS_MERCHANT_DYNAMIC_QRPUSH,
+]
+
 # Every field of these is modelled, in the order encode() writes them.
 REENCODABLE_EXAMPLES = [
+    *NAPAS_MERCHANT_EXAMPLES,
     XUANNGHIA_DYNAMIC_DECODE_FIXTURE,
     XUANNGHIA_STATIC_README,
     XUANNGHIA_DYNAMIC_README,
@@ -86,7 +126,7 @@ REENCODABLE_EXAMPLES = [
     SUBIZ_DYNAMIC_LONG_PURPOSE,
 ]
 VIETQR_EXAMPLES = [*REENCODABLE_EXAMPLES, XUANNGHIA_MOMO_README]
-EMVCO_EXAMPLES = [*VIETQR_EXAMPLES, XUANNGHIA_VNPAY_README]
+EMVCO_EXAMPLES = [*VIETQR_EXAMPLES, XUANNGHIA_VNPAY_README, VIETQRJS_CASH_WITHDRAWAL]
 
 BANK_SAFE_CHARACTERS = string.ascii_letters + string.digits + " .-"
 
@@ -145,6 +185,41 @@ def payment_fields(
     return [tlv(field_id, value) for field_id, value in fields if value is not None]
 
 
+def merchant_payment_fields(
+    *, service: str | None, category: str = "5812", leave_out: str | None = None
+) -> list[str]:
+    """A static merchant payment like NAPAS's example 6.1.1, with any root field left out."""
+    fields = [
+        *payment_fields(
+            initiation="11",
+            account_info=merchant_account(
+                bank_bin="970403", account="2112995044604025", service=service
+            ),
+            amount=None,
+        )[:3],
+        tlv("52", category),
+        tlv("53", "704"),
+        tlv("58", "VN"),
+        tlv("59", "PHUONG CAC"),
+        tlv("60", "HANOI"),
+    ]
+    return [field for field in fields if leave_out is None or not field.startswith(leave_out)]
+
+
+# Printable ASCII and a few characters that take 2-3 bytes in UTF-8.
+REPLACEMENT_CHARACTERS = "".join(map(chr, range(32, 127))) + "đĐệ€"
+
+
+def single_character_changes(text: str) -> list[str]:
+    """Every string one substitution (by REPLACEMENT_CHARACTERS) or one deletion away."""
+    changed: list[str] = []
+    for position, original in enumerate(text):
+        head, tail = text[:position], text[position + 1 :]
+        changed.extend(head + c + tail for c in REPLACEMENT_CHARACTERS if c != original)
+        changed.append(head + tail)
+    return changed
+
+
 def rejection_code(text: str) -> str:
     with pytest.raises(VietQRError) as caught:
         decode(text)
@@ -167,12 +242,16 @@ def bank_safe_text(max_size: int) -> st.SearchStrategy[str]:
 
 @st.composite
 def payment_requests(draw: st.DrawFn) -> VietQR:
+    """Transfers to an account or card, and merchant payments (with QRPUSH or without 38.02)."""
     dynamic = draw(st.booleans())
     amounts = st.integers(min_value=1, max_value=10**13 - 1)
-    additional = [draw(optional(bank_safe_text(25))) for _ in range(4)]
-    # Field 62 holds at most 99 characters, less than four full 25-character labels.
+    service_code = draw(st.sampled_from([*ServiceCode, None]))
+    merchant = service_code in (None, ServiceCode.PAYMENT)
+    merchant_categories = st.text(alphabet=string.digits, min_size=4, max_size=4)
+    additional = [draw(optional(bank_safe_text(25))) for _ in range(5)]
+    # Field 62 holds at most 99 characters, less than five full 25-character labels.
     assume(sum(len(value) + 4 for value in additional if value is not None) <= 99)
-    bill_number, reference, terminal, purpose = additional
+    bill_number, store, reference, terminal, purpose = additional
     return VietQR(
         bank_bin=draw(st.text(alphabet=string.digits, min_size=6, max_size=6)),
         account=draw(
@@ -180,13 +259,15 @@ def payment_requests(draw: st.DrawFn) -> VietQR:
         ),
         amount=draw(amounts) if dynamic else draw(st.none() | amounts),
         dynamic=dynamic,
-        service_code=draw(st.sampled_from(ServiceCode)),
+        service_code=service_code,
+        merchant_category=draw(merchant_categories if merchant else optional(merchant_categories)),
         bill_number=bill_number,
+        store=store,
         reference=reference,
         terminal=terminal,
         purpose=purpose,
-        merchant_name=draw(optional(bank_safe_text(25))),
-        merchant_city=draw(optional(bank_safe_text(15))),
+        merchant_name=draw(bank_safe_text(25) if merchant else optional(bank_safe_text(25))),
+        merchant_city=draw(bank_safe_text(15) if merchant else optional(bank_safe_text(15))),
     )
 
 
@@ -351,6 +432,101 @@ class TestRoundTrip:
         assert decode(scanned[0]) == qr
 
 
+class TestCorruption:
+    def test_every_single_character_change_of_a_published_code_is_refused(self) -> None:
+        tried, accepted = 0, []
+        for published in VIETQR_EXAMPLES:
+            for mutated in single_character_changes(published):
+                tried += 1
+                try:
+                    decode(mutated)
+                except VietQRError:
+                    continue
+                accepted.append(mutated)
+        assert tried == sum(
+            len(text) * (len(REPLACEMENT_CHARACTERS) - 1) + len(text) for text in VIETQR_EXAMPLES
+        )
+        assert accepted == []
+
+
+class TestMerchantPayment:
+    """NAPAS: 38.02 is conditional; a merchant payment may leave it out (QRPUSH by default)."""
+
+    def test_napas_example_without_service_code_decodes_to_its_values(self) -> None:
+        assert decode(NAPAS_MERCHANT_STATIC) == VietQR(
+            bank_bin="970403",
+            account="2112995044604025",
+            service_code=None,
+            merchant_category="5812",
+            store="NPS6869",
+            merchant_name="PHUONG CAC",
+            merchant_city="HANOI",
+        )
+
+    def test_napas_dynamic_example_with_qrpush_decodes_to_its_values(self) -> None:
+        decoded = decode(NAPAS_MERCHANT_DYNAMIC_QRPUSH)
+        assert (decoded.service_code, decoded.amount, decoded.dynamic) == (
+            ServiceCode.PAYMENT,
+            180000,
+            True,
+        )
+        assert decoded.merchant_payment
+
+    def test_transfers_are_not_merchant_payments(self) -> None:
+        assert not decode(XUANNGHIA_STATIC_README).merchant_payment
+        assert not decode(SUBIZ_DYNAMIC).merchant_payment
+
+    @pytest.mark.parametrize("service", [None, "QRPUSH"], ids=["no-service-code", "qrpush"])
+    @pytest.mark.parametrize("left_out", ["52", "59", "60"])
+    def test_merchant_payment_without_category_name_or_city_is_rejected(
+        self, service: str | None, left_out: str
+    ) -> None:
+        text = signed(*merchant_payment_fields(service=service, leave_out=left_out))
+        assert rejection_code(text) == "missing_field"
+
+    @pytest.mark.parametrize("service", [None, "QRPUSH"], ids=["no-service-code", "qrpush"])
+    def test_merchant_payment_with_category_name_and_city_is_accepted(
+        self, service: str | None
+    ) -> None:
+        decoded = decode(signed(*merchant_payment_fields(service=service)))
+        assert (decoded.account, decoded.merchant_category) == ("2112995044604025", "5812")
+
+    @pytest.mark.parametrize(
+        ("category", "code"),
+        [("581", "invalid_field"), ("58A2", "invalid_field"), ("58120", "value_too_long")],
+    )
+    def test_merchant_category_not_four_digits_is_rejected(self, category: str, code: str) -> None:
+        text = signed(*merchant_payment_fields(service=None, category=category))
+        assert rejection_code(text) == code
+
+    def test_published_cash_withdrawal_code_is_not_a_payment(self) -> None:
+        with pytest.raises(VietQRError, match="cash withdrawal") as caught:
+            decode(VIETQRJS_CASH_WITHDRAWAL)
+        assert caught.value.code == "invalid_field"
+
+    def test_encoding_without_service_code_leaves_38_02_out(self) -> None:
+        qr = decode(NAPAS_MERCHANT_STATIC)
+        assert "0208" not in encode(qr)
+        assert encode(qr) == NAPAS_MERCHANT_STATIC
+
+    @pytest.mark.parametrize("missing", ["merchant_category", "merchant_name", "merchant_city"])
+    def test_encoding_a_merchant_payment_needs_category_name_and_city(self, missing: str) -> None:
+        values: dict[str, object] = {
+            "bank_bin": "970403",
+            "account": "2112995044604025",
+            "service_code": None,
+            "merchant_category": "5812",
+            "merchant_name": "PHUONG CAC",
+            "merchant_city": "HANOI",
+        }
+        del values[missing]
+        assert encode_rejection_code(VietQR(**values)) == "missing_field"  # type: ignore[arg-type]
+
+    def test_encoding_a_category_that_is_not_four_digits_is_rejected(self) -> None:
+        qr = VietQR(bank_bin="970416", account="257678859", merchant_category="58120")
+        assert encode_rejection_code(qr) == "invalid_field"
+
+
 class TestDecode:
     def test_well_formed_request_is_accepted(self) -> None:
         assert decode(signed(*payment_fields())) == VietQR(
@@ -419,6 +595,7 @@ class TestDecode:
             pytest.param(payment_fields(amount=None), id="amount-of-dynamic-code"),
             pytest.param(payment_fields(account_info=tlv("00", "A000000727")), id="beneficiary"),
             pytest.param(payment_fields(account_info=merchant_account(guid=None)), id="guid"),
+            # Without 38.02 it is a merchant payment, which needs 52, 59 and 60.
             pytest.param(payment_fields(account_info=merchant_account(service=None)), id="service"),
             pytest.param(
                 payment_fields(account_info=merchant_account(bank_bin=None)), id="bank-bin"
@@ -469,6 +646,10 @@ class TestDecode:
             pytest.param(
                 payment_fields(account_info=merchant_account(service="QRIBFTTX")),
                 id="unknown-service-code",
+            ),
+            pytest.param(
+                payment_fields(account_info=merchant_account(service="QRCASH")),
+                id="cash-withdrawal-service-code",
             ),
             pytest.param(
                 [payment_fields()[1], payment_fields()[0], *payment_fields()[2:]],
