@@ -165,3 +165,15 @@ class TestTheChecker:
         document = tmp_path / "x.md"
         document.write_text("# CityPass\n## What `make run` gives you\n## Notes\n## Notes\n")
         assert anchors(document) == {"citypass", "what-make-run-gives-you", "notes", "notes-1"}
+
+
+def test_make_help_and_the_benchmarks_agree_on_how_long_make_bench_takes() -> None:
+    help_line = re.search(r"^bench:.*## (.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert help_line is not None
+    duration = re.search(r"\d+(?:–\d+)? min", help_line.group(1))
+    assert duration is not None, help_line.group(1)
+    reproduce = re.search(
+        r"^make bench .*?$\n(?:^ +#.*$\n)*", (ROOT / "docs" / "benchmarks.md").read_text(), re.M
+    )
+    assert reproduce is not None
+    assert duration.group(0) in reproduce.group(0)
