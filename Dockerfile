@@ -39,8 +39,8 @@ WORKDIR /app
 COPY requirements.txt ./
 RUN pip install -r requirements.txt
 
-# Then the project. /app/var is the only writable place (e.g. the validation service's spool);
-# compose mounts a volume there.
+# Then the project. /app/var is the only writable place; no service keeps state in it (validation's
+# events wait in Redis streams, the others' in PostgreSQL outboxes).
 COPY infra/docker/start-service.sh /usr/local/bin/citypass-service
 COPY . .
 COPY --from=rider-app /webapp/dist services/ticketing/webapp/dist

@@ -70,7 +70,7 @@ migrate: $(STAMP) ## apply migrations to CITYPASS_DATABASE_URL
 seed: $(STAMP) ## load demo data into CITYPASS_DATABASE_URL / CITYPASS_REDIS_URL
 	$(BIN)/citypass stack seed
 
-bench: $(STAMP) ## the platform's figures in one table (starts its own servers; ~3 min)
+bench: $(STAMP) ## the platform's figures in one table (own servers; 8–15 min: waits for a quiet machine)
 	$(BIN)/python -m loadtests.bench
 
 compose-check: ## validate docker-compose.yml (needs Debian's docker-compose)

@@ -403,18 +403,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _password(args: argparse.Namespace) -> str:
+    """--password-stdin, CITYPASS_RIDER_PASSWORD, or a prompt. EOFError when the prompt's input
+    is closed (Ctrl-D), KeyboardInterrupt on Ctrl-C."""
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\n")
     from_env = os.environ.get("CITYPASS_RIDER_PASSWORD")
-    return from_env if from_env else getpass.getpass("Password: ")
+    if from_env:
+        return from_env
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:  # no terminal: a line of stdin, as getpass would read, minus its warnings
+        print("Password: ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError from None
+        return line.rstrip("\n")
+    return getpass.getpass("Password: ")
 
 
 def _vnd(amount: int) -> str:
     return f"{amount:,} VND".replace(",", ".")
 
 
-async def _account(client: RiderClient, args: argparse.Namespace) -> None:
-    password = _password(args)
+async def _account(client: RiderClient, args: argparse.Namespace, password: str) -> None:
     if args.rider_command == "signup":
         answer = await client.sign_up(args.phone, password, args.category)
         print(f"Signed up as {answer['rider']['phone']} ({answer['rider']['category']}).")
@@ -499,13 +510,13 @@ def _print_tickets(tickets: list[dict[str, Any]]) -> None:
         )
 
 
-async def _run(args: argparse.Namespace) -> None:
+async def _run(args: argparse.Namespace, password: str) -> None:
     client = RiderClient(RiderHome.default(args.home), args.url)
     try:
         command: str = args.rider_command
         handlers: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
-            "signup": lambda: _account(client, args),
-            "login": lambda: _account(client, args),
+            "signup": lambda: _account(client, args, password),
+            "login": lambda: _account(client, args, password),
             "device": lambda: _device(client),
             "topup": lambda: _topup(client, args.amount),
             "buy": lambda: _buy(client, args),
@@ -539,8 +550,15 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 def main_command(args: argparse.Namespace) -> int:
+    # Asked before the event loop starts: inside it, the loop's own SIGINT handler would only
+    # cancel the task while the prompt kept waiting.
     try:
-        asyncio.run(_run(args))
+        password = _password(args) if args.rider_command in ("signup", "login") else ""
+    except (EOFError, KeyboardInterrupt) as closed:
+        print("\nNo password given: nothing was done.", file=sys.stderr)
+        return 130 if isinstance(closed, KeyboardInterrupt) else 1
+    try:
+        asyncio.run(_run(args, password))
     except RiderError as error:
         print(f"Refused ({error.code}): {error.detail}")
         return 1

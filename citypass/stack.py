@@ -108,10 +108,10 @@ def operator_password(var: Path) -> str:
     return password
 
 
-async def create_topics(bootstrap: str) -> None:
+async def create_topics(bootstrap: str, replication_factor: int | None = None) -> None:
     from shared.kafka import ensure_topics
 
-    await ensure_topics(bootstrap)
+    await ensure_topics(bootstrap, replication_factor=replication_factor)
 
 
 def migrate(database_url: str) -> None:
@@ -289,7 +289,7 @@ def migrate_command(args: argparse.Namespace) -> int:
 
 
 def topics_command(args: argparse.Namespace) -> int:
-    asyncio.run(create_topics(args.bootstrap))
+    asyncio.run(create_topics(args.bootstrap, args.replication_factor))
     console.print("topics created")
     return 0
 
@@ -334,6 +334,11 @@ def register(subparsers: Any) -> None:
         "--bootstrap",
         default=env("CITYPASS_KAFKA_BOOTSTRAP_SERVERS"),
         required=env("CITYPASS_KAFKA_BOOTSTRAP_SERVERS") is None,
+    )
+    topics_parser.add_argument(
+        "--replication-factor",
+        type=int,
+        help="replicas per partition (default: the brokers that answer, at most 3)",
     )
     topics_parser.set_defaults(func=topics_command)
 

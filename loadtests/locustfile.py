@@ -29,9 +29,15 @@ from citypass.rider import signed_credential
 from shared.devicesigning import DeviceSigner
 from shared.ticketcodec import SignedCredential, make_dynamic_qr
 
-POPULATION = json.loads(
-    Path(os.environ.get("CITYPASS_POPULATION", "var/loadtest/population.json")).read_text()
-)
+POPULATION_FILE = Path(os.environ.get("CITYPASS_POPULATION", "var/loadtest/population.json"))
+if not POPULATION_FILE.is_file():
+    raise SystemExit(
+        f"No load-test population at {POPULATION_FILE}. Run `make loadtest` (it starts the stack "
+        "if needed, creates the riders and gates, then runs this file), or, with the stack "
+        "running (`make run`): `python -m loadtests.population --out "
+        f"{POPULATION_FILE}`, then locust again (CITYPASS_POPULATION names another file)."
+    )
+POPULATION = json.loads(POPULATION_FILE.read_text())
 EXPIRED_AGE_S = 120
 SIGNATURE_OR_FORMAT = {"malformed", "bad_issuer_signature", "bad_device_signature", "unknown_key"}
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -50,16 +51,32 @@ MAX_RECORDS = 500  # per fetch
 TIME_SLICE_S = 0.001  # a consumer gives the event loop back at least this often
 
 
+REPLICATION_FACTOR = 3  # production: with min.insync.replicas=2, a broker can be lost
+
+
 async def ensure_topics(
-    bootstrap: str, topics: Sequence[Topic] = TOPICS, timeout_s: float = 10
+    bootstrap: str,
+    topics: Sequence[Topic] = TOPICS,
+    timeout_s: float = 10,
+    replication_factor: int | None = None,
 ) -> None:
+    """Create the missing topics. Replicas: `replication_factor` when given (a broker short of
+    it makes the creation fail), else as many brokers as answer, up to REPLICATION_FACTOR (one
+    on the local broker)."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
     )
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(t.name, t.partitions, 1) for t in topics if t.name not in existing]
+        if replication_factor is None:
+            brokers = (await admin.describe_cluster())["brokers"]
+            replication_factor = max(1, min(REPLICATION_FACTOR, len(brokers)))
+        missing = [
+            NewTopic(t.name, t.partitions, replication_factor)
+            for t in topics
+            if t.name not in existing
+        ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                 await admin.create_topics(missing)
@@ -79,19 +96,23 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
+    def producer_config(self) -> dict[str, Any]:
+        """acks=all always; idempotence where the broker has InitProducerId (real Kafka)."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "acks": "all",
+            "enable_idempotence": self.idempotent,
+            "request_timeout_ms": int(self.send_timeout_s * 1000),
+            "linger_ms": 2,
+        }
+
     async def connect(self) -> AIOKafkaProducer:
         """Start the producer if needed, creating the topics (the broker may have restarted)."""
         if self._producer is not None:
             return self._producer
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.bootstrap,
-                    acks="all",
-                    enable_idempotence=self.idempotent,
-                    request_timeout_ms=int(self.send_timeout_s * 1000),
-                    linger_ms=2,
-                )
+                producer = AIOKafkaProducer(**self.producer_config())
                 try:
                     await asyncio.wait_for(producer.start(), self.send_timeout_s)
                     await ensure_topics(self.bootstrap, timeout_s=self.send_timeout_s)
