@@ -31,6 +31,7 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
     redis = runtime.kv
     sink = EventSink(redis, runtime.publisher, settings)
     monitor = PipelineMonitor(redis, settings)
+    passwords = service.Passwords(settings.password_threads)
 
     async def summary() -> bytes:
         board = await service.dashboard(redis, settings, time.time())
@@ -55,6 +56,7 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
     async def stop() -> None:
         sink.stop()
         await monitor.close()
+        passwords.close()
 
     runtime.on_stop.append(stop)
     app = create_app(
@@ -67,4 +69,5 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
     app.state.broadcaster = broadcaster
     app.state.sink = sink
     app.state.monitor = monitor
+    app.state.passwords = passwords
     return app

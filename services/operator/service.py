@@ -5,9 +5,11 @@ No Redis commands here (see repository.py), no HTTP (see endpoints.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,9 +48,10 @@ from services.operator.schemas import (
     TodayRead,
 )
 from services.operator.settings import OperatorSettings
-from shared.errors import NotFound, Unauthorized
+from shared.errors import NotFound, ProblemError, Unauthorized
 from shared.kafka import Publisher
 from shared.network import BUS_ROUTES, LINES, STATIONS
+from shared.throttle import Counted, FailureCounter, count_attempt, succeeded
 
 logger = logging.getLogger("citypass.operator")
 
@@ -84,22 +87,75 @@ def thresholds(settings: OperatorSettings) -> Thresholds:
 # Sign-in ----------------------------------------------------------------------------------------
 
 
+class TooManyLoginFailures(ProblemError):
+    status, code, title = 429, "too_many_login_failures", "Too many wrong passwords"
+
+
+class Passwords:
+    """Argon2id checks in a bounded thread pool: off the event loop, and at most `threads` at
+    once, so that a flood of logins waits for them instead of starving the console."""
+
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="argon2")
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """Same work whether or not the user exists: unknown names check a dummy hash."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self.pool, hasher.verify, password_hash or _DUMMY_HASH, password
+            )
+        except VerificationError:
+            return False
+        return password_hash is not None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 async def create_operator(redis: Redis, username: str, password: str, role: Role) -> None:
-    await repository.save_operator(redis, username, hasher.hash(password), role.value)
+    password_hash = await asyncio.to_thread(hasher.hash, password)
+    await repository.save_operator(redis, username, password_hash, role.value)
+
+
+def login_counters(
+    settings: OperatorSettings, username: str, client: str
+) -> tuple[Counted, Counted]:
+    """Wrong passwords counted per user name and per client address."""
+    window = settings.login_failure_window
+    return (
+        (FailureCounter("operator-login-user", settings.login_failure_limit, window), username),
+        (
+            FailureCounter("operator-login-client", settings.login_client_failure_limit, window),
+            client,
+        ),
+    )
 
 
 async def login(
-    redis: Redis, username: str, password: str, secret: str, ttl: timedelta
+    redis: Redis,
+    passwords: Passwords,
+    settings: OperatorSettings,
+    username: str,
+    password: str,
+    client: str,
 ) -> SessionRead:
+    """A session for a right password. Every attempt is counted before the password is
+    checked and given back when it was right, so a refused guess costs no hashing."""
+    user, address = login_counters(settings, username, client)
+    wait = await count_attempt(redis, (user, address))
+    if wait is not None:
+        raise TooManyLoginFailures(
+            "Too many wrong passwords for this user name or from this address; try again later.",
+            retry_after_s=wait,
+        )
     record = await repository.get_operator(redis, username)
-    try:
-        hasher.verify(record["password_hash"] if record else _DUMMY_HASH, password)
-    except VerificationError:
-        record = None
-    if record is None:
+    if not await passwords.verify(record["password_hash"] if record else None, password):
         raise Unauthorized("Wrong username or password.", code="invalid_credentials")
+    assert record is not None
+    await succeeded(redis, forget=[user], give_back=[address])
+    secret = settings.session_secret.get_secret_value()
     now = int(time.time())
-    expires_in = int(ttl.total_seconds())
+    expires_in = int(settings.session_ttl.total_seconds())
     token = jwt.encode(
         {"sub": username, "role": record["role"], "iat": now, "exp": now + expires_in},
         secret,
