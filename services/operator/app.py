@@ -10,14 +10,15 @@ from fastapi import FastAPI
 from services.operator import endpoints, repository, service
 from services.operator.live import Broadcaster
 from services.operator.settings import OperatorSettings
-from services.operator.tasks import EventSink, PipelineMonitor
+from services.operator.tasks import EventSink, InventoryWatch, PipelineMonitor
 from shared.app import Runtime, create_app, supervised
 
 DESCRIPTION = """\
 The operations console of CityPass: sign-in with roles (`viewer`, `admin`), the live
 dashboard at `/` (validations per station, rejection reasons, gates, parking occupancy,
 revenue today, a live event tail, alerts), alerts raised from every event stream, and the
-health of the event pipeline (consumer lag, outbox and spool backlogs).
+health of the event pipeline (consumer lag, outbox and spool backlogs). Gates and lots are
+listed from validation's and parking's own lists, so those that never reported show too.
 
 Every API needs `Authorization: Bearer <access_token>` from `POST /v1/login`; acknowledging an
 alert needs the `admin` role. Live updates: `POST /v1/stream-tickets`, then server-sent
@@ -47,6 +48,7 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
         supervised("operator-consumer", sink.consumer.run),
         supervised("gate-watch", sink.watch_gates),
         supervised("pipeline-health", monitor.run),
+        supervised("inventory-watch", InventoryWatch(redis, settings).run),
         supervised("live-stream", broadcaster.run),
     ]
 

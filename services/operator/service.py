@@ -9,6 +9,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from redis.asyncio import Redis
 
 from services.operator import events, repository
 from services.operator.alerts import Thresholds
+from services.operator.inventory import Listing
 from services.operator.projection import (
     HANOI,
     hanoi_day,
@@ -33,9 +35,12 @@ from services.operator.schemas import (
     AlertRead,
     AlertStatus,
     DashboardRead,
+    GateState,
     GateStatusRead,
+    GateSummaryRead,
     HourRevenue,
     LotRead,
+    LotSummaryRead,
     MinuteCount,
     OperatorRead,
     PipelineRead,
@@ -263,31 +268,10 @@ async def dashboard(redis: Redis, settings: OperatorSettings, now: float) -> Das
         {n[2:] for c in (today, *data.ten_minutes) for n in c if n.startswith("r|")},
         key=lambda r: (-today.get(f"r|{r}", 0), r),
     )
-    silent_s = settings.gate_silent_after.total_seconds()
-    gates = [
-        GateStatusRead(
-            gate_id=gate_id,
-            station=g.get("station"),
-            line=g.get("line"),
-            route=g.get("route"),
-            last_seen=_moment(float(g["last_seen"])),
-            online=now - float(g["last_seen"]) < silent_s,
-            last_decision=g.get("last_decision"),
-            last_reason=g.get("last_reason"),
-        )
-        for gate_id, g in sorted(data.gates.items())
-    ]
-    lots = [
-        LotRead(
-            lot_id=str(lot["lot_id"]),
-            vehicle_type=str(lot["vehicle_type"]),
-            occupied=int(lot["occupied"]),
-            capacity=int(lot["capacity"]),
-            free=int(lot["free"]),
-            updated_at=_moment(float(lot["at"])),
-        )
-        for _, lot in sorted(data.lots.items())
-    ]
+    gates, gate_summary = gate_board(
+        data.gates, data.listed_gates, now, settings.gate_silent_after.total_seconds()
+    )
+    lots, lot_summary = lot_board(data.lots, data.listed_lots)
     return DashboardRead(
         generated_at=_moment(now),
         minutes=[_moment(m * 60) for m in minutes],
@@ -331,9 +315,102 @@ async def dashboard(redis: Redis, settings: OperatorSettings, now: float) -> Das
             alerts=today.get("alerts", 0),
         ),
         gates=gates,
+        gate_summary=gate_summary,
         lots=lots,
+        lot_summary=lot_summary,
         open_alerts=data.open_alerts,
     )
+
+
+def gate_board(
+    reported: dict[str, dict[str, Any]], listed: Listing, now: float, silent_s: float
+) -> tuple[list[GateStatusRead], GateSummaryRead]:
+    """Every provisioned gate and every gate that reported, each in exactly one state."""
+    provisioned = {gate.gate_id: gate for gate in listed.gates}
+    gates = []
+    for gate_id in sorted(provisioned.keys() | reported.keys()):
+        seen, known = reported.get(gate_id), provisioned.get(gate_id)
+        last_seen = float(seen["last_seen"]) if seen else None
+        if known is not None and not known.enabled:
+            state = GateState.disabled
+        elif last_seen is None:
+            state = GateState.never_reported
+        elif now - last_seen < silent_s:
+            state = GateState.online
+        else:
+            state = GateState.silent
+        station = known.station if known else (seen or {}).get("station")
+        route = known.route if known else (seen or {}).get("route")
+        gates.append(
+            GateStatusRead(
+                gate_id=gate_id,
+                station=station,
+                line=STATIONS[station].line if station in STATIONS else None,
+                route=route,
+                state=state,
+                provisioned=known is not None,
+                last_seen=None if last_seen is None else _moment(last_seen),
+                online=state is GateState.online,
+                last_decision=(seen or {}).get("last_decision"),
+                last_reason=(seen or {}).get("last_reason"),
+            )
+        )
+    states = Counter(gate.state for gate in gates)
+    summary = GateSummaryRead(
+        provisioned=len(provisioned) if listed.read_at is not None else None,
+        online=states[GateState.online],
+        silent=states[GateState.silent],
+        never_reported=states[GateState.never_reported],
+        disabled=states[GateState.disabled],
+        not_provisioned=sum(1 for gate in gates if not gate.provisioned),
+        listed_at=None if listed.read_at is None else _moment(listed.read_at),
+        list_error=listed.error,
+    )
+    return gates, summary
+
+
+def lot_board(
+    reported: dict[str, dict[str, Any]], listed: Listing
+) -> tuple[list[LotRead], LotSummaryRead]:
+    """A row per lot and vehicle type: every provisioned lot for each type it has places for
+    (both when it has none), and every lot and type with occupancy events."""
+    names = {lot.lot_id: lot.name for lot in listed.lots}
+    rows: dict[tuple[str, str], LotRead] = {}
+    for lot in reported.values():
+        lot_id, vehicle = str(lot["lot_id"]), str(lot["vehicle_type"])
+        rows[lot_id, vehicle] = LotRead(
+            lot_id=lot_id,
+            name=names.get(lot_id),
+            vehicle_type=vehicle,
+            capacity=int(lot["capacity"]),
+            occupied=int(lot["occupied"]),
+            free=int(lot["free"]),
+            updated_at=_moment(float(lot["at"])),
+            provisioned=lot_id in names,
+        )
+    for listed_lot in listed.lots:
+        capacities = listed_lot.capacities
+        with_places = [v for v, places in capacities.items() if places > 0] or list(capacities)
+        for vehicle in with_places:
+            rows.setdefault(
+                (listed_lot.lot_id, vehicle),
+                LotRead(
+                    lot_id=listed_lot.lot_id,
+                    name=listed_lot.name,
+                    vehicle_type=vehicle,
+                    capacity=capacities[vehicle],
+                    occupied=None,
+                    free=None,
+                    updated_at=None,
+                    provisioned=True,
+                ),
+            )
+    summary = LotSummaryRead(
+        provisioned=len(names) if listed.read_at is not None else None,
+        listed_at=None if listed.read_at is None else _moment(listed.read_at),
+        list_error=listed.error,
+    )
+    return [rows[k] for k in sorted(rows)], summary
 
 
 # The event search -------------------------------------------------------------------------------

@@ -81,6 +81,13 @@ class OperatorSettings(ServiceSettings):
     payment_failure_window: timedelta = timedelta(minutes=5)
     alert_cooldown: timedelta = timedelta(minutes=10)  # one alert per rule and subject
 
+    # What is provisioned, from its owners' public read APIs (validation `GET /v1/gates`, parking
+    # `GET /v1/lots`): the dashboard lists every gate and lot, also those that never reported.
+    # Events only name gates and lots that had traffic. None: not read (nothing to compare to).
+    gates_url: str | None = "http://127.0.0.1:8002/v1/gates"
+    lots_url: str | None = "http://127.0.0.1:8003/v1/lots"
+    inventory_poll_interval: timedelta = timedelta(seconds=30)
+
     # Pipeline health: consumer lag from Kafka, outbox and spool from each service's /metrics.
     pipeline_poll_interval: timedelta = timedelta(seconds=5)
     metrics_urls: dict[str, str] = Field(default_factory=_default_metrics_urls)

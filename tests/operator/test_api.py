@@ -309,3 +309,28 @@ class TestEventSearchBounds:
         )
         assert response.status_code == 200
         assert response.json() == []
+
+
+class TestInventory:
+    async def test_an_unreadable_gate_or_lot_list_is_said_not_guessed(
+        self, servers: LocalServers, operator_redis: Redis
+    ) -> None:
+        """Nothing listens where validation and parking should list gates and lots: the
+        dashboard says the provisioned counts are unknown, and why, instead of showing only
+        the gates and lots that reported as if they were all."""
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        settings = operator_settings_for(
+            servers, gates_url=f"{nowhere}/v1/gates", lots_url=f"{nowhere}/v1/lots"
+        )
+        async with running_console(settings) as running:
+
+            async def read_failed() -> dict[str, Any] | None:
+                board = (await running.http.get("/v1/dashboard", headers=running.viewer)).json()
+                failed = board["gate_summary"]["list_error"] and board["lot_summary"]["list_error"]
+                return board if failed else None
+
+            board = await eventually(read_failed, timeout_s=30)
+        assert board["gate_summary"]["provisioned"] is None
+        assert board["gate_summary"]["listed_at"] is None
+        assert nowhere in board["gate_summary"]["list_error"]
+        assert board["lot_summary"]["provisioned"] is None
