@@ -10,6 +10,16 @@ it was handed to Kafka to the moment its line arrived on the stream, which happe
 consumer applied it to the aggregates (one Redis script does both). Prints p50, p99 and max;
 the target is p99 ≤ 1 s. Finally checks the dashboard counted every event exactly once.
 
+    python -m loadtests.bench_operator --login-flood [--seconds 10] [--clients 4]
+
+measures instead what a flood of wrong passwords does to the console's other users: four
+clients send wrong logins as fast as they are answered while one operator reads the dashboard
+(`GET /v1/dashboard`) five times a second; prints that request's p50/p95/max and how the
+flood was answered (401 checked, 429 throttled). Each flooding client guesses `admin`'s
+password from its own address (`X-Forwarded-For`, which uvicorn trusts from 127.0.0.1).
+`--unthrottled` raises the login limits out of reach, so that every guess is checked: what
+the bounded Argon2id pool alone does for the console.
+
 The default rate, 200 validations/s, is about twice a weekday peak of the whole network
 (~1 M bus and metro rides a day, a tenth of them in the peak hour: ~30/s, plus their fares,
 parking and ledger events). One operator process handles one event at a time (the kit's
@@ -90,7 +100,7 @@ def gate_validation(station: str, n: int) -> Event:
 
 
 @contextlib.asynccontextmanager
-async def local_stack() -> AsyncIterator[Stack]:
+async def local_stack(extra_env: dict[str, str] | None = None) -> AsyncIterator[Stack]:
     """Valkey, Kafka and the operator process, all fresh, in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="citypass-bench-operator-") as tmp:
         servers = LocalServers(Path(tmp), free_port(), free_port(), free_port())
@@ -108,6 +118,7 @@ async def local_stack() -> AsyncIterator[Stack]:
                 "OPERATOR_KAFKA_BOOTSTRAP_SERVERS": servers.kafka_bootstrap,
                 "OPERATOR_METRICS_URLS": "{}",
                 "OPERATOR_LOG_LEVEL": "WARNING",
+                **(extra_env or {}),
             }
             password = secrets.token_urlsafe(16)
             redis = redis_kit.connect(servers.redis_url)
@@ -227,11 +238,84 @@ async def run(events: int = 3000, rate: float = 200.0) -> dict[str, float]:
         return await measure(stack, events, rate)
 
 
+async def measure_login_flood(stack: Stack, seconds: float, clients: int) -> dict[str, float]:
+    """p95 of a signed-in operator's dashboard reads while `clients` flood wrong logins."""
+    answers: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def flood(n: int) -> None:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
+            while not stop.is_set():
+                response = await http.post(
+                    "/v1/login",
+                    json={"username": "admin", "password": "wrong-password"},
+                    headers={"X-Forwarded-For": f"10.0.0.{n + 1}"},
+                )
+                answers[response.status_code] = answers.get(response.status_code, 0) + 1
+
+    headers = {"Authorization": f"Bearer {stack.token}"}
+    timings: list[float] = []
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30, headers=headers) as http:
+        for _ in range(20):  # warm up before the flood
+            (await http.get("/v1/dashboard")).raise_for_status()
+        flooders = [asyncio.create_task(flood(n)) for n in range(clients)]
+        deadline = time.perf_counter() + seconds
+        try:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                (await http.get("/v1/dashboard")).raise_for_status()
+                timings.append(time.perf_counter() - started)
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.gather(*flooders, return_exceptions=True)
+    timings.sort()
+    return {
+        "requests": float(len(timings)),
+        "p50_s": percentile(timings, 0.50),
+        "p95_s": percentile(timings, 0.95),
+        "max_s": timings[-1] if timings else float("nan"),
+        "logins_401": float(answers.get(401, 0)),
+        "logins_429": float(answers.get(429, 0)),
+    }
+
+
+async def run_login_flood(
+    seconds: float = 10.0, clients: int = 4, *, unthrottled: bool = False
+) -> dict[str, float]:
+    out_of_reach = "1000000000"
+    limits = (
+        {
+            "OPERATOR_LOGIN_FAILURE_LIMIT": out_of_reach,
+            "OPERATOR_LOGIN_CLIENT_FAILURE_LIMIT": out_of_reach,
+        }
+        if unthrottled
+        else {}
+    )
+    async with local_stack(limits) as stack:
+        return await measure_login_flood(stack, seconds, clients)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=200.0, help="events per second")
+    parser.add_argument("--login-flood", action="store_true", help="see the module's doc")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--unthrottled", action="store_true", help="login limits out of reach")
     args = parser.parse_args()
+    if args.login_flood:
+        flood = asyncio.run(
+            run_login_flood(args.seconds, args.clients, unthrottled=args.unthrottled)
+        )
+        print(
+            f"GET /v1/dashboard during {args.clients} clients' wrong logins:"
+            f" p50 {flood['p50_s'] * 1000:.1f} ms, p95 {flood['p95_s'] * 1000:.1f} ms,"
+            f" max {flood['max_s'] * 1000:.1f} ms over {flood['requests']:.0f} requests;"
+            f" logins answered 401 x{flood['logins_401']:.0f}, 429 x{flood['logins_429']:.0f}"
+        )
+        return 0
     result = asyncio.run(run(args.events, args.rate))
     print(
         f"{result['arrived']:.0f}/{result['events']:.0f} events on the dashboard stream at"

@@ -10,14 +10,15 @@ from fastapi import FastAPI
 from services.operator import endpoints, repository, service
 from services.operator.live import Broadcaster
 from services.operator.settings import OperatorSettings
-from services.operator.tasks import EventSink, PipelineMonitor
+from services.operator.tasks import EventSink, InventoryWatch, PipelineMonitor
 from shared.app import Runtime, create_app, supervised
 
 DESCRIPTION = """\
 The operations console of CityPass: sign-in with roles (`viewer`, `admin`), the live
 dashboard at `/` (validations per station, rejection reasons, gates, parking occupancy,
 revenue today, a live event tail, alerts), alerts raised from every event stream, and the
-health of the event pipeline (consumer lag, outbox and spool backlogs).
+health of the event pipeline (consumer lag, outbox and spool backlogs). Gates and lots are
+listed from validation's and parking's own lists, so those that never reported show too.
 
 Every API needs `Authorization: Bearer <access_token>` from `POST /v1/login`; acknowledging an
 alert needs the `admin` role. Live updates: `POST /v1/stream-tickets`, then server-sent
@@ -31,6 +32,7 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
     redis = runtime.kv
     sink = EventSink(redis, runtime.publisher, settings)
     monitor = PipelineMonitor(redis, settings)
+    passwords = service.Passwords(settings.password_threads)
 
     async def summary() -> bytes:
         board = await service.dashboard(redis, settings, time.time())
@@ -46,6 +48,7 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
         supervised("operator-consumer", sink.consumer.run),
         supervised("gate-watch", sink.watch_gates),
         supervised("pipeline-health", monitor.run),
+        supervised("inventory-watch", InventoryWatch(redis, settings).run),
         supervised("live-stream", broadcaster.run),
     ]
 
@@ -55,6 +58,7 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
     async def stop() -> None:
         sink.stop()
         await monitor.close()
+        passwords.close()
 
     runtime.on_stop.append(stop)
     app = create_app(
@@ -67,4 +71,5 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
     app.state.broadcaster = broadcaster
     app.state.sink = sink
     app.state.monitor = monitor
+    app.state.passwords = passwords
     return app

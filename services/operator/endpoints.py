@@ -68,16 +68,32 @@ async def asset(name: Annotated[str, Path(pattern=r"^[a-z0-9-]+\.(js|css)$")]) -
     return FileResponse(path, headers=PAGE_HEADERS)
 
 
-@api.post("/login", response_model=SessionRead)
-async def login(body: LoginRequest, rt: RuntimeDep, settings: SettingsDep) -> SessionRead:
-    """Sign in as an operator; the bearer token is valid for one shift."""
-    return await service.login(
-        rt.kv,
-        body.username,
-        body.password,
-        settings.session_secret.get_secret_value(),
-        settings.session_ttl,
-    )
+@api.post(
+    "/login",
+    response_model=SessionRead,
+    responses={
+        401: {"description": "`invalid_credentials`: wrong user name or password"},
+        429: {
+            "description": "`too_many_login_failures`: too many wrong passwords for this user "
+            "name or from this client address lately; `Retry-After` says when to try again"
+        },
+    },
+)
+async def login(
+    body: LoginRequest, request: Request, rt: RuntimeDep, settings: SettingsDep
+) -> SessionRead:
+    """Sign in as an operator; the bearer token is valid for one shift.
+
+    After `OPERATOR_LOGIN_FAILURE_LIMIT` (5) wrong passwords for one user name, or
+    `OPERATOR_LOGIN_CLIENT_FAILURE_LIMIT` (20) from one client address, within
+    `OPERATOR_LOGIN_FAILURE_WINDOW` (15 min, from the first), that name or address is refused
+    (429, before any password is checked) until the window ends. The client address is the
+    connection's peer, or `X-Forwarded-For` when the peer is a proxy uvicorn trusts
+    (`FORWARDED_ALLOW_IPS`).
+    """
+    passwords: service.Passwords = request.app.state.passwords
+    client = request.client.host if request.client else "unknown"
+    return await service.login(rt.kv, passwords, settings, body.username, body.password, client)
 
 
 @api.get("/me", response_model=OperatorRead, responses=UNAUTHORIZED)

@@ -1,10 +1,10 @@
-"""Pipeline health: consumer lag from Kafka, outbox and spool backlogs from each service.
+"""Pipeline health: consumer lag from Kafka, outbox backlogs from each service.
 
 Lag is read the way `kafka-consumer-groups --describe` does it: the group's committed offset
 against the partition's end offset; its age is the timestamp of the oldest record the group has
 not processed. The operator has no database, so outbox backlogs come from each service's
-`/metrics` (`citypass_outbox_backlog_events`, `citypass_outbox_oldest_age_seconds`), and the
-validation spool from `citypass_validation_spool_backlog_events`.
+`/metrics` (`citypass_outbox_backlog_events`, `citypass_outbox_oldest_age_seconds`): the
+PostgreSQL outboxes' rows, and validation's entries in its Redis streams.
 """
 
 from __future__ import annotations
@@ -245,7 +245,6 @@ def parse_metrics(service: str, url: str, text: str) -> ServiceHealthRead:
     """The pipeline figures in one service's Prometheus exposition text."""
     backlog: float | None = None
     oldest: float | None = None
-    spool: float | None = None
     dead: float | None = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -253,8 +252,6 @@ def parse_metrics(service: str, url: str, text: str) -> ServiceHealthRead:
                 backlog = (backlog or 0.0) + sample.value
             elif sample.name == "citypass_outbox_oldest_age_seconds":
                 oldest = max(oldest or 0.0, sample.value)
-            elif sample.name == "citypass_validation_spool_backlog_events":
-                spool = (spool or 0.0) + sample.value
             elif sample.name == "citypass_consumer_dead_letters_total":
                 dead = (dead or 0.0) + sample.value
     return ServiceHealthRead(
@@ -263,7 +260,6 @@ def parse_metrics(service: str, url: str, text: str) -> ServiceHealthRead:
         up=True,
         outbox_backlog=backlog,
         outbox_oldest_age_seconds=oldest,
-        spool_backlog=spool,
         dead_letters=dead,
     )
 

@@ -61,6 +61,7 @@ SESSION_DISPUTE_RESOLVED = "citypass.parking.session.dispute_resolved.v1"
 OCCUPANCY_CHANGED = "citypass.parking.occupancy.changed.v1"
 ENTRY_REFUSED = "citypass.parking.entry.refused.v1"
 DUPLICATE_USE = "citypass.transit.validation.duplicate_use.v1"
+UPLOAD_TOO_LATE = "citypass.transit.validation.upload_too_late.v1"
 NOTIFICATION_UNMATCHED = "citypass.payments.bank_notification.unmatched.v1"
 ALERT_RAISED = "citypass.ops.alert.raised.v1"
 ALERT_ACKNOWLEDGED = "citypass.ops.alert.acknowledged.v1"
@@ -102,6 +103,7 @@ KNOWN: dict[str, dict[str, tuple[Category, tuple[str, ...]]]] = {
     },
     ALERTS_TOPIC: {
         DUPLICATE_USE: (Category.alert, ("ticket_id",)),
+        UPLOAD_TOO_LATE: (Category.alert, ("gate_id",)),
         NOTIFICATION_UNMATCHED: (Category.alert, ()),
         ALERT_RAISED: (Category.alert, ("rule", "subject")),
         ALERT_ACKNOWLEDGED: (Category.alert, ("alert_id",)),

@@ -22,6 +22,8 @@ console's write rate (every event of the city, ~1 k/s at peak) fits one node wit
     cp:{ops}:memory:<name>          str     what alert rules remember (cooldowns, last station)
     cp:{ops}:stream-ticket:<sha256> str     one-time ticket for the event stream, TTL 30 s
     cp:{ops}:pipeline               str     the latest pipeline-health snapshot (JSON)
+    cp:{ops}:inventory:<gates|lots> str     the provisioned gates / lots as their owners last
+                                            listed them (inventory.Listing JSON)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from services.operator.alerts import Window
+from services.operator.inventory import Kind, Listing
 from services.operator.projection import (
     AcknowledgeAlert,
     Bucket,
@@ -63,6 +66,10 @@ BUCKET_TTL_S = {
     Bucket.hour: 26 * 3600,
     Bucket.day: 3 * 86_400,
 }
+
+
+def inventory_key(kind: Kind) -> str:
+    return key("inventory", OPS, kind.value)
 
 
 def seen_key(event_id: str) -> str:
@@ -336,6 +343,8 @@ class DashboardData:
     gates: dict[str, dict[str, Any]]
     lots: dict[str, dict[str, Any]]
     open_alerts: int
+    listed_gates: Listing
+    listed_lots: Listing
 
 
 async def read_dashboard(
@@ -358,7 +367,9 @@ async def read_dashboard(
     pipe.hgetall(TABLES[Table.gates])
     pipe.hgetall(TABLES[Table.lots])
     pipe.zcard(ALERT_OPEN)
-    replies = await pipe.execute()
+    pipe.get(inventory_key(Kind.gates))
+    pipe.get(inventory_key(Kind.lots))
+    *replies, listed_gates, listed_lots = await pipe.execute()
     counters = [{k.decode(): int(v) for k, v in reply.items()} for reply in replies[:-3]]
     a, b, c = (
         len(minutes),
@@ -373,7 +384,22 @@ async def read_dashboard(
         gates={k.decode(): orjson.loads(v) for k, v in replies[-3].items()},
         lots={k.decode(): orjson.loads(v) for k, v in replies[-2].items()},
         open_alerts=int(replies[-1]),
+        listed_gates=_listing(listed_gates),
+        listed_lots=_listing(listed_lots),
     )
+
+
+def _listing(raw: bytes | None) -> Listing:
+    return Listing() if raw is None else Listing.model_validate_json(raw)
+
+
+async def load_listing(redis: Redis, kind: Kind) -> Listing:
+    return _listing(cast(bytes | None, await redis.get(inventory_key(kind))))
+
+
+async def save_listing(redis: Redis, kind: Kind, listing: Listing) -> None:
+    """Kept without expiry: when the owner cannot answer, its last list still stands."""
+    await redis.set(inventory_key(kind), listing.model_dump_json())
 
 
 async def read_table(redis: Redis, table: Table) -> dict[str, dict[str, Any]]:

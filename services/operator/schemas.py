@@ -74,24 +74,58 @@ class TodayRead(BaseModel):
     alerts: int
 
 
+class GateState(StrEnum):
+    online = "online"  # a decision within `OPERATOR_GATE_SILENT_AFTER`
+    silent = "silent"  # decisions before, none within it
+    never_reported = "never_reported"  # provisioned, no decision received by the console
+    disabled = "disabled"  # provisioned and disabled: its silence is expected
+
+
 class GateStatusRead(BaseModel):
     gate_id: str
     station: str | None
     line: str | None
     route: str | None
-    last_seen: datetime
-    online: bool = Field(description="Heard from within `OPERATOR_GATE_SILENT_AFTER`")
+    state: GateState
+    provisioned: bool = Field(
+        description="In validation's list of gates; false for a gate that reported but is not "
+        "listed (removed, or the list could not be read)"
+    )
+    last_seen: datetime | None = Field(description="Its latest decision; null: none received")
+    online: bool = Field(description="`state` is `online`")
     last_decision: str | None
     last_reason: str | None
 
 
+class GateSummaryRead(BaseModel):
+    """What the gate figures count. `online + silent + never_reported + disabled` is every gate
+    shown: the provisioned ones and any that reported without being provisioned."""
+
+    provisioned: int | None = Field(description="Gates validation lists; null: list not read")
+    online: int
+    silent: int
+    never_reported: int
+    disabled: int
+    not_provisioned: int = Field(description="Gates that reported but validation does not list")
+    listed_at: datetime | None = Field(description="When validation's list was last read")
+    list_error: str | None = Field(description="Why the latest read of the list failed")
+
+
 class LotRead(BaseModel):
     lot_id: str
+    name: str | None = Field(description="From parking's list of lots")
     vehicle_type: str
-    occupied: int
     capacity: int
-    free: int
-    updated_at: datetime
+    occupied: int | None = Field(description="Null: no occupancy event received for it yet")
+    free: int | None
+    updated_at: datetime | None = Field(description="Time of its latest occupancy event")
+    provisioned: bool = Field(description="In parking's list of lots")
+
+
+class LotSummaryRead(BaseModel):
+    provisioned: int | None = Field(description="Lots parking lists; null: list not read")
+    listed_at: datetime | None
+    list_error: str | None
 
 
 class DashboardRead(BaseModel):
@@ -102,8 +136,15 @@ class DashboardRead(BaseModel):
     reason_buckets: list[datetime] = Field(description="Start of each 10-minute bucket")
     reasons: list[ReasonSeries]
     today: TodayRead
-    gates: list[GateStatusRead]
-    lots: list[LotRead]
+    gates: list[GateStatusRead] = Field(
+        description="Every provisioned gate and every gate that reported, by id"
+    )
+    gate_summary: GateSummaryRead
+    lots: list[LotRead] = Field(
+        description="Every provisioned lot (per vehicle type it has places for) and every lot "
+        "with occupancy events"
+    )
+    lot_summary: LotSummaryRead
     open_alerts: int
 
 
@@ -188,9 +229,6 @@ class ServiceHealthRead(BaseModel):
     error: str | None = None
     outbox_backlog: float | None = Field(default=None, description="Events not yet relayed")
     outbox_oldest_age_seconds: float | None = None
-    spool_backlog: float | None = Field(
-        default=None, description="Validation events spooled while Kafka was unreachable"
-    )
     dead_letters: float | None = Field(default=None, description="Records this service parked")
 
 

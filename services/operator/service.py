@@ -5,9 +5,12 @@ No Redis commands here (see repository.py), no HTTP (see endpoints.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +23,7 @@ from redis.asyncio import Redis
 
 from services.operator import events, repository
 from services.operator.alerts import Thresholds
+from services.operator.inventory import Listing
 from services.operator.projection import (
     HANOI,
     hanoi_day,
@@ -31,9 +35,12 @@ from services.operator.schemas import (
     AlertRead,
     AlertStatus,
     DashboardRead,
+    GateState,
     GateStatusRead,
+    GateSummaryRead,
     HourRevenue,
     LotRead,
+    LotSummaryRead,
     MinuteCount,
     OperatorRead,
     PipelineRead,
@@ -46,9 +53,10 @@ from services.operator.schemas import (
     TodayRead,
 )
 from services.operator.settings import OperatorSettings
-from shared.errors import NotFound, Unauthorized
+from shared.errors import NotFound, ProblemError, Unauthorized
 from shared.kafka import Publisher
 from shared.network import BUS_ROUTES, LINES, STATIONS
+from shared.ratelimit import Counted, RateLimit, count_attempt, succeeded
 
 logger = logging.getLogger("citypass.operator")
 
@@ -84,22 +92,75 @@ def thresholds(settings: OperatorSettings) -> Thresholds:
 # Sign-in ----------------------------------------------------------------------------------------
 
 
+class TooManyLoginFailures(ProblemError):
+    status, code, title = 429, "too_many_login_failures", "Too many wrong passwords"
+
+
+class Passwords:
+    """Argon2id checks in a bounded thread pool: off the event loop, and at most `threads` at
+    once, so that a flood of logins waits for them instead of starving the console."""
+
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="argon2")
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """Same work whether or not the user exists: unknown names check a dummy hash."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self.pool, hasher.verify, password_hash or _DUMMY_HASH, password
+            )
+        except VerificationError:
+            return False
+        return password_hash is not None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 async def create_operator(redis: Redis, username: str, password: str, role: Role) -> None:
-    await repository.save_operator(redis, username, hasher.hash(password), role.value)
+    password_hash = await asyncio.to_thread(hasher.hash, password)
+    await repository.save_operator(redis, username, password_hash, role.value)
+
+
+def login_counters(
+    settings: OperatorSettings, username: str, client: str
+) -> tuple[Counted, Counted]:
+    """Wrong passwords counted per user name and per client address."""
+    window = settings.login_failure_window
+    return (
+        (RateLimit("operator-login-user", settings.login_failure_limit, window), username),
+        (
+            RateLimit("operator-login-client", settings.login_client_failure_limit, window),
+            client,
+        ),
+    )
 
 
 async def login(
-    redis: Redis, username: str, password: str, secret: str, ttl: timedelta
+    redis: Redis,
+    passwords: Passwords,
+    settings: OperatorSettings,
+    username: str,
+    password: str,
+    client: str,
 ) -> SessionRead:
+    """A session for a right password. Every attempt is counted before the password is
+    checked and given back when it was right, so a refused guess costs no hashing."""
+    user, address = login_counters(settings, username, client)
+    wait = await count_attempt(redis, (user, address))
+    if wait is not None:
+        raise TooManyLoginFailures(
+            "Too many wrong passwords for this user name or from this address; try again later.",
+            retry_after_s=wait,
+        )
     record = await repository.get_operator(redis, username)
-    try:
-        hasher.verify(record["password_hash"] if record else _DUMMY_HASH, password)
-    except VerificationError:
-        record = None
-    if record is None:
+    if not await passwords.verify(record["password_hash"] if record else None, password):
         raise Unauthorized("Wrong username or password.", code="invalid_credentials")
+    assert record is not None
+    await succeeded(redis, forget=[user], give_back=[address])
+    secret = settings.session_secret.get_secret_value()
     now = int(time.time())
-    expires_in = int(ttl.total_seconds())
+    expires_in = int(settings.session_ttl.total_seconds())
     token = jwt.encode(
         {"sub": username, "role": record["role"], "iat": now, "exp": now + expires_in},
         secret,
@@ -207,31 +268,10 @@ async def dashboard(redis: Redis, settings: OperatorSettings, now: float) -> Das
         {n[2:] for c in (today, *data.ten_minutes) for n in c if n.startswith("r|")},
         key=lambda r: (-today.get(f"r|{r}", 0), r),
     )
-    silent_s = settings.gate_silent_after.total_seconds()
-    gates = [
-        GateStatusRead(
-            gate_id=gate_id,
-            station=g.get("station"),
-            line=g.get("line"),
-            route=g.get("route"),
-            last_seen=_moment(float(g["last_seen"])),
-            online=now - float(g["last_seen"]) < silent_s,
-            last_decision=g.get("last_decision"),
-            last_reason=g.get("last_reason"),
-        )
-        for gate_id, g in sorted(data.gates.items())
-    ]
-    lots = [
-        LotRead(
-            lot_id=str(lot["lot_id"]),
-            vehicle_type=str(lot["vehicle_type"]),
-            occupied=int(lot["occupied"]),
-            capacity=int(lot["capacity"]),
-            free=int(lot["free"]),
-            updated_at=_moment(float(lot["at"])),
-        )
-        for _, lot in sorted(data.lots.items())
-    ]
+    gates, gate_summary = gate_board(
+        data.gates, data.listed_gates, now, settings.gate_silent_after.total_seconds()
+    )
+    lots, lot_summary = lot_board(data.lots, data.listed_lots)
     return DashboardRead(
         generated_at=_moment(now),
         minutes=[_moment(m * 60) for m in minutes],
@@ -275,9 +315,102 @@ async def dashboard(redis: Redis, settings: OperatorSettings, now: float) -> Das
             alerts=today.get("alerts", 0),
         ),
         gates=gates,
+        gate_summary=gate_summary,
         lots=lots,
+        lot_summary=lot_summary,
         open_alerts=data.open_alerts,
     )
+
+
+def gate_board(
+    reported: dict[str, dict[str, Any]], listed: Listing, now: float, silent_s: float
+) -> tuple[list[GateStatusRead], GateSummaryRead]:
+    """Every provisioned gate and every gate that reported, each in exactly one state."""
+    provisioned = {gate.gate_id: gate for gate in listed.gates}
+    gates = []
+    for gate_id in sorted(provisioned.keys() | reported.keys()):
+        seen, known = reported.get(gate_id), provisioned.get(gate_id)
+        last_seen = float(seen["last_seen"]) if seen else None
+        if known is not None and not known.enabled:
+            state = GateState.disabled
+        elif last_seen is None:
+            state = GateState.never_reported
+        elif now - last_seen < silent_s:
+            state = GateState.online
+        else:
+            state = GateState.silent
+        station = known.station if known else (seen or {}).get("station")
+        route = known.route if known else (seen or {}).get("route")
+        gates.append(
+            GateStatusRead(
+                gate_id=gate_id,
+                station=station,
+                line=STATIONS[station].line if station in STATIONS else None,
+                route=route,
+                state=state,
+                provisioned=known is not None,
+                last_seen=None if last_seen is None else _moment(last_seen),
+                online=state is GateState.online,
+                last_decision=(seen or {}).get("last_decision"),
+                last_reason=(seen or {}).get("last_reason"),
+            )
+        )
+    states = Counter(gate.state for gate in gates)
+    summary = GateSummaryRead(
+        provisioned=len(provisioned) if listed.read_at is not None else None,
+        online=states[GateState.online],
+        silent=states[GateState.silent],
+        never_reported=states[GateState.never_reported],
+        disabled=states[GateState.disabled],
+        not_provisioned=sum(1 for gate in gates if not gate.provisioned),
+        listed_at=None if listed.read_at is None else _moment(listed.read_at),
+        list_error=listed.error,
+    )
+    return gates, summary
+
+
+def lot_board(
+    reported: dict[str, dict[str, Any]], listed: Listing
+) -> tuple[list[LotRead], LotSummaryRead]:
+    """A row per lot and vehicle type: every provisioned lot for each type it has places for
+    (both when it has none), and every lot and type with occupancy events."""
+    names = {lot.lot_id: lot.name for lot in listed.lots}
+    rows: dict[tuple[str, str], LotRead] = {}
+    for lot in reported.values():
+        lot_id, vehicle = str(lot["lot_id"]), str(lot["vehicle_type"])
+        rows[lot_id, vehicle] = LotRead(
+            lot_id=lot_id,
+            name=names.get(lot_id),
+            vehicle_type=vehicle,
+            capacity=int(lot["capacity"]),
+            occupied=int(lot["occupied"]),
+            free=int(lot["free"]),
+            updated_at=_moment(float(lot["at"])),
+            provisioned=lot_id in names,
+        )
+    for listed_lot in listed.lots:
+        capacities = listed_lot.capacities
+        with_places = [v for v, places in capacities.items() if places > 0] or list(capacities)
+        for vehicle in with_places:
+            rows.setdefault(
+                (listed_lot.lot_id, vehicle),
+                LotRead(
+                    lot_id=listed_lot.lot_id,
+                    name=listed_lot.name,
+                    vehicle_type=vehicle,
+                    capacity=capacities[vehicle],
+                    occupied=None,
+                    free=None,
+                    updated_at=None,
+                    provisioned=True,
+                ),
+            )
+    summary = LotSummaryRead(
+        provisioned=len(names) if listed.read_at is not None else None,
+        listed_at=None if listed.read_at is None else _moment(listed.read_at),
+        list_error=listed.error,
+    )
+    return [rows[k] for k in sorted(rows)], summary
 
 
 # The event search -------------------------------------------------------------------------------

@@ -46,6 +46,14 @@ class OperatorSettings(ServiceSettings):
     session_ttl: timedelta = timedelta(hours=8)  # one shift
     # EventSource cannot send headers: the page trades its bearer token for a one-time ticket.
     stream_ticket_ttl: timedelta = timedelta(seconds=30)
+    # Wrong passwords: past the limit, a user name (or a client address) is refused (429) until
+    # its window, opened by the first failure, closes. An address may be an office's NAT: more.
+    login_failure_limit: int = Field(default=5, ge=1)
+    login_client_failure_limit: int = Field(default=20, ge=1)
+    login_failure_window: timedelta = timedelta(minutes=15)
+    # Argon2id checks (64 MiB, ~50 ms of a core each) run in this many threads, off the event
+    # loop: a flood of logins then queues for them instead of taking every core from the console.
+    password_threads: int = Field(default=1, ge=1)
 
     # The consumer: one group reading every topic; events are deduplicated by id in Redis.
     consumer_group: str = Field(default="operator", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
@@ -72,6 +80,13 @@ class OperatorSettings(ServiceSettings):
     payment_failure_count: int = Field(default=10, ge=1)
     payment_failure_window: timedelta = timedelta(minutes=5)
     alert_cooldown: timedelta = timedelta(minutes=10)  # one alert per rule and subject
+
+    # What is provisioned, from its owners' public read APIs (validation `GET /v1/gates`, parking
+    # `GET /v1/lots`): the dashboard lists every gate and lot, also those that never reported.
+    # Events only name gates and lots that had traffic. None: not read (nothing to compare to).
+    gates_url: str | None = "http://127.0.0.1:8002/v1/gates"
+    lots_url: str | None = "http://127.0.0.1:8003/v1/lots"
+    inventory_poll_interval: timedelta = timedelta(seconds=30)
 
     # Pipeline health: consumer lag from Kafka, outbox and spool from each service's /metrics.
     pipeline_poll_interval: timedelta = timedelta(seconds=5)

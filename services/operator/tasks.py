@@ -5,7 +5,8 @@
   live tail once (dedup by event id, in the same Redis script as the aggregates);
 - the gate watch: every `gate_check_interval`, gates silent for `gate_silent_after` raise an
   alert;
-- the pipeline monitor: consumer lag, outbox and spool backlogs, every `pipeline_poll_interval`.
+- the pipeline monitor: consumer lag, outbox and spool backlogs, every `pipeline_poll_interval`;
+- the inventory watch: the provisioned gates and lots, every `inventory_poll_interval`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.operator import alerts, events, pipeline, repository
+from services.operator import alerts, events, inventory, pipeline, repository
 from services.operator.alerts import GateSeen, Thresholds, Verdict
 from services.operator.projection import (
     TOPICS,
@@ -198,3 +199,37 @@ class PipelineMonitor:
 
     async def close(self) -> None:
         await self.reader.close()
+
+
+class InventoryWatch:
+    """Reads the provisioned gates and lots from their owners (see inventory.py)."""
+
+    def __init__(self, redis: Redis, settings: OperatorSettings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.urls = {
+            kind: url
+            for kind, url in (
+                (inventory.Kind.gates, settings.gates_url),
+                (inventory.Kind.lots, settings.lots_url),
+            )
+            if url is not None
+        }
+
+    async def run(self) -> None:
+        interval = self.settings.inventory_poll_interval.total_seconds()
+        async with httpx.AsyncClient(timeout=self.settings.scrape_timeout_s) as client:
+            while True:
+                try:
+                    await self.check(client)
+                except (RedisError, TimeoutError, OSError) as exc:
+                    logger.warning("inventory check failed: %s", describe_failure(exc))
+                await asyncio.sleep(interval)
+
+    async def check(self, client: httpx.AsyncClient) -> None:
+        for kind, url in self.urls.items():
+            previous = await repository.load_listing(self.redis, kind)
+            listing = await inventory.read(client, kind, url, previous)
+            if listing.error:
+                logger.warning("provisioned %s not read: %s", kind.value, listing.error)
+            await repository.save_listing(self.redis, kind, listing)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import orjson
 from aiokafka.errors import KafkaError
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -31,15 +31,13 @@ from services.validation.decisions import BUILDERS, Record
 from shared.events import Event
 from shared.health import raise_if_cancelled
 from shared.kafka import Publisher
+from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST
 
 logger = logging.getLogger("citypass.validation.outbox")
 
 GROUP = "relay"
 
 PUBLISHED = Counter("citypass_validation_published_events_total", "Events acknowledged by Kafka")
-BACKLOG = Gauge(
-    "citypass_validation_outbox_backlog_events", "Events in the Redis streams, not yet in Kafka"
-)
 UNREADABLE = Counter(
     "citypass_validation_outbox_unreadable_total", "Stream entries no builder could read"
 )
@@ -122,7 +120,9 @@ class Outbox:
                 self.redis, GROUP, self.consumer, claim_ms, self.batch_size
             ):
                 self._own_pending = True
-            BACKLOG.set(await repository.event_backlog(self.redis))
+            waiting, oldest_s = await repository.outbox_state(self.redis, time.time())
+            OUTBOX_BACKLOG.labels("validation").set(waiting)
+            OUTBOX_OLDEST.labels("validation").set(oldest_s)
         entries = await repository.read_events(
             self.redis,
             GROUP,

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -542,10 +543,20 @@ async def claim_abandoned(
 
 async def event_backlog(redis: Redis) -> int:
     """Events not yet acknowledged by Kafka, over every shard."""
+    return (await outbox_state(redis, time.time()))[0]
+
+
+async def outbox_state(redis: Redis, now: float) -> tuple[int, float]:
+    """(entries waiting over every shard, age in seconds of the oldest): an entry's id is the
+    Redis time it was appended, in milliseconds."""
     async with redis.pipeline(transaction=False) as pipe:
         for stream in EVENT_STREAMS:
             pipe.xlen(stream)
-        return sum(await pipe.execute())
+            pipe.xrange(stream, count=1)
+        replies = await pipe.execute()
+    waiting = sum(replies[0::2])
+    firsts = [int(_text(first[0][0]).split("-")[0]) for first in replies[1::2] if first]
+    return waiting, max(0.0, now - min(firsts) / 1000) if firsts else 0.0
 
 
 _OLD_LAYOUT = re.compile(r"cp:\{([0-9a-f-]{36})\}:(ticket|qr-used|offline-use|upload)(?::(.*))?")

@@ -51,6 +51,9 @@ def operator_settings_for(servers: LocalServers, **changes: Any) -> OperatorSett
         "kafka_bootstrap_servers": servers.kafka_bootstrap,
         "consumer_group": f"operator-test-{uuid.uuid4().hex[:12]}",
         "metrics_urls": {},
+        "gates_url": None,  # nothing listens on the `make run` ports in tests
+        "lots_url": None,
+        "inventory_poll_interval": timedelta(seconds=1),
         "pipeline_poll_interval": timedelta(seconds=1),
         "gate_check_interval": timedelta(hours=1),
         "summary_interval": timedelta(milliseconds=200),

@@ -15,8 +15,10 @@ import pytest
 from redis.asyncio import Redis
 
 from citypass.servers import LocalServers, free_port
+from services.operator import service
 from services.operator.projection import TOPICS
 from services.operator.repository import seen_key
+from services.operator.schemas import Role
 from services.parking import events as parking_events
 from shared.kafka import Publisher
 from tests.operator.conftest import (
@@ -102,6 +104,88 @@ class TestAuth:
         assert script.status_code == 200
         assert "EventSource" in script.text
         assert (await console.http.get("/static/../settings.py")).status_code == 404
+
+
+async def attempt(console: Console, username: str, password: str, address: str) -> httpx.Response:
+    """A login from `address`: uvicorn takes `X-Forwarded-For` from a trusted proxy, and the
+    test client connects from 127.0.0.1, which it trusts by default."""
+    return await console.http.post(
+        "/v1/login",
+        json={"username": username, "password": password},
+        headers={"X-Forwarded-For": address},
+    )
+
+
+def address() -> str:
+    return f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+
+
+async def new_operator(redis: Redis) -> tuple[str, str]:
+    username, password = f"op-{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    await service.create_operator(redis, username, password, Role.viewer)
+    return username, password
+
+
+class TestLoginThrottle:
+    async def test_a_user_name_is_refused_after_five_wrong_passwords(
+        self, console: Console, operator_redis: Redis
+    ) -> None:
+        username, password = await new_operator(operator_redis)
+        wrong = [await attempt(console, username, "guess", address()) for _ in range(5)]
+        refused = await attempt(console, username, "guess", address())
+        right = await attempt(console, username, password, address())
+        assert [r.status_code for r in wrong] == [401] * 5
+        assert refused.status_code == 429
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "too_many_login_failures"
+        assert 0 < int(refused.headers["retry-after"]) <= 15 * 60
+        assert (right.status_code, right.json()["code"]) == (429, "too_many_login_failures")
+        other, other_password = await new_operator(operator_redis)
+        assert (await attempt(console, other, other_password, address())).status_code == 200
+
+    async def test_a_client_address_is_refused_after_twenty_wrong_passwords(
+        self, console: Console, operator_redis: Redis
+    ) -> None:
+        username, password = await new_operator(operator_redis)
+        guesser = address()
+        wrong = [
+            await attempt(console, f"nobody-{n}-{uuid.uuid4().hex[:6]}", "guess", guesser)
+            for n in range(20)
+        ]
+        refused = await attempt(console, username, password, guesser)
+        assert [r.status_code for r in wrong] == [401] * 20
+        assert (refused.status_code, refused.json()["code"]) == (429, "too_many_login_failures")
+        assert int(refused.headers["retry-after"]) > 0
+        assert (await attempt(console, username, password, address())).status_code == 200
+
+    async def test_a_right_password_clears_its_user_names_failures(
+        self, console: Console, operator_redis: Redis
+    ) -> None:
+        username, password = await new_operator(operator_redis)
+        before = [await attempt(console, username, "guess", address()) for _ in range(4)]
+        right = await attempt(console, username, password, address())
+        after = [await attempt(console, username, "guess", address()) for _ in range(5)]
+        assert [r.status_code for r in [*before, right, *after]] == [401] * 4 + [200] + [401] * 5
+
+    async def test_the_console_answers_while_passwords_are_checked(self, console: Console) -> None:
+        """Argon2id runs off the event loop: while eight wrong logins are being checked (each
+        from its own name and address, under every limit), other requests keep being answered.
+        On the event loop each check held every other request up: at most one or two got
+        through between two checks."""
+        flood = [
+            asyncio.create_task(
+                attempt(console, f"nobody-{uuid.uuid4().hex[:6]}", "guess", address())
+            )
+            for _ in range(8)
+        ]
+        await asyncio.sleep(0.01)
+        answered = 0
+        while not all(task.done() for task in flood):
+            assert (await console.http.get("/v1/me", headers=console.viewer)).status_code == 200
+            answered += 1
+        results = await asyncio.gather(*flood)
+        assert [r.status_code for r in results] == [401] * 8
+        assert answered >= 4 * len(flood), f"{answered} requests answered during 8 checks"
 
 
 class TestStream:
@@ -225,3 +309,28 @@ class TestEventSearchBounds:
         )
         assert response.status_code == 200
         assert response.json() == []
+
+
+class TestInventory:
+    async def test_an_unreadable_gate_or_lot_list_is_said_not_guessed(
+        self, servers: LocalServers, operator_redis: Redis
+    ) -> None:
+        """Nothing listens where validation and parking should list gates and lots: the
+        dashboard says the provisioned counts are unknown, and why, instead of showing only
+        the gates and lots that reported as if they were all."""
+        nowhere = f"http://127.0.0.1:{free_port()}"
+        settings = operator_settings_for(
+            servers, gates_url=f"{nowhere}/v1/gates", lots_url=f"{nowhere}/v1/lots"
+        )
+        async with running_console(settings) as running:
+
+            async def read_failed() -> dict[str, Any] | None:
+                board = (await running.http.get("/v1/dashboard", headers=running.viewer)).json()
+                failed = board["gate_summary"]["list_error"] and board["lot_summary"]["list_error"]
+                return board if failed else None
+
+            board = await eventually(read_failed, timeout_s=30)
+        assert board["gate_summary"]["provisioned"] is None
+        assert board["gate_summary"]["listed_at"] is None
+        assert nowhere in board["gate_summary"]["list_error"]
+        assert board["lot_summary"]["provisioned"] is None

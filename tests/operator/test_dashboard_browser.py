@@ -1,10 +1,16 @@
 """The operator dashboard in a real headless Chromium (Debian's `chromium`, driven over the
-DevTools protocol on a pipe, see cdp.py): sign in, watch a real gate validation appear.
+DevTools protocol on a pipe, see cdp.py): sign in, check what the page counts, watch a real
+gate validation appear.
 
-A morning of traffic is published first (in the producers' own event shapes) so the page has
-something to show; then a gate validates a real signed dynamic QR on the real validation app
-(`POST /v1/validations`, gate-signed), and the validation must be in the live tail and in its
-station's counter within 2 s. The page is saved as test-artifacts/operator-dashboard.png.
+Gates are provisioned on the real validation app and lots on the real parking service (the
+console reads both lists); a morning of traffic is published (in the producers' own event
+shapes) in which some gates never report, some went silent, and two of the four lots have no
+occupancy events. The page must show every figure as what was sent counts it: each station's
+accepted and rejected validations this minute and today, every provisioned gate in its state
+(online, silent, never reported, disabled) and the gate totals, every lot. Then a gate
+validates a real signed dynamic QR on the real validation app (`POST /v1/validations`,
+gate-signed), and the validation must be in the live tail and in its station's counter within
+2 s. The page is saved as test-artifacts/operator-dashboard.png.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import dataclasses
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from redis.asyncio import Redis
 
 from citypass.servers import LocalServers
-from services.operator.projection import HANOI, TOPICS
+from services.operator.projection import HANOI, TOPICS, hanoi_day, parse_time
 from services.operator.repository import seen_key
 from services.parking import events as parking_events
 from services.parking.occupancy import Count
@@ -35,6 +42,7 @@ from services.parking.tariffs import VehicleType
 from services.payments import events as payments_events
 from services.payments.repository import Leg, TransferDraft
 from services.ticketing import events as ticketing_events
+from services.validation import events as validation_events
 from services.validation.app import build_app as build_validation_app
 from services.validation.settings import IssuerKeyConfig, ValidationSettings
 from shared.devicesigning import DeviceSigner
@@ -59,8 +67,21 @@ from tests.operator.conftest import (
     serve,
     validation_event,
 )
+from tests.support import running_service
 
 VALIDATION_ADMIN = "browser-test-validation-admin-token"
+PARKING_ADMIN = "browser-test-parking-admin-token"
+RUN = uuid.uuid4().hex[:4].upper()
+# The test's own lots (the parking database is shared with the parking tests): lot → places
+# per vehicle type. Occupancy events are sent for the first two only.
+LOTS = {
+    f"HK01-{RUN}": {"motorbike": 300, "car": 40},
+    f"BD01-{RUN}": {"motorbike": 200, "car": 120},
+    f"HK02-{RUN}": {"motorbike": 500, "car": 0},
+    f"BD02-{RUN}": {"motorbike": 400, "car": 60},
+}
+QUIET_GATES = ("2A-03-EN-2", "3-05-EX-2")  # provisioned, never report
+DISABLED_GATE = "2A-06-EX-2"
 ISSUER_KID = "op1"
 ISSUER = Ed25519PrivateKey.generate()
 STATION = "2A-05"  # Thượng Đình
@@ -92,8 +113,16 @@ async def validation(
 
 
 @pytest.fixture(scope="module")
+def parking(migrated: LocalServers, service_env: dict[str, str]) -> Iterator[str]:
+    """The real parking service (a process): the console reads its list of lots."""
+    env = {**service_env, "PARKING_ADMIN_TOKEN": PARKING_ADMIN, "PARKING_LOG_LEVEL": "WARNING"}
+    with running_service("parking", env, migrated.log_dir / "operator-browser-parking.log") as p:
+        yield p.url
+
+
+@pytest.fixture(scope="module")
 async def console(
-    servers: LocalServers, operator_redis: Redis, validation: str
+    servers: LocalServers, operator_redis: Redis, validation: str, parking: str
 ) -> AsyncIterator[Console]:
     group = f"operator-browser-{uuid.uuid4().hex[:6]}"
     settings = operator_settings_for(
@@ -105,22 +134,57 @@ async def console(
             "validation-topups": ["payments.ledger"],
         },
         metrics_urls={"validation": f"{validation}/metrics"},
+        gates_url=f"{validation}/v1/gates",
+        lots_url=f"{parking}/v1/lots",
         consumer_start_from="latest",  # this page shows this test's morning, not earlier tests'
     )
     async with running_console(settings) as running:
         yield running
 
 
-async def provision_gate(validation: str, station: str) -> DeviceSigner:
-    gate_id = f"{station}-EN-{uuid.uuid4().hex[:4].upper()}"
+async def provision_gate(validation: str, station: str, gate_id: str | None = None) -> DeviceSigner:
+    gate_id = gate_id or f"{station}-EN-{uuid.uuid4().hex[:4].upper()}"
+    direction = "exit" if "-EX" in gate_id else "entry"
     async with httpx.AsyncClient(base_url=validation) as http:
         response = await http.post(
             "/v1/gates",
-            json={"gate_id": gate_id, "station": station, "direction": "entry"},
+            json={"gate_id": gate_id, "station": station, "direction": direction},
             headers={"Authorization": f"Bearer {VALIDATION_ADMIN}"},
         )
     assert response.status_code == 201, response.text
     return DeviceSigner(gate_id, response.json()["secret"])
+
+
+async def provision_network(validation: str, parking: str) -> None:
+    """Every station's entry and exit gate (those the morning's events name), two more that
+    stay quiet and a disabled one; the test's four lots."""
+    for line in LINES:
+        for station in line.stations:
+            for side in ("EN", "EX"):
+                await provision_gate(validation, station.code, f"{station.code}-{side}")
+    for gate_id in (*QUIET_GATES, DISABLED_GATE):
+        await provision_gate(validation, gate_id.rsplit("-", 2)[0], gate_id)
+    async with httpx.AsyncClient(base_url=validation) as http:
+        response = await http.patch(
+            f"/v1/gates/{DISABLED_GATE}",
+            json={"enabled": False},
+            headers={"Authorization": f"Bearer {VALIDATION_ADMIN}"},
+        )
+        assert response.status_code == 200, response.text
+    async with httpx.AsyncClient(base_url=parking) as http:
+        for lot_id, places in LOTS.items():
+            response = await http.put(
+                f"/v1/lots/{lot_id}",
+                json={
+                    "name": f"Bãi {lot_id}",
+                    "district": "Hoàn Kiếm",
+                    "address": "Phố Tràng Tiền",
+                    "motorbike_capacity": places["motorbike"],
+                    "car_capacity": places["car"],
+                },
+                headers={"Authorization": f"Bearer {PARKING_ADMIN}"},
+            )
+            assert response.status_code == 200, response.text
 
 
 async def validate_at_gate(validation: str, gate: DeviceSigner) -> dict[str, Any]:
@@ -223,7 +287,7 @@ def morning_traffic(now: float) -> list[tuple[str, str, Event]]:
             )
         )
     for _ in range(45):
-        lot = rng.choice(["HK-01", "HK-02", "BD-01", "BD-02"])
+        lot = rng.choice(list(LOTS))
         out.append(
             _transfer(
                 rng,
@@ -263,16 +327,15 @@ def morning_traffic(now: float) -> list[tuple[str, str, Event]]:
         )
         out.append((ticketing_events.TOPIC, ticket_id, _at(issued, rng.uniform(hanoi_start, now))))
 
-    lots = {
-        ("HK-01", VehicleType.MOTORBIKE): (300, 241),
-        ("HK-01", VehicleType.CAR): (40, 31),
-        ("HK-02", VehicleType.MOTORBIKE): (500, 388),
-        ("BD-01", VehicleType.MOTORBIKE): (200, 122),
-        ("BD-01", VehicleType.CAR): (120, 120),
-        ("BD-02", VehicleType.MOTORBIKE): (400, 162),
-        ("BD-02", VehicleType.CAR): (60, 44),
+    hk01, bd01 = list(LOTS)[:2]  # the other two lots had no traffic
+    occupancy = {
+        (hk01, VehicleType.MOTORBIKE): 241,
+        (hk01, VehicleType.CAR): 31,
+        (bd01, VehicleType.MOTORBIKE): 122,
+        (bd01, VehicleType.CAR): 120,
     }
-    for sequence, ((lot, vehicle), (capacity, occupied)) in enumerate(lots.items(), start=1):
+    for sequence, ((lot, vehicle), occupied) in enumerate(occupancy.items(), start=1):
+        capacity = LOTS[lot][vehicle.value]
         session = uuid.uuid4()
         plate = f"{rng.choice(['29', '30', '51'])}{rng.choice('ABCFGH')}-***.{rng.randint(10, 99)}"
         opened = parking_events.session_event(
@@ -330,13 +393,14 @@ def _transfer(
     return "payments.ledger", str(wallet), _at(event, moment)
 
 
-async def probe_lands(publisher: Publisher, redis: Redis) -> bool:
+async def probe_lands(publisher: Publisher, redis: Redis, sent: list[Event]) -> bool:
     """Starting from the latest offsets, the group skips what was published before it joined.
     Probe every partition, so that each has a committed offset: a later rebalance then resumes
     from there instead of jumping to the latest offset past the test's own validation."""
     producer = await publisher.connect()
     partitions = sorted(await producer.partitions_for("transit.validations"))
     probes = [validation_event(station="2A-01", gate_id="2A-01-EN") for _ in partitions]
+    sent += probes  # they count where they land, like any validation
     for partition, probe in zip(partitions, probes, strict=True):
         await producer.send_and_wait(
             "transit.validations",
@@ -352,9 +416,10 @@ async def probe_lands(publisher: Publisher, redis: Redis) -> bool:
     return False
 
 
-async def test_a_gate_validation_shows_on_the_dashboard_within_two_seconds(
+async def test_the_dashboard_counts_what_was_sent_and_shows_a_validation_within_two_seconds(
     console: Console,
     validation: str,
+    parking: str,
     publisher: Publisher,
     operator_redis: Redis,
     artifacts: Path,
@@ -364,7 +429,9 @@ async def test_a_gate_validation_shows_on_the_dashboard_within_two_seconds(
     binary = chromium_path()
     if binary is None:
         pytest.fail(INSTALL_HINT)
-    await eventually(lambda: probe_lands(publisher, operator_redis), timeout_s=60)
+    await provision_network(validation, parking)
+    probes: list[Event] = []
+    await eventually(lambda: probe_lands(publisher, operator_redis, probes), timeout_s=60)
     traffic = morning_traffic(time.time())
     await publisher.publish_many(
         [(topic, key, e.value(), e.headers()) for topic, key, e in traffic]
@@ -398,6 +465,12 @@ async def test_a_gate_validation_shows_on_the_dashboard_within_two_seconds(
             "document.getElementById('live').dataset.status === 'on'", what="live stream"
         )
         assert await browser.evaluate("sessionStorage.getItem('citypass.operator.token') !== null")
+        # The console's figures, against what was sent (only probes that landed count).
+        landed = [p for p in probes if await operator_redis.exists(seen_key(p.id))]
+        sent = [*landed, *(event for _, _, event in traffic)]
+        await check_counts(browser, sent, validation, parking)
+        never = f"document.querySelector('#gates .chip[data-gate=\"{gate.device_id}\"]')"
+        assert await browser.evaluate(f"{never}.dataset.state") == "never_reported"
         counter = f"document.querySelector('[data-place=\"{STATION}\"] .count-today-accepted')"
         before = int(
             await browser.wait_for(f"{counter} && {counter}.textContent", what="station counter")
@@ -429,6 +502,9 @@ async def test_a_gate_validation_shows_on_the_dashboard_within_two_seconds(
             + "\n"
         )
         assert min(delays) <= 2.0, f"validations reached the dashboard after {delays} s"
+        await browser.wait_for(
+            f"{never}.dataset.state === 'online'", timeout_s=15, what="the gate online"
+        )
         row_text = await browser.evaluate(f"{row}.textContent")
         assert "Thượng Đình" in row_text
         assert gate.device_id in row_text
@@ -470,3 +546,138 @@ async def test_a_gate_validation_shows_on_the_dashboard_within_two_seconds(
         assert browser.problems == []
     finally:
         await browser.close()
+
+
+SNAPSHOT = """(() => {
+  const n = (el) => (el ? Number(el.textContent.replace(/\\D/g, "")) : null);
+  const body = document.getElementById("stations");
+  const stations = {};
+  for (const tr of body.querySelectorAll("tr[data-place]")) {
+    stations[tr.dataset.place] = [".count-minute-accepted", ".count-today-accepted",
+      ".count-minute-rejected", ".count-today-rejected"].map((c) => n(tr.querySelector(c)));
+  }
+  const gates = {};
+  for (const chip of document.querySelectorAll("#gates .chip")) {
+    gates[chip.dataset.gate] = chip.dataset.state;
+  }
+  const lots = {};
+  for (const li of document.querySelectorAll("#lots li")) {
+    lots[`${li.dataset.lot}|${li.dataset.vehicle}`] =
+      li.dataset.reported === "true" ? n(li.querySelector(".lot-free .n")) : null;
+  }
+  return {
+    minute: body.dataset.minute ? Math.floor(Date.parse(body.dataset.minute) / 60000) : null,
+    day: body.dataset.day || null,
+    now: Date.now() / 1000,
+    stations, gates, lots,
+    kpi: [document.getElementById("kpi-gates").textContent,
+      n(document.getElementById("kpi-gates-silent")),
+      n(document.getElementById("kpi-gates-never"))],
+  };
+})()"""
+SILENT_AFTER_S = 15 * 60  # OPERATOR_GATE_SILENT_AFTER
+
+
+def expected_stations(sent: list[Event], minute: int, day: str) -> dict[str, list[int]]:
+    """Per station: accepted this minute, accepted today, rejected this minute, rejected today."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for event in sent:
+        if event.type not in (
+            validation_events.VALIDATION_ACCEPTED,
+            validation_events.VALIDATION_REJECTED,
+        ):
+            continue
+        at = parse_time(event.data["decided_at"])
+        assert at is not None
+        rejected = 2 if event.type == validation_events.VALIDATION_REJECTED else 0
+        row = counts[str(event.data["station"])]
+        row[rejected] += int(at // 60) == minute
+        row[rejected + 1] += hanoi_day(at) == day
+    return dict(counts)
+
+
+def expected_gates(
+    sent: list[Event], listed: list[dict[str, Any]], now: float
+) -> tuple[dict[str, str], set[str]]:
+    """Each provisioned gate's state as the sent events make it, and the gates whose state
+    flips within 15 s of `now` (not compared)."""
+    last: dict[str, float] = {}
+    for event in sent:
+        if event.type in (
+            validation_events.VALIDATION_ACCEPTED,
+            validation_events.VALIDATION_REJECTED,
+        ):
+            at = parse_time(event.data["decided_at"])
+            assert at is not None
+            gate_id = str(event.data["gate_id"])
+            last[gate_id] = max(at, last.get(gate_id, at))
+    states, borderline = {}, set()
+    for gate in listed:
+        gate_id, seen = gate["gate_id"], last.get(gate["gate_id"])
+        if not gate["enabled"]:
+            states[gate_id] = "disabled"
+        elif seen is None:
+            states[gate_id] = "never_reported"
+        else:
+            states[gate_id] = "online" if now - seen < SILENT_AFTER_S else "silent"
+            if abs(now - seen - SILENT_AFTER_S) < 15:
+                borderline.add(gate_id)
+    return states, borderline
+
+
+async def check_counts(browser: Browser, sent: list[Event], validation: str, parking: str) -> None:
+    """Station columns, gate states and totals, and lots on the page equal what was sent (and
+    what validation and parking list); retried while the page may still be catching up."""
+    async with httpx.AsyncClient() as http:
+        listed_gates = (await http.get(f"{validation}/v1/gates")).json()
+        listed_lots = (await http.get(f"{parking}/v1/lots")).json()
+    free = {
+        f"{e.data['lot_id']}|{e.data['vehicle_type']}": e.data["free"]
+        for e in sent
+        if e.type == parking_events.OCCUPANCY_CHANGED
+    }
+    lots: dict[str, int | None] = {}
+    for lot in listed_lots:
+        places = {"motorbike": lot["motorbike_capacity"], "car": lot["car_capacity"]}
+        for vehicle in [v for v, n in places.items() if n > 0] or list(places):
+            lots[f"{lot['lot_id']}|{vehicle}"] = free.get(f"{lot['lot_id']}|{vehicle}")
+    ours = {key for key in lots if key.split("|")[0] in LOTS}
+    problems: list[str] = ["not checked yet"]
+    deadline = time.monotonic() + 30
+    while problems and time.monotonic() < deadline:
+        page = await browser.evaluate(SNAPSHOT)
+        problems = []
+        # Which minute and day the page counts (the current ones if it does not say).
+        minute = page["minute"] if page["minute"] is not None else int(page["now"] // 60)
+        stations = expected_stations(sent, minute, page["day"] or hanoi_day(page["now"]))
+        for place, want in stations.items():
+            if page["stations"].get(place) != want:
+                problems.append(f"station {place}: page {page['stations'].get(place)}, sent {want}")
+        states, borderline = expected_gates(sent, listed_gates, page["now"])
+        for gate_id, state in states.items():
+            if gate_id not in borderline and page["gates"].get(gate_id) != state:
+                problems.append(f"gate {gate_id}: page {page['gates'].get(gate_id)}, sent {state}")
+        if not borderline:
+            tally = {
+                s: list(states.values()).count(s) for s in ("online", "silent", "never_reported")
+            }
+            kpi = [
+                f"{tally['online']}/{sum(tally.values())}",
+                tally["silent"],
+                tally["never_reported"],
+            ]
+            if page["kpi"] != kpi:
+                problems.append(f"gate totals: page {page['kpi']}, sent {kpi}")
+        missing = sorted(lots.keys() - page["lots"].keys())
+        if missing:
+            problems.append(f"lots missing from the page: {missing}")
+        for key in ours:
+            if page["lots"].get(key) != lots[key]:
+                problems.append(f"lot {key}: page {page['lots'].get(key)}, sent free {lots[key]}")
+        if problems:
+            await asyncio.sleep(0.5)
+    assert not problems, "\n".join(problems)
+    # The morning has each kind the issue saw: never reported, silent, online; quiet lots.
+    assert {"online", "silent", "never_reported", "disabled"} <= set(states.values())
+    assert any(lots[key] is None for key in ours)
+    assert any(lots[key] is not None for key in ours)

@@ -29,18 +29,22 @@
       "auth.error": "Không kết nối được máy chủ.",
       "role.admin": "quản trị",
       "role.viewer": "theo dõi",
-      "kpi.validations": "Lượt soát vé hôm nay",
-      "kpi.rejected": "bị từ chối",
-      "kpi.rate": "Lượt/phút (5 phút qua)",
-      "kpi.rejectRate": "tỉ lệ từ chối",
+      "kpi.validations": "Lượt soát vé hợp lệ hôm nay",
+      "kpi.rejected": "bị từ chối hôm nay",
+      "kpi.rate": "Lượt soát vé/phút, hợp lệ + từ chối (5 phút trọn gần nhất)",
+      "kpi.rejectRate": "bị từ chối trong 5 phút đó",
       "kpi.revenueTransit": "Doanh thu vận tải hôm nay",
-      "kpi.tickets": "vé đã bán",
+      "kpi.tickets": "vé phát hành hôm nay",
       "kpi.revenueParking": "Doanh thu bãi đỗ hôm nay",
-      "kpi.payFailures": "thanh toán lỗi",
-      "kpi.gates": "Cổng trực tuyến",
-      "kpi.offline": "mất kết nối",
+      "kpi.payFailures": "thanh toán lỗi hôm nay (vé và gửi xe)",
+      "kpi.gates": "Cổng trực tuyến / đang hoạt động",
+      "kpi.gatesSilent": "mất tín hiệu",
+      "kpi.gatesNever": "chưa từng gửi dữ liệu",
+      "kpi.gatesProvisioned": "{count} cổng được cấp phát · {disabled} đã tắt",
+      "kpi.gatesUnlisted": "{count} cổng gửi dữ liệu nhưng không có trong danh sách",
+      "kpi.gatesNoList": "Chưa đọc được danh sách cổng: chỉ tính các cổng đã gửi dữ liệu",
       "kpi.alerts": "Cảnh báo chưa xử lý",
-      "kpi.alertsToday": "hôm nay",
+      "kpi.alertsToday": "phát sinh hôm nay",
       "chart.network": "Lượt soát vé mỗi phút — toàn mạng",
       "decision.accept": "Hợp lệ",
       "decision.reject": "Từ chối",
@@ -50,30 +54,38 @@
       "alerts.none": "Không có cảnh báo.",
       "alerts.ack": "Xác nhận",
       "alerts.ackedBy": "Đã xác nhận bởi {who}",
-      "stations.title": "Theo ga — 30 phút qua",
+      "stations.title": "Theo ga — mỗi phút (30 phút qua) và hôm nay",
       "stations.station": "Ga / tuyến",
       "stations.perMinute": "Mỗi phút",
-      "stations.lastMinute": "Phút qua",
-      "stations.today": "Hôm nay",
-      "stations.rejected": "Từ chối",
+      "stations.acceptedMinute": "Hợp lệ · phút này",
+      "stations.acceptedToday": "Hợp lệ · hôm nay",
+      "stations.rejectedMinute": "Từ chối · phút này",
+      "stations.rejectedToday": "Từ chối · hôm nay",
       "stations.line": "Tuyến {line}",
       "stations.bus": "Xe buýt",
       "reasons.title": "Lý do từ chối — 3 giờ qua",
       "reasons.none": "Chưa có lượt bị từ chối.",
       "lots.title": "Bãi đỗ xe — chỗ trống",
-      "lots.none": "Chưa có dữ liệu bãi đỗ.",
+      "lots.none": "Chưa có bãi đỗ nào.",
       "lots.free": "chỗ trống",
       "lots.of": "{occupied}/{capacity} đang gửi · cập nhật {time}",
+      "lots.unreported": "chưa có dữ liệu công suất",
+      "lots.places": "{capacity} chỗ",
+      "lots.noList": "Chưa đọc được danh sách bãi đỗ: chỉ hiện các bãi đã gửi dữ liệu.",
+      "lots.listError": "Danh sách bãi đỗ đọc lúc {time}; lần đọc gần nhất lỗi.",
       "revenue.title": "Doanh thu theo giờ — hôm nay",
       "revenue.transit": "Vận tải",
       "revenue.parking": "Bãi đỗ",
-      "revenue.topups": "Nạp ví",
-      "revenue.suspense": "Treo (chưa khớp)",
+      "revenue.topups": "Nạp ví hôm nay",
+      "revenue.suspense": "Treo (chưa khớp) hôm nay",
       "gates.title": "Thiết bị cổng",
       "gates.online": "Trực tuyến",
-      "gates.offline": "Mất kết nối",
-      "gates.none": "Chưa cổng nào gửi dữ liệu.",
+      "gates.silent": "Mất tín hiệu",
+      "gates.never": "Chưa từng gửi",
+      "gates.disabled": "Đã tắt",
+      "gates.none": "Chưa có cổng nào được cấp phát hay gửi dữ liệu.",
       "gates.seen": "Lần cuối: {time} ({ago})",
+      "gates.neverSeen": "Chưa nhận được lượt soát vé nào",
       "tail.title": "Sự kiện trực tiếp",
       "tail.ticket": "Mã vé",
       "tail.gate": "Mã cổng",
@@ -98,12 +110,11 @@
       "pipeline.records": "Bản ghi chờ",
       "pipeline.seconds": "Giây",
       "pipeline.partitions": "Phân vùng",
-      "pipeline.services": "Outbox và spool theo dịch vụ",
+      "pipeline.services": "Outbox theo dịch vụ",
       "pipeline.service": "Dịch vụ",
       "pipeline.status": "Trạng thái",
       "pipeline.outbox": "Outbox",
       "pipeline.oldest": "Cũ nhất (s)",
-      "pipeline.spool": "Spool",
       "pipeline.dead": "Thư chết",
       "pipeline.deadTopic": "Bản ghi trên ops.deadletter:",
       "pipeline.up": "hoạt động",
@@ -161,6 +172,7 @@
       "type.citypass.parking.occupancy.changed.v1": "Cập nhật chỗ trống",
       "type.citypass.parking.entry.refused.v1": "Từ chối xe vào (bãi đầy)",
       "type.citypass.transit.validation.duplicate_use.v1": "Cảnh báo: QR dùng ở nhiều cổng",
+      "type.citypass.transit.validation.upload_too_late.v1": "Cảnh báo: cổng offline gửi quá muộn",
       "type.citypass.payments.bank_notification.unmatched.v1": "Cảnh báo: tiền treo",
       "type.citypass.ops.alert.raised.v1": "Cảnh báo",
       "type.citypass.ops.alert.acknowledged.v1": "Đã xác nhận cảnh báo",
@@ -218,18 +230,22 @@
       "auth.error": "The server cannot be reached.",
       "role.admin": "admin",
       "role.viewer": "viewer",
-      "kpi.validations": "Validations today",
-      "kpi.rejected": "rejected",
-      "kpi.rate": "Per minute (last 5 min)",
-      "kpi.rejectRate": "rejection rate",
+      "kpi.validations": "Accepted validations today",
+      "kpi.rejected": "rejected today",
+      "kpi.rate": "Validations per minute, accepted + rejected (last 5 full minutes)",
+      "kpi.rejectRate": "rejected in those 5 minutes",
       "kpi.revenueTransit": "Transit revenue today",
-      "kpi.tickets": "tickets sold",
+      "kpi.tickets": "tickets issued today",
       "kpi.revenueParking": "Parking revenue today",
-      "kpi.payFailures": "failed payments",
-      "kpi.gates": "Gates online",
-      "kpi.offline": "offline",
+      "kpi.payFailures": "failed payments today (fares and parking)",
+      "kpi.gates": "Gates online / in service",
+      "kpi.gatesSilent": "silent",
+      "kpi.gatesNever": "never reported",
+      "kpi.gatesProvisioned": "{count} gates provisioned · {disabled} disabled",
+      "kpi.gatesUnlisted": "{count} reporting gates not in the provisioned list",
+      "kpi.gatesNoList": "Provisioned gates not read yet: counting gates that reported only",
       "kpi.alerts": "Open alerts",
-      "kpi.alertsToday": "today",
+      "kpi.alertsToday": "raised today",
       "chart.network": "Validations per minute — whole network",
       "decision.accept": "Accepted",
       "decision.reject": "Rejected",
@@ -239,30 +255,38 @@
       "alerts.none": "No alerts.",
       "alerts.ack": "Acknowledge",
       "alerts.ackedBy": "Acknowledged by {who}",
-      "stations.title": "By station — last 30 minutes",
+      "stations.title": "By station — per minute (last 30 min) and today",
       "stations.station": "Station / route",
       "stations.perMinute": "Per minute",
-      "stations.lastMinute": "Last min",
-      "stations.today": "Today",
-      "stations.rejected": "Rejected",
+      "stations.acceptedMinute": "Accepted · this min",
+      "stations.acceptedToday": "Accepted · today",
+      "stations.rejectedMinute": "Rejected · this min",
+      "stations.rejectedToday": "Rejected · today",
       "stations.line": "Line {line}",
       "stations.bus": "Bus",
       "reasons.title": "Rejection reasons — last 3 hours",
       "reasons.none": "No rejections yet.",
       "lots.title": "Parking — free spaces",
-      "lots.none": "No parking data yet.",
+      "lots.none": "No parking lots.",
       "lots.free": "free",
       "lots.of": "{occupied}/{capacity} parked · updated {time}",
+      "lots.unreported": "no occupancy report yet",
+      "lots.places": "{capacity} places",
+      "lots.noList": "Provisioned lots not read yet: showing lots that reported only.",
+      "lots.listError": "Lot list read at {time}; the latest read failed.",
       "revenue.title": "Revenue by hour — today",
       "revenue.transit": "Transit",
       "revenue.parking": "Parking",
-      "revenue.topups": "Wallet top-ups",
-      "revenue.suspense": "In suspense",
+      "revenue.topups": "Wallet top-ups today",
+      "revenue.suspense": "In suspense today",
       "gates.title": "Gate devices",
       "gates.online": "Online",
-      "gates.offline": "Offline",
-      "gates.none": "No gate has reported yet.",
+      "gates.silent": "Silent",
+      "gates.never": "Never reported",
+      "gates.disabled": "Disabled",
+      "gates.none": "No gate provisioned or reporting.",
       "gates.seen": "Last seen {time} ({ago})",
+      "gates.neverSeen": "No validation received",
       "tail.title": "Live events",
       "tail.ticket": "Ticket id",
       "tail.gate": "Gate id",
@@ -287,12 +311,11 @@
       "pipeline.records": "Records behind",
       "pipeline.seconds": "Seconds",
       "pipeline.partitions": "Partitions",
-      "pipeline.services": "Outbox and spool per service",
+      "pipeline.services": "Outbox per service",
       "pipeline.service": "Service",
       "pipeline.status": "Status",
       "pipeline.outbox": "Outbox",
       "pipeline.oldest": "Oldest (s)",
-      "pipeline.spool": "Spool",
       "pipeline.dead": "Dead letters",
       "pipeline.deadTopic": "Records on ops.deadletter:",
       "pipeline.up": "up",
@@ -350,6 +373,7 @@
       "type.citypass.parking.occupancy.changed.v1": "Occupancy",
       "type.citypass.parking.entry.refused.v1": "Entry refused (lot full)",
       "type.citypass.transit.validation.duplicate_use.v1": "Alert: QR used at several gates",
+      "type.citypass.transit.validation.upload_too_late.v1": "Alert: offline gate uploaded too late",
       "type.citypass.payments.bank_notification.unmatched.v1": "Alert: money in suspense",
       "type.citypass.ops.alert.raised.v1": "Alert",
       "type.citypass.ops.alert.acknowledged.v1": "Alert acknowledged",
@@ -654,20 +678,25 @@
     const today = board.today;
     $("kpi-accepted").textContent = num(today.accepted);
     $("kpi-rejected").textContent = num(today.rejected);
-    const recent = board.network.slice(-5);
+    const recent = board.network.slice(-6, -1); // the five minutes before the current one
     const recentTotal = recent.reduce((sum, m) => sum + m.accepted + m.rejected, 0);
     const recentRejected = recent.reduce((sum, m) => sum + m.rejected, 0);
     $("kpi-rate").textContent = num(Math.round(recentTotal / 5));
-    const allToday = today.accepted + today.rejected;
-    $("kpi-reject-rate").textContent = `${allToday ? ((today.rejected / allToday) * 100).toLocaleString(locale(), { maximumFractionDigits: 1 }) : 0}%`;
-    $("kpi-rate").title = `${recentRejected}`;
+    $("kpi-reject-rate").textContent = `${recentTotal ? ((recentRejected / recentTotal) * 100).toLocaleString(locale(), { maximumFractionDigits: 1 }) : 0}%`;
+    $("kpi-rate").title = `${num(recentTotal)} / 5`;
     $("kpi-rev-transit").textContent = vnd(today.revenue_transit);
     $("kpi-rev-parking").textContent = vnd(today.revenue_parking);
     $("kpi-tickets").textContent = num(today.tickets_issued);
     $("kpi-payfail").textContent = num(today.payment_failures);
-    const online = board.gates.filter((g) => g.online).length;
-    $("kpi-gates").textContent = `${num(online)}/${num(board.gates.length)}`;
-    $("kpi-gates-off").textContent = num(board.gates.length - online);
+    const gs = board.gate_summary;
+    $("kpi-gates").textContent = `${num(gs.online)}/${num(gs.online + gs.silent + gs.never_reported)}`;
+    $("kpi-gates-silent").textContent = num(gs.silent);
+    $("kpi-gates-never").textContent = num(gs.never_reported);
+    $("kpi-gates-note").textContent = [
+      gs.provisioned === null ? t("kpi.gatesNoList") : t("kpi.gatesProvisioned", { count: num(gs.provisioned), disabled: num(gs.disabled) }),
+      gs.not_provisioned ? t("kpi.gatesUnlisted", { count: num(gs.not_provisioned) }) : "",
+    ].filter(Boolean).join(" · ");
+    $("kpi-gates-note").title = gs.list_error || "";
     $("kpi-alerts").textContent = num(board.open_alerts);
     $("kpi-alerts-today").textContent = num(today.alerts);
     $("kpi-alerts-card").classList.toggle("alarm", board.open_alerts > 0);
@@ -766,7 +795,7 @@
       const groupName = station.line ? t("stations.line", { line: station.line }) : t("stations.bus");
       if (groupName !== group) {
         group = groupName;
-        rows.push(h("tr", { class: "line-head" }, h("td", { colspan: 5 }, groupName)));
+        rows.push(h("tr", { class: "line-head" }, h("td", { colspan: 6 }, groupName)));
       }
       const last = station.per_minute[station.per_minute.length - 1] || { accepted: 0, rejected: 0 };
       const row = h(
@@ -774,12 +803,16 @@
         { dataset: { place: station.place }, class: state.flashPlaces.has(station.place) ? "flash" : null },
         h("td", { class: "name" }, lineBadge(station), " ", station.name, h("span", { class: "code" }, station.place.startsWith("bus:") ? "" : station.place)),
         h("td", { class: "spark" }, sparkline(station.per_minute, max)),
-        h("td", { class: "num count-last-minute" }, num(last.accepted + last.rejected)),
+        h("td", { class: "num count-minute-accepted" }, num(last.accepted)),
         h("td", { class: "num count-today-accepted" }, num(station.today.accepted)),
+        h("td", { class: "num rej count-minute-rejected" }, num(last.rejected)),
         h("td", { class: "num rej count-today-rejected" }, num(station.today.rejected)),
       );
       rows.push(row);
     }
+    // Which minute and which day the columns count (the last minute is the current one).
+    body.dataset.minute = board.minutes[board.minutes.length - 1];
+    body.dataset.day = board.today.day;
     body.replaceChildren(...rows);
   }
 
@@ -802,27 +835,39 @@
       "li", {},
       h("span", { class: "sw", style: null, dataset: { reason: r.reason } }),
       t(`reason.${r.reason}`),
-      h("span", { class: "n" }, num(r.today)),
+      h("span", { class: "n" }, num(r.counts.reduce((sum, n) => sum + n, 0))),
     )));
     for (const swatch of $("reasons-legend").querySelectorAll(".sw")) swatch.style.background = colors.get(swatch.dataset.reason);
   }
 
   function renderLots(board) {
     $("lots-empty").hidden = board.lots.length > 0;
+    const ls = board.lot_summary;
+    $("lots-note").textContent = ls.provisioned === null ? t("lots.noList") : ls.list_error ? t("lots.listError", { time: clock(ls.listed_at) }) : "";
+    $("lots-note").title = ls.list_error || "";
     $("lots").replaceChildren(...board.lots.map((lot) => {
+      const reported = lot.occupied !== null;
+      const head = h("div", { class: "lot-head" },
+        h("span", { class: "lot-name", title: lot.name || "" }, lot.lot_id, h("span", { class: "muted" }, ` · ${t(`vehicle.${lot.vehicle_type}`)}`)));
+      const data = { lot: lot.lot_id, vehicle: lot.vehicle_type, reported: String(reported) };
+      if (!reported) {
+        head.append(
+          h("span", { class: "lot-use muted" }, t("lots.places", { capacity: num(lot.capacity) })),
+          h("span", { class: "lot-free" }, t("lots.unreported")),
+        );
+        return h("li", { dataset: data, class: "lot-unreported", title: lot.name || "" }, head);
+      }
       const used = lot.capacity ? lot.occupied / lot.capacity : 1;
       const bar = h("div", { class: `bar${lot.free <= 0 ? " full" : used >= 0.85 ? " warn" : ""}` }, h("span"));
       bar.firstChild.style.width = `${Math.min(100, Math.round(used * 100))}%`;
+      head.append(
+        h("span", { class: "lot-use muted" }, `${num(lot.occupied)}/${num(lot.capacity)}`),
+        h("span", { class: `lot-free${lot.free <= 0 ? " none" : ""}` }, h("span", { class: "n" }, num(lot.free)), " ", h("small", {}, t("lots.free"))),
+      );
       return h(
         "li",
-        {
-          dataset: { lot: lot.lot_id, vehicle: lot.vehicle_type },
-          title: t("lots.of", { occupied: num(lot.occupied), capacity: num(lot.capacity), time: clock(lot.updated_at) }),
-        },
-        h("div", { class: "lot-head" },
-          h("span", { class: "lot-name" }, lot.lot_id, h("span", { class: "muted" }, ` · ${t(`vehicle.${lot.vehicle_type}`)}`)),
-          h("span", { class: "lot-use muted" }, `${num(lot.occupied)}/${num(lot.capacity)}`),
-          h("span", { class: `lot-free${lot.free <= 0 ? " none" : ""}` }, num(lot.free), " ", h("small", {}, t("lots.free")))),
+        { dataset: data, title: t("lots.of", { occupied: num(lot.occupied), capacity: num(lot.capacity), time: clock(lot.updated_at) }) },
+        head,
         bar,
       );
     }));
@@ -855,11 +900,11 @@
       h("span", { class: "gate-chips" }, gates.map((gate) => h(
         "span",
         {
-          class: `chip${gate.online ? "" : " off"}`,
-          dataset: { gate: gate.gate_id, online: String(gate.online) },
-          title: t("gates.seen", { time: clock(gate.last_seen), ago: ago(gate.last_seen) }),
+          class: `chip ${gate.state}`,
+          dataset: { gate: gate.gate_id, state: gate.state, online: String(gate.online) },
+          title: gate.last_seen ? t("gates.seen", { time: clock(gate.last_seen), ago: ago(gate.last_seen) }) : t("gates.neverSeen"),
         },
-        h("span", { class: `dot ${gate.online ? "on" : "off"}` }),
+        h("span", { class: `dot ${gate.state}` }),
         gate.gate_id,
       ))),
     )));
@@ -1026,7 +1071,6 @@
       h("td", { class: `state ${svc.up ? "up" : "down"}`, title: svc.error || svc.url }, t(svc.up ? "pipeline.up" : "pipeline.down")),
       h("td", { class: "num" }, fixed(svc.outbox_backlog)),
       h("td", { class: "num" }, fixed(svc.outbox_oldest_age_seconds, 1)),
-      h("td", { class: "num" }, fixed(svc.spool_backlog)),
       h("td", { class: "num" }, fixed(svc.dead_letters)),
     )));
     $("pipeline-dead").textContent = fixed(health.dead_letter_records);
