@@ -24,7 +24,7 @@ import orjson
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from services.validation import repository
 from services.validation.decisions import BUILDERS, Record
@@ -105,6 +105,13 @@ class Outbox:
             raise_if_cancelled()
             try:
                 await self.relay_once(block_ms=1000)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost the group (a flush, a failover to a stale replica): entries added
+                # since are still in the streams, and a group created at 0 reads them all.
+                logger.warning("relay group missing; created again")
+                await self.start()
             except (KafkaError, TimeoutError, OSError, RedisError) as exc:
                 self._own_pending = True
                 logger.warning("events wait in Redis: %s", exc or type(exc).__name__)
@@ -128,7 +135,9 @@ class Outbox:
             GROUP,
             self.consumer,
             pending=self._own_pending,
-            count=self.batch_size,
+            # COUNT is per stream: keep a batch small enough for Kafka to acknowledge within
+            # the publish timeout even on a starved machine, or it would be retried forever.
+            count=max(1, self.batch_size // repository.SHARDS),
             block_ms=None if self._own_pending else block_ms,
         )
         if not entries:

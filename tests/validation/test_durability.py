@@ -16,19 +16,23 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import orjson
 import pytest
 
 from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
-from tests.support import ROOT, read_events, wait_ready
+from services.validation import outbox, repository
+from services.validation.service import Validator
+from tests.support import ROOT, read_events, wait_ready, wait_until
 from tests.validation.conftest import (
     ADMIN_TOKEN,
     Gate,
     issuer_config,
     make_ticket,
     provision_gate,
+    scan,
     validation_body,
 )
 
@@ -159,3 +163,39 @@ class TestProcessKilledWhileBrokerHangs:
             f"(admitted per kill: {per_kill})"
         )
         assert all(event.type.endswith("validation.accepted.v1") for event, _ in found)
+
+
+class TestRelay:
+    async def test_a_lost_group_is_created_again_and_nothing_waiting_is_skipped(
+        self, http: httpx.AsyncClient, validator: Validator, servers: LocalServers
+    ) -> None:
+        redis = validator.redis
+        for stream in repository.EVENT_STREAMS:
+            await redis.xgroup_destroy(stream, outbox.GROUP)
+        gate = await provision_gate(http, station="2A-07", direction="entry")
+
+        decided = [await scan(http, gate, make_ticket().qr()) for _ in range(5)]
+
+        ids = {d["validation_id"] for d in decided}
+        found = await read_events(
+            servers.kafka_bootstrap, "transit.validations", lambda e: e.id in ids, len(ids)
+        )
+        assert {event.id for event, _ in found} == ids
+
+    async def test_an_entry_no_builder_reads_is_parked_not_dropped(
+        self, http: httpx.AsyncClient, validator: Validator
+    ) -> None:
+        """A newer version's entry, read by this version's relay during a rolling upgrade."""
+        redis = validator.redis
+        stream = repository.EVENT_STREAMS[0]
+        entry: dict[Any, Any] = {"k": "from-the-future", "c": "{}", "r": ""}
+        entry_id = cast(bytes, await redis.xadd(stream, entry)).decode()
+
+        async def parked() -> bool:
+            copies = cast(
+                list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(stream + "-unreadable")
+            )
+            return any(fields.get(b"k") == b"from-the-future" for _, fields in copies)
+
+        await wait_until(parked, what="the entry parked")
+        assert await redis.xrange(stream, entry_id, entry_id) == []
