@@ -756,7 +756,10 @@ async function showTicket(ticketId) {
         pass.hidden = true;
         say(error, t(`ticket.${fresh.status}`));
       }
-    }).catch(() => {});
+    }).catch((problem) => {
+      // navigator.onLine says true on a Wi-Fi without internet: what failed says otherwise.
+      if (problem instanceof api.NetworkError) markReachable(false);
+    });
   }
 }
 
