@@ -20,6 +20,7 @@ from services.validation.repository import StateOutcome, Trip, parse_outcome
 from services.validation.rules import (
     Action,
     Decision,
+    GatePlace,
     Reason,
     TicketKind,
     bus_fare,
@@ -28,6 +29,7 @@ from services.validation.rules import (
     trip_fare,
 )
 from shared.events import Event
+from shared.logging import request_id_var
 
 Record = tuple[str, str, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
 
@@ -40,6 +42,29 @@ _OUTCOME_REASONS = {
     "already_inside": Reason.already_inside,
     "not_inside": Reason.not_inside,
 }
+
+
+def context(
+    validation_id: str, now: int, scanned: float, gate: GatePlace, **fields: Any
+) -> dict[str, Any]:
+    """What a decision's answer and events need besides the script's reply (the script stores
+    it with the reply); the code's fields stay None until it could be read."""
+    return {
+        "vid": validation_id,
+        "now": now,
+        "scanned": scanned,
+        "gate": gate.gate_id,
+        "station": gate.station,
+        "line": gate.line,
+        "route": gate.route,
+        "ticket": None,
+        "product": None,
+        "category": None,
+        "qr_at": None,
+        "counter": None,
+        "rid": request_id_var.get(),
+        **fields,
+    }
 
 
 def derived_id(validation_id: str, purpose: str) -> str:

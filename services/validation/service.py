@@ -55,7 +55,6 @@ from services.validation.settings import ValidationSettings
 from services.validation.timing import Tolerances
 from shared.devicesigning import SignedRequest, new_secret, replayed
 from shared.errors import Conflict, NotFound, Unprocessable
-from shared.logging import request_id_var
 from shared.network import BUS_ROUTES, LINES
 from shared.redis import PipelinedRedis
 from shared.ticketcodec import TicketCodecError, parse_dynamic_qr, verify_dynamic_qr
@@ -276,22 +275,7 @@ class Validator:
         # The gate's scan time counts when it is plausible (queued on a slow link); a gate clock
         # that is off by more than the scan lag is ignored for the server's.
         scanned = tolerances.scan_time(int(scanned_at.timestamp()), now)
-        ctx: dict[str, Any] = {
-            "vid": str(uuid_utils.uuid7()),
-            "now": now,
-            "scanned": scanned,
-            "gate": gate.gate_id,
-            "station": gate.station,
-            "line": gate.line,
-            "route": gate.route,
-            "ticket": None,
-            "product": None,
-            "category": None,
-            "qr_at": None,
-            "counter": None,
-            "detail": None,
-            "rid": request_id_var.get(),
-        }
+        ctx = decisions.context(str(uuid_utils.uuid7()), now, scanned, gate, detail=None)
         try:
             qr = parse_dynamic_qr(text)
         except TicketCodecError as error:
@@ -387,25 +371,16 @@ class Validator:
         vid = str(item.validation_id)
         scanned = item.scanned_at.timestamp()
         accepted = item.decision is Decision.accept
-        ctx: dict[str, Any] = {
-            "vid": vid,
-            "now": now,
-            "scanned": scanned,
-            "gate": gate.gate_id,
-            "station": gate.station,
-            "line": gate.line,
-            "route": gate.route,
-            "decision": item.decision.value,
-            "reason": item.reason.value,
-            "action": item.action.value,
-            "ticket": None,
-            "product": None,
-            "category": None,
-            "qr_at": None,
-            "counter": None,
-            "server_reason": None,
-            "rid": request_id_var.get(),
-        }
+        ctx = decisions.context(
+            vid,
+            now,
+            scanned,
+            gate,
+            decision=item.decision.value,
+            reason=item.reason.value,
+            action=item.action.value,
+            server_reason=None,
+        )
         try:
             qr = parse_dynamic_qr(item.qr)
             verify_dynamic_qr(qr, self.memory.usable_keys)
