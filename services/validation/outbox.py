@@ -36,6 +36,7 @@ from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST
 logger = logging.getLogger("citypass.validation.outbox")
 
 GROUP = "relay"
+GONE_AFTER_S = 3600  # a relay consumer idle this long with nothing pending is forgotten
 
 PUBLISHED = Counter("citypass_validation_published_events_total", "Events acknowledged by Kafka")
 UNREADABLE = Counter(
@@ -90,6 +91,7 @@ class Outbox:
         self.builders = builders
         self._own_pending = True  # after a start or a failure, our unacknowledged entries first
         self._next_claim = 0.0
+        self._next_forget = 0.0
 
     async def emit(self, topic: str, key: str, event: Event) -> None:
         """Append a ready event; it reaches Kafka through the relay."""
@@ -127,6 +129,11 @@ class Outbox:
                 self.redis, GROUP, self.consumer, claim_ms, self.batch_size
             ):
                 self._own_pending = True
+            if now >= self._next_forget:
+                self._next_forget = now + GONE_AFTER_S / 4
+                await repository.forget_gone_relays(
+                    self.redis, GROUP, self.consumer, GONE_AFTER_S * 1000
+                )
             waiting, oldest_s = await repository.outbox_state(self.redis, time.time())
             OUTBOX_BACKLOG.labels("validation").set(waiting)
             OUTBOX_OLDEST.labels("validation").set(oldest_s)

@@ -541,6 +541,18 @@ async def claim_abandoned(
     return claimed
 
 
+async def forget_gone_relays(redis: Redis, group: str, consumer: str, idle_ms: int) -> int:
+    """Consumers of processes long gone, with nothing pending (every restart of a process with
+    a new instance id leaves one behind)."""
+    gone = 0
+    for stream in EVENT_STREAMS:
+        for info in await redis.xinfo_consumers(stream, group):
+            name = _text(info["name"])
+            if name != consumer and info["pending"] == 0 and info["idle"] > idle_ms:
+                gone += await redis.xgroup_delconsumer(stream, group, name) >= 0
+    return gone
+
+
 async def event_backlog(redis: Redis) -> int:
     """Events not yet acknowledged by Kafka, over every shard."""
     return (await outbox_state(redis, time.time()))[0]

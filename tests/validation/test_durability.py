@@ -199,3 +199,18 @@ class TestRelay:
 
         await wait_until(parked, what="the entry parked")
         assert await redis.xrange(stream, entry_id, entry_id) == []
+
+    async def test_consumers_of_gone_processes_with_nothing_pending_are_forgotten(
+        self, validator: Validator
+    ) -> None:
+        redis = validator.redis
+        stream = repository.EVENT_STREAMS[1]
+        gone = f"gone-{uuid.uuid4().hex[:8]}"
+        await redis.xgroup_createconsumer(stream, outbox.GROUP, gone)
+
+        def names(infos: list[dict[str, Any]]) -> set[str]:
+            return {info["name"].decode() for info in infos}
+
+        assert gone in names(await redis.xinfo_consumers(stream, outbox.GROUP))
+        await repository.forget_gone_relays(redis, outbox.GROUP, "me", idle_ms=0)
+        assert gone not in names(await redis.xinfo_consumers(stream, outbox.GROUP))
