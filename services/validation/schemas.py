@@ -10,6 +10,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from services.validation.rules import Action, Decision, Direction, Reason
+from shared.fields import Text
 from shared.network import BUS_ROUTES, STATIONS
 
 __all__ = [
@@ -73,12 +74,12 @@ ROUTE_CODES = sorted(r.code for r in BUS_ROUTES)
 
 class GateCreate(StrictRequest):
     gate_id: GateIdField
-    station: str | None = Field(
+    station: Text | None = Field(
         default=None,
         description="A station code from `/v1/lines` (metro gates)",
         json_schema_extra={"enum": [*STATION_CODES, None]},
     )
-    route: str | None = Field(
+    route: Text | None = Field(
         default=None,
         description="A route code from `/v1/bus-routes` (bus validators)",
         json_schema_extra={"enum": [*ROUTE_CODES, None]},
