@@ -9,12 +9,14 @@ Python can compute with. Decided here once; every service's schemas use these ty
 - `Moment` / `Day`: an instant with an offset, or an ISO day, between 2000 and 2100.
   PostgreSQL holds far more, but a day's window or an offset conversion at 0001-01-01 or
   9999-12-31 leaves Python's datetime range; no CityPass record lies outside this century.
+  `Instant`, where a far-off time is meaningful (a gate's clock): any instant that exists in
+  UTC with a day's room either side (`0001-01-01T00:00+07:00` does not).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
@@ -57,7 +59,20 @@ def _day_in_service_range(day: date) -> date:
     return day
 
 
+def _representable(moment: datetime) -> datetime:
+    try:
+        utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment
+        _ = (utc - ONE_DAY, utc + ONE_DAY)  # room for a day's arithmetic either way
+    except OverflowError:
+        raise ValueError("must lie within the years 1 to 9999 in UTC") from None
+    return moment
+
+
+ONE_DAY = timedelta(days=1)
 Moment = Annotated[AwareDatetime, AfterValidator(_in_service_range)]
+# Where a far-off instant is meaningful (a gate whose clock reset to 1970 still gets a decision,
+# on the server's clock): any instant that exists in UTC, with a day's room either side.
+Instant = Annotated[datetime, AfterValidator(_representable)]
 Day = Annotated[date, BeforeValidator(_written_as_iso_day), AfterValidator(_day_in_service_range)]
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from services.parking.settings import ParkingSettings
 from services.payments.settings import PaymentsSettings
 from services.ticketing.settings import TicketingSettings
 from services.validation.settings import ValidationSettings
+from shared.devicesigning import DeviceSigner
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = int(os.environ.get("CITYPASS_CONTRACT_EXAMPLES", "30"))
@@ -396,3 +398,51 @@ class TestIdempotencyKey:
             headers={"Authorization": f"Bearer {token}"},
         )
         assert (missing.status_code, missing.json()["code"]) == (400, "idempotency_key_missing")
+
+
+class TestImpossibleInstants:
+    """Instants outside the service range (shared.fields.Moment) are refused, not computed with."""
+
+    @pytest.fixture
+    def gate(self, live_services: dict[str, LiveService], configured: None) -> DeviceSigner:
+        token = ValidationSettings().admin_token.get_secret_value()
+        gate_id = f"T-{uuid.uuid4().hex[:12].upper()}"
+        response = httpx.post(
+            f"{live_services['validation'].url}/v1/gates",
+            json={"gate_id": gate_id, "station": "2A-05", "direction": "both"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 201, response.text
+        return DeviceSigner(gate_id, response.json()["secret"])
+
+    @pytest.mark.parametrize("when", ["0001-01-01T00:00:00+07:00", "9999-12-31T23:59:59-07:00"])
+    def test_a_gate_scan_time_out_of_range_is_422(
+        self, live_services: dict[str, LiveService], gate: DeviceSigner, when: str
+    ) -> None:
+        decision = {"qr": "CP1:ABC", "gate_id": gate.device_id, "scanned_at": when}
+        offline = {
+            "validation_id": str(uuid.uuid4()),
+            "qr": "CP1:ABC",
+            "scanned_at": when,
+            "decision": "accept",
+            "reason": "ok",
+            "action": "entry",
+        }
+        for target, document, where in (
+            ("/v1/validations", decision, ["body", "scanned_at"]),
+            (
+                "/v1/validations/batch",
+                {"gate_id": gate.device_id, "decisions": [offline]},
+                ["body", "decisions", "0", "scanned_at"],
+            ),
+        ):
+            body = orjson.dumps(document)
+            response = httpx.post(
+                live_services["validation"].url + target,
+                content=body,
+                headers={
+                    **gate.headers("POST", target, body),
+                    "Content-Type": "application/json",
+                },
+            )
+            assert where in problem_locations(response), target

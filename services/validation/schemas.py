@@ -10,7 +10,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from services.validation.rules import Action, Decision, Direction, Reason
-from shared.fields import Text
+from shared.fields import Instant, Text
 from shared.network import BUS_ROUTES, STATIONS
 
 __all__ = [
@@ -135,7 +135,7 @@ class IssuerKeyPut(StrictRequest):
         examples=["11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"],
     )
     status: IssuerKeyStatus = IssuerKeyStatus.active
-    not_after: datetime | None = Field(default=None, description="Refused after this instant")
+    not_after: Instant | None = Field(default=None, description="Refused after this instant")
 
     @field_validator("not_after", mode="before")
     @classmethod
@@ -164,7 +164,7 @@ class ValidationCreate(BaseModel):
         ],
     )
     gate_id: GateIdField
-    scanned_at: datetime = Field(description="When the gate read the code (the gate's clock)")
+    scanned_at: Instant = Field(description="When the gate read the code (the gate's clock)")
 
 
 class ValidationRead(BaseModel):
@@ -190,7 +190,7 @@ class ValidationRead(BaseModel):
 class OfflineDecision(StrictRequest):
     validation_id: uuid.UUID = Field(description="UUIDv7 the gate gave the decision")
     qr: str = Field(max_length=1000)
-    scanned_at: datetime
+    scanned_at: Instant
     decision: Decision
     reason: Reason
     action: Action
