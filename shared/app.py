@@ -13,18 +13,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import asyncpg  # type: ignore[import-untyped]
 import uuid_utils
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from redis.asyncio import Redis
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import redis as redis_kit
-from shared.db import Database
+from shared.db import Database, is_unavailable
 from shared.errors import (
     PayloadTooLarge,
     ProblemError,
+    database_unavailable,
     install_problem_handlers,
     install_problem_openapi,
     internal_error,
@@ -155,19 +158,32 @@ HotHandler = Callable[[Scope, bytes], Awaitable[Response]]
 class HotRoute:
     """A latency-critical route: `handler(scope, body)` answers, or raises a ProblemError,
     FastAPI's RequestValidationError, or anything else (a logged 500). `path` may hold
-    `{name}` segments; their values are in `scope["path_params"]` (strings, unchecked)."""
+    `{name}` segments; their values are in `scope["path_params"]` (strings, unchecked).
+    `max_body_bytes` may set a tighter limit than the service's `max_body_bytes` setting."""
 
     method: str
     path: str
     handler: HotHandler
-    max_body_bytes: int
+    max_body_bytes: int | None = None
 
 
 class _Disconnected(Exception):
     pass
 
 
+# Request bodies: one limit per service (`ServiceSettings.max_body_bytes`), checked by these two
+# before anything parses the body, for FastAPI's routes (RequestGuard) and hot routes alike.
+
+
+def refuse_declared_oversize(scope: Scope, limit: int) -> None:
+    """A declared Content-Length over `limit` is refused before a byte of the body is read."""
+    declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Bodies are limited to {limit} bytes.")
+
+
 async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole body; a chunked one is refused as soon as it passes `limit`."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -183,6 +199,82 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+NUL_IN_URL = b"%00"
+
+
+def refuse_nul_in_url(scope: Scope) -> None:
+    """The URL half of shared.fields.Text: a path or query carrying NUL (`%00`), which no text
+    field accepts and PostgreSQL cannot store, is refused before any route sees it."""
+    if NUL_IN_URL in scope.get("raw_path", b"") or NUL_IN_URL in scope.get("query_string", b""):
+        raise RequestValidationError(
+            [{"type": "string_nul", "loc": ("url",), "msg": "NUL (%00) is not accepted"}]
+        )
+
+
+class RequestGuard:
+    """Pure ASGI, in front of FastAPI's routing: refuses an oversized body (413) before it is
+    read or parsed, whether its length is declared or it comes chunked, and a NUL in the URL
+    (422). Inside the request-id and metrics middlewares, so refusals carry both."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunked = any(k == b"transfer-encoding" for k, _ in scope["headers"])
+        try:
+            refuse_nul_in_url(scope)
+            refuse_declared_oversize(scope, self.limit)
+            body = await read_body(receive, self.limit) if chunked else None
+        except ProblemError as exc:
+            await problem_from(exc, scope["path"])(scope, receive, send)
+            return
+        except RequestValidationError as exc:
+            await invalid_request(exc, scope["path"])(scope, receive, send)
+            return
+        except _Disconnected:
+            return
+        if body is None:  # the server holds a declared body to its Content-Length
+            await self.app(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def failure_response(method: str, path: str, error: Exception) -> Response:
+    """An exception no route handled: 503 `database_unavailable` when PostgreSQL is away
+    (retry later, with the same Idempotency-Key), else a logged 500."""
+    if is_unavailable(error):
+        logger.warning("%s %s: the database is unavailable: %s", method, path, error)
+        return database_unavailable(path)
+    return internal_error(method, path)
+
+
+async def on_failure(request: Request, error: Exception) -> Response:
+    return failure_response(request.method, request.url.path, error)
+
+
+# Handled inside the middleware chain (not by Starlette's outermost catch-all), so the answer
+# carries its request id and is counted. Other exceptions go to the catch-all, same answer.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
 class HotRoutes:
     """Serves a few routes straight from the server, in front of FastAPI.
 
@@ -192,8 +284,11 @@ class HotRoutes:
     Everything else, and the OpenAPI description of these routes, stays with FastAPI.
     """
 
-    def __init__(self, app: ASGIApp, service: str, routes: Sequence[HotRoute]) -> None:
+    def __init__(
+        self, app: ASGIApp, service: str, routes: Sequence[HotRoute], max_body_bytes: int
+    ) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.routes = {(r.method, r.path): r for r in routes if "{" not in r.path}
         self.templated = [
             (r.method, re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", r.path)), r)
@@ -220,19 +315,18 @@ class HotRoutes:
         started = time.perf_counter()
         current = request_id(scope)
         token = request_id_var.set(current)
+        limit = min(route.max_body_bytes or self.max_body_bytes, self.max_body_bytes)
         try:
-            declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-            if declared is not None and declared.isdigit() and int(declared) > route.max_body_bytes:
-                raise PayloadTooLarge(f"Bodies are limited to {route.max_body_bytes} bytes.")
-            response = await route.handler(scope, await read_body(receive, route.max_body_bytes))
+            refuse_declared_oversize(scope, limit)
+            response = await route.handler(scope, await read_body(receive, limit))
         except ProblemError as exc:
             response = problem_from(exc, scope["path"])
         except RequestValidationError as exc:
             response = invalid_request(exc, scope["path"])
         except _Disconnected:
             return
-        except Exception:
-            response = internal_error(route.method, route.path)
+        except Exception as exc:
+            response = failure_response(route.method, route.path, exc)
         finally:
             request_id_var.reset(token)
         response.raw_headers.append((REQUEST_ID_HEADER_BYTES, current.encode()))
@@ -247,8 +341,10 @@ class ServiceApp(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
-        service: str = self.state.runtime.name
-        return HotRoutes(stack, service, self.hot_routes) if self.hot_routes else stack
+        runtime: Runtime = self.state.runtime
+        if not self.hot_routes:
+            return stack
+        return HotRoutes(stack, runtime.name, self.hot_routes, runtime.settings.max_body_bytes)
 
 
 def create_app(
@@ -301,6 +397,9 @@ def create_app(
     app.state.runtime = runtime
     app.hot_routes = hot_routes
     install_problem_handlers(app)
+    handled: tuple[type[Exception], ...] = (Exception, *DRIVER_ERRORS)
+    for error in handled:
+        app.add_exception_handler(error, on_failure)
     install_problem_openapi(app)
     for router in routers:
         app.include_router(router)
@@ -311,6 +410,7 @@ def create_app(
         include_in_schema=False,
     )
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    app.add_middleware(RequestGuard, limit=runtime.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, service=runtime.name)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -14,8 +14,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; kept to this module
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -30,6 +32,58 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
 )
+
+
+# PostgreSQL is away: down, restarting, refusing connections, or our connection to it died.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+DRIVER_MODULES = ("asyncpg", "sqlalchemy", "shared.db")
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Did `error` come from PostgreSQL being away, rather than from a bug or a bad statement?
+    Looks through the chain (`__cause__`, `__context__`, SQLAlchemy's `orig`); a bare OSError
+    counts when the driver raised it (a refused or timed-out connection attempt)."""
+    pending: list[BaseException | None] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, UNAVAILABLE_ERRORS):
+            return True
+        if isinstance(current, asyncpg.InterfaceError) and "connection is closed" in str(current):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, PoolTimeout | DisconnectionError):
+            return True
+        if isinstance(current, OSError) and _raised_by_driver(current):
+            return True
+        pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+    return False
+
+
+def _raised_by_driver(error: BaseException) -> bool:
+    trace = error.__traceback__
+    while trace is not None:
+        if str(trace.tb_frame.f_globals.get("__name__", "")).startswith(DRIVER_MODULES):
+            return True
+        trace = trace.tb_next
+    return False
+
+
+def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Pool checkout: a connection that PostgreSQL closed while it sat in the pool (a server
+    restart) is replaced before it is used. A local check, no round trip (unlike pre-ping)."""
+    if dbapi_connection._connection.is_closed():
+        raise DisconnectionError("closed while pooled")
 
 
 class UniqueViolation(Exception):
@@ -57,11 +111,12 @@ class Database:
             url,
             pool_size=pool_size,
             max_overflow=pool_size,
-            # No pre-ping round trip per transaction: a dead connection is invalidated on
-            # its first error, and connections are recycled hourly.
+            # No pre-ping round trip per transaction: a connection PostgreSQL closed is
+            # replaced at checkout (_discard_closed), and connections are recycled hourly.
             pool_recycle=3600,
             connect_args={"server_settings": self.server_settings, "timeout": CONNECT_TIMEOUT_S},
         )
+        event.listen(self.engine.sync_engine, "checkout", _discard_closed)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._raw: Any = None  # asyncpg.Pool
         self._raw_opening: asyncio.Lock | None = None

@@ -73,6 +73,21 @@ class PayloadTooLarge(ProblemError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
 
+DATABASE_RETRY_AFTER_S = 2  # a PostgreSQL restart takes a few seconds
+
+
+def database_unavailable(instance: str) -> Response:
+    """PostgreSQL is away: a 503 to retry (with the same Idempotency-Key), not a failure."""
+    return problem_response(
+        503,
+        "database_unavailable",
+        "Database unavailable",
+        "The database is unavailable; retry shortly.",
+        instance,
+        retry_after_s=DATABASE_RETRY_AFTER_S,
+    )
+
+
 def problem_response(
     status: int, code: str, title: str, detail: str, instance: str | None = None, **extra: Any
 ) -> Response:
@@ -182,7 +197,8 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def install_problem_openapi(app: FastAPI) -> None:
-    """Document every error as problem+json, including FastAPI's own 422."""
+    """Document every error as problem+json, including FastAPI's own 422, and the
+    Idempotency-Key header as required wherever a route takes it."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -196,6 +212,11 @@ def install_problem_openapi(app: FastAPI) -> None:
             components.pop(name, None)
         for path_item in schema.get("paths", {}).values():
             for operation in path_item.values():
+                for parameter in operation.get("parameters", ()):
+                    # Optional in the signature so that its absence is a 400
+                    # `idempotency_key_missing`, not a 422; required all the same.
+                    if (parameter["in"], parameter["name"]) == ("header", "Idempotency-Key"):
+                        parameter["required"] = True
                 responses = operation.setdefault("responses", {})
                 for status in list(responses):
                     if status.startswith(("4", "5")):

@@ -60,12 +60,14 @@ OUTBOX_OLDEST = Gauge(
 
 
 def route_template(scope: Scope) -> str:
+    """For a request answered before routing (a 404, or refused by shared.app.RequestGuard).
+    FastAPI keeps included routers as entries without a `path`: those are not looked into."""
     app = scope.get("app")
     router = getattr(app, "router", None)
     for route in getattr(router, "routes", ()):
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return str(route.path)
+        path = getattr(route, "path", None)
+        if path is not None and route.matches(scope)[0] is Match.FULL:
+            return str(path)
     return "<unmatched>"
 
 

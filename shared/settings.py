@@ -32,6 +32,9 @@ class ServiceSettings(BaseSettings):
     kafka_idempotent_producer: bool = False
     kafka_send_timeout_s: float = Field(default=5.0, gt=0)
     dependency_timeout_s: float = Field(default=2.0, gt=0)  # each /readyz probe
+    # Request bodies above this are refused (413) before they are read: a JSON command is
+    # under 4 KiB; validation raises it for offline gates' batches.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> ServiceSettings:

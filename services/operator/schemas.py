@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from shared.fields import Text
+
 
 class Role(StrEnum):
     viewer = "viewer"
@@ -14,7 +16,7 @@ class Role(StrEnum):
 
 class LoginRequest(BaseModel):
     username: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")
-    password: str = Field(min_length=1, max_length=256)
+    password: Text = Field(min_length=1, max_length=256)
 
 
 class SessionRead(BaseModel):

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime, time
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,26 +22,13 @@ from pydantic import (
 )
 
 from services.parking.tariffs import VehicleType
+from shared.fields import Day as Day  # the endpoints take these two from here
+from shared.fields import Moment as Moment
+from shared.fields import Text
 
 LOT_ID_PATTERN = r"^[A-Z0-9][A-Z0-9-]{0,19}$"
 LANE_ID_PATTERN = r"^[A-Z0-9][A-Z0-9-]{0,29}$"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,39}$"
-
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST = datetime(2100, 1, 1, tzinfo=UTC)
-
-
-def _in_service_range(moment: datetime) -> datetime:
-    if not EARLIEST <= moment < LATEST:
-        raise ValueError("must lie between 2000 and 2100")
-    return moment
-
-
-def _day_in_service_range(day: date) -> date:
-    if not EARLIEST.date() <= day < LATEST.date():
-        raise ValueError("must lie between 2000 and 2100")
-    return day
-
 
 _HH_MM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
@@ -64,17 +49,13 @@ LocalTime = Annotated[
     WithJsonSchema({"type": "string", "pattern": f"^{_HH_MM.pattern}$", "examples": ["06:00"]}),
 ]
 
-# Every instant the API accepts: with an offset, and within this century.
-Moment = Annotated[AwareDatetime, AfterValidator(_in_service_range)]
-Day = Annotated[date, AfterValidator(_day_in_service_range)]
-
 LotId = Annotated[str, Field(pattern=LOT_ID_PATTERN, examples=["HK-01"])]
 LaneId = Annotated[str, Field(pattern=LANE_ID_PATTERN, examples=["HK-01-IN1"])]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, examples=["hk01-in1-cam"])]
 Price = Annotated[StrictInt, Field(ge=0, le=100_000_000, description="Whole VND")]
-Reason = Annotated[str, Field(min_length=3, max_length=500)]
+Reason = Annotated[Text, Field(min_length=3, max_length=500)]
 OperatorName = Annotated[
-    str, Field(min_length=1, max_length=60, description="Who acts, for the audit trail")
+    Text, Field(min_length=1, max_length=60, description="Who acts, for the audit trail")
 ]
 
 
@@ -144,9 +125,9 @@ class LotRead(BaseModel):
 
 
 class LotUpsert(StrictRequest):
-    name: str = Field(min_length=1, max_length=120)
-    district: str = Field(min_length=1, max_length=60)
-    address: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=120)
+    district: Text = Field(min_length=1, max_length=60)
+    address: Text = Field(min_length=1, max_length=200)
     motorbike_capacity: StrictInt = Field(ge=0, le=100_000)
     car_capacity: StrictInt = Field(ge=0, le=100_000)
 
@@ -257,7 +238,7 @@ class QuoteRead(BaseModel):
 
 
 class VehicleCreate(StrictRequest):
-    plate: str = Field(min_length=1, max_length=20, examples=["29A-123.45"])
+    plate: Text = Field(min_length=1, max_length=20, examples=["29A-123.45"])
     vehicle_type: VehicleType
     owner_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     rfid_tag: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{8,64}$")
@@ -278,9 +259,9 @@ class VehicleRead(BaseModel):
 
 
 class PlateRead(StrictRequest):
-    plate: str = Field(min_length=1, max_length=20, description="As read: any spacing or case")
+    plate: Text = Field(min_length=1, max_length=20, description="As read: any spacing or case")
     confidence: StrictFloat = Field(ge=0, le=1, description="The camera's confidence in the read")
-    image_ref: str | None = Field(
+    image_ref: Text | None = Field(
         default=None, max_length=200, description="Where the camera stored the picture"
     )
 
@@ -295,7 +276,7 @@ class LaneEvent(StrictRequest):
         default=None, description="Default: the registration's, else the lane's, else the plate's"
     )
     plate_read: PlateRead | None = None
-    account_qr: str | None = Field(default=None, min_length=1, max_length=120)
+    account_qr: Text | None = Field(default=None, min_length=1, max_length=120)
     rfid_tag: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{8,64}$")
 
     @model_validator(mode="after")
@@ -456,7 +437,7 @@ class OverrideCreate(StrictRequest):
     )
     operator: OperatorName
     reason: Reason
-    plate: str | None = Field(default=None, min_length=1, max_length=20)
+    plate: Text | None = Field(default=None, min_length=1, max_length=20)
     entry_at: Moment | None = None
     exit_at: Moment | None = None
 
@@ -528,7 +509,7 @@ class DisputeStatus(StrEnum):
 
 class DisputeCreate(StrictRequest):
     reason: DisputeReason
-    detail: str = Field(min_length=3, max_length=1000)
+    detail: Text = Field(min_length=3, max_length=1000)
     claimed_entry_at: Moment | None = None
     claimed_exit_at: Moment | None = None
 

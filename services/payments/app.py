@@ -74,7 +74,7 @@ def build_app(settings: PaymentsSettings | None = None) -> FastAPI:
         ),
         on_start=[freeze_start_up_objects],
         hot_routes=[
-            HotRoute("POST", path, partial(handler, runtime, settings), endpoints.HOT_BODY_LIMIT)
+            HotRoute("POST", path, partial(handler, runtime, settings))
             for path, handler in (
                 ("/v1/charges", endpoints.hot_charge),
                 ("/v1/holds", endpoints.hot_hold),

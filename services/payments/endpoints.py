@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,6 @@ from services.payments.schemas import (
     HoldCapture,
     HoldCreate,
     HoldRead,
-    IsoDay,
     LedgerInvariant,
     ParkingPaymentCreate,
     PaymentPurpose,
@@ -41,6 +41,7 @@ from services.payments.schemas import (
 from services.payments.settings import PaymentsSettings
 from shared.app import Runtime, RuntimeDep
 from shared.errors import Unauthorized
+from shared.fields import Day
 from shared.idempotency import (
     Idempotency,
     IdempotencyDep,
@@ -94,7 +95,6 @@ def _bearer_token(scope: Scope) -> str | None:
 # decision or fare, answered in front of FastAPI, whose routing and dependencies cost more CPU
 # than the one statement they run. Same checks, in the same order, as the routes below, which
 # keep describing them in the OpenAPI.
-HOT_BODY_LIMIT = 64 * 1024
 
 
 async def hot_charge(
@@ -445,7 +445,7 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     response_class=Response,
     responses=CSV_RESPONSE,
 )
-async def reconciliation_csv(day: IsoDay, rt: RuntimeDep) -> Response:
+async def reconciliation_csv(day: Day, rt: RuntimeDep) -> Response:
     """The reconciliation report of `day` as CSV (same as `?format=csv`)."""
     async with rt.db.transaction() as session:
         report = await service.reconcile(session, day)
@@ -459,7 +459,7 @@ async def reconciliation_csv(day: IsoDay, rt: RuntimeDep) -> Response:
     responses=CSV_RESPONSE,
 )
 async def reconciliation_report(
-    day: IsoDay,
+    day: Day,
     rt: RuntimeDep,
     output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
 ) -> Response | ReconciliationReport:
@@ -514,7 +514,9 @@ async def receive_bank_notification(
     deduplicated by `transaction_id`: a repeat answers with the first outcome
     (`duplicate: true`) and credits nothing. A transfer that matches a pending payment
     request by reference and amount credits it; anything else is kept in the suspense
-    account and raised on `ops.alerts`, never dropped.
+    account and raised on `ops.alerts`, never dropped, whatever its text says: characters
+    the database cannot store (NUL, a lone surrogate) are kept as U+FFFD, an instant outside
+    2000–2100 as null, and the raw body is stored as the bank signed it.
     """
     body = await request.body()
     try:
@@ -529,8 +531,15 @@ async def receive_bank_notification(
     except bank_signature.SignatureRejected as rejected:
         raise Unauthorized(str(rejected), code="invalid_signature") from None
     try:
-        notification = BankNotification.model_validate_json(body)
-    except ValidationError as invalid:
-        raise RequestValidationError(invalid.errors(include_url=False)) from None
+        # The standard library's parser, not pydantic's: it reads a lone surrogate (`\ud800`),
+        # which KeptText then replaces, instead of refusing the whole notification.
+        notification = BankNotification.model_validate(json.loads(body))
+    except ValueError as invalid:  # not JSON, not UTF-8, or a ValidationError
+        errors = (
+            invalid.errors(include_url=False)
+            if isinstance(invalid, ValidationError)
+            else [{"type": "json_invalid", "loc": ("body",), "msg": "The body is not JSON."}]
+        )
+        raise RequestValidationError(errors) from None
     async with rt.db.transaction() as session:
-        return await service.receive_bank_notification(session, notification, settings)
+        return await service.receive_bank_notification(session, notification, body, settings)

@@ -151,6 +151,7 @@ bank_notifications = Table(
         ForeignKey("transfers.id", deferrable=True, initially="DEFERRED"),
         nullable=False,
     ),
+    Column("raw_body", LargeBinary),  # as the bank signed it (null before payments_0005)
 )
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+from shared.fields import KeptMoment, KeptText
 
 MAX_AMOUNT = 100_000_000  # VND; larger movements go through the bank, not the wallet API
 
@@ -27,16 +28,6 @@ TransferId = Annotated[
         )
     ),
 ]
-
-
-def _written_as_iso_day(value: object) -> object:
-    # Lax pydantic would read "0" as 1970-01-01 (unix time); a day must look like one.
-    if isinstance(value, str) and not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
-        raise ValueError("a day is written YYYY-MM-DD")
-    return value
-
-
-IsoDay = Annotated[date, BeforeValidator(_written_as_iso_day)]
 
 
 class WalletKind(StrEnum):
@@ -257,14 +248,16 @@ class BankNotification(BaseModel):
 
     model_config = ConfigDict(extra="ignore")  # banks add fields; unknown ones are harmless
 
-    transaction_id: str = Field(min_length=1, max_length=64, description="The bank's unique id")
+    transaction_id: KeptText = Field(
+        min_length=1, max_length=64, description="The bank's unique id"
+    )
     amount: StrictInt = Field(gt=0, le=10**13, description="What arrived, whole VND")
     currency: Currency = "VND"
     bank_bin: str = Field(pattern=r"^[0-9]{6}$")
-    account: str = Field(min_length=1, max_length=19, description="The credited account")
-    reference: str | None = Field(default=None, max_length=25, description="VietQR 62.05")
-    description: str | None = Field(default=None, max_length=255, description="Transfer text")
-    occurred_at: datetime | None = None
+    account: KeptText = Field(min_length=1, max_length=19, description="The credited account")
+    reference: KeptText | None = Field(default=None, max_length=25, description="VietQR 62.05")
+    description: KeptText | None = Field(default=None, max_length=255, description="Transfer text")
+    occurred_at: KeptMoment = None
 
 
 class NotificationOutcome(StrEnum):

@@ -831,9 +831,13 @@ def _credit_for(request: Record, transfer_id: uuid.UUID, settings: PaymentsSetti
 
 
 async def receive_bank_notification(
-    session: AsyncSession, notification: BankNotification, settings: PaymentsSettings
+    session: AsyncSession,
+    notification: BankNotification,
+    raw_body: bytes,
+    settings: PaymentsSettings,
 ) -> BankNotificationResult:
-    """Credit the payment request it pays, exactly once; anything else goes to suspense."""
+    """Credit the payment request it pays, exactly once; anything else goes to suspense.
+    `raw_body` is kept with it, as the bank signed it."""
     reference = find_reference(notification)
     request = (
         await repository.lock_payment_request_by_reference(session, reference)
@@ -857,6 +861,7 @@ async def receive_bank_notification(
         cause=cause.value if cause else None,
         payment_request_id=request.id if request is not None else None,
         transfer_id=transfer_id,
+        raw_body=raw_body,
     )
     if not first:
         stored = await repository.get_notification(session, notification.transaction_id)

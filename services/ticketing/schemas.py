@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from shared.fields import Text
+
 
 class RiderCategory(StrEnum):
     regular = "regular"
@@ -89,7 +91,7 @@ def normalize_phone(value: str) -> str:
 
 
 Phone = Annotated[
-    str,
+    Text,
     Field(
         min_length=9,
         max_length=20,
@@ -98,7 +100,7 @@ Phone = Annotated[
     ),
     AfterValidator(normalize_phone),
 ]
-Password = Annotated[str, Field(min_length=8, max_length=128, examples=["correct horse 42"])]
+Password = Annotated[Text, Field(min_length=8, max_length=128, examples=["correct horse 42"])]
 ProductCode = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Z0-9-]+$")]
 LineCode = Annotated[str, Field(min_length=1, max_length=10, pattern=r"^[A-Z0-9]+$")]
 Base64Url = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+={0,2}$")]
@@ -147,11 +149,11 @@ class RiderCreate(StrictRequest):
 
 class LoginRequest(StrictRequest):
     phone: Phone
-    password: Annotated[str, Field(min_length=1, max_length=128)]
+    password: Annotated[Text, Field(min_length=1, max_length=128)]
 
 
 class RefreshRequest(StrictRequest):
-    refresh_token: Annotated[str, Field(min_length=1, max_length=200)]
+    refresh_token: Annotated[Text, Field(min_length=1, max_length=200)]
 
 
 class RiderRead(BaseModel):
@@ -181,7 +183,7 @@ class CategoryRequest(StrictRequest):
 
 class CategoryDecision(StrictRequest):
     approve: StrictBool
-    note: Annotated[str | None, Field(max_length=200)] = None
+    note: Annotated[Text | None, Field(max_length=200)] = None
 
 
 # Devices ----------------------------------------------------------------------------------------
@@ -197,7 +199,7 @@ class DeviceCreate(StrictRequest):
             examples=["11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"],
         ),
     ]
-    label: Annotated[str | None, Field(max_length=60, examples=["Pixel 8"])] = None
+    label: Annotated[Text | None, Field(max_length=60, examples=["Pixel 8"])] = None
 
 
 class DeviceRead(BaseModel):
@@ -253,7 +255,7 @@ class PurchaseRead(BaseModel):
 
 
 class TicketRevoke(StrictRequest):
-    reason: Annotated[str, Field(min_length=1, max_length=200)]
+    reason: Annotated[Text, Field(min_length=1, max_length=200)]
 
 
 # Credentials and issuer keys --------------------------------------------------------------------

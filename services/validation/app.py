@@ -9,7 +9,6 @@ from functools import partial
 from fastapi import FastAPI
 
 from services.validation import endpoints, events, repository
-from services.validation.limits import BodyLimit
 from services.validation.memory import Memory, VerifiedSignatures
 from services.validation.outbox import Outbox
 from services.validation.service import Validator
@@ -113,16 +112,8 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         title="CityPass validation",
         description=DESCRIPTION,
         on_start=[start],
-        hot_routes=[
-            HotRoute(
-                "POST",
-                "/v1/validations",
-                partial(endpoints.decide, validator),
-                settings.max_body_bytes,
-            )
-        ],
+        hot_routes=[HotRoute("POST", "/v1/validations", partial(endpoints.decide, validator))],
     )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.settings = settings
     app.state.validator = validator
     app.state.workers = workers

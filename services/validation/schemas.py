@@ -10,6 +10,7 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from services.validation.rules import Action, Decision, Direction, Reason
+from shared.fields import Instant, Text
 from shared.network import BUS_ROUTES, STATIONS
 
 __all__ = [
@@ -73,12 +74,12 @@ ROUTE_CODES = sorted(r.code for r in BUS_ROUTES)
 
 class GateCreate(StrictRequest):
     gate_id: GateIdField
-    station: str | None = Field(
+    station: Text | None = Field(
         default=None,
         description="A station code from `/v1/lines` (metro gates)",
         json_schema_extra={"enum": [*STATION_CODES, None]},
     )
-    route: str | None = Field(
+    route: Text | None = Field(
         default=None,
         description="A route code from `/v1/bus-routes` (bus validators)",
         json_schema_extra={"enum": [*ROUTE_CODES, None]},
@@ -142,7 +143,7 @@ class IssuerKeyPut(StrictRequest):
         examples=["11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"],
     )
     status: IssuerKeyStatus = IssuerKeyStatus.active
-    not_after: datetime | None = Field(default=None, description="Refused after this instant")
+    not_after: Instant | None = Field(default=None, description="Refused after this instant")
 
     @field_validator("not_after", mode="before")
     @classmethod
@@ -171,7 +172,7 @@ class ValidationCreate(BaseModel):
         ],
     )
     gate_id: GateIdField
-    scanned_at: datetime = Field(description="When the gate read the code (the gate's clock)")
+    scanned_at: Instant = Field(description="When the gate read the code (the gate's clock)")
 
 
 class ValidationRead(BaseModel):
@@ -197,7 +198,7 @@ class ValidationRead(BaseModel):
 class OfflineDecision(StrictRequest):
     validation_id: uuid.UUID = Field(description="UUIDv7 the gate gave the decision")
     qr: str = Field(max_length=1000)
-    scanned_at: datetime
+    scanned_at: Instant
     decision: Decision
     reason: Reason
     action: Action

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import orjson
 import pytest
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, SecretStr, ValidationError
+from sqlalchemy import text
 from starlette.responses import Response
-from starlette.types import Scope
+from starlette.types import Message, Scope
 
 from citypass.servers import LocalServers, free_port
 from services.payments.app import build_app as build_payments
@@ -19,6 +22,7 @@ from services.payments.settings import PaymentsSettings
 from services.validation.app import build_app as build_validation
 from services.validation.settings import ValidationSettings
 from shared.app import HotRoute, Runtime, create_app
+from shared.db import Database, is_unavailable
 from shared.errors import Unprocessable
 from shared.settings import ServiceSettings
 from tests.conftest import AppClient
@@ -196,3 +200,113 @@ class TestSettings:
 
         settings = SecretSettings(environment="production", api_secret="q8Jf2LxV9tRz0WmK4pYs")
         assert settings.api_secret.get_secret_value().startswith("q8J")
+
+
+class TestDatabaseAway:
+    """A PostgreSQL that does not answer is a 503 to retry, on FastAPI's routes and hot ones."""
+
+    async def test_reads_and_hot_writes_answer_503_with_retry_after(
+        self, app_client: AppClient
+    ) -> None:
+        settings = PaymentsSettings(
+            environment="test",
+            database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/citypass",
+            service_token="kit-test-service-token",
+        )
+        headers = {"Authorization": "Bearer kit-test-service-token", "X-Request-ID": "db-away"}
+        async with app_client(build_payments(settings)) as http:
+            read = await http.get(f"/v1/accounts/{uuid.uuid4()}", headers=headers)
+            write = await http.post(
+                "/v1/charges",
+                json={"account_id": str(uuid.uuid4()), "amount": 1000, "source": "transit"},
+                headers={**headers, "Idempotency-Key": str(uuid.uuid4())},
+            )
+        for response in (read, write):
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == "database_unavailable"
+            assert int(response.headers["retry-after"]) > 0
+            assert response.headers["x-request-id"] == "db-away"
+
+    async def test_a_bad_statement_is_not_mistaken_for_an_outage(
+        self, migrated: LocalServers
+    ) -> None:
+        database = Database(migrated.database_url, "payments", pool_size=1)
+        try:
+            with pytest.raises(Exception) as bad:  # noqa: PT011  (whatever the driver raises)
+                await database.fetchrow("SELECT * FROM no_such_table")
+            async with database.transaction() as session:
+                with pytest.raises(Exception) as bad_orm:  # noqa: PT011
+                    await session.execute(text("SELECT 1/0"))
+        finally:
+            await database.close()
+        assert not is_unavailable(bad.value)
+        assert not is_unavailable(bad_orm.value)
+
+
+class TestRequestGuard:
+    """Every service's body limit, from the kit: refused before anything reads or parses."""
+
+    @pytest.fixture
+    def app(self, servers: LocalServers) -> FastAPI:
+        settings = ServiceSettings(
+            environment="test", kafka_bootstrap_servers=servers.kafka_bootstrap, max_body_bytes=4096
+        )
+        return create_app(Runtime("guard-test", settings), [echo_router], title="t", description="")
+
+    async def test_a_chunked_body_is_read_no_further_than_the_limit(self, app: FastAPI) -> None:
+        received = 0
+        sent: list[Message] = []
+
+        async def endless_body() -> Message:
+            nonlocal received
+            received += 1024
+            return {"type": "http.request", "body": b" " * 1024, "more_body": True}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/echo",
+            "raw_path": b"/echo",
+            "query_string": b"",
+            "headers": [(b"transfer-encoding", b"chunked")],
+            "server": ("kit", 80),
+            "client": ("127.0.0.1", 1),
+            "root_path": "",
+            "state": {},
+        }
+        await app(scope, endless_body, send)
+
+        assert sent[0]["status"] == 413
+        assert orjson.loads(sent[1]["body"])["code"] == "payload_too_large"
+        assert received <= 4096 + 1024
+
+    async def test_bodies_within_the_limit_reach_the_route(
+        self, app: FastAPI, app_client: AppClient
+    ) -> None:
+        async def pieces() -> AsyncIterator[bytes]:
+            for _ in range(4):
+                yield b"x" * 1000
+
+        async with app_client(app) as http:
+            declared = await http.post("/echo", content=b"y" * 4096)
+            streamed = await http.post("/echo", content=pieces())
+            too_big = await http.post("/echo", content=b"y" * 4097)
+        assert declared.json() == {"length": 4096}
+        assert streamed.json() == {"length": 4000}
+        assert (too_big.status_code, too_big.json()["code"]) == (413, "payload_too_large")
+        assert too_big.headers["x-request-id"]
+
+
+echo_router = APIRouter()
+
+
+@echo_router.post("/echo")
+async def echo(request: Request) -> dict[str, int]:
+    return {"length": len(await request.body())}
