@@ -4,8 +4,11 @@ Validation has no database, so its outbox is Redis: the decision script appends 
 to its shard's stream in the same atomic step that marks the QR used (no extra round trip on
 the gate's path), and code outside scripts appends ready events with `emit`. A relay in every
 validation process reads the streams as one consumer group, publishes to Kafka, then
-acknowledges and deletes what Kafka has. Delivery is at least once; an event rebuilt after a
-crash has the same id and bytes (decisions.py), and consumers deduplicate on the id.
+acknowledges and deletes what Kafka has. Processes that serve gates only (no fare worker) stand
+by: they relay only while events wait longer than `relay_claim_after`, so that relaying never
+takes a gate's CPU while the background process does it. Delivery is at least once; an event
+rebuilt after a crash has the same id and bytes (decisions.py), and consumers deduplicate on
+the id.
 
 Whatever process dies, an entry stays in its stream: a relay that restarts reads its own
 unacknowledged entries first, and the others take over those of a relay that went away
@@ -80,6 +83,7 @@ class Outbox:
         batch_size: int,
         retry_interval_s: float,
         claim_after_s: float,
+        standby: bool = False,
         builders: Mapping[str, Builder] = BUILDERS,
     ) -> None:
         self.redis = redis
@@ -88,6 +92,10 @@ class Outbox:
         self.batch_size = batch_size
         self.retry_interval_s = retry_interval_s
         self.claim_after_s = claim_after_s
+        # A gates' process stands by: it relays only when the others do not (see _needed), so
+        # that building and publishing events never competes with a gate's request.
+        self.standby = standby
+        self._needed_until = 0.0
         self.builders = builders
         self._own_pending = True  # after a start or a failure, our unacknowledged entries first
         self._next_claim = 0.0
@@ -106,7 +114,11 @@ class Outbox:
         while True:
             raise_if_cancelled()
             try:
-                await self.relay_once(block_ms=1000)
+                if self.standby and not await self._needed():
+                    await asyncio.sleep(self.claim_after_s / 3)
+                    continue
+                if not await self.relay_once(block_ms=1000) and self.standby:
+                    self._needed_until = 0.0  # caught up: back to standing by
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -118,6 +130,25 @@ class Outbox:
                 self._own_pending = True
                 logger.warning("events wait in Redis: %s", exc or type(exc).__name__)
                 await asyncio.sleep(self.retry_interval_s)
+
+    async def _needed(self) -> bool:
+        """A standby relay takes over while events wait longer than `claim_after_s` (the
+        active relays are down or behind), and keeps going until the streams are empty."""
+        if time.monotonic() < self._needed_until:
+            return True
+        oldest_s = await self._export_state()
+        if oldest_s <= self.claim_after_s:
+            return False
+        logger.warning("events waited %.0f s: this standby relay takes over", oldest_s)
+        self._needed_until = float("inf")
+        self._own_pending = True
+        return True
+
+    async def _export_state(self) -> float:
+        waiting, oldest_s = await repository.outbox_state(self.redis, time.time())
+        OUTBOX_BACKLOG.labels("validation").set(waiting)
+        OUTBOX_OLDEST.labels("validation").set(oldest_s)
+        return oldest_s
 
     async def relay_once(self, block_ms: int | None = None) -> int:
         """Relay one batch; returns how many entries Kafka acknowledged."""
@@ -134,21 +165,12 @@ class Outbox:
                 await repository.forget_gone_relays(
                     self.redis, GROUP, self.consumer, GONE_AFTER_S * 1000
                 )
-            waiting, oldest_s = await repository.outbox_state(self.redis, time.time())
-            OUTBOX_BACKLOG.labels("validation").set(waiting)
-            OUTBOX_OLDEST.labels("validation").set(oldest_s)
-        entries = await repository.read_events(
-            self.redis,
-            GROUP,
-            self.consumer,
-            pending=self._own_pending,
-            # COUNT is per stream: keep a batch small enough for Kafka to acknowledge within
-            # the publish timeout even on a starved machine, or it would be retried forever.
-            count=max(1, self.batch_size // repository.SHARDS),
-            block_ms=None if self._own_pending else block_ms,
-        )
+            await self._export_state()
+        entries = await self._read(pending=self._own_pending, block_ms=None)
+        if not entries and self._own_pending:
+            self._own_pending = False  # ours are all relayed: now the new ones
+            entries = await self._read(pending=False, block_ms=block_ms)
         if not entries:
-            self._own_pending = False
             return 0
         records: list[Record] = []
         unreadable: list[repository.StreamEntry] = []
@@ -165,6 +187,18 @@ class Outbox:
         await repository.relayed(self.redis, GROUP, entries)
         PUBLISHED.inc(len(entries) - len(unreadable))
         return len(entries)
+
+    async def _read(self, *, pending: bool, block_ms: int | None) -> list[repository.StreamEntry]:
+        return await repository.read_events(
+            self.redis,
+            GROUP,
+            self.consumer,
+            pending=pending,
+            # COUNT is per stream: keep a batch small enough for Kafka to acknowledge within
+            # the publish timeout even on a starved machine, or it would be retried forever.
+            count=max(1, self.batch_size // repository.SHARDS),
+            block_ms=None if pending else block_ms,
+        )
 
     async def _publish(self, records: Sequence[Record]) -> None:
         """Bounded as a whole: with the broker hung, each send can wait its full timeout."""

@@ -78,7 +78,8 @@ class ValidationSettings(ServiceSettings):
     # Every event waits in a Redis stream (written by the decision itself) until Kafka has it.
     relay_batch_size: int = Field(default=500, ge=1)
     relay_retry_interval: timedelta = timedelta(seconds=1)
-    # Another process's events unacknowledged this long are taken over (that process died).
+    # Another process's events unacknowledged this long are taken over (that process died);
+    # a gates' process (no fare worker) relays only while events wait longer than this.
     relay_claim_after: timedelta = timedelta(seconds=30)
 
     # Each process reads every deny-list event itself, in a consumer group of its own.

@@ -146,7 +146,9 @@ class TestProcessKilledWhileBrokerHangs:
                 per_kill.append(len(accepted) - before)
         assert all(n > 0 for n in per_kill), f"no rider was admitted at some kill: {per_kill}"
 
-        survivor, _ = gates.start()  # relays what the killed processes left in Redis
+        # A gates-only process stands by; with events waiting past relay_claim_after it takes
+        # over and relays what the killed processes left in Redis.
+        survivor, _ = gates.start()
         try:
             found = await read_events(
                 own_servers.kafka_bootstrap,
@@ -201,7 +203,9 @@ class TestRelay:
         assert await redis.xrange(stream, entry_id, entry_id) == []
 
     async def test_consumers_of_gone_processes_with_nothing_pending_are_forgotten(
-        self, validator: Validator
+        self,
+        http: httpx.AsyncClient,  # the app is running: its relay made the group
+        validator: Validator,
     ) -> None:
         redis = validator.redis
         stream = repository.EVENT_STREAMS[1]
