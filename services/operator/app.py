@@ -17,7 +17,7 @@ DESCRIPTION = """\
 The operations console of CityPass: sign-in with roles (`viewer`, `admin`), the live
 dashboard at `/` (validations per station, rejection reasons, gates, parking occupancy,
 revenue today, a live event tail, alerts), alerts raised from every event stream, and the
-health of the event pipeline (consumer lag, outbox and spool backlogs). Gates and lots are
+health of the event pipeline (consumer lag, outbox backlogs). Gates and lots are
 listed from validation's and parking's own lists, so those that never reported show too.
 
 Every API needs `Authorization: Bearer <access_token>` from `POST /v1/login`; acknowledging an

@@ -217,5 +217,5 @@ async def acknowledge(
 @api.get("/pipeline", response_model=PipelineRead, responses=UNAUTHORIZED)
 async def pipeline_health(_: CurrentOperator, rt: RuntimeDep) -> PipelineRead:
     """Consumer lag per group and partition (records and seconds), outbox backlogs and the
-    validation spool per service, dead letters; refreshed every few seconds."""
+    per service (validation: its Redis streams), dead letters; refreshed every few seconds."""
     return await service.pipeline(rt.kv)

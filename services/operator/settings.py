@@ -88,7 +88,7 @@ class OperatorSettings(ServiceSettings):
     lots_url: str | None = "http://127.0.0.1:8003/v1/lots"
     inventory_poll_interval: timedelta = timedelta(seconds=30)
 
-    # Pipeline health: consumer lag from Kafka, outbox and spool from each service's /metrics.
+    # Pipeline health: consumer lag from Kafka, outbox backlogs from each service's /metrics.
     pipeline_poll_interval: timedelta = timedelta(seconds=5)
     metrics_urls: dict[str, str] = Field(default_factory=_default_metrics_urls)
     lag_groups: dict[str, list[str]] = Field(default_factory=_default_lag_groups)

@@ -5,7 +5,7 @@
   live tail once (dedup by event id, in the same Redis script as the aggregates);
 - the gate watch: every `gate_check_interval`, gates silent for `gate_silent_after` raise an
   alert;
-- the pipeline monitor: consumer lag, outbox and spool backlogs, every `pipeline_poll_interval`;
+- the pipeline monitor: consumer lag, outbox backlogs, every `pipeline_poll_interval`;
 - the inventory watch: the provisioned gates and lots, every `inventory_poll_interval`.
 """
 

@@ -249,7 +249,7 @@ PASSES = ("METRO-MONTH", "METRO-DAY", "BUS-MONTH-ALL")
 async def http(
     app_client: AppClient, app: FastAPI, publisher: Publisher
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """One validation app for the session, its workers running (consumers, fares, spool).
+    """One validation app for the session, its workers running (consumers, fares, relay).
 
     Ticketing has sold one pass of each product in PASSES, so the app knows those products.
     """
