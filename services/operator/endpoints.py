@@ -216,6 +216,6 @@ async def acknowledge(
 
 @api.get("/pipeline", response_model=PipelineRead, responses=UNAUTHORIZED)
 async def pipeline_health(_: CurrentOperator, rt: RuntimeDep) -> PipelineRead:
-    """Consumer lag per group and partition (records and seconds), outbox backlogs and the
-    per service (validation: its Redis streams), dead letters; refreshed every few seconds."""
+    """Consumer lag per group and partition (records and seconds), outbox backlogs per service
+    (validation's: its Redis streams), dead letters; refreshed every few seconds."""
     return await service.pipeline(rt.kv)
