@@ -8,7 +8,7 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from services.validation import endpoints, events, repository
+from services.validation import endpoints, events, repository, scripts
 from services.validation.memory import Memory, VerifiedSignatures
 from services.validation.outbox import Outbox
 from services.validation.service import Validator
@@ -91,7 +91,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
 
     async def start() -> None:
         await repository.adopt_old_key_layout(redis)
-        await repository.load_scripts(redis)
+        await scripts.load_scripts(redis)
         await outbox.start()
         await workers.load_configured_keys()
         memory.apply(await repository.load_state(redis), int(time.time()))

@@ -29,7 +29,7 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from services.validation import repository
+from services.validation import streams
 from services.validation.decisions import BUILDERS, Record
 from shared.events import Event
 from shared.health import raise_if_cancelled
@@ -97,18 +97,19 @@ class Outbox:
         self.standby = standby
         self._needed_until = 0.0
         self.builders = builders
+        # XREADGROUP's COUNT is per stream: a full batch is batch_size over every stream.
+        self._full_per_stream = max(1, batch_size // streams.SHARDS)
+        self._per_stream = self._full_per_stream
         self._own_pending = True  # after a start or a failure, our unacknowledged entries first
         self._next_claim = 0.0
         self._next_forget = 0.0
 
     async def emit(self, topic: str, key: str, event: Event) -> None:
         """Append a ready event; it reaches Kafka through the relay."""
-        await repository.append_event(
-            self.redis, repository.shard(key), encode_record(topic, key, event)
-        )
+        await streams.append_event(self.redis, streams.shard(key), encode_record(topic, key, event))
 
     async def start(self) -> None:
-        await repository.ensure_relay_group(self.redis, GROUP)
+        await streams.ensure_relay_group(self.redis, GROUP)
 
     async def run(self) -> None:
         while True:
@@ -145,7 +146,7 @@ class Outbox:
         return True
 
     async def _export_state(self) -> float:
-        waiting, oldest_s = await repository.outbox_state(self.redis, time.time())
+        waiting, oldest_s = await streams.outbox_state(self.redis, time.time())
         OUTBOX_BACKLOG.labels("validation").set(waiting)
         OUTBOX_OLDEST.labels("validation").set(oldest_s)
         return oldest_s
@@ -156,13 +157,13 @@ class Outbox:
         if now >= self._next_claim:
             self._next_claim = now + self.claim_after_s / 3
             claim_ms = int(self.claim_after_s * 1000)
-            if await repository.claim_abandoned(
+            if await streams.claim_abandoned(
                 self.redis, GROUP, self.consumer, claim_ms, self.batch_size
             ):
                 self._own_pending = True
             if now >= self._next_forget:
                 self._next_forget = now + GONE_AFTER_S / 4
-                await repository.forget_gone_relays(
+                await streams.forget_gone_relays(
                     self.redis, GROUP, self.consumer, GONE_AFTER_S * 1000
                 )
             await self._export_state()
@@ -173,7 +174,7 @@ class Outbox:
         if not entries:
             return 0
         records: list[Record] = []
-        unreadable: list[repository.StreamEntry] = []
+        unreadable: list[streams.StreamEntry] = []
         for entry in entries:
             try:
                 records += records_of(entry[2], self.builders)
@@ -183,32 +184,35 @@ class Outbox:
         if unreadable:
             UNREADABLE.inc(len(unreadable))
             logger.error("%d event entries no builder reads: parked", len(unreadable))
-            await repository.park_unreadable(self.redis, unreadable)
-        await repository.relayed(self.redis, GROUP, entries)
+            await streams.park_unreadable(self.redis, unreadable)
+        await streams.relayed(self.redis, GROUP, entries)
         PUBLISHED.inc(len(entries) - len(unreadable))
         return len(entries)
 
-    async def _read(self, *, pending: bool, block_ms: int | None) -> list[repository.StreamEntry]:
-        return await repository.read_events(
+    async def _read(self, *, pending: bool, block_ms: int | None) -> list[streams.StreamEntry]:
+        return await streams.read_events(
             self.redis,
             GROUP,
             self.consumer,
             pending=pending,
-            # COUNT is per stream: keep a batch small enough for Kafka to acknowledge within
-            # the publish timeout even on a starved machine, or it would be retried forever.
-            count=max(1, self.batch_size // repository.SHARDS),
+            count=self._per_stream,
             block_ms=None if pending else block_ms,
         )
 
     async def _publish(self, records: Sequence[Record]) -> None:
-        """Bounded as a whole: with the broker hung, each send can wait its full timeout."""
+        """Bounded as a whole: with the broker hung, each send can wait its full timeout.
+
+        A batch that timed out is retried smaller: on a starved machine Kafka may take longer
+        than the timeout for a full batch, which would otherwise be retried forever."""
         try:
             await asyncio.wait_for(
                 self.publisher.publish_many(records), 2 * self.publisher.send_timeout_s
             )
         except TimeoutError:
+            self._per_stream = max(1, self._per_stream // 2)
             await self.publisher.reset()
             raise
+        self._per_stream = min(self._full_per_stream, self._per_stream * 2)
 
     async def drain(self, timeout_s: float) -> None:
         """At shutdown: relay what is there while Kafka answers; the rest waits in Redis."""

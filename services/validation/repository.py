@@ -1,4 +1,5 @@
-"""Every Redis command of the validation service (it has no database).
+"""The Redis commands of the validation service's state (it has no database); its Lua scripts
+are in scripts.py, its events streams in streams.py.
 
 Keys (`cp:{tag}:name`; keys sharing a `{tag}` share a Redis Cluster slot):
 
@@ -27,7 +28,7 @@ Keys (`cp:{tag}:name`; keys sharing a `{tag}` share a Redis Cluster slot):
       cp:{S}:offline-use:T:<at>:<ctr> hash gate → validation id, accepted offline uses of a QR
       cp:{S}:upload:T:<vid>        str   an offline decision already reconciled
       cp:{S}:events                stream every event of validation, until Kafka acknowledged
-                                         it (outbox.py); decisions of unreadable QRs go to the
+                                         it (streams.py); decisions of unreadable QRs go to the
                                          gate's shard
     cp:{trips}:open                zset  "ticket|entry vid" by the time its trip must auto-close
     cp:{W}:unpaid-fares            hash  per wallet: validation id → charge that got 402
@@ -36,19 +37,17 @@ Keys (`cp:{tag}:name`; keys sharing a `{tag}` share a Redis Cluster slot):
 
 from __future__ import annotations
 
-import hashlib
 import re
-import time
-import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError, WatchError
+from redis.exceptions import WatchError
 
 from services.validation.schemas import GateRead
+from services.validation.scripts import CLOSE_TRIP, MARK_UPLOAD, RECONCILE, VALIDATE
+from services.validation.streams import events_key, shard
 from shared.devicesigning import nonce_key
 from shared.redis import PipelinedRedis, key
 
@@ -65,23 +64,6 @@ BUNDLE_KEY = key("bundle-key", NETWORK)
 OPEN_TRIPS = key("open", "trips")
 UNPAID_WALLETS = key("wallets", "unpaid")
 KEY_LAYOUT = key("key-layout", NETWORK)
-
-# Fixed for the life of the data: a ticket's keys and its events' stream live in its shard.
-# 32 spreads them over a cluster's primaries while one relay read covers every stream.
-SHARDS = 32
-_SHARD_TAGS = tuple(f"s{n:02d}" for n in range(SHARDS))
-
-
-def shard(entity: str) -> str:
-    """The hash tag of a ticket's (or, for unreadable codes, a gate's) keys and stream."""
-    return _SHARD_TAGS[zlib.crc32(entity.encode()) % SHARDS]
-
-
-def events_key(tag: str) -> str:
-    return key("events", tag)
-
-
-EVENT_STREAMS = tuple(events_key(tag) for tag in _SHARD_TAGS)
 
 
 def ticket_key(ticket_id: str) -> str:
@@ -102,218 +84,6 @@ def upload_key(ticket_id: str, validation_id: str) -> str:
 
 def unpaid_key(wallet_id: str) -> str:
     return key("unpaid-fares", wallet_id)
-
-
-class Script:
-    """A Lua script run with EVALSHA; loaded at start-up and again if Redis forgot it."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
-
-    async def load(self, redis: Redis) -> None:
-        await redis.script_load(self.source)
-
-    async def __call__(
-        self, redis: Redis, keys: Sequence[str], args: Sequence[str | bytes | int]
-    ) -> Any:
-        try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:  # Redis restarted or flushed its script cache
-            await self.load(redis)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-
-    async def pipelined(
-        self, redis: PipelinedRedis, keys: Sequence[str], args: Sequence[str | bytes | int]
-    ) -> Any:
-        try:
-            return await redis.evalsha(self.sha, keys, args)
-        except NoScriptError:
-            await redis.execute("SCRIPT", "LOAD", self.source)
-            return await redis.evalsha(self.sha, keys, args)
-
-
-_SPLIT = """
-local function split(text)
-  local out = {}
-  for field in string.gmatch(text .. '|', '([^|]*)|') do out[#out + 1] = field end
-  return out
-end
-"""
-_TRIP_FIELDS = "'trip_vid', 'trip_station', 'trip_at', 'trip_gate', 'trip_kind', 'trip_wallet'"
-
-# The gate decision, in one round trip; its event is durable in the same atomic step. Contract:
-#   KEYS  1 the gate request's nonce   2 qr-used   3 the ticket's state hash   4 events stream
-#   ARGV  1 "now|pre|post|action|place|validation id|kind|rides|gate|expire at|marker expire at",
-#           pre  = a verdict before the replay step ('' = none): the QR is not consumed,
-#           post = a verdict after it ('' = none): deny list, validity, gate, line,
-#           action = entry | exit | both | bus, place = station (metro) or route (bus),
-#           kind/rides = the product's rule if ticketing has not announced the ticket
-#           (rides -1 = unlimited), expire at = when the state may go (end of validity),
-#           marker expire at = when the QR's used-marker may go (timing.py)
-#         2 "nonce TTL|max trip seconds|bus passback seconds" (configuration)
-#         3 the decision's context (JSON, see decisions.py), appended with the reply
-#   Reply "outcome|action|kind|rides left|wallet|balance|closed trip vid|station|entered at|
-#          auto-closed trip vid|station|entered at" (empty fields when not applicable), or
-#          just the outcome when it was decided before the state was read. outcome is
-#          nonce_replayed | <pre> | replayed | <post> | no_rides_left | already_inside |
-#          not_inside | ok; rides and trips change only on ok. A stale trip (older than the
-#          maximum trip time) is closed whatever the outcome, and reported as auto-closed.
-#   Every reply but nonce_replayed is appended to the stream as {k=decision, c=context, r=reply}
-#   before the script returns: no gate hears a decision whose event could still be lost.
-VALIDATE = Script(
-    _SPLIT
-    + f"""
-local a, c = split(ARGV[1]), split(ARGV[2])
-local now = tonumber(a[1])
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', c[1]) then return 'nonce_replayed' end
-local function record(out)
-  redis.call('XADD', KEYS[4], '*', 'k', 'decision', 'c', ARGV[3], 'r', out)
-  return out
-end
-if a[2] ~= '' then return record(a[2]) end
-if not redis.call('SET', KEYS[2], a[9] .. '|' .. a[6], 'NX', 'EXAT', a[11]) then
-  return record('replayed')
-end
-if a[3] ~= '' then return record(a[3]) end
-local s = redis.call('HMGET', KEYS[3], 'kind', 'rides', 'wallet', 'balance', 'used',
-                     'trip_vid', 'trip_station', 'trip_at')
-local kind, rides = s[1] or a[7], tonumber(s[2] or a[8])
-local wallet, balance, used = s[3] or '', s[4] or '', tonumber(s[5] or '0')
-local action = a[4]
-local auto = {{'', '', ''}}
-local function reply(outcome, closed)
-  local left = ''
-  if rides >= 0 then left = tostring(rides - used) end
-  closed = closed or {{'', '', ''}}
-  return record(table.concat({{outcome, action, kind, left, wallet, balance, closed[1],
-                              closed[2], closed[3], auto[1], auto[2], auto[3]}}, '|'))
-end
-local function consume()
-  if rides >= 0 then used = redis.call('HINCRBY', KEYS[3], 'used', 1) end
-  if redis.call('TTL', KEYS[3]) < 0 then redis.call('EXPIREAT', KEYS[3], a[10]) end
-end
-if action == 'bus' then
-  action = 'tap'
-  if rides >= 0 and used >= rides then return reply('no_rides_left') end
-  local last = redis.call('HGET', KEYS[3], 'bus:' .. a[5])
-  if last and now - tonumber(last) <= tonumber(c[3]) then return reply('already_inside') end
-  redis.call('HSET', KEYS[3], 'bus:' .. a[5], a[1])
-  consume()
-  return reply('ok')
-end
-local open = s[6] ~= false
-if open and now - tonumber(s[8]) > tonumber(c[2]) then
-  redis.call('HDEL', KEYS[3], {_TRIP_FIELDS})
-  auto = {{s[6], s[7], s[8]}}
-  open = false
-end
-if action == 'both' then
-  if open then action = 'exit' else action = 'entry' end
-end
-if action == 'entry' then
-  if rides >= 0 and used >= rides then return reply('no_rides_left') end
-  if open then return reply('already_inside') end
-  redis.call('HSET', KEYS[3], 'trip_vid', a[6], 'trip_station', a[5], 'trip_at', a[1],
-             'trip_gate', a[9], 'trip_kind', kind, 'trip_wallet', wallet)
-  consume()
-  return reply('ok')
-end
-if not open then return reply('not_inside') end
-redis.call('HDEL', KEYS[3], {_TRIP_FIELDS})
-return reply('ok', {{s[6], s[7], s[8]}})
-"""
-)
-
-# Close a trip left open (the sweeper), only if it is still the one that was indexed.
-#   KEYS 1 ticket state   2 events stream
-#   ARGV 1 entry validation id   2 context (JSON: ticket id, closed at)
-#   Reply {station, entered at, kind, wallet}, or nil when that trip is no longer open; the
-#   closure is appended to the stream as {k=closed, c=context, r="station|at|kind|wallet"}.
-CLOSE_TRIP = Script(
-    f"""
-local t = redis.call('HMGET', KEYS[1], 'trip_vid', 'trip_station', 'trip_at', 'trip_kind',
-                     'trip_wallet')
-if t[1] ~= ARGV[1] then return false end
-redis.call('HDEL', KEYS[1], {_TRIP_FIELDS})
-local out = {{t[2], t[3], t[4] or '', t[5] or ''}}
-redis.call('XADD', KEYS[2], '*', 'k', 'closed', 'c', ARGV[2], 'r', table.concat(out, '|'))
-return out
-"""
-)
-
-# Reconcile one decision an offline gate uploads. Contract:
-#   KEYS  1 upload marker   2 offline-use   3 qr-used (online)   4 ticket state   5 events stream
-#   ARGV  1 validation id   2 gate id   3 '1' if the gate accepted   4 action entry|exit|tap|none
-#         5 station   6 scanned at (unix s)   7 markers expire at (unix s)   8 state expiry
-#         9 kind if unknown   10 rides if unknown (-1 = unlimited)   11 context (JSON)
-#   Reply {'duplicate'} or {'recorded', kind, wallet, closed trip vid, station, at,
-#          other accepted uses of the same QR as "gate|validation id"...}; a recorded upload is
-#   appended to the stream as {k=upload, c=context, r=the reply as JSON}. An accepted use also
-#   becomes the QR's used-marker if it has none, so that the code is refused online after it.
-RECONCILE = Script(
-    f"""
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[7]) then return {{'duplicate'}} end
-local info = redis.call('HMGET', KEYS[4], 'kind', 'rides', 'wallet')
-local kind = info[1] or ARGV[9]
-local rides = tonumber(info[2] or ARGV[10])
-local reply = {{'recorded', kind, info[3] or '', '', '', ''}}
-local function record()
-  redis.call('XADD', KEYS[5], '*', 'k', 'upload', 'c', ARGV[11], 'r', cjson.encode(reply))
-  return reply
-end
-if ARGV[3] ~= '1' then return record() end
-local own = ARGV[2] .. '|' .. ARGV[1]
-local seen = {{[own] = true}}
-local prior = redis.call('HGETALL', KEYS[2])
-for i = 1, #prior, 2 do
-  local use = prior[i] .. '|' .. prior[i + 1]
-  if not seen[use] then table.insert(reply, use); seen[use] = true end
-end
-local online = redis.call('GET', KEYS[3])
-if online then
-  if not seen[online] then table.insert(reply, online) end
-else
-  redis.call('SET', KEYS[3], own, 'EXAT', ARGV[7])
-end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
-redis.call('EXPIREAT', KEYS[2], ARGV[7])
-local action = ARGV[4]
-if (action == 'entry' or action == 'tap') and rides >= 0 then
-  redis.call('HINCRBY', KEYS[4], 'used', 1)
-end
-if action == 'entry' and not redis.call('HGET', KEYS[4], 'trip_vid') then
-  redis.call('HSET', KEYS[4], 'trip_vid', ARGV[1], 'trip_station', ARGV[5], 'trip_at', ARGV[6],
-             'trip_gate', ARGV[2], 'trip_kind', kind, 'trip_wallet', info[3] or '')
-elseif action == 'exit' then
-  local t = redis.call('HMGET', KEYS[4], 'trip_vid', 'trip_station', 'trip_at')
-  if t[1] then
-    redis.call('HDEL', KEYS[4], {_TRIP_FIELDS})
-    reply[4], reply[5], reply[6] = t[1], t[2], t[3]
-  end
-end
-if redis.call('TTL', KEYS[4]) == -1 then redis.call('EXPIREAT', KEYS[4], ARGV[8]) end
-return record()
-"""
-)
-
-# An uploaded decision whose code cannot be read: recorded once under its gate.
-#   KEYS 1 upload marker   2 events stream   ARGV 1 TTL   2 context (JSON)
-#   Reply 1 when recorded (and appended to the stream as {k=upload, r=["recorded"]}), else 0
-MARK_UPLOAD = Script(
-    """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-redis.call('XADD', KEYS[2], '*', 'k', 'upload', 'c', ARGV[2], 'r', '["recorded"]')
-return 1
-"""
-)
-
-SCRIPTS = (VALIDATE, CLOSE_TRIP, RECONCILE, MARK_UPLOAD)
-
-
-async def load_scripts(redis: Redis) -> None:
-    for script in SCRIPTS:
-        await script.load(redis)
 
 
 def _text(value: bytes | str | None) -> str:
@@ -370,28 +140,50 @@ def parse_outcome(reply: str) -> StateOutcome:
     )
 
 
-async def validate(
-    redis: PipelinedRedis,
-    *,
-    tag: str,
-    ticket_id: str,
-    gate_id: str,
-    nonce: str,
-    at: int,
-    counter: int,
-    decision: str,
-    settings: str,
-    context: bytes,
-) -> StateOutcome:
-    """`decision` is ARGV 1 of the decision script (see its contract); `tag` is the shard of
-    the ticket (of the gate when the code could not be read: then only the nonce is used)."""
+@dataclass(frozen=True, slots=True)
+class DecisionCall:
+    """One gate decision for the decision script (see its contract in scripts.py)."""
+
+    gate_id: str
+    nonce: str
+    now: int
+    context: bytes  # decisions.context(...), appended to the stream with the reply
+    pre: str = ""  # a verdict before the replay step: the QR is not consumed
+    # The code, when it could be read (else the gate's shard holds the nonce and the event).
+    ticket_id: str = ""
+    at: int = 0
+    counter: int = 0
+    post: str = ""  # a verdict after the replay step
+    action: str = ""  # entry | exit | both | bus
+    place: str = ""  # station (metro) or route (bus)
+    validation_id: str = ""
+    kind: str = ""  # the product's rule if ticketing has not announced the ticket
+    rides: int = -1  # -1 = unlimited
+    expire_at: int = 0  # when the ticket's state may go
+    marker_expires_at: int = 0  # when the QR's used-marker may go (timing.py)
+
+    @property
+    def tag(self) -> str:
+        return shard(self.ticket_id or self.gate_id)
+
+    def argv(self) -> str:
+        """ARGV 1: one string, split once in Lua (cheaper than eleven arguments)."""
+        return (
+            f"{self.now}|{self.pre}|{self.post}|{self.action}|{self.place}|{self.validation_id}|"
+            f"{self.kind}|{self.rides}|{self.gate_id}|{self.expire_at}|{self.marker_expires_at}"
+        )
+
+
+async def validate(redis: PipelinedRedis, call: DecisionCall, settings: str) -> StateOutcome:
+    """`settings` is ARGV 2 of the decision script (`script_settings`)."""
+    tag = call.tag
     keys = (
-        nonce_key(gate_id, nonce, tag=tag),
-        key("qr-used", tag, ticket_id, str(at), str(counter)),
-        key("ticket", tag, ticket_id),
+        nonce_key(call.gate_id, call.nonce, tag=tag),
+        key("qr-used", tag, call.ticket_id, str(call.at), str(call.counter)),
+        key("ticket", tag, call.ticket_id),
         events_key(tag),
     )
-    raw = await VALIDATE.pipelined(redis, keys, (decision, settings, context))
+    raw = await VALIDATE.pipelined(redis, keys, (call.argv(), settings, call.context))
     return parse_outcome(raw.decode() if isinstance(raw, bytes) else raw)
 
 
@@ -468,107 +260,6 @@ async def mark_upload(
     tag = shard(gate_id)
     keys = (key("upload", tag, gate_id, validation_id), events_key(tag))
     return bool(await MARK_UPLOAD(redis, keys, (ttl_s, context)))
-
-
-# The events stream of each shard (outbox.py relays them to Kafka) -------------------------------
-
-
-async def append_event(redis: Redis, tag: str, record: bytes) -> None:
-    await redis.xadd(events_key(tag), {"k": "event", "c": record})
-
-
-StreamEntry = tuple[str, str, dict[bytes, bytes]]  # stream, entry id, fields
-
-
-async def ensure_relay_group(redis: Redis, group: str) -> None:
-    """The relays' consumer group on every stream, from the start: entries are deleted once
-    relayed, so whatever is in a stream has not reached Kafka yet."""
-    for stream in EVENT_STREAMS:
-        try:
-            await redis.xgroup_create(stream, group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-
-async def read_events(
-    redis: Redis, group: str, consumer: str, *, pending: bool, count: int, block_ms: int | None
-) -> list[StreamEntry]:
-    """New entries (`pending=False`), or those this consumer read and has not acknowledged."""
-    start = "0" if pending else ">"
-    streams: dict[Any, Any] = dict.fromkeys(EVENT_STREAMS, start)
-    reply = cast(
-        list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None,
-        await redis.xreadgroup(group, consumer, streams, count=count, block=block_ms),
-    )
-    return [
-        (_text(stream), _text(entry_id), fields)
-        for stream, entries in reply or []
-        for entry_id, fields in entries
-        if fields  # a pending entry deleted meanwhile comes back without fields
-    ]
-
-
-async def relayed(redis: Redis, group: str, entries: Sequence[StreamEntry]) -> None:
-    """Kafka has these: acknowledge and delete them, in one round trip."""
-    by_stream: dict[str, list[str]] = {}
-    for stream, entry_id, _ in entries:
-        by_stream.setdefault(stream, []).append(entry_id)
-    async with redis.pipeline(transaction=False) as pipe:
-        for stream, ids in by_stream.items():
-            pipe.xack(stream, group, *ids)
-            pipe.xdel(stream, *ids)
-        await pipe.execute()
-
-
-async def park_unreadable(redis: Redis, entries: Sequence[StreamEntry]) -> None:
-    """Entries the relay cannot turn into events (a newer version's, during a rolling
-    upgrade): copied to `cp:{S}:events-unreadable` for a person before they leave the stream."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for stream, _, fields in entries:
-            pipe.xadd(stream + "-unreadable", cast(dict[Any, Any], fields))
-        await pipe.execute()
-
-
-async def claim_abandoned(
-    redis: Redis, group: str, consumer: str, min_idle_ms: int, count: int
-) -> int:
-    """Take over entries another relay read and never acknowledged (it died)."""
-    claimed = 0
-    for stream in EVENT_STREAMS:
-        reply = await redis.xautoclaim(stream, group, consumer, min_idle_ms, "0-0", count=count)
-        claimed += len(reply[1])
-    return claimed
-
-
-async def forget_gone_relays(redis: Redis, group: str, consumer: str, idle_ms: int) -> int:
-    """Consumers of processes long gone, with nothing pending (every restart of a process with
-    a new instance id leaves one behind)."""
-    gone = 0
-    for stream in EVENT_STREAMS:
-        for info in await redis.xinfo_consumers(stream, group):
-            name = _text(info["name"])
-            if name != consumer and info["pending"] == 0 and info["idle"] > idle_ms:
-                gone += await redis.xgroup_delconsumer(stream, group, name) >= 0
-    return gone
-
-
-async def event_backlog(redis: Redis) -> int:
-    """Events not yet acknowledged by Kafka, over every shard."""
-    return (await outbox_state(redis, time.time()))[0]
-
-
-async def outbox_state(redis: Redis, now: float) -> tuple[int, float]:
-    """(entries waiting over every shard, age in seconds of the oldest): an entry's id is the
-    Redis time it was appended, in milliseconds."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for stream in EVENT_STREAMS:
-            pipe.xlen(stream)
-            pipe.xrange(stream, count=1)
-        replies = await pipe.execute()
-    waiting = sum(replies[0::2])
-    firsts = [int(_text(first[0][0]).split("-")[0]) for first in replies[1::2] if first]
-    return waiting, max(0.0, now - min(firsts) / 1000) if firsts else 0.0
 
 
 _OLD_LAYOUT = re.compile(r"cp:\{([0-9a-f-]{36})\}:(ticket|qr-used|offline-use|upload)(?::(.*))?")

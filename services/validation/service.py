@@ -280,18 +280,14 @@ class Validator:
             qr = parse_dynamic_qr(text)
         except TicketCodecError as error:
             ctx["detail"] = error.code
-            state = await repository.validate(
-                self.decision_redis,
-                tag=repository.shard(gate.gate_id),
-                ticket_id="",
-                gate_id=signed.device_id,
-                nonce=signed.nonce,
-                at=0,
-                counter=0,
-                decision=f"{now}|{codec_reason(error).value}|||||||||",
-                settings=self.script_settings,
-                context=orjson.dumps(ctx),
+            call = repository.DecisionCall(
+                signed.device_id,
+                signed.nonce,
+                now,
+                orjson.dumps(ctx),
+                pre=codec_reason(error).value,
             )
+            state = await repository.validate(self.decision_redis, call, self.script_settings)
             return self._answer(signed, ctx, state)
 
         credential = qr.credential
@@ -314,30 +310,30 @@ class Validator:
                 device_fingerprint(credential.device_public_key),
             )
         product = self.memory.product(credential.product)
-        place = gate.station or gate.route or ""
-        rides = -1 if product.rides is None else product.rides
-        expire_at = credential.valid_until + TICKET_LIFETIME_MARGIN_S
         ctx["ticket"] = ticket_id
         ctx["product"] = credential.product
         ctx["category"] = credential.rider_category.name.lower()
         ctx["qr_at"] = qr.at
         ctx["counter"] = qr.counter
-        state = await repository.validate(
-            self.decision_redis,
-            tag=repository.shard(ticket_id),
+        call = repository.DecisionCall(
+            signed.device_id,
+            signed.nonce,
+            now,
+            orjson.dumps(ctx),
+            pre=pre.value if pre else "",
             ticket_id=ticket_id,
-            gate_id=signed.device_id,
-            nonce=signed.nonce,
             at=qr.at,
             counter=qr.counter,
-            decision=(
-                f"{now}|{pre.value if pre else ''}|{post.value if post else ''}|"
-                f"{gate.script_action}|{place}|{ctx['vid']}|{product.kind.value}|{rides}|"
-                f"{signed.device_id}|{expire_at}|{tolerances.marker_expires_at(qr.at)}"
-            ),
-            settings=self.script_settings,
-            context=orjson.dumps(ctx),
+            post=post.value if post else "",
+            action=gate.script_action,
+            place=gate.station or gate.route or "",
+            validation_id=ctx["vid"],
+            kind=product.kind.value,
+            rides=-1 if product.rides is None else product.rides,
+            expire_at=credential.valid_until + TICKET_LIFETIME_MARGIN_S,
+            marker_expires_at=tolerances.marker_expires_at(qr.at),
         )
+        state = await repository.validate(self.decision_redis, call, self.script_settings)
         return self._answer(signed, ctx, state)
 
     def _answer(

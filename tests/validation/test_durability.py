@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
-from services.validation import outbox, repository
+from services.validation import outbox, streams
 from services.validation.service import Validator
 from tests.support import ROOT, read_events, wait_ready, wait_until
 from tests.validation.conftest import (
@@ -172,7 +172,7 @@ class TestRelay:
         self, http: httpx.AsyncClient, validator: Validator, servers: LocalServers
     ) -> None:
         redis = validator.redis
-        for stream in repository.EVENT_STREAMS:
+        for stream in streams.EVENT_STREAMS:
             await redis.xgroup_destroy(stream, outbox.GROUP)
         gate = await provision_gate(http, station="2A-07", direction="entry")
 
@@ -189,7 +189,7 @@ class TestRelay:
     ) -> None:
         """A newer version's entry, read by this version's relay during a rolling upgrade."""
         redis = validator.redis
-        stream = repository.EVENT_STREAMS[0]
+        stream = streams.EVENT_STREAMS[0]
         entry: dict[Any, Any] = {"k": "from-the-future", "c": "{}", "r": ""}
         entry_id = cast(bytes, await redis.xadd(stream, entry)).decode()
 
@@ -208,7 +208,7 @@ class TestRelay:
         validator: Validator,
     ) -> None:
         redis = validator.redis
-        stream = repository.EVENT_STREAMS[1]
+        stream = streams.EVENT_STREAMS[1]
         gone = f"gone-{uuid.uuid4().hex[:8]}"
         await redis.xgroup_createconsumer(stream, outbox.GROUP, gone)
 
@@ -216,5 +216,5 @@ class TestRelay:
             return {info["name"].decode() for info in infos}
 
         assert gone in names(await redis.xinfo_consumers(stream, outbox.GROUP))
-        await repository.forget_gone_relays(redis, outbox.GROUP, "me", idle_ms=0)
+        await streams.forget_gone_relays(redis, outbox.GROUP, "me", idle_ms=0)
         assert gone not in names(await redis.xinfo_consumers(stream, outbox.GROUP))

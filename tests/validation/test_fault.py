@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from citypass.servers import LocalServers, free_port
-from services.validation import repository
+from services.validation import streams
 from services.validation.app import build_app
 from tests.conftest import AppClient
 from tests.support import broker_stopped, read_events, wait_until
@@ -48,7 +48,7 @@ class TestBrokerDown:
             ]
             elapsed = time.monotonic() - started
             # Every decision's event is already durable: it waits in Redis for the broker.
-            assert await repository.event_backlog(redis) >= VALIDATIONS
+            assert await streams.event_backlog(redis) >= VALIDATIONS
 
         assert len(decided) == VALIDATIONS
         assert {d["decision"] for d in decided} == {"accept"}
@@ -69,7 +69,7 @@ class TestBrokerDown:
 
 
 async def _backlog_is_empty(redis: Redis) -> bool:
-    return await repository.event_backlog(redis) == 0
+    return await streams.event_backlog(redis) == 0
 
 
 @pytest.mark.fault
