@@ -54,7 +54,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "VALIDATION",
         8002,
         ("redis", "kafka"),
-        settings=(("VALIDATION_RUN_FARE_WORKER", "false"),),
+        settings=(("VALIDATION_RUN_FARE_WORKER", "false"), ("VALIDATION_RELAY_STANDBY", "true")),
     ),
     ServiceSpec("parking", "PARKING", 8003, ("postgres", "redis", "kafka")),
     ServiceSpec("operator", "OPERATOR", 8080, ("redis", "kafka")),

@@ -461,6 +461,8 @@ async def local_run(args: argparse.Namespace) -> dict[str, float]:
                 **env,
                 "VALIDATION_PORT": str(port),
                 "VALIDATION_RUN_FARE_WORKER": str(args.fare_worker == "in-process").lower(),
+                # As deployed: the gates' process relays events only when the other does not.
+                "VALIDATION_RELAY_STANDBY": str(args.fare_worker == "separate").lower(),
             }
             argv = [sys.executable, "-m", "services.validation"]
             if args.fare_worker == "separate":  # as `make run` and docker-compose deploy it

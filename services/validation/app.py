@@ -45,7 +45,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         batch_size=settings.relay_batch_size,
         retry_interval_s=settings.relay_retry_interval.total_seconds(),
         claim_after_s=settings.relay_claim_after.total_seconds(),
-        standby=not settings.run_fare_worker,
+        standby=settings.relay_standby,
     )
     validator = Validator(settings, redis, memory, outbox)
     workers = Workers(settings, redis, memory, outbox)

@@ -4,11 +4,12 @@ Validation has no database, so its outbox is Redis: the decision script appends 
 to its shard's stream in the same atomic step that marks the QR used (no extra round trip on
 the gate's path), and code outside scripts appends ready events with `emit`. A relay in every
 validation process reads the streams as one consumer group, publishes to Kafka, then
-acknowledges and deletes what Kafka has. Processes that serve gates only (no fare worker) stand
-by: they relay only while events wait longer than `relay_claim_after`, so that relaying never
-takes a gate's CPU while the background process does it. Delivery is at least once; an event
-rebuilt after a crash has the same id and bytes (decisions.py), and consumers deduplicate on
-the id.
+acknowledges and deletes what Kafka has. A gates' process deployed beside validation-fares
+stands by (`relay_standby`): it relays only while events wait longer than `relay_claim_after`,
+so that relaying never takes a gate's CPU while the background process does it.
+
+Delivery is at least once; an event rebuilt after a crash has the same id and bytes
+(decisions.py), and consumers deduplicate on the id.
 
 Whatever process dies, an entry stays in its stream: a relay that restarts reads its own
 unacknowledged entries first, and the others take over those of a relay that went away
@@ -92,8 +93,8 @@ class Outbox:
         self.batch_size = batch_size
         self.retry_interval_s = retry_interval_s
         self.claim_after_s = claim_after_s
-        # A gates' process stands by: it relays only when the others do not (see _needed), so
-        # that building and publishing events never competes with a gate's request.
+        # A standby relays only when the others do not (see _needed), so that building and
+        # publishing events never competes with a gate's request.
         self.standby = standby
         self._needed_until = 0.0
         self.builders = builders

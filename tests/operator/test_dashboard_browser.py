@@ -33,7 +33,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from redis.asyncio import Redis
 
-from citypass.servers import LocalServers
+from citypass.servers import LocalServers, free_port
 from services.operator.projection import HANOI, TOPICS, hanoi_day, parse_time
 from services.operator.repository import seen_key
 from services.parking import events as parking_events
@@ -47,7 +47,7 @@ from services.validation.app import build_app as build_validation_app
 from services.validation.settings import IssuerKeyConfig, ValidationSettings
 from shared.devicesigning import DeviceSigner
 from shared.events import Event
-from shared.kafka import Publisher
+from shared.kafka import Publisher, ensure_topics
 from shared.network import LINES
 from shared.ticketcodec import (
     Credential,
@@ -89,14 +89,42 @@ WIDTH, HEIGHT = 1600, 1000
 
 
 @pytest.fixture(scope="module")
-async def validation(
+async def own_kafka(
     servers: LocalServers, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[str]:
+) -> AsyncIterator[LocalServers]:
+    """A broker of this module's own (PostgreSQL and Valkey are shared): the page must count
+    exactly what this test sent, and other tests' validation events (relayed late, or again:
+    delivery is at least once) would land on its stations' counters on a shared broker."""
+    own = LocalServers(
+        tmp_path_factory.mktemp("dashboard-kafka"),
+        servers.postgres_port,
+        servers.redis_port,
+        free_port(),
+    )
+    own.start_kafka()
+    await ensure_topics(own.kafka_bootstrap)
+    try:
+        yield own
+    finally:
+        own.stop()
+
+
+@pytest.fixture(scope="module")
+async def publisher(own_kafka: LocalServers) -> AsyncIterator[Publisher]:
+    kafka = Publisher(own_kafka.kafka_bootstrap)
+    try:
+        yield kafka
+    finally:
+        await kafka.close()
+
+
+@pytest.fixture(scope="module")
+async def validation(own_kafka: LocalServers) -> AsyncIterator[str]:
     """The real validation service, with the issuer key this test signs credentials with."""
     settings = ValidationSettings(
         environment="test",
-        redis_url=f"redis://127.0.0.1:{servers.redis_port}/{BROWSER_VALIDATION_REDIS_DB}",
-        kafka_bootstrap_servers=servers.kafka_bootstrap,
+        redis_url=f"redis://127.0.0.1:{own_kafka.redis_port}/{BROWSER_VALIDATION_REDIS_DB}",
+        kafka_bootstrap_servers=own_kafka.kafka_bootstrap,
         admin_token=VALIDATION_ADMIN,
         issuer_keys=[
             IssuerKeyConfig(
@@ -113,20 +141,27 @@ async def validation(
 
 
 @pytest.fixture(scope="module")
-def parking(migrated: LocalServers, service_env: dict[str, str]) -> Iterator[str]:
+def parking(
+    migrated: LocalServers, own_kafka: LocalServers, service_env: dict[str, str]
+) -> Iterator[str]:
     """The real parking service (a process): the console reads its list of lots."""
-    env = {**service_env, "PARKING_ADMIN_TOKEN": PARKING_ADMIN, "PARKING_LOG_LEVEL": "WARNING"}
+    env = {
+        **service_env,
+        "PARKING_KAFKA_BOOTSTRAP_SERVERS": own_kafka.kafka_bootstrap,
+        "PARKING_ADMIN_TOKEN": PARKING_ADMIN,
+        "PARKING_LOG_LEVEL": "WARNING",
+    }
     with running_service("parking", env, migrated.log_dir / "operator-browser-parking.log") as p:
         yield p.url
 
 
 @pytest.fixture(scope="module")
 async def console(
-    servers: LocalServers, operator_redis: Redis, validation: str, parking: str
+    own_kafka: LocalServers, operator_redis: Redis, validation: str, parking: str
 ) -> AsyncIterator[Console]:
     group = f"operator-browser-{uuid.uuid4().hex[:6]}"
     settings = operator_settings_for(
-        servers,
+        own_kafka,
         consumer_group=group,
         lag_groups={
             group: list(TOPICS),

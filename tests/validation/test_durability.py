@@ -117,6 +117,7 @@ class TestProcessKilledWhileBrokerHangs:
             "VALIDATION_ISSUER_KEYS": orjson.dumps([issuer_config().model_dump()]).decode(),
             "VALIDATION_TICKETING_URL": "",
             "VALIDATION_RUN_FARE_WORKER": "false",
+            "VALIDATION_RELAY_STANDBY": "true",
             "VALIDATION_KAFKA_SEND_TIMEOUT_S": "2",
             "VALIDATION_RELAY_CLAIM_AFTER": "PT3S",
             "VALIDATION_LOG_LEVEL": "WARNING",
