@@ -6,9 +6,10 @@ import logging
 
 from fastapi import FastAPI
 
-from services.ticketing import endpoints, repository, service, tasks, webapp
+from services.ticketing import endpoints, tables, tasks, webapp
 from services.ticketing.credentials import KeyWrap
 from services.ticketing.payments import PaymentsClient
+from services.ticketing.service import issuer
 from services.ticketing.settings import TicketingSettings
 from shared.app import Runtime, create_app, supervised
 from shared.outbox import OutboxRelay
@@ -51,7 +52,7 @@ def build_app(settings: TicketingSettings | None = None) -> FastAPI:
     )
     runtime.on_stop.append(payments.close)
     keywrap = KeyWrap(settings.issuer_key_encryption_key.get_secret_value())
-    relay = OutboxRelay("ticketing", runtime.db, repository.outbox, runtime.publisher)
+    relay = OutboxRelay("ticketing", runtime.db, tables.outbox, runtime.publisher)
     runtime.workers += [
         supervised("outbox-relay", relay.run),
         supervised(
@@ -62,7 +63,7 @@ def build_app(settings: TicketingSettings | None = None) -> FastAPI:
 
     async def ensure_issuer_key() -> None:
         async with runtime.db.transaction() as session:
-            key = await service.ensure_issuer_key(session, keywrap)
+            key = await issuer.ensure_issuer_key(session, keywrap)
             keywrap.unwrap(key.kid, key.private_key_wrapped)  # a wrong KEK shows at start-up
         logger.info("issuer key %s is active", key.kid)
 

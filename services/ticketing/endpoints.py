@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
-from services.ticketing import service
 from services.ticketing.auth import CurrentRider, SettingsDep, operator
 from services.ticketing.credentials import KeyWrap
+from services.ticketing.errors import RefreshTokenReused
 from services.ticketing.payments import PaymentsClient, PaymentsUnavailable
 from services.ticketing.schemas import (
     CategoryDecision,
@@ -34,6 +34,7 @@ from services.ticketing.schemas import (
     TopupRead,
     WalletRead,
 )
+from services.ticketing.service import devices, issuer, products, purchases, riders, tickets, wallet
 from shared.app import RuntimeDep
 from shared.errors import PROBLEM_MEDIA_TYPE, Unauthorized
 from shared.idempotency import IdempotencyDep
@@ -85,7 +86,7 @@ admin_router = APIRouter(
 async def list_products(rt: RuntimeDep) -> list[ProductRead]:
     """Every fare product on sale, with prices in VND and who may buy it."""
     async with rt.db.transaction() as session:
-        return await service.list_products(session)
+        return await products.list_products(session)
 
 
 @router.get(
@@ -97,7 +98,7 @@ async def list_products(rt: RuntimeDep) -> list[ProductRead]:
 async def get_product(code: ProductCode, rt: RuntimeDep) -> ProductRead:
     """One fare product."""
     async with rt.db.transaction() as session:
-        return await service.get_product(session, code)
+        return await products.get_product(session, code)
 
 
 @router.get("/keys", response_model=KeySet, tags=["credentials"])
@@ -110,7 +111,7 @@ async def list_keys(rt: RuntimeDep) -> KeySet:
     Gates should refresh this list periodically (or on `citypass.transit.issuer_keys.changed.v1`).
     """
     async with rt.db.transaction() as session:
-        return await service.key_set(session)
+        return await issuer.key_set(session)
 
 
 # Riders and sessions ----------------------------------------------------------------------------
@@ -133,11 +134,11 @@ async def sign_up(
     applies once an operator approves it; until then the rider is `regular`. The answer holds
     the first access and refresh tokens. A payments wallet is opened for the rider.
     """
-    password_hash = await service.prepare_password(body.password, settings)
+    password_hash = await riders.prepare_password(body.password, settings)
     async with rt.db.transaction() as session:
-        created = await service.sign_up(session, body, password_hash, settings)
+        created = await riders.sign_up(session, body, password_hash, settings)
     try:
-        created.rider.wallet_account_id = await service.ensure_wallet(
+        created.rider.wallet_account_id = await wallet.ensure_wallet(
             rt.db, payments, created.rider.id
         )
     except PaymentsUnavailable:
@@ -165,7 +166,7 @@ async def log_in(body: LoginRequest, rt: RuntimeDep, settings: SettingsDep) -> S
     `TICKETING_LOGIN_FAILURE_WINDOW` (15 min), that number is refused until the window ends,
     whether or not it has an account."""
     async with rt.db.transaction() as session:
-        created = await service.log_in(session, body, settings)
+        created = await riders.log_in(session, body, settings)
     if created is None:
         raise Unauthorized("Wrong phone number or password.", code="invalid_credentials")
     return created
@@ -193,10 +194,10 @@ async def refresh_session(
     """
     try:
         async with rt.db.transaction() as session:
-            return await service.refresh_session(session, body.refresh_token, settings)
-    except service.RefreshTokenReused as reused:
+            return await riders.refresh_session(session, body.refresh_token, settings)
+    except RefreshTokenReused as reused:
         async with rt.db.transaction() as session:
-            await service.revoke_token_family(session, reused.family_id)
+            await riders.revoke_token_family(session, reused.family_id)
         raise
 
 
@@ -205,7 +206,7 @@ async def log_out(body: RefreshRequest, rt: RuntimeDep) -> Response:
     """Log out: the refresh token (and every token refreshed from the same login) stops
     working. Access tokens expire by themselves within 15 minutes."""
     async with rt.db.transaction() as session:
-        await service.log_out(session, body.refresh_token)
+        await riders.log_out(session, body.refresh_token)
     return Response(status_code=204)
 
 
@@ -213,7 +214,7 @@ async def log_out(body: RefreshRequest, rt: RuntimeDep) -> Response:
 async def me(rider: CurrentRider, rt: RuntimeDep) -> RiderRead:
     """The signed-in rider: category in force, any pending concession request, wallet."""
     async with rt.db.transaction() as session:
-        return await service.get_rider(session, rider.id)
+        return await riders.get_rider(session, rider.id)
 
 
 @router.post(
@@ -227,7 +228,7 @@ async def request_category(body: CategoryRequest, rider: CurrentRider, rt: Runti
     poor_household). It becomes `pending` and applies once an operator approves it; asking for
     `regular` gives a concession up at once."""
     async with rt.db.transaction() as session:
-        return await service.request_category(session, rider.id, body.category)
+        return await riders.request_category(session, rider.id, body.category)
 
 
 # Devices ----------------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ async def register_device(
     answers 200 and changes nothing.
     """
     async with rt.db.transaction() as session:
-        device, created = await service.register_device(session, rider.id, body, settings)
+        device, created = await devices.register_device(session, rider.id, body, settings)
     return Response(
         device.model_dump_json(), status_code=201 if created else 200, media_type="application/json"
     )
@@ -276,7 +277,7 @@ async def register_device(
 async def list_devices(rider: CurrentRider, rt: RuntimeDep) -> list[DeviceRead]:
     """The rider's devices, newest first: the active one and the revoked ones."""
     async with rt.db.transaction() as session:
-        return await service.list_devices(session, rider.id)
+        return await devices.list_devices(session, rider.id)
 
 
 @router.get(
@@ -288,7 +289,7 @@ async def list_devices(rider: CurrentRider, rt: RuntimeDep) -> list[DeviceRead]:
 async def get_device(device_id: uuid.UUID, rider: CurrentRider, rt: RuntimeDep) -> DeviceRead:
     """One of the rider's devices."""
     async with rt.db.transaction() as session:
-        return await service.get_device(session, rider.id, device_id)
+        return await devices.get_device(session, rider.id, device_id)
 
 
 @router.delete(
@@ -301,7 +302,7 @@ async def revoke_device(device_id: uuid.UUID, rider: CurrentRider, rt: RuntimeDe
     """Revoke a device (lost or sold phone): its credentials are denied at the gates from
     now on. Register a new key to travel again. Revoking twice changes nothing."""
     async with rt.db.transaction() as session:
-        return await service.revoke_device(session, rider.id, device_id)
+        return await devices.revoke_device(session, rider.id, device_id)
 
 
 # Purchases and tickets --------------------------------------------------------------------------
@@ -358,7 +359,9 @@ async def purchase(
     """
     # The purchase row, keyed by (rider, key), is the idempotency record: the kit's one-transaction
     # `Idempotency.call` would hold a connection and a lock across the payment call.
-    result, replayed = await service.place_purchase(rt.db, payments, settings, rider.id, body, key)
+    result, replayed = await purchases.place_purchase(
+        rt.db, payments, settings, rider.id, body, key
+    )
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return Response(result.model_dump_json(), 201, headers, media_type="application/json")
 
@@ -372,7 +375,7 @@ async def purchase(
 async def list_purchases(rider: CurrentRider, rt: RuntimeDep) -> list[PurchaseRead]:
     """The rider's purchases, newest first (the last 200)."""
     async with rt.db.transaction() as session:
-        return await service.list_purchases(session, rider.id)
+        return await purchases.list_purchases(session, rider.id)
 
 
 @router.get(
@@ -385,7 +388,7 @@ async def get_purchase(purchase_id: uuid.UUID, rider: CurrentRider, rt: RuntimeD
     """One purchase: `pending` until paid, then `completed` with its ticket, or `failed` /
     `cancelled` without one."""
     async with rt.db.transaction() as session:
-        return await service.get_purchase(session, rider.id, purchase_id)
+        return await purchases.get_purchase(session, rider.id, purchase_id)
 
 
 @router.get(
@@ -397,7 +400,7 @@ async def get_purchase(purchase_id: uuid.UUID, rider: CurrentRider, rt: RuntimeD
 async def list_tickets(rider: CurrentRider, rt: RuntimeDep) -> list[TicketRead]:
     """The rider's tickets, newest first (the last 200), with their status."""
     async with rt.db.transaction() as session:
-        return await service.list_tickets(session, rider.id)
+        return await tickets.list_tickets(session, rider.id)
 
 
 @router.get(
@@ -409,7 +412,7 @@ async def list_tickets(rider: CurrentRider, rt: RuntimeDep) -> list[TicketRead]:
 async def get_ticket(ticket_id: uuid.UUID, rider: CurrentRider, rt: RuntimeDep) -> TicketRead:
     """One of the rider's tickets."""
     async with rt.db.transaction() as session:
-        return await service.get_ticket(session, rider.id, ticket_id)
+        return await tickets.get_ticket(session, rider.id, ticket_id)
 
 
 @router.get(
@@ -439,7 +442,7 @@ async def get_credential(
     switch or an issuer key rotation a new credential is signed.
     """
     async with rt.db.transaction() as session:
-        return await service.credential_for(session, keywrap, settings, rider.id, ticket_id)
+        return await issuer.credential_for(session, keywrap, settings, rider.id, ticket_id)
 
 
 # Wallet -----------------------------------------------------------------------------------------
@@ -453,7 +456,7 @@ async def get_credential(
 )
 async def get_wallet(rider: CurrentRider, rt: RuntimeDep, payments: PaymentsDep) -> WalletRead:
     """The rider's wallet and its available balance in VND (kept by the payments service)."""
-    return await service.wallet(rt.db, payments, rider.id)
+    return await wallet.wallet(rt.db, payments, rider.id)
 
 
 @router.post(
@@ -482,7 +485,7 @@ async def create_topup(
     when the bank confirms the transfer (`status` becomes `paid`). Retrying with the same
     `Idempotency-Key` returns the same top-up.
     """
-    return await service.create_topup(rt.db, payments, rider.id, body.amount, key.key)
+    return await wallet.create_topup(rt.db, payments, rider.id, body.amount, key.key)
 
 
 @router.get(
@@ -495,7 +498,7 @@ async def get_topup(
     topup_id: uuid.UUID, rider: CurrentRider, rt: RuntimeDep, payments: PaymentsDep
 ) -> TopupRead:
     """One of the rider's top-ups: `pending` until the bank transfer arrives, then `paid`."""
-    return await service.get_topup(rt.db, payments, rider.id, topup_id)
+    return await wallet.get_topup(rt.db, payments, rider.id, topup_id)
 
 
 # Operators --------------------------------------------------------------------------------------
@@ -505,7 +508,7 @@ async def get_topup(
 async def category_requests(rt: RuntimeDep) -> list[RiderRead]:
     """Riders waiting for a concession category decision, oldest first."""
     async with rt.db.transaction() as session:
-        return await service.category_requests(session)
+        return await riders.category_requests(session)
 
 
 @admin_router.post(
@@ -517,7 +520,7 @@ async def decide_category(rider_id: uuid.UUID, body: CategoryDecision, rt: Runti
     """Approve (the requested category applies at once) or reject a concession request,
     after checking the rider's papers (student card, ID, merit or disability certificate…)."""
     async with rt.db.transaction() as session:
-        return await service.decide_category(session, rider_id, body)
+        return await riders.decide_category(session, rider_id, body)
 
 
 @admin_router.post(
@@ -529,7 +532,7 @@ async def revoke_ticket(ticket_id: uuid.UUID, body: TicketRevoke, rt: RuntimeDep
     """Revoke a ticket: gates deny it once `citypass.transit.ticket.revoked.v1` reaches them,
     and no new credential is signed for it. Revoking twice changes nothing."""
     async with rt.db.transaction() as session:
-        return await service.revoke_ticket(session, ticket_id, body.reason)
+        return await tickets.revoke_ticket(session, ticket_id, body.reason)
 
 
 @admin_router.post("/issuer-keys/rotate", response_model=KeySet)
@@ -542,4 +545,4 @@ async def rotate_issuer_key(rt: RuntimeDep, keywrap: KeyWrapDep) -> KeySet:
     credentials signed by the new key at their next refresh.
     """
     async with rt.db.transaction() as session:
-        return await service.rotate_issuer_key(session, keywrap)
+        return await issuer.rotate_issuer_key(session, keywrap)

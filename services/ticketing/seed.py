@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.ticketing import service
+from services.ticketing.service import products
 from services.ticketing.settings import TicketingSettings
 from shared.db import Database
 
@@ -11,7 +11,7 @@ async def seed(settings: TicketingSettings) -> str:
     database = Database(settings.database_url, "ticketing", pool_size=1)
     try:
         async with database.transaction() as session:
-            count = await service.seed_products(session)
+            count = await products.seed_products(session)
     finally:
         await database.close()
     return f"{count} fare products"

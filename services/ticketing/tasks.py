@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.ticketing import service
 from services.ticketing.payments import PaymentsClient
+from services.ticketing.service import issuer, purchases
 from services.ticketing.settings import TicketingSettings
 from shared.app import Worker
 from shared.db import Database
@@ -18,12 +18,12 @@ def purchase_reconciler(
     database: Database, payments: PaymentsClient, settings: TicketingSettings
 ) -> Worker:
     """Resolves purchases left pending (payments down, a lost answer, a crash): see
-    `service.reconcile_purchases`. Replicas share the work through SKIP LOCKED."""
+    `purchases.reconcile_purchases`. Replicas share the work through SKIP LOCKED."""
 
     async def run() -> None:
         while True:
-            claimed = await service.reconcile_purchases(database, payments, settings)
-            if claimed < service.RECONCILE_BATCH:
+            claimed = await purchases.reconcile_purchases(database, payments, settings)
+            if claimed < purchases.RECONCILE_BATCH:
                 await asyncio.sleep(settings.reconcile_interval.total_seconds())
 
     return run
@@ -35,7 +35,7 @@ def key_retirement(database: Database, settings: TicketingSettings) -> Worker:
     async def run() -> None:
         while True:
             async with database.transaction() as session:
-                retired = await service.retire_issuer_keys(session)
+                retired = await issuer.retire_issuer_keys(session)
             if retired:
                 logger.info("issuer keys retired: %s", ", ".join(retired))
             await asyncio.sleep(settings.key_retirement_interval.total_seconds())

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from citypass.servers import LocalServers
-from services.ticketing import service
 from services.ticketing.app import build_app
 from services.ticketing.credentials import b64url
+from services.ticketing.service import products
 from services.ticketing.settings import TicketingSettings
 from shared.db import Database
 from shared.ticketcodec import generate_device_key, public_key_bytes
@@ -86,7 +86,7 @@ def settings(configured: None, payments_process: ServiceProcess) -> TicketingSet
 async def ticketing_db(migrated: LocalServers) -> AsyncIterator[Database]:
     database = Database(migrated.database_url, "ticketing", pool_size=2)
     async with database.transaction() as session:
-        await service.seed_products(session)
+        await products.seed_products(session)
     yield database
     await database.close()
 

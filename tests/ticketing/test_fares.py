@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from services.ticketing import credentials, fares, service
+from services.ticketing import credentials, fares
 from services.ticketing.schemas import Mode, ProductRead, PurchaseCreate, RiderCategory
+from services.ticketing.service import purchases
 from shared import ticketcodec
 from shared.errors import Unprocessable
 from shared.network import BUS_ROUTES, LINES
@@ -83,5 +84,5 @@ class TestCredentialContents:
         product = CATALOGUE[0].model_copy(update={"credential_code": "X" * 30})
         rider: Any = SimpleNamespace(category=product.categories[0].value)
         with pytest.raises(Unprocessable) as refused:
-            service._check_sellable(rider, product, PurchaseCreate(product_code=product.code))
+            purchases._check_sellable(rider, product, PurchaseCreate(product_code=product.code))
         assert refused.value.code == "product_not_issuable"
