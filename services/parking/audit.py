@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.parking import plates, repository, service
+from services.parking import lots, plates, repository
 from services.parking.payments import PaymentsClient, PaymentsRefused, PaymentsUnavailable
 from services.parking.repository import Record
 from services.parking.schemas import (
@@ -222,7 +222,7 @@ async def gather(
 ) -> DayFacts:
     """Read the day's facts; the transaction must begin with a consistent snapshot."""
     await repository.use_consistent_snapshot(session)
-    await service.require_lot(session, lot_id)
+    await lots.require_lot(session, lot_id)
     since, until = day_window(day)
     sessions = await repository.sessions_exited_between(session, lot_id, since, until)
     session_ids = [row.session_id for row in sessions]
@@ -241,7 +241,7 @@ async def gather(
     of_sessions = await repository.overrides_of_sessions(session, session_ids)
     tariffs: list[Tariff] = []
     for vehicle_type in VehicleType:
-        tariffs += await service.tariffs_for(session, lot_id, vehicle_type)
+        tariffs += await lots.tariffs_for(session, lot_id, vehicle_type)
     reported, problem = await _reported(payments, lot_id, day)
     return DayFacts(
         lot_id=lot_id,

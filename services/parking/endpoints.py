@@ -22,7 +22,18 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Scope
 
-from services.parking import audit, repository, service, sessions
+from services.parking import (
+    audit,
+    disputes,
+    lane_decisions,
+    lots,
+    overrides,
+    receipts,
+    repository,
+    session_reads,
+    settlement,
+    vehicles,
+)
 from services.parking.auth import (
     AdminDep,
     DeviceDep,
@@ -67,8 +78,8 @@ from services.parking.schemas import (
     VehicleCreate,
     VehicleRead,
 )
-from services.parking.sessions import LaneWork, Undo, Work
 from services.parking.tariffs import VehicleType
+from services.parking.work import LaneWork, PendingNonce, Undo, Work
 from shared.devicesigning import DeviceAuthError, nonce_key
 from shared.errors import PROBLEM_CONTENT, Unprocessable
 from shared.idempotency import (
@@ -142,12 +153,12 @@ LANE_BODY_LIMIT = 16 * 1024  # a lane event is well under 1 KiB
 async def lane_entry(context: Parking, scope: Scope, body: bytes) -> Response:
     """POST /v1/entries, served as a hot route (shared.app.HotRoutes) in front of FastAPI:
     its routing and dependency machinery cost about as much CPU as the decision's own work."""
-    return await _lane(context, scope, body, EntryCreate, sessions.enter)
+    return await _lane(context, scope, body, EntryCreate, lane_decisions.enter)
 
 
 async def lane_exit(context: Parking, scope: Scope, body: bytes) -> Response:
     """POST /v1/exits, as `lane_entry`."""
-    return await _lane(context, scope, body, ExitCreate, sessions.leave)
+    return await _lane(context, scope, body, ExitCreate, lane_decisions.leave)
 
 
 async def _lane(
@@ -161,7 +172,7 @@ async def _lane(
     Idempotency-Key (400 when missing), then the header's and the body's shape (one 422)."""
     headers = Headers(scope=scope)
     device, signed = await lane_device(context, scope, headers, body)
-    nonce = sessions.PendingNonce(
+    nonce = PendingNonce(
         context.occupancy,
         device.device_id,
         nonce_key(signed.device_id, signed.nonce, tag=device.lot_id),
@@ -180,7 +191,7 @@ async def _lane(
 async def _lane_decision(
     context: Parking,
     key: IdempotentRequest,
-    nonce: sessions.PendingNonce,
+    nonce: PendingNonce,
     decide: Callable[[LaneWork], Awaitable[Response]],
 ) -> Response:
     """An entry or exit, once per Idempotency-Key: a claim statement, Redis and payments as
@@ -226,7 +237,7 @@ async def _decide(
 async def list_lots(context: ParkingDep) -> list[LotRead]:
     """Every parking lot with its capacity per vehicle type and its lanes."""
     async with context.db.transaction() as session:
-        return await service.list_lots(session)
+        return await lots.list_lots(session)
 
 
 @public.get(
@@ -238,7 +249,7 @@ async def list_lots(context: ParkingDep) -> list[LotRead]:
 async def get_lot(lot_id: LotId, context: ParkingDep) -> LotRead:
     """One parking lot, with its lanes."""
     async with context.db.transaction() as session:
-        return await service.get_lot(session, lot_id)
+        return await lots.get_lot(session, lot_id)
 
 
 @public.get(
@@ -249,7 +260,7 @@ async def get_lot(lot_id: LotId, context: ParkingDep) -> LotRead:
 )
 async def get_occupancy(lot_id: LotId, context: ParkingDep) -> OccupancyRead:
     """Places, vehicles inside and free places per vehicle type, live (Redis counters)."""
-    return await service.occupancy(context, lot_id)
+    return await lots.occupancy(context, lot_id)
 
 
 @public.get(
@@ -269,10 +280,10 @@ async def quote(
     context: ParkingDep,
 ) -> QuoteRead:
     """What a stay would cost, line by line, with the dated tariffs in force along the way."""
-    if exit_at - entry_at > service.QUOTE_LIMIT:
+    if exit_at - entry_at > lots.QUOTE_LIMIT:
         raise Unprocessable("Quotes cover at most 31 days.", code="stay_too_long")
     async with context.db.transaction() as session:
-        return await service.quote(session, lot_id, vehicle_type, entry_at, exit_at)
+        return await lots.quote(session, lot_id, vehicle_type, entry_at, exit_at)
 
 
 @public.get("/tariffs", response_model=list[TariffRead], tags=["tariffs"])
@@ -289,7 +300,7 @@ async def list_tariffs(
     city's), so a stay across a tariff change pays each part by its rules.
     """
     async with context.db.transaction() as session:
-        return await service.list_tariffs(session, lot_id, vehicle_type)
+        return await lots.list_tariffs(session, lot_id, vehicle_type)
 
 
 # Lane devices -----------------------------------------------------------------------------------
@@ -406,7 +417,7 @@ async def exit_status(
     """
 
     async def read(work: Work) -> ExitDecision:
-        return await sessions.exit_status(work, device, session_id)
+        return await settlement.exit_status(work, device, session_id)
 
     result = await _in_transaction(context, read)
     assert isinstance(result, ExitDecision)
@@ -436,7 +447,7 @@ async def fallback_exit(
     VietQR stays valid: paying it later settles the debt; the receipt shows what is owed.
     """
     return await _decide(
-        context, key, lambda work: sessions.fallback_exit(work, device, session_id)
+        context, key, lambda work: settlement.fallback_exit(work, device, session_id)
     )
 
 
@@ -459,7 +470,7 @@ async def get_receipt(
     applied, amount, payment reference, and what is still owed (with its VietQR)."""
 
     async def read(work: Work) -> ReceiptRead:
-        return await sessions.receipt(work, session_id, token)
+        return await receipts.receipt(work, session_id, token)
 
     result = await _in_transaction(context, read)
     assert isinstance(result, ReceiptRead)
@@ -509,7 +520,7 @@ async def find_receipt(
     """
     await context.receipt_lookups.hit(context.runtime.kv, client_address(request))
     async with context.db.transaction() as session:
-        return await sessions.find_receipt(Work(session, context), plate, code)
+        return await receipts.find_receipt(Work(session, context), plate, code)
 
 
 @public.post(
@@ -533,7 +544,7 @@ async def open_dispute(
     lane: a lookup's read token is refused (403)."""
 
     async def act(work: Work) -> DisputeRead:
-        return await sessions.open_dispute(work, session_id, token, body)
+        return await disputes.open_dispute(work, session_id, token, body)
 
     result = await _in_transaction(context, act)
     assert isinstance(result, DisputeRead)
@@ -555,7 +566,7 @@ async def receipt_disputes(
 ) -> list[DisputeRead]:
     """The disputes of a session and how they were resolved (with the exit's receipt token)."""
     async with context.db.transaction() as session:
-        return await sessions.disputes_of_receipt(Work(session, context), session_id, token)
+        return await disputes.disputes_of_receipt(Work(session, context), session_id, token)
 
 
 # Operators: provisioning ------------------------------------------------------------------------
@@ -570,7 +581,7 @@ async def receipt_disputes(
 async def upsert_lot(lot_id: LotId, body: LotUpsert, context: ParkingDep) -> LotRead:
     """Create or update a lot; capacities take effect at once (Redis), vehicles inside stay."""
     async with context.db.transaction() as session:
-        lot = await service.upsert_lot(session, context, lot_id, body)
+        lot = await lots.upsert_lot(session, context, lot_id, body)
     await context.reference.reload()
     return lot
 
@@ -586,7 +597,7 @@ async def upsert_lane(
 ) -> LaneRead:
     """Create or update a lane: its direction and, for a dedicated lane, its vehicle type."""
     async with context.db.transaction() as session:
-        lane = await service.upsert_lane(session, lot_id, lane_id, body)
+        lane = await lots.upsert_lane(session, lot_id, lane_id, body)
     await context.reference.reload()
     return lane
 
@@ -608,7 +619,7 @@ async def provision_device(body: DeviceCreate, context: ParkingDep) -> DeviceCre
     The device signs every request with it (HMAC-SHA256, see the `X-Device-*` headers).
     """
     async with context.db.transaction() as session:
-        return await service.provision_device(session, context, body)
+        return await lots.provision_device(session, context, body)
 
 
 @admin.get("/devices", response_model=list[DeviceRead], tags=["provisioning"])
@@ -618,7 +629,7 @@ async def list_devices(
 ) -> list[DeviceRead]:
     """Provisioned devices (never their secrets)."""
     async with context.db.transaction() as session:
-        return await service.list_devices(session, lot_id)
+        return await lots.list_devices(session, lot_id)
 
 
 @admin.post(
@@ -630,7 +641,7 @@ async def list_devices(
 async def revoke_device(device_id: DeviceId, context: ParkingDep) -> DeviceRead:
     """Disable a device for good (lost, stolen, replaced); refused within seconds."""
     async with context.db.transaction() as session:
-        return await service.revoke_device(session, context, device_id)
+        return await lots.revoke_device(session, context, device_id)
 
 
 @admin.post(
@@ -648,7 +659,7 @@ async def create_tariff(body: TariffCreate, context: ParkingDep) -> TariffRead:
     """Add a dated tariff version (city-wide, or for one lot), effective at least 5 minutes
     ahead: sessions already priced keep their rules, and every lane knows it before it applies."""
     async with context.db.transaction() as session:
-        tariff = await service.create_tariff(session, body)
+        tariff = await lots.create_tariff(session, body)
     await context.reference.reload()
     return tariff
 
@@ -671,7 +682,7 @@ async def register_vehicle(body: VehicleCreate, context: ParkingDep) -> VehicleR
     same owner again returns the registration; `account_qr` is what the owner's app shows.
     """
     async with context.db.transaction() as session:
-        return await service.register_vehicle(session, context, body)
+        return await vehicles.register_vehicle(session, context, body)
 
 
 @admin.get(
@@ -683,7 +694,7 @@ async def register_vehicle(body: VehicleCreate, context: ParkingDep) -> VehicleR
 async def get_vehicle(vehicle_id: uuid.UUID, context: ParkingDep) -> VehicleRead:
     """A registered vehicle."""
     async with context.db.transaction() as session:
-        return await service.get_vehicle(session, context, vehicle_id)
+        return await vehicles.get_vehicle(session, context, vehicle_id)
 
 
 # Operators: sessions, overrides, disputes, audit ------------------------------------------------
@@ -700,7 +711,7 @@ async def list_sessions(
     """Sessions, newest entry first; `needs_review=true` lists low-confidence reads,
     plate mismatches and repeated entries for an operator to check."""
     async with context.db.transaction() as session:
-        return await sessions.list_sessions(
+        return await session_reads.list_sessions(
             Work(session, context),
             lot_id=lot_id,
             status=status,
@@ -720,7 +731,7 @@ async def get_session(
 ) -> SessionRead:
     """One session in full (plate unmasked): for a signed device of its lot, or operators."""
     async with context.db.transaction() as session:
-        return await sessions.get_session(Work(session, context), device, session_id)
+        return await session_reads.get_session(Work(session, context), device, session_id)
 
 
 @admin.post(
@@ -743,7 +754,7 @@ async def override_session(
     VietQR payments need a bank payout, reported as `payout_required`)."""
 
     async def act(work: Work) -> OverrideRead:
-        return await sessions.apply_override(work, session_id, body)
+        return await overrides.apply_override(work, session_id, body)
 
     result = await _in_transaction(context, act)
     assert isinstance(result, OverrideRead)
@@ -756,7 +767,7 @@ async def list_disputes(
 ) -> list[DisputeRead]:
     """Drivers' disputes, oldest first (`status=open`: the operators' queue)."""
     async with context.db.transaction() as session:
-        return await sessions.list_disputes(Work(session, context), status, limit)
+        return await disputes.list_disputes(Work(session, context), status, limit)
 
 
 @admin.post(
@@ -778,7 +789,7 @@ async def resolve_dispute(
     paid beyond the new fee is refunded to the wallet through payments."""
 
     async def act(work: Work) -> DisputeRead:
-        return await sessions.resolve_dispute(work, dispute_id, body)
+        return await disputes.resolve_dispute(work, dispute_id, body)
 
     result = await _in_transaction(context, act)
     assert isinstance(result, DisputeRead)
