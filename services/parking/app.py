@@ -14,7 +14,7 @@ from functools import partial
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
-from services.parking import events, lots, repository, tasks
+from services.parking import events, lots, repository, session_queries, tasks
 from services.parking.context import Parking
 from services.parking.endpoints import LANE_BODY_LIMIT, lane_entry, lane_exit, routers
 from services.parking.settings import ParkingSettings
@@ -60,10 +60,10 @@ def debt_collector(context: Parking) -> Worker:
         while True:
             async with context.db.transaction() as session:
                 work = Work(session, context)
-                due = await repository.debts_due(session, work.now, DEBT_BATCH)
+                due = await session_queries.debts_due(session, work.now, DEBT_BATCH)
                 for row in due:
                     await tasks.collect_debt(work, row)
-                holds = await repository.holds_to_release(session, DEBT_BATCH)
+                holds = await session_queries.holds_to_release(session, DEBT_BATCH)
                 for row in holds:
                     await tasks.release_pending_hold(work, row)
             if len(due) < DEBT_BATCH and len(holds) < DEBT_BATCH:

@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.parking import lots, plates, repository
+from services.parking import lots, plates, repository, session_queries
 from services.parking.payments import PaymentsClient, PaymentsRefused, PaymentsUnavailable
 from services.parking.repository import Record
 from services.parking.schemas import (
@@ -224,12 +224,14 @@ async def gather(
     await repository.use_consistent_snapshot(session)
     await lots.require_lot(session, lot_id)
     since, until = day_window(day)
-    sessions = await repository.sessions_exited_between(session, lot_id, since, until)
+    sessions = await session_queries.sessions_exited_between(session, lot_id, since, until)
     session_ids = [row.session_id for row in sessions]
-    observed = await repository.ledger_transfers_between(session, lot_id, since, until)
-    known = await repository.payments_by_transfer(session, [row.transfer_id for row in observed])
+    observed = await session_queries.ledger_transfers_between(session, lot_id, since, until)
+    known = await session_queries.payments_by_transfer(
+        session, [row.transfer_id for row in observed]
+    )
     linked = {row.transfer_id: row.session_id for row in known}
-    by_request = await repository.sessions_of_requests(
+    by_request = await session_queries.sessions_of_requests(
         session,
         [row.payment_request_id for row in observed if row.payment_request_id is not None],
     )
@@ -237,8 +239,8 @@ async def gather(
     for row in observed:
         if row.transfer_id not in linked and row.payment_request_id in request_owner:
             linked[row.transfer_id] = request_owner[row.payment_request_id]
-    overrides = await repository.overrides_between(session, lot_id, since, until)
-    of_sessions = await repository.overrides_of_sessions(session, session_ids)
+    overrides = await session_queries.overrides_between(session, lot_id, since, until)
+    of_sessions = await session_queries.overrides_of_sessions(session, session_ids)
     tariffs: list[Tariff] = []
     for vehicle_type in VehicleType:
         tariffs += await lots.tariffs_for(session, lot_id, vehicle_type)
@@ -247,8 +249,10 @@ async def gather(
         lot_id=lot_id,
         day=day,
         sessions=sessions,
-        session_payments=await repository.payments_of_sessions(session, session_ids),
-        payments_that_day=await repository.session_payments_between(session, lot_id, since, until),
+        session_payments=await session_queries.payments_of_sessions(session, session_ids),
+        payments_that_day=await session_queries.session_payments_between(
+            session, lot_id, since, until
+        ),
         observed=observed,
         linked=linked,
         overridden=frozenset(row.session_id for row in of_sessions),

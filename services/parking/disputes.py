@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 
-from services.parking import events, repository
+from services.parking import events, session_queries
 from services.parking.lots import new_id
 from services.parking.overrides import apply_override, override_read
 from services.parking.receipts import closed_session_with_token
@@ -27,7 +27,9 @@ from shared.errors import Conflict, NotFound, Unprocessable
 
 async def _dispute_read(work: Work, row: SessionRow) -> DisputeRead:
     override = (
-        await repository.get_override(work.session, row.override_id) if row.override_id else None
+        await session_queries.get_override(work.session, row.override_id)
+        if row.override_id
+        else None
     )
     return DisputeRead(
         dispute_id=row.dispute_id,
@@ -57,7 +59,7 @@ async def open_dispute(
             "Say which times are right: claimed_entry_at and/or claimed_exit_at.",
             code="claim_required",
         )
-    dispute = await repository.insert_dispute(
+    dispute = await session_queries.insert_dispute(
         work.session,
         dispute_id=new_id(),
         session_id=row.session_id,
@@ -89,18 +91,20 @@ async def disputes_of_receipt(work: Work, session_id: uuid.UUID, token: str) -> 
     row = await closed_session_with_token(work, session_id, token, ReceiptScope.exit)
     return [
         await _dispute_read(work, dispute)
-        for dispute in await repository.disputes_of_session(work.session, row.session_id)
+        for dispute in await session_queries.disputes_of_session(work.session, row.session_id)
     ]
 
 
 async def list_disputes(work: Work, status: DisputeStatus | None, limit: int) -> list[DisputeRead]:
-    rows = await repository.list_disputes(work.session, status.value if status else None, limit)
+    rows = await session_queries.list_disputes(
+        work.session, status.value if status else None, limit
+    )
     return [await _dispute_read(work, row) for row in rows]
 
 
 async def resolve_dispute(work: Work, dispute_id: uuid.UUID, body: DisputeResolve) -> DisputeRead:
     """Accept (the session is corrected and the difference refunded) or reject a dispute."""
-    dispute = await repository.get_dispute(work.session, dispute_id, lock=True)
+    dispute = await session_queries.get_dispute(work.session, dispute_id, lock=True)
     if dispute is None:
         raise NotFound(f"No dispute {dispute_id}.", code="dispute_not_found")
     if dispute.status != DisputeStatus.open.value:
@@ -122,7 +126,7 @@ async def resolve_dispute(work: Work, dispute_id: uuid.UUID, body: DisputeResolv
             ),
         )
         override_id = override.override_id
-    dispute = await repository.update_dispute(
+    dispute = await session_queries.update_dispute(
         work.session,
         dispute_id,
         status=body.outcome,

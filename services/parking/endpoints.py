@@ -26,10 +26,10 @@ from services.parking import (
     audit,
     disputes,
     lane_decisions,
+    lane_sql,
     lots,
     overrides,
     receipts,
-    repository,
     session_reads,
     settlement,
     vehicles,
@@ -199,7 +199,7 @@ async def _lane_decision(
     answer's bytes. What cannot be rolled back is compensated if the decision fails."""
     undo = Undo()
     with context.decisions.admit():
-        lane = await repository.LaneConnection.open(context.db)
+        lane = await lane_sql.LaneConnection.open(context.db)
         try:
             response = await decide(LaneWork(lane.connection, context, key, nonce, undo))
             await nonce.claim()  # a replayed answer too

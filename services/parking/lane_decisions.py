@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from services.parking import events, plates, repository, tokens
+from services.parking import events, lane_sql, plates, tokens
 from services.parking.context import Device, Lane, Lot, Parking
 from services.parking.lots import new_id
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable
@@ -157,12 +157,12 @@ async def _identify(
             settings.token_secret.get_secret_value(), body.account_qr
         )
         if vehicle_id is not None:
-            vehicle = await work.fetchrow(repository.VEHICLE_BY_ID, vehicle_id)
+            vehicle = await work.fetchrow(lane_sql.VEHICLE_BY_ID, vehicle_id)
         if vehicle is None:
             raise Unprocessable("Not a valid CityPass account QR.", code="invalid_account_qr")
         method = EntryMethod.account_qr
     elif body.rfid_tag is not None:
-        vehicle = await work.fetchrow(repository.VEHICLE_BY_RFID, body.rfid_tag.upper())
+        vehicle = await work.fetchrow(lane_sql.VEHICLE_BY_RFID, body.rfid_tag.upper())
         if vehicle is None and read.read_plate is None:
             raise Unprocessable("No vehicle has this RFID tag.", code="unknown_rfid_tag")
         method = EntryMethod.rfid if vehicle is not None else EntryMethod.plate
@@ -177,7 +177,7 @@ async def _identify(
     open_session_id = None
     if entry_lot is not None:
         if read.lookup_key != plate.key:  # identified otherwise than by the plate read
-            found = await work.fetchrow(repository.PLATE_AT_LOT, entry_lot, plate.key)
+            found = await work.fetchrow(lane_sql.PLATE_AT_LOT, entry_lot, plate.key)
         open_session_id = found["open_session_id"]
         work.debts[plate.key] = int(found["outstanding_debt"])
         if vehicle is None and confident:
@@ -210,7 +210,7 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     """Decide at an entry lane: open (a new session, or a repeated read) or full."""
     context = work.context
     read = _read(body)
-    found = await work.fetchrow(repository.ENTRY_BEGIN, *work.claim(), body.lot_id, read.lookup_key)
+    found = await work.fetchrow(lane_sql.ENTRY_BEGIN, *work.claim(), body.lot_id, read.lookup_key)
     if (replay := work.claimed(found)) is not None:
         return replay
     _check_time(context, body.occurred_at, work.now)
@@ -220,10 +220,10 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     who = await _identify(work, body, read, found, entry_lot=lot.lot_id)
     vehicle_type = _vehicle_type(body, who, lane)
     if who.open_session_id is not None:
-        existing = await work.fetchrow(repository.LOCK_SESSION, who.open_session_id)
+        existing = await work.fetchrow(lane_sql.LOCK_SESSION, who.open_session_id)
         if existing is not None and existing["status"] != SessionStatus.closed.value:
             return await _answer(
-                work, await _already_inside(work, repository.session_state(existing), body)
+                work, await _already_inside(work, lane_sql.session_state(existing), body)
             )
     count = await work.admit(lot.lot_id, vehicle_type)
     if not count.admitted:
@@ -335,9 +335,9 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     # The same plate entered through another lane at the same moment.
     await work.undo.run()
     work.events = []
-    raced = await work.fetchrow(repository.LOCK_OPEN_SESSION, lot.lot_id, who.plate.key)
+    raced = await work.fetchrow(lane_sql.LOCK_OPEN_SESSION, lot.lot_id, who.plate.key)
     assert raced is not None
-    return await _answer(work, await _already_inside(work, repository.session_state(raced), body))
+    return await _answer(work, await _already_inside(work, lane_sql.session_state(raced), body))
 
 
 async def _answer(work: LaneWork, decision: BaseModel) -> Response:
@@ -414,7 +414,7 @@ async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
     """Decide at an exit lane: open (paid, free, or a debt on the fallback) or pay by VietQR."""
     context = work.context
     read = _read(body)
-    found = await work.fetchrow(repository.EXIT_BEGIN, *work.claim(), body.lot_id, read.lookup_key)
+    found = await work.fetchrow(lane_sql.EXIT_BEGIN, *work.claim(), body.lot_id, read.lookup_key)
     if (replay := work.claimed(found)) is not None:
         return replay
     _check_time(context, body.occurred_at, work.now)
@@ -425,10 +425,10 @@ async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
     if read.lookup_key == who.plate.key:
         session = found["session"]  # locked by the first statement
     else:
-        session = await work.fetchrow(repository.LOCK_OPEN_SESSION, lot.lot_id, who.plate.key)
+        session = await work.fetchrow(lane_sql.LOCK_OPEN_SESSION, lot.lot_id, who.plate.key)
     if session is None or session["session_id"] is None:
         since = work.now - context.settings.double_exit_window
-        last = await work.fetchrow(repository.LAST_EXIT_FOR_PLATE, lot.lot_id, who.plate.key, since)
+        last = await work.fetchrow(lane_sql.LAST_EXIT_FOR_PLATE, lot.lot_id, who.plate.key, since)
         if last is not None:
             exit_at = last["exit_at"]
             raise Conflict(
@@ -441,7 +441,7 @@ async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
             f"No vehicle {who.plate.display} is inside lot {lot.lot_id}: no entry was recorded.",
             code="no_open_session",
         )
-    row: SessionRow = repository.session_state(session)
+    row: SessionRow = lane_sql.session_state(session)
     if row.status == SessionStatus.awaiting_payment.value:
         if body.offline:  # the lane lost its link while the VietQR was shown, and let it out
             row = await close_as_debt(work, row)

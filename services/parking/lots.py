@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import uuid_utils
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.parking import repository
+from services.parking import repository, session_queries
 from services.parking.context import Parking, tariff_of
 from services.parking.occupancy import Occupancy
 from services.parking.repository import Record
@@ -191,7 +191,7 @@ async def sync_lot_capacity(
         await occupancy_counters.set_capacity(lot.lot_id, capacities(lot))
     inside = {
         (row.lot_id, VehicleType(row.vehicle_type)): int(row.inside)
-        for row in await repository.open_counts(session)
+        for row in await session_queries.open_counts(session)
     }
     await occupancy_counters.rebuild_missing([lot.lot_id for lot in lots], inside)
 

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from services.parking import events, repository
+from services.parking import events, session_queries
 from services.parking.lots import new_id
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable
 from services.parking.schemas import (
@@ -60,7 +60,7 @@ async def _refund(work: Work, row: SessionRow, amount: int) -> tuple[int, str]:
     What was paid by bank transfer cannot be refunded by payments (it has no payout), so
     the rest is reported as `payout_required`.
     """
-    moved = await repository.payments_of_sessions(work.session, [row.session_id])
+    moved = await session_queries.payments_of_sessions(work.session, [row.session_id])
     refunded_of: dict[str, int] = {}
     for payment in moved:
         if payment.kind == "refund" and payment.reference:
@@ -115,7 +115,7 @@ async def _rebalance(work: Work, row: SessionRow) -> tuple[SessionRow, int, str 
         debt_status = DebtStatus.paid.value if fee else None
     else:
         debt_status = row.debt_status
-    row = await repository.update_session(
+    row = await session_queries.update_session(
         work.session,
         row.session_id,
         paid_amount=paid,
@@ -149,7 +149,9 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
             raise Unprocessable("Give the corrected plate.", code="plate_required")
         plate = parse_plate(body.plate)
         if row.status != SessionStatus.closed.value:
-            other = await repository.open_session_for_plate(work.session, row.lot_id, plate.key)
+            other = await session_queries.open_session_for_plate(
+                work.session, row.lot_id, plate.key
+            )
             if other is not None and other.session_id != row.session_id:
                 raise Conflict(
                     f"{plate.display} is inside already ({other.session_id}).",
@@ -157,7 +159,7 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
                 )
         details = {"plate_before": row.plate, "plate_after": plate.display}
         reasons = [r for r in row.review_reasons if r not in ("low_confidence", "plate_mismatch")]
-        row = await repository.update_session(
+        row = await session_queries.update_session(
             work.session,
             row.session_id,
             plate=plate.display,
@@ -174,13 +176,13 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
             "entry_at_after": entry_at.isoformat(),
             "exit_at_after": exit_at.isoformat(),
         }
-        row = await repository.update_session(
+        row = await session_queries.update_session(
             work.session, row.session_id, entry_at=entry_at, exit_at=exit_at, fee=fee, priced=priced
         )
         row, refund_amount, refund_status = await _rebalance(work, row)
     elif body.action is OverrideAction.waive_fee:
         _require_closed(row)
-        row = await repository.update_session(
+        row = await session_queries.update_session(
             work.session, row.session_id, fee=0, settlement=Settlement.waived.value
         )
         row, refund_amount, refund_status = await _rebalance(work, row)
@@ -189,7 +191,7 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
             raise Conflict(f"Session {row.session_id} is closed already.", code="session_closed")
         entry_at, exit_at = _corrected_times(work, row, None, body.exit_at or work.now)
         fee, priced = await price_exit(work, row, entry_at, exit_at)
-        row = await repository.update_session(
+        row = await session_queries.update_session(
             work.session,
             row.session_id,
             exit_at=exit_at,
@@ -202,7 +204,7 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
             if fee
             else await close_session(work, row, Settlement.free)
         )
-    override = await repository.insert_override(
+    override = await session_queries.insert_override(
         work.session,
         override_id=new_id(),
         session_id=row.session_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import uuid
 
-from services.parking import repository, tokens
+from services.parking import repository, session_queries, tokens
 from services.parking.context import Parking
 from services.parking.lots import price_lines
 from services.parking.schemas import (
@@ -46,7 +46,7 @@ def _check_token(context: Parking, session_id: uuid.UUID, token: str, need: Rece
 async def _receipt(work: Work, row: SessionRow) -> ReceiptRead:
     lot = await repository.get_lot(work.session, row.lot_id)
     assert lot is not None
-    moved = await repository.payments_of_sessions(work.session, [row.session_id])
+    moved = await session_queries.payments_of_sessions(work.session, [row.session_id])
     refunded = -sum(payment.amount for payment in moved if payment.kind == "refund")
     wallet = [payment for payment in moved if payment.kind in WALLET_KINDS]
     by_qr = any(payment.kind == "vietqr" for payment in moved)
@@ -83,7 +83,7 @@ async def closed_session_with_token(
     work: Work, session_id: uuid.UUID, token: str, need: ReceiptScope
 ) -> SessionRow:
     _check_token(work.context, session_id, token, need)
-    row = await repository.get_session(work.session, session_id)
+    row = await session_queries.get_session(work.session, session_id)
     if row is None:
         raise NotFound("No receipt for this session id and token.", code="receipt_not_found")
     if row.status != SessionStatus.closed.value:
@@ -108,12 +108,12 @@ async def find_receipt(work: Work, plate: str, code: str) -> ReceiptFound:
         )
     found = parse_plate(plate)
     secret = work.context.settings.token_secret.get_secret_value()
-    candidates = await repository.closed_session_ids_of_plate(
+    candidates = await session_queries.closed_session_ids_of_plate(
         work.session, found.key, work.now - work.context.settings.receipt_lookup_horizon
     )
     for session_id in candidates:
         if hmac.compare_digest(tokens.receipt_code(secret, session_id), printed):
-            row = await repository.get_session(work.session, session_id)
+            row = await session_queries.get_session(work.session, session_id)
             assert row is not None
             receipt = await _receipt(work, row)
             return ReceiptFound(

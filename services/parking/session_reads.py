@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from services.parking import repository
+from services.parking import session_queries
 from services.parking.context import Device
 from services.parking.lots import price_lines
 from services.parking.schemas import DebtStatus, EntryMethod, SessionRead, SessionStatus, Settlement
@@ -61,7 +61,7 @@ async def list_sessions(
     needs_review: bool | None,
     limit: int,
 ) -> list[SessionRead]:
-    rows = await repository.list_sessions(
+    rows = await session_queries.list_sessions(
         work.session,
         lot_id=lot_id,
         status=status.value if status else None,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.parking import events, plates, repository, tokens
+from services.parking import events, plates, session_queries, tokens
 from services.parking.context import Device, Parking
 from services.parking.lots import price_lines, utcnow
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
@@ -347,7 +347,7 @@ def exit_decision(context: Parking, row: SessionRow) -> ExitDecision:
 
 
 async def session_row(work: Work, session_id: uuid.UUID, *, lock: bool = False) -> SessionRow:
-    row = await repository.get_session(work.session, session_id, lock=lock)
+    row = await session_queries.get_session(work.session, session_id, lock=lock)
     if row is None:
         raise NotFound(f"No session {session_id}.", code="session_not_found")
     return row

@@ -6,7 +6,7 @@ import logging
 import uuid
 from datetime import timedelta
 
-from services.parking import events, repository
+from services.parking import events, lane_sql, session_queries
 from services.parking.context import Parking
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
 from services.parking.schemas import DebtStatus, SessionStatus, Settlement
@@ -34,7 +34,7 @@ async def on_payment_request_paid(work: Work, event: Event) -> None:
     except (KeyError, TypeError, ValueError):
         logger.info("payment event %s is not for a parking session", event.id)
         return
-    row = await repository.get_session(work.session, session_id, lock=True)
+    row = await session_queries.get_session(work.session, session_id, lock=True)
     if row is None:
         logger.warning("paid request %s names unknown session %s", request_id, session_id)
         return
@@ -49,7 +49,7 @@ async def on_payment_request_paid(work: Work, event: Event) -> None:
         await _settle_debt(work, row, amount)
         return
     # Paid twice, or for a fee since corrected: the audit lists the session as overpaid.
-    await repository.update_session(work.session, row.session_id, paid_amount=paid_total)
+    await session_queries.update_session(work.session, row.session_id, paid_amount=paid_total)
 
 
 async def on_transfer_posted(context: Parking, event: Event) -> None:
@@ -64,7 +64,7 @@ async def on_transfer_posted(context: Parking, event: Event) -> None:
         value = data.get(name)
         return uuid.UUID(str(value)) if value else None
 
-    await repository.record_ledger_event(
+    await lane_sql.record_ledger_event(
         context.db,
         events.CONSUMER_GROUP,
         event.id,
@@ -83,7 +83,7 @@ async def on_transfer_posted(context: Parking, event: Event) -> None:
 
 
 async def _settle_debt(work: Work, row: SessionRow, amount: int) -> SessionRow:
-    row = await repository.update_session(
+    row = await session_queries.update_session(
         work.session,
         row.session_id,
         paid_amount=int(row.paid_amount) + amount,
@@ -114,18 +114,18 @@ async def collect_debt(work: Work, row: SessionRow) -> None:
         try:
             outcome = await take_from_wallet(context, row, owed)
         except PaymentsUnavailable:
-            await repository.update_session(
+            await session_queries.update_session(
                 work.session, row.session_id, debt_next_attempt_at=work.now + retry_in
             )
             return
         if outcome.posted is not None:
             await work.record_payment(row, outcome.posted, outcome.kind, None)
-            row = await repository.update_session(
+            row = await session_queries.update_session(
                 work.session, row.session_id, hold_status=outcome.hold_status
             )
             await _settle_debt(work, row, outcome.posted.amount)
             return
-        row = await repository.update_session(
+        row = await session_queries.update_session(
             work.session, row.session_id, hold_status=outcome.hold_status
         )
         retry_in = min(retry_in * 20, DEBT_RETRY_CAP)  # the owner may top up the wallet
@@ -142,7 +142,7 @@ async def collect_debt(work: Work, row: SessionRow) -> None:
             logger.warning("no VietQR for debt %s yet: %s", row.session_id, error)
             next_attempt = work.now + context.settings.debt_retry_interval
         else:
-            await repository.update_session(
+            await session_queries.update_session(
                 work.session,
                 row.session_id,
                 payment_request_id=request.payment_request_id,
@@ -151,9 +151,11 @@ async def collect_debt(work: Work, row: SessionRow) -> None:
                 payment_amount=request.amount,
                 payment_requested_at=work.now,
             )
-    await repository.update_session(work.session, row.session_id, debt_next_attempt_at=next_attempt)
+    await session_queries.update_session(
+        work.session, row.session_id, debt_next_attempt_at=next_attempt
+    )
 
 
 async def release_pending_hold(work: Work, row: SessionRow) -> None:
     status = await release_hold(work, row)
-    await repository.update_session(work.session, row.session_id, hold_status=status)
+    await session_queries.update_session(work.session, row.session_id, hold_status=status)

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
-from services.parking import repository
+from services.parking import lane_sql, repository, session_queries
 from services.parking.context import Parking
 from services.parking.lots import utcnow
 from services.parking.occupancy import Count, Replayed
@@ -71,7 +71,7 @@ class Work:
     now: datetime = field(default_factory=utcnow)
 
     async def update_session(self, row: SessionRow, **values: Any) -> SessionRow:
-        return await repository.update_session(self.session, row.session_id, **values)
+        return await session_queries.update_session(self.session, row.session_id, **values)
 
     async def publish(self, topic: str, key: str, event: Event) -> None:
         await add_event(self.session, repository.outbox, topic, key, event)
@@ -79,7 +79,7 @@ class Work:
     async def record_payment(
         self, row: SessionRow, posted: Posted, kind: str, reference: str | None
     ) -> bool:
-        return await repository.record_payment(
+        return await session_queries.record_payment(
             self.session,
             transfer_id=posted.transfer_id,
             session_id=row.session_id,
@@ -91,7 +91,7 @@ class Work:
         )
 
     async def outstanding_debt(self, plate_key: str) -> int:
-        return await repository.outstanding_debt(self.session, plate_key)
+        return await session_queries.outstanding_debt(self.session, plate_key)
 
     async def release_place(self, lot_id: str, vehicle_type: VehicleType) -> Count:
         occupancy = self.context.occupancy
@@ -214,9 +214,7 @@ class LaneWork:
 
     async def outstanding_debt(self, plate_key: str) -> int:
         if plate_key not in self.debts:
-            self.debts[plate_key] = await repository.lane_outstanding_debt(
-                self.connection, plate_key
-            )
+            self.debts[plate_key] = await lane_sql.lane_outstanding_debt(self.connection, plate_key)
         return self.debts[plate_key]
 
     async def fetchrow(self, query: str, *args: Any) -> Any:
@@ -257,29 +255,29 @@ class LaneWork:
         body = decision.model_dump_json().encode()
         request = self.request
         write = (
-            *repository.outbox_arrays(self.events),
+            *lane_sql.outbox_arrays(self.events),
             request.scope,
             request.key,
             request.fingerprint,
             body,
         )
         if inserted is not None:
-            values = [inserted[name] for name in repository.SESSION_COLUMNS]
-            written = await self.connection.fetchval(repository.INSERT_SESSION, *write, *values)
+            values = [inserted[name] for name in lane_sql.SESSION_COLUMNS]
+            written = await self.connection.fetchval(lane_sql.INSERT_SESSION, *write, *values)
         elif self.changed is not None:
             payment: tuple[Any, ...] = (None, None, None, None, None)
             if self.payment is not None:
                 posted, kind, reference = self.payment
                 payment = (posted.transfer_id, kind, posted.amount, reference, posted.posted_at)
             written = await self.connection.fetchval(
-                repository.UPDATE_SESSION,
+                lane_sql.UPDATE_SESSION,
                 *write,
                 self.changed.session_id,
-                *repository.updatable_values(vars(self.changed)),
+                *lane_sql.updatable_values(vars(self.changed)),
                 *payment,
             )
         else:
-            written = await self.connection.fetchval(repository.STORE_ANSWER, *write)
+            written = await self.connection.fetchval(lane_sql.STORE_ANSWER, *write)
         if not written:
             return None
         self.undo.forget()  # committed: nothing to compensate any more
