@@ -15,8 +15,9 @@ from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
 from services.parking import events, lots, repository, session_queries, tasks
+from services.parking.admin_endpoints import admin
 from services.parking.context import Parking
-from services.parking.endpoints import LANE_BODY_LIMIT, lane_entry, lane_exit, routers
+from services.parking.endpoints import LANE_BODY_LIMIT, lane_entry, lane_exit, lanes, public
 from services.parking.settings import ParkingSettings
 from services.parking.work import Undo, Work
 from shared.app import HotRoute, Runtime, Worker, create_app, supervised
@@ -129,7 +130,7 @@ def build_app(settings: ParkingSettings | None = None) -> FastAPI:
 
     app = create_app(
         runtime,
-        routers,
+        (public, lanes, admin),
         title="CityPass parking",
         description=(
             "Cashless parking: lots, lanes and devices, dated tariffs, entry and exit decisions,"

@@ -29,18 +29,16 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.parking import lots, plates, repository, session_queries
-from services.parking.payments import PaymentsClient, PaymentsRefused, PaymentsUnavailable
-from services.parking.repository import Record
-from services.parking.schemas import (
+from services.parking.audit_schemas import (
     AuditOverrideLine,
     AuditPaymentLine,
     AuditReport,
     AuditSessionLine,
     AuditTotals,
-    OverrideAction,
-    SessionStatus,
-    Settlement,
 )
+from services.parking.payments import PaymentsClient, PaymentsRefused, PaymentsUnavailable
+from services.parking.repository import Record
+from services.parking.schemas import OverrideAction, SessionStatus, Settlement
 from services.parking.tariffs import HANOI_TZ, Tariff, TariffError, VehicleType, price_session
 
 
