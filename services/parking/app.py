@@ -14,11 +14,12 @@ from functools import partial
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
-from services.parking import events, repository, service, sessions
+from services.parking import events, lots, repository, session_queries, tasks
+from services.parking.admin_endpoints import admin
 from services.parking.context import Parking
-from services.parking.endpoints import LANE_BODY_LIMIT, lane_entry, lane_exit, routers
-from services.parking.sessions import Undo, Work
+from services.parking.endpoints import LANE_BODY_LIMIT, lane_entry, lane_exit, lanes, public
 from services.parking.settings import ParkingSettings
+from services.parking.work import Undo, Work
 from shared.app import HotRoute, Runtime, Worker, create_app, supervised
 from shared.events import Event
 from shared.inbox import first_delivery
@@ -34,7 +35,7 @@ IDEMPOTENCY_PURGE_INTERVAL_S = 3600.0
 def ledger_handler(context: Parking) -> Handler:
     async def handle(event: Event, _record: ConsumerRecord) -> None:
         if event.type == events.TRANSFER_POSTED:  # transit fares are most of the topic
-            await sessions.on_transfer_posted(context, event)
+            await tasks.on_transfer_posted(context, event)
             return
         if event.type != events.PAYMENT_REQUEST_PAID:
             return
@@ -44,7 +45,7 @@ def ledger_handler(context: Parking) -> Handler:
                 if await first_delivery(
                     session, repository.processed_events, events.CONSUMER_GROUP, event.id
                 ):
-                    await sessions.on_payment_request_paid(Work(session, context, undo), event)
+                    await tasks.on_payment_request_paid(Work(session, context, undo), event)
         except BaseException:
             await undo.run()
             raise
@@ -60,12 +61,12 @@ def debt_collector(context: Parking) -> Worker:
         while True:
             async with context.db.transaction() as session:
                 work = Work(session, context)
-                due = await repository.debts_due(session, work.now, DEBT_BATCH)
+                due = await session_queries.debts_due(session, work.now, DEBT_BATCH)
                 for row in due:
-                    await sessions.collect_debt(work, row)
-                holds = await repository.holds_to_release(session, DEBT_BATCH)
+                    await tasks.collect_debt(work, row)
+                holds = await session_queries.holds_to_release(session, DEBT_BATCH)
                 for row in holds:
-                    await sessions.release_pending_hold(work, row)
+                    await tasks.release_pending_hold(work, row)
             if len(due) < DEBT_BATCH and len(holds) < DEBT_BATCH:
                 await asyncio.sleep(interval)
 
@@ -120,7 +121,7 @@ def build_app(settings: ParkingSettings | None = None) -> FastAPI:
 
     async def sync_capacity() -> None:
         async with runtime.db.transaction() as session:
-            await service.sync_all_capacity(session, context.occupancy)
+            await lots.sync_all_capacity(session, context.occupancy)
 
     async def freeze_startup_objects() -> None:
         # What start-up loaded (~130k objects) lives as long as the process: out of the
@@ -129,7 +130,7 @@ def build_app(settings: ParkingSettings | None = None) -> FastAPI:
 
     app = create_app(
         runtime,
-        routers,
+        (public, lanes, admin),
         title="CityPass parking",
         description=(
             "Cashless parking: lots, lanes and devices, dated tariffs, entry and exit decisions,"

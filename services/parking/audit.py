@@ -28,19 +28,17 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.parking import plates, repository, service
-from services.parking.payments import PaymentsClient, PaymentsRefused, PaymentsUnavailable
-from services.parking.repository import Record
-from services.parking.schemas import (
+from services.parking import lots, plates, repository, session_queries
+from services.parking.audit_schemas import (
     AuditOverrideLine,
     AuditPaymentLine,
     AuditReport,
     AuditSessionLine,
     AuditTotals,
-    OverrideAction,
-    SessionStatus,
-    Settlement,
 )
+from services.parking.payments import PaymentsClient, PaymentsRefused, PaymentsUnavailable
+from services.parking.repository import Record
+from services.parking.schemas import OverrideAction, SessionStatus, Settlement
 from services.parking.tariffs import HANOI_TZ, Tariff, TariffError, VehicleType, price_session
 
 
@@ -222,14 +220,16 @@ async def gather(
 ) -> DayFacts:
     """Read the day's facts; the transaction must begin with a consistent snapshot."""
     await repository.use_consistent_snapshot(session)
-    await service.require_lot(session, lot_id)
+    await lots.require_lot(session, lot_id)
     since, until = day_window(day)
-    sessions = await repository.sessions_exited_between(session, lot_id, since, until)
+    sessions = await session_queries.sessions_exited_between(session, lot_id, since, until)
     session_ids = [row.session_id for row in sessions]
-    observed = await repository.ledger_transfers_between(session, lot_id, since, until)
-    known = await repository.payments_by_transfer(session, [row.transfer_id for row in observed])
+    observed = await session_queries.ledger_transfers_between(session, lot_id, since, until)
+    known = await session_queries.payments_by_transfer(
+        session, [row.transfer_id for row in observed]
+    )
     linked = {row.transfer_id: row.session_id for row in known}
-    by_request = await repository.sessions_of_requests(
+    by_request = await session_queries.sessions_of_requests(
         session,
         [row.payment_request_id for row in observed if row.payment_request_id is not None],
     )
@@ -237,18 +237,20 @@ async def gather(
     for row in observed:
         if row.transfer_id not in linked and row.payment_request_id in request_owner:
             linked[row.transfer_id] = request_owner[row.payment_request_id]
-    overrides = await repository.overrides_between(session, lot_id, since, until)
-    of_sessions = await repository.overrides_of_sessions(session, session_ids)
+    overrides = await session_queries.overrides_between(session, lot_id, since, until)
+    of_sessions = await session_queries.overrides_of_sessions(session, session_ids)
     tariffs: list[Tariff] = []
     for vehicle_type in VehicleType:
-        tariffs += await service.tariffs_for(session, lot_id, vehicle_type)
+        tariffs += await lots.tariffs_for(session, lot_id, vehicle_type)
     reported, problem = await _reported(payments, lot_id, day)
     return DayFacts(
         lot_id=lot_id,
         day=day,
         sessions=sessions,
-        session_payments=await repository.payments_of_sessions(session, session_ids),
-        payments_that_day=await repository.session_payments_between(session, lot_id, since, until),
+        session_payments=await session_queries.payments_of_sessions(session, session_ids),
+        payments_that_day=await session_queries.session_payments_between(
+            session, lot_id, since, until
+        ),
         observed=observed,
         linked=linked,
         overridden=frozenset(row.session_id for row in of_sessions),

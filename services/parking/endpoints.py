@@ -1,9 +1,10 @@
-"""HTTP routes of the parking service: parse, authenticate, call the rules, shape the answer.
+"""HTTP routes for lane devices and drivers: parse, authenticate, call the rules, shape the answer.
 
 Three kinds of callers:
 - lane terminals and cameras, which sign every request (`X-Device-*`, shared/devicesigning.py)
   and send an `Idempotency-Key` (a UUID per vehicle event) with every decision;
-- operators and back offices, with `Authorization: Bearer <PARKING_ADMIN_TOKEN>`;
+- operators and back offices, with `Authorization: Bearer <PARKING_ADMIN_TOKEN>` (their routes
+  are in admin_endpoints.py);
 - drivers and the public: lots, occupancy, tariffs, quotes, and receipts opened with a
   receipt token (tokens.py says which token grants what).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Path, Query, Request, Security
 from pydantic import BaseModel
@@ -22,9 +23,16 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Scope
 
-from services.parking import audit, repository, service, sessions
+from services.parking import (
+    disputes,
+    lane_decisions,
+    lane_sql,
+    lots,
+    receipts,
+    session_reads,
+    settlement,
+)
 from services.parking.auth import (
-    AdminDep,
     DeviceDep,
     DeviceOrAdminDep,
     ParkingDep,
@@ -36,39 +44,23 @@ from services.parking.schemas import (
     DEVICE_ID_PATTERN,
     LANE_ID_PATTERN,
     LOT_ID_PATTERN,
-    AuditReport,
-    Day,
-    DeviceCreate,
-    DeviceCredentials,
-    DeviceRead,
     DisputeCreate,
     DisputeRead,
-    DisputeResolve,
-    DisputeStatus,
     EntryCreate,
     EntryDecision,
     ExitCreate,
     ExitDecision,
-    LaneRead,
-    LaneUpsert,
     LotRead,
-    LotUpsert,
     Moment,
     OccupancyRead,
-    OverrideCreate,
-    OverrideRead,
     QuoteRead,
     ReceiptFound,
     ReceiptRead,
     SessionRead,
-    SessionStatus,
-    TariffCreate,
     TariffRead,
-    VehicleCreate,
-    VehicleRead,
 )
-from services.parking.sessions import LaneWork, Undo, Work
 from services.parking.tariffs import VehicleType
+from services.parking.work import LaneWork, PendingNonce, Undo, Work
 from shared.devicesigning import DeviceAuthError, nonce_key
 from shared.errors import PROBLEM_CONTENT, Unprocessable
 from shared.idempotency import (
@@ -113,17 +105,15 @@ def problems(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
 
 
 DEVICE_AUTH = (401, "Not signed, badly signed, stale, replayed, or unknown/disabled device")
-ADMIN_AUTH = (401, "Missing or wrong admin token")
 INVALID = (422, "Invalid body or values; `code` says which")
 
 public = APIRouter(prefix="/v1")
 OVERLOADED = (503, "`overloaded`: too many decisions in progress; retry after `Retry-After`")
 
 lanes = APIRouter(prefix="/v1", tags=["lanes"], responses=problems(DEVICE_AUTH))
-admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=problems(ADMIN_AUTH))
 
 
-async def _in_transaction(
+async def in_transaction(
     context: Parking, action: Callable[[Work], Awaitable[BaseModel]]
 ) -> BaseModel:
     undo = Undo()
@@ -142,12 +132,12 @@ LANE_BODY_LIMIT = 16 * 1024  # a lane event is well under 1 KiB
 async def lane_entry(context: Parking, scope: Scope, body: bytes) -> Response:
     """POST /v1/entries, served as a hot route (shared.app.HotRoutes) in front of FastAPI:
     its routing and dependency machinery cost about as much CPU as the decision's own work."""
-    return await _lane(context, scope, body, EntryCreate, sessions.enter)
+    return await _lane(context, scope, body, EntryCreate, lane_decisions.enter)
 
 
 async def lane_exit(context: Parking, scope: Scope, body: bytes) -> Response:
     """POST /v1/exits, as `lane_entry`."""
-    return await _lane(context, scope, body, ExitCreate, sessions.leave)
+    return await _lane(context, scope, body, ExitCreate, lane_decisions.leave)
 
 
 async def _lane(
@@ -161,7 +151,7 @@ async def _lane(
     Idempotency-Key (400 when missing), then the header's and the body's shape (one 422)."""
     headers = Headers(scope=scope)
     device, signed = await lane_device(context, scope, headers, body)
-    nonce = sessions.PendingNonce(
+    nonce = PendingNonce(
         context.occupancy,
         device.device_id,
         nonce_key(signed.device_id, signed.nonce, tag=device.lot_id),
@@ -180,7 +170,7 @@ async def _lane(
 async def _lane_decision(
     context: Parking,
     key: IdempotentRequest,
-    nonce: sessions.PendingNonce,
+    nonce: PendingNonce,
     decide: Callable[[LaneWork], Awaitable[Response]],
 ) -> Response:
     """An entry or exit, once per Idempotency-Key: a claim statement, Redis and payments as
@@ -188,7 +178,7 @@ async def _lane_decision(
     answer's bytes. What cannot be rolled back is compensated if the decision fails."""
     undo = Undo()
     with context.decisions.admit():
-        lane = await repository.LaneConnection.open(context.db)
+        lane = await lane_sql.LaneConnection.open(context.db)
         try:
             response = await decide(LaneWork(lane.connection, context, key, nonce, undo))
             await nonce.claim()  # a replayed answer too
@@ -226,7 +216,7 @@ async def _decide(
 async def list_lots(context: ParkingDep) -> list[LotRead]:
     """Every parking lot with its capacity per vehicle type and its lanes."""
     async with context.db.transaction() as session:
-        return await service.list_lots(session)
+        return await lots.list_lots(session)
 
 
 @public.get(
@@ -238,7 +228,7 @@ async def list_lots(context: ParkingDep) -> list[LotRead]:
 async def get_lot(lot_id: LotId, context: ParkingDep) -> LotRead:
     """One parking lot, with its lanes."""
     async with context.db.transaction() as session:
-        return await service.get_lot(session, lot_id)
+        return await lots.get_lot(session, lot_id)
 
 
 @public.get(
@@ -249,7 +239,7 @@ async def get_lot(lot_id: LotId, context: ParkingDep) -> LotRead:
 )
 async def get_occupancy(lot_id: LotId, context: ParkingDep) -> OccupancyRead:
     """Places, vehicles inside and free places per vehicle type, live (Redis counters)."""
-    return await service.occupancy(context, lot_id)
+    return await lots.occupancy(context, lot_id)
 
 
 @public.get(
@@ -269,10 +259,10 @@ async def quote(
     context: ParkingDep,
 ) -> QuoteRead:
     """What a stay would cost, line by line, with the dated tariffs in force along the way."""
-    if exit_at - entry_at > service.QUOTE_LIMIT:
+    if exit_at - entry_at > lots.QUOTE_LIMIT:
         raise Unprocessable("Quotes cover at most 31 days.", code="stay_too_long")
     async with context.db.transaction() as session:
-        return await service.quote(session, lot_id, vehicle_type, entry_at, exit_at)
+        return await lots.quote(session, lot_id, vehicle_type, entry_at, exit_at)
 
 
 @public.get("/tariffs", response_model=list[TariffRead], tags=["tariffs"])
@@ -289,7 +279,7 @@ async def list_tariffs(
     city's), so a stay across a tariff change pays each part by its rules.
     """
     async with context.db.transaction() as session:
-        return await service.list_tariffs(session, lot_id, vehicle_type)
+        return await lots.list_tariffs(session, lot_id, vehicle_type)
 
 
 # Lane devices -----------------------------------------------------------------------------------
@@ -406,9 +396,9 @@ async def exit_status(
     """
 
     async def read(work: Work) -> ExitDecision:
-        return await sessions.exit_status(work, device, session_id)
+        return await settlement.exit_status(work, device, session_id)
 
-    result = await _in_transaction(context, read)
+    result = await in_transaction(context, read)
     assert isinstance(result, ExitDecision)
     return result
 
@@ -436,8 +426,22 @@ async def fallback_exit(
     VietQR stays valid: paying it later settles the debt; the receipt shows what is owed.
     """
     return await _decide(
-        context, key, lambda work: sessions.fallback_exit(work, device, session_id)
+        context, key, lambda work: settlement.fallback_exit(work, device, session_id)
     )
+
+
+@lanes.get(
+    "/sessions/{session_id}",
+    response_model=SessionRead,
+    tags=["sessions"],
+    responses=problems((403, "`device_not_in_lot`"), (404, "`session_not_found`")),
+)
+async def get_session(
+    session_id: uuid.UUID, device: DeviceOrAdminDep, context: ParkingDep
+) -> SessionRead:
+    """One session in full (plate unmasked): for a signed device of its lot, or operators."""
+    async with context.db.transaction() as session:
+        return await session_reads.get_session(Work(session, context), device, session_id)
 
 
 # Receipts and disputes (drivers) ----------------------------------------------------------------
@@ -459,9 +463,9 @@ async def get_receipt(
     applied, amount, payment reference, and what is still owed (with its VietQR)."""
 
     async def read(work: Work) -> ReceiptRead:
-        return await sessions.receipt(work, session_id, token)
+        return await receipts.receipt(work, session_id, token)
 
-    result = await _in_transaction(context, read)
+    result = await in_transaction(context, read)
     assert isinstance(result, ReceiptRead)
     return result
 
@@ -509,7 +513,7 @@ async def find_receipt(
     """
     await context.receipt_lookups.hit(context.runtime.kv, client_address(request))
     async with context.db.transaction() as session:
-        return await sessions.find_receipt(Work(session, context), plate, code)
+        return await receipts.find_receipt(Work(session, context), plate, code)
 
 
 @public.post(
@@ -533,9 +537,9 @@ async def open_dispute(
     lane: a lookup's read token is refused (403)."""
 
     async def act(work: Work) -> DisputeRead:
-        return await sessions.open_dispute(work, session_id, token, body)
+        return await disputes.open_dispute(work, session_id, token, body)
 
-    result = await _in_transaction(context, act)
+    result = await in_transaction(context, act)
     assert isinstance(result, DisputeRead)
     return result
 
@@ -555,292 +559,4 @@ async def receipt_disputes(
 ) -> list[DisputeRead]:
     """The disputes of a session and how they were resolved (with the exit's receipt token)."""
     async with context.db.transaction() as session:
-        return await sessions.disputes_of_receipt(Work(session, context), session_id, token)
-
-
-# Operators: provisioning ------------------------------------------------------------------------
-
-
-@admin.put(
-    "/lots/{lot_id}",
-    response_model=LotRead,
-    tags=["provisioning"],
-    responses=problems(INVALID),
-)
-async def upsert_lot(lot_id: LotId, body: LotUpsert, context: ParkingDep) -> LotRead:
-    """Create or update a lot; capacities take effect at once (Redis), vehicles inside stay."""
-    async with context.db.transaction() as session:
-        lot = await service.upsert_lot(session, context, lot_id, body)
-    await context.reference.reload()
-    return lot
-
-
-@admin.put(
-    "/lots/{lot_id}/lanes/{lane_id}",
-    response_model=LaneRead,
-    tags=["provisioning"],
-    responses=problems((404, "`lot_not_found`"), (409, "`lane_in_other_lot`"), INVALID),
-)
-async def upsert_lane(
-    lot_id: LotId, lane_id: LaneId, body: LaneUpsert, context: ParkingDep
-) -> LaneRead:
-    """Create or update a lane: its direction and, for a dedicated lane, its vehicle type."""
-    async with context.db.transaction() as session:
-        lane = await service.upsert_lane(session, lot_id, lane_id, body)
-    await context.reference.reload()
-    return lane
-
-
-@admin.post(
-    "/devices",
-    response_model=DeviceCredentials,
-    status_code=201,
-    tags=["provisioning"],
-    responses=problems(
-        (404, "`lot_not_found`"),
-        (409, "`device_exists`"),
-        (422, "`unknown_lane`, or invalid body"),
-    ),
-)
-async def provision_device(body: DeviceCreate, context: ParkingDep) -> DeviceCredentials:
-    """Provision a lane terminal or camera; the answer holds its secret, shown only once.
-
-    The device signs every request with it (HMAC-SHA256, see the `X-Device-*` headers).
-    """
-    async with context.db.transaction() as session:
-        return await service.provision_device(session, context, body)
-
-
-@admin.get("/devices", response_model=list[DeviceRead], tags=["provisioning"])
-async def list_devices(
-    context: ParkingDep,
-    lot_id: Annotated[str | None, Query(pattern=LOT_ID_PATTERN)] = None,
-) -> list[DeviceRead]:
-    """Provisioned devices (never their secrets)."""
-    async with context.db.transaction() as session:
-        return await service.list_devices(session, lot_id)
-
-
-@admin.post(
-    "/devices/{device_id}/revoke",
-    response_model=DeviceRead,
-    tags=["provisioning"],
-    responses=problems((404, "`device_not_found`")),
-)
-async def revoke_device(device_id: DeviceId, context: ParkingDep) -> DeviceRead:
-    """Disable a device for good (lost, stolen, replaced); refused within seconds."""
-    async with context.db.transaction() as session:
-        return await service.revoke_device(session, context, device_id)
-
-
-@admin.post(
-    "/tariffs",
-    response_model=TariffRead,
-    status_code=201,
-    tags=["tariffs"],
-    responses=problems(
-        (404, "`lot_not_found`"),
-        (409, "`tariff_exists`"),
-        (422, "`tariff_in_past`, `tariff_too_soon` (less than 5 minutes ahead), or invalid"),
-    ),
-)
-async def create_tariff(body: TariffCreate, context: ParkingDep) -> TariffRead:
-    """Add a dated tariff version (city-wide, or for one lot), effective at least 5 minutes
-    ahead: sessions already priced keep their rules, and every lane knows it before it applies."""
-    async with context.db.transaction() as session:
-        tariff = await service.create_tariff(session, body)
-    await context.reference.reload()
-    return tariff
-
-
-@admin.post(
-    "/vehicles",
-    response_model=VehicleRead,
-    status_code=201,
-    tags=["vehicles"],
-    responses=problems(
-        (409, "`plate_registered` (to another owner), or the RFID tag is taken"),
-        (422, "`invalid_plate`, or invalid body"),
-        (503, "`payments_unavailable`: the wallet could not be opened; retry"),
-    ),
-)
-async def register_vehicle(body: VehicleCreate, context: ParkingDep) -> VehicleRead:
-    """Register a vehicle to its owner's vehicle wallet (opened in payments if needed).
-
-    Its wallet then gets a hold at entry and pays at exit. Registering the same plate for the
-    same owner again returns the registration; `account_qr` is what the owner's app shows.
-    """
-    async with context.db.transaction() as session:
-        return await service.register_vehicle(session, context, body)
-
-
-@admin.get(
-    "/vehicles/{vehicle_id}",
-    response_model=VehicleRead,
-    tags=["vehicles"],
-    responses=problems((404, "`vehicle_not_found`")),
-)
-async def get_vehicle(vehicle_id: uuid.UUID, context: ParkingDep) -> VehicleRead:
-    """A registered vehicle."""
-    async with context.db.transaction() as session:
-        return await service.get_vehicle(session, context, vehicle_id)
-
-
-# Operators: sessions, overrides, disputes, audit ------------------------------------------------
-
-
-@admin.get("/sessions", response_model=list[SessionRead], tags=["sessions"])
-async def list_sessions(
-    context: ParkingDep,
-    lot_id: Annotated[str | None, Query(pattern=LOT_ID_PATTERN)] = None,
-    status: SessionStatus | None = None,
-    needs_review: bool | None = None,
-    limit: Limit = 100,
-) -> list[SessionRead]:
-    """Sessions, newest entry first; `needs_review=true` lists low-confidence reads,
-    plate mismatches and repeated entries for an operator to check."""
-    async with context.db.transaction() as session:
-        return await sessions.list_sessions(
-            Work(session, context),
-            lot_id=lot_id,
-            status=status,
-            needs_review=needs_review,
-            limit=limit,
-        )
-
-
-@lanes.get(
-    "/sessions/{session_id}",
-    response_model=SessionRead,
-    tags=["sessions"],
-    responses=problems((403, "`device_not_in_lot`"), (404, "`session_not_found`")),
-)
-async def get_session(
-    session_id: uuid.UUID, device: DeviceOrAdminDep, context: ParkingDep
-) -> SessionRead:
-    """One session in full (plate unmasked): for a signed device of its lot, or operators."""
-    async with context.db.transaction() as session:
-        return await sessions.get_session(Work(session, context), device, session_id)
-
-
-@admin.post(
-    "/sessions/{session_id}/overrides",
-    response_model=OverrideRead,
-    status_code=201,
-    tags=["sessions"],
-    responses=problems(
-        (404, "`session_not_found`"),
-        (409, "`session_not_closed`, `session_closed`, `plate_already_inside`"),
-        (422, "`invalid_plate`, `plate_required`, `exit_before_entry`, `timestamp_in_future`"),
-        (503, "`payments_unavailable`: a refund could not be made; nothing changed, retry"),
-    ),
-)
-async def override_session(
-    session_id: uuid.UUID, body: OverrideCreate, context: ParkingDep
-) -> OverrideRead:
-    """A manual override by an operator, kept with who, why and the money moved; every one
-    is listed in the revenue audit. Refunds go through payments (wallet payments only:
-    VietQR payments need a bank payout, reported as `payout_required`)."""
-
-    async def act(work: Work) -> OverrideRead:
-        return await sessions.apply_override(work, session_id, body)
-
-    result = await _in_transaction(context, act)
-    assert isinstance(result, OverrideRead)
-    return result
-
-
-@admin.get("/disputes", response_model=list[DisputeRead], tags=["sessions"])
-async def list_disputes(
-    context: ParkingDep, status: DisputeStatus | None = None, limit: Limit = 100
-) -> list[DisputeRead]:
-    """Drivers' disputes, oldest first (`status=open`: the operators' queue)."""
-    async with context.db.transaction() as session:
-        return await sessions.list_disputes(Work(session, context), status, limit)
-
-
-@admin.post(
-    "/disputes/{dispute_id}/resolve",
-    response_model=DisputeRead,
-    tags=["sessions"],
-    responses=problems(
-        (404, "`dispute_not_found`"),
-        (409, "`dispute_closed`"),
-        (422, "`exit_before_entry`, `timestamp_in_future`, or invalid body"),
-        (503, "`payments_unavailable`: the refund could not be made; retry"),
-    ),
-)
-async def resolve_dispute(
-    dispute_id: uuid.UUID, body: DisputeResolve, context: ParkingDep
-) -> DisputeRead:
-    """Accept or reject a dispute. Accepted: `wrong_times` reprices the session with the
-    corrected times (the claim unless given here), anything else waives the fee; what was
-    paid beyond the new fee is refunded to the wallet through payments."""
-
-    async def act(work: Work) -> DisputeRead:
-        return await sessions.resolve_dispute(work, dispute_id, body)
-
-    result = await _in_transaction(context, act)
-    assert isinstance(result, DisputeRead)
-    return result
-
-
-CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/csv": {}}, "description": "The audit as CSV"}
-}
-
-
-async def _audit(context: Parking, lot_id: str, day: Any) -> AuditReport:
-    async with context.db.transaction() as session:
-        facts = await audit.gather(session, context.payments, lot_id, day)
-    return audit.build_report(facts)
-
-
-def _csv(report: AuditReport) -> Response:
-    return Response(
-        audit.to_csv(report),
-        media_type="text/csv; charset=utf-8",
-        headers={
-            "Content-Disposition": (
-                f'attachment; filename="parking-audit-{report.lot_id}-{report.day}.csv"'
-            )
-        },
-    )
-
-
-@admin.get(
-    "/audit/{lot_id}/{day}.csv",
-    tags=["audit"],
-    response_class=Response,
-    responses={**CSV_RESPONSE, **problems((404, "`lot_not_found`"))},
-)
-async def audit_csv(lot_id: LotId, day: Annotated[Day, Path()], context: ParkingDep) -> Response:
-    """The revenue audit of a lot for a day, as CSV (same as `?format=csv`)."""
-    return _csv(await _audit(context, lot_id, day))
-
-
-@admin.get(
-    "/audit/{lot_id}/{day}",
-    response_model=AuditReport,
-    tags=["audit"],
-    responses={**CSV_RESPONSE, **problems((404, "`lot_not_found`"))},
-)
-async def audit_report(
-    lot_id: LotId,
-    day: Annotated[Day, Path()],
-    context: ParkingDep,
-    output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
-) -> Response | AuditReport:
-    """Revenue audit of a lot for a day in Hanoi time: sessions × tariff vs payments vs ledger.
-
-    Lists sessions without (full) payment, overpaid sessions, tariff mismatches, payments
-    without a session and manual overrides; `totals.unexplained` is what none of them
-    explains, 0 when every dong is accounted for. Payments' own figures come from its daily
-    reconciliation (`payments_reported`, `ledger`; null with a `problems` line when payments
-    cannot be reached).
-    """
-    report = await _audit(context, lot_id, day)
-    return _csv(report) if output == "csv" else report
-
-
-routers = (public, lanes, admin)
+        return await disputes.disputes_of_receipt(Work(session, context), session_id, token)

@@ -3,7 +3,7 @@ and the lots' capacities in Redis."""
 
 from __future__ import annotations
 
-from services.parking import service
+from services.parking.lots import seed as seed_lots
 from services.parking.occupancy import Occupancy
 from services.parking.settings import ParkingSettings
 from shared import redis as redis_kit
@@ -15,7 +15,7 @@ async def seed(settings: ParkingSettings) -> str:
     redis = redis_kit.connect(settings.redis_url)
     try:
         async with database.transaction() as session:
-            lots, lanes, tariffs = await service.seed(session, Occupancy(redis))
+            lots, lanes, tariffs = await seed_lots(session, Occupancy(redis))
     finally:
         await redis.aclose()
         await database.close()

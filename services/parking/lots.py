@@ -1,10 +1,10 @@
-"""Parking rules for lots, lanes, devices, tariffs and vehicles. No SQL here (see
-repository.py), no HTTP routes (see endpoints.py); sessions live in sessions.py.
+"""Lots and what belongs to them: lanes, occupancy, devices, tariffs and quotes; the demo seed.
+
+No SQL here (see repository.py), no HTTP routes (see endpoints.py).
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,10 +13,9 @@ from datetime import UTC, datetime, timedelta
 import uuid_utils
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.parking import plates, repository, tokens
+from services.parking import repository, session_queries
 from services.parking.context import Parking, tariff_of
 from services.parking.occupancy import Occupancy
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable
 from services.parking.repository import Record
 from services.parking.schemas import (
     CapacityRead,
@@ -33,8 +32,6 @@ from services.parking.schemas import (
     QuoteRead,
     TariffCreate,
     TariffRead,
-    VehicleCreate,
-    VehicleRead,
 )
 from services.parking.tariffs import (
     DEFAULT_TARIFFS,
@@ -44,9 +41,7 @@ from services.parking.tariffs import (
     price_session,
 )
 from shared.devicesigning import new_secret
-from shared.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-
-logger = logging.getLogger("citypass.parking")
+from shared.errors import Conflict, NotFound, Unprocessable
 
 QUOTE_LIMIT = timedelta(days=31)
 # Lanes price from a tariff book cached for `cache_ttl` (seconds): a new version must be
@@ -196,7 +191,7 @@ async def sync_lot_capacity(
         await occupancy_counters.set_capacity(lot.lot_id, capacities(lot))
     inside = {
         (row.lot_id, VehicleType(row.vehicle_type)): int(row.inside)
-        for row in await repository.open_counts(session)
+        for row in await session_queries.open_counts(session)
     }
     await occupancy_counters.rebuild_missing([lot.lot_id for lot in lots], inside)
 
@@ -396,72 +391,3 @@ async def quote(
         total=priced.total,
         lines=price_lines(data["lines"]),  # type: ignore[arg-type]
     )
-
-
-# Vehicles ---------------------------------------------------------------------------------------
-
-
-def _vehicle_read(context: Parking, row: Record) -> VehicleRead:
-    return VehicleRead(
-        vehicle_id=row.vehicle_id,
-        plate=row.plate,
-        vehicle_type=VehicleType(row.vehicle_type),
-        owner_id=row.owner_id,
-        wallet_account_id=row.wallet_account_id,
-        rfid_tag=row.rfid_tag,
-        account_qr=tokens.account_qr(
-            context.settings.token_secret.get_secret_value(), row.vehicle_id
-        ),
-        registered_at=row.registered_at,
-    )
-
-
-def parse_plate(raw: str) -> plates.Plate:
-    try:
-        return plates.normalise(raw)
-    except plates.InvalidPlate as invalid:
-        raise Unprocessable(str(invalid), code="invalid_plate") from None
-
-
-async def register_vehicle(
-    session: AsyncSession, context: Parking, body: VehicleCreate
-) -> VehicleRead:
-    """Register a plate to its owner's vehicle wallet (opened in payments if needed)."""
-    plate = parse_plate(body.plate)
-    rfid = body.rfid_tag.upper() if body.rfid_tag else None
-    existing = await repository.vehicle_by_plate(session, plate.key)
-    if existing is not None:
-        if existing.owner_id == body.owner_id and existing.vehicle_type == body.vehicle_type.value:
-            return _vehicle_read(context, existing)
-        raise Conflict(f"{plate.display} is registered already.", code="plate_registered")
-    try:
-        wallet_id = await context.payments.open_vehicle_wallet(body.owner_id)
-    except PaymentsUnavailable as error:
-        logger.warning("no vehicle wallet for %s: %s", body.owner_id, error)
-        raise ServiceUnavailable(
-            "Payments cannot open the vehicle wallet now; retry.", code="payments_unavailable"
-        ) from None
-    except PaymentsRefused as refused:
-        raise Unprocessable(refused.body.get("detail", str(refused)), code=refused.code) from None
-    row = await repository.insert_vehicle(
-        session,
-        vehicle_id=new_id(),
-        plate_key=plate.key,
-        plate=plate.display,
-        vehicle_type=body.vehicle_type.value,
-        owner_id=body.owner_id,
-        wallet_account_id=wallet_id,
-        rfid_tag=rfid,
-    )
-    if row is None:
-        raise Conflict("The plate or the RFID tag is registered already.", code="plate_registered")
-    return _vehicle_read(context, row)
-
-
-async def get_vehicle(
-    session: AsyncSession, context: Parking, vehicle_id: uuid.UUID
-) -> VehicleRead:
-    row = await repository.get_vehicle(session, vehicle_id)
-    if row is None:
-        raise NotFound(f"No vehicle {vehicle_id}.", code="vehicle_not_found")
-    return _vehicle_read(context, row)

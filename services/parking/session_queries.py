@@ -1,0 +1,412 @@
+"""SQLAlchemy queries on sessions and what hangs on them: payments seen, overrides, disputes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, literal, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.parking.repository import (
+    Record,
+    disputes,
+    ledger_transfers,
+    overrides,
+    session_payments,
+    sessions,
+    vehicles,
+)
+
+RECEIPT_LOOKUP_SCAN = 2000  # a plate's sessions a receipt code is checked against
+
+
+# Sessions ---------------------------------------------------------------------------------------
+
+
+# Built once: an alias of a wide table costs ~1 ms of CPU to build its column proxies.
+_OWING = sessions.alias("owing")
+
+
+def _outstanding_debt(plate_key: Any) -> Any:
+    return (
+        select(func.coalesce(func.sum(_OWING.c.fee - _OWING.c.paid_amount), 0))
+        .where(_OWING.c.plate_key == plate_key, _OWING.c.debt_status == "outstanding")
+        .scalar_subquery()
+    )
+
+
+async def insert_session(session: AsyncSession, **values: Any) -> Record | None:
+    """The new session with `outstanding_debt` (what the plate owes from earlier sessions),
+    or None when the plate already has an open one at the lot."""
+    row: Record | None = (
+        await session.execute(
+            insert(sessions)
+            .values(**values)
+            .on_conflict_do_nothing(
+                index_elements=[sessions.c.lot_id, sessions.c.plate_key],
+                index_where=text("status <> 'closed'"),  # literal: must match the index
+            )
+            .returning(sessions, _outstanding_debt(values["plate_key"]).label("outstanding_debt"))
+        )
+    ).first()
+    return row
+
+
+async def plate_at_lot(session: AsyncSession, lot_id: str, plate_key: str) -> Record:
+    """The plate's registration (vehicle_id null if none) and its open session at the lot
+    (open_session_id null if none), in one round trip."""
+    open_session = (
+        select(sessions.c.session_id)
+        .where(
+            sessions.c.lot_id == lot_id,
+            sessions.c.plate_key == plate_key,
+            sessions.c.status != "closed",
+        )
+        .scalar_subquery()
+    )
+    probe = select(literal(plate_key).label("plate_key")).subquery("probe")
+    row: Record = (
+        await session.execute(
+            select(
+                open_session.label("open_session_id"),
+                vehicles.c.vehicle_id,
+                vehicles.c.wallet_account_id,
+                vehicles.c.vehicle_type,
+            )
+            .select_from(probe)
+            .outerjoin(vehicles, vehicles.c.plate_key == probe.c.plate_key)
+        )
+    ).one()
+    return row
+
+
+async def get_session(
+    session: AsyncSession, session_id: uuid.UUID, *, lock: bool = False
+) -> Record | None:
+    query = select(sessions).where(sessions.c.session_id == session_id)
+    if lock:
+        # The lanes' lock on the session (they hold no row lock: see lane decisions below).
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(session_lock(:id))"), {"id": session_id}
+        )
+        query = query.with_for_update()
+    return (await session.execute(query)).first()
+
+
+async def open_session_for_plate(
+    session: AsyncSession, lot_id: str, plate_key: str
+) -> Record | None:
+    query = select(sessions).where(
+        sessions.c.lot_id == lot_id,
+        sessions.c.plate_key == plate_key,
+        sessions.c.status != "closed",
+    )
+    return (await session.execute(query)).first()
+
+
+async def last_exit_for_plate(
+    session: AsyncSession, lot_id: str, plate_key: str, since: datetime
+) -> Record | None:
+    return (
+        await session.execute(
+            select(sessions)
+            .where(
+                sessions.c.lot_id == lot_id,
+                sessions.c.plate_key == plate_key,
+                sessions.c.status == "closed",
+                sessions.c.exit_recorded_at >= since,
+            )
+            .order_by(sessions.c.exit_recorded_at.desc())
+            .limit(1)
+        )
+    ).first()
+
+
+async def update_session(session: AsyncSession, session_id: uuid.UUID, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(
+            update(sessions)
+            .where(sessions.c.session_id == session_id)
+            .values(**values, updated_at=func.now())
+            .returning(sessions)
+        )
+    ).one()
+    return row
+
+
+async def outstanding_debt(session: AsyncSession, plate_key: str) -> int:
+    return int(await session.scalar(select(_outstanding_debt(plate_key))) or 0)
+
+
+async def closed_session_ids_of_plate(
+    session: AsyncSession, plate_key: str, entered_since: datetime
+) -> Sequence[uuid.UUID]:
+    """The plate's closed sessions entered since then, newest first (at most a few thousand:
+    a vehicle that parks twice a day has ~180 in 90 days)."""
+    return (
+        await session.scalars(
+            select(sessions.c.session_id)
+            .where(
+                sessions.c.plate_key == plate_key,
+                sessions.c.entry_at >= entered_since,
+                sessions.c.status == "closed",
+            )
+            .order_by(sessions.c.entry_at.desc())
+            .limit(RECEIPT_LOOKUP_SCAN)
+        )
+    ).all()
+
+
+async def list_sessions(
+    session: AsyncSession,
+    *,
+    lot_id: str | None,
+    status: str | None,
+    needs_review: bool | None,
+    limit: int,
+) -> Sequence[Record]:
+    query = select(sessions).order_by(sessions.c.entry_at.desc()).limit(limit)
+    if lot_id is not None:
+        query = query.where(sessions.c.lot_id == lot_id)
+    if status is not None:
+        query = query.where(sessions.c.status == status)
+    if needs_review is not None:
+        reviewed = func.cardinality(sessions.c.review_reasons) > 0
+        query = query.where(reviewed if needs_review else ~reviewed)
+    return (await session.execute(query)).all()
+
+
+async def open_counts(session: AsyncSession) -> Sequence[Record]:
+    """Vehicles inside, per lot and type: what the Redis counters are rebuilt from."""
+    return (
+        await session.execute(
+            select(sessions.c.lot_id, sessions.c.vehicle_type, func.count().label("inside"))
+            .where(sessions.c.status != "closed")
+            .group_by(sessions.c.lot_id, sessions.c.vehicle_type)
+        )
+    ).all()
+
+
+async def debts_due(session: AsyncSession, now: datetime, limit: int) -> Sequence[Record]:
+    """Debts to retry now, locked so that two replicas never collect the same one."""
+    return (
+        await session.execute(
+            select(sessions)
+            .where(
+                sessions.c.debt_status == "outstanding",
+                sessions.c.debt_next_attempt_at <= now,
+            )
+            .order_by(sessions.c.debt_next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+
+
+async def holds_to_release(session: AsyncSession, limit: int) -> Sequence[Record]:
+    """Closed sessions whose hold could not be voided when payments was unreachable."""
+    return (
+        await session.execute(
+            select(sessions)
+            .where(sessions.c.hold_status == "release_pending")
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+
+
+async def sessions_exited_between(
+    session: AsyncSession, lot_id: str, since: datetime, until: datetime
+) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(sessions)
+            .where(
+                sessions.c.lot_id == lot_id,
+                sessions.c.exit_at >= since,
+                sessions.c.exit_at < until,
+            )
+            .order_by(sessions.c.exit_at)
+        )
+    ).all()
+
+
+# Money seen for sessions ------------------------------------------------------------------------
+
+
+async def record_payment(session: AsyncSession, **values: Any) -> bool:
+    """True the first time this transfer is recorded."""
+    inserted = await session.execute(
+        insert(session_payments)
+        .values(**values)
+        .on_conflict_do_nothing()
+        .returning(session_payments.c.transfer_id)
+    )
+    return inserted.first() is not None
+
+
+async def payments_of_sessions(
+    session: AsyncSession, session_ids: Sequence[uuid.UUID]
+) -> Sequence[Record]:
+    if not session_ids:
+        return []
+    return (
+        await session.execute(
+            select(session_payments).where(session_payments.c.session_id.in_(session_ids))
+        )
+    ).all()
+
+
+async def payments_by_transfer(
+    session: AsyncSession, transfer_ids: Sequence[uuid.UUID]
+) -> Sequence[Record]:
+    if not transfer_ids:
+        return []
+    return (
+        await session.execute(
+            select(session_payments).where(session_payments.c.transfer_id.in_(transfer_ids))
+        )
+    ).all()
+
+
+async def session_payments_between(
+    session: AsyncSession, lot_id: str, since: datetime, until: datetime
+) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(session_payments).where(
+                session_payments.c.lot_id == lot_id,
+                session_payments.c.posted_at >= since,
+                session_payments.c.posted_at < until,
+            )
+        )
+    ).all()
+
+
+async def ledger_transfers_between(
+    session: AsyncSession, lot_id: str, since: datetime, until: datetime
+) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(ledger_transfers)
+            .where(
+                ledger_transfers.c.lot_id == lot_id,
+                ledger_transfers.c.posted_at >= since,
+                ledger_transfers.c.posted_at < until,
+            )
+            .order_by(ledger_transfers.c.posted_at)
+        )
+    ).all()
+
+
+async def sessions_of_requests(
+    session: AsyncSession, payment_request_ids: Sequence[uuid.UUID]
+) -> Sequence[Record]:
+    if not payment_request_ids:
+        return []
+    return (
+        await session.execute(
+            select(sessions.c.session_id, sessions.c.payment_request_id).where(
+                sessions.c.payment_request_id.in_(payment_request_ids)
+            )
+        )
+    ).all()
+
+
+# Overrides and disputes -------------------------------------------------------------------------
+
+
+async def insert_override(session: AsyncSession, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(insert(overrides).values(**values).returning(overrides))
+    ).one()
+    return row
+
+
+async def get_override(session: AsyncSession, override_id: uuid.UUID) -> Record | None:
+    return (
+        await session.execute(select(overrides).where(overrides.c.override_id == override_id))
+    ).first()
+
+
+async def overrides_of_sessions(
+    session: AsyncSession, session_ids: Sequence[uuid.UUID]
+) -> Sequence[Record]:
+    if not session_ids:
+        return []
+    return (
+        await session.execute(select(overrides).where(overrides.c.session_id.in_(session_ids)))
+    ).all()
+
+
+async def overrides_between(
+    session: AsyncSession, lot_id: str, since: datetime, until: datetime
+) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(overrides)
+            .where(
+                overrides.c.lot_id == lot_id,
+                overrides.c.created_at >= since,
+                overrides.c.created_at < until,
+            )
+            .order_by(overrides.c.created_at)
+        )
+    ).all()
+
+
+async def insert_dispute(session: AsyncSession, **values: Any) -> Record | None:
+    """The new dispute, or None when the session already has an open one."""
+    row: Record | None = (
+        await session.execute(
+            insert(disputes)
+            .values(**values)
+            .on_conflict_do_nothing(
+                index_elements=[disputes.c.session_id], index_where=text("status = 'open'")
+            )
+            .returning(disputes)
+        )
+    ).first()
+    return row
+
+
+async def get_dispute(
+    session: AsyncSession, dispute_id: uuid.UUID, *, lock: bool = False
+) -> Record | None:
+    query = select(disputes).where(disputes.c.dispute_id == dispute_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).first()
+
+
+async def disputes_of_session(session: AsyncSession, session_id: uuid.UUID) -> Sequence[Record]:
+    return (
+        await session.execute(
+            select(disputes)
+            .where(disputes.c.session_id == session_id)
+            .order_by(disputes.c.created_at)
+        )
+    ).all()
+
+
+async def list_disputes(session: AsyncSession, status: str | None, limit: int) -> Sequence[Record]:
+    query = select(disputes).order_by(disputes.c.created_at).limit(limit)
+    if status is not None:
+        query = query.where(disputes.c.status == status)
+    return (await session.execute(query)).all()
+
+
+async def update_dispute(session: AsyncSession, dispute_id: uuid.UUID, **values: Any) -> Record:
+    row: Record = (
+        await session.execute(
+            update(disputes)
+            .where(disputes.c.dispute_id == dispute_id)
+            .values(**values)
+            .returning(disputes)
+        )
+    ).one()
+    return row

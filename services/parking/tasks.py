@@ -1,0 +1,161 @@
+"""Background work on sessions: payments' events, debt collection, holds to give back."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from services.parking import events, lane_sql, session_queries
+from services.parking.context import Parking
+from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
+from services.parking.schemas import DebtStatus, SessionStatus, Settlement
+from services.parking.settlement import amount_owed, close_session, release_hold, take_from_wallet
+from services.parking.work import SessionRow, Work
+from shared.events import Event
+
+logger = logging.getLogger("citypass.parking")
+
+DEBT_RETRY_CAP = timedelta(hours=6)
+SIGNED_KINDS = {"charge": 1, "capture": 1, "payment": 1, "refund": -1}
+
+
+# Events from payments ---------------------------------------------------------------------------
+
+
+async def on_payment_request_paid(work: Work, event: Event) -> None:
+    """A VietQR for a session was paid: open the barrier, or settle the debt."""
+    data = event.data
+    try:
+        session_id = uuid.UUID(str(data["parking_session_id"]))
+        request_id = uuid.UUID(str(data["payment_request_id"]))
+        transfer_id = uuid.UUID(str(data["transfer_id"]))
+        amount = int(data["amount"])
+    except (KeyError, TypeError, ValueError):
+        logger.info("payment event %s is not for a parking session", event.id)
+        return
+    row = await session_queries.get_session(work.session, session_id, lock=True)
+    if row is None:
+        logger.warning("paid request %s names unknown session %s", request_id, session_id)
+        return
+    posted = Posted(transfer_id, amount, event.time)
+    if not await work.record_payment(row, posted, "vietqr", str(data.get("reference") or "")):
+        return
+    paid_total = int(row.paid_amount) + amount
+    if row.status == SessionStatus.awaiting_payment.value and paid_total >= int(row.fee):
+        await close_session(work, row, Settlement.vietqr, paid=amount)
+        return
+    if row.debt_status == DebtStatus.outstanding.value and paid_total >= int(row.fee):
+        await _settle_debt(work, row, amount)
+        return
+    # Paid twice, or for a fee since corrected: the audit lists the session as overpaid.
+    await session_queries.update_session(work.session, row.session_id, paid_amount=paid_total)
+
+
+async def on_transfer_posted(context: Parking, event: Event) -> None:
+    """Keep the lot's revenue movements, to explain every dong in the audit; once per event
+    (its dedup and the movement are one statement)."""
+    data = event.data
+    sign = SIGNED_KINDS.get(str(data.get("kind")))
+    if data.get("source") != "parking" or not data.get("lot_id") or sign is None:
+        return
+
+    def optional(name: str) -> uuid.UUID | None:
+        value = data.get(name)
+        return uuid.UUID(str(value)) if value else None
+
+    await lane_sql.record_ledger_event(
+        context.db,
+        events.CONSUMER_GROUP,
+        event.id,
+        transfer_id=uuid.UUID(str(data["transfer_id"])),
+        lot_id=str(data["lot_id"]),
+        kind=str(data["kind"]),
+        amount=sign * int(data["amount"]),
+        hold_id=optional("hold_id"),
+        payment_request_id=optional("payment_request_id"),
+        original_transfer_id=optional("original_transfer_id"),
+        posted_at=event.time,
+    )
+
+
+# Debts ------------------------------------------------------------------------------------------
+
+
+async def _settle_debt(work: Work, row: SessionRow, amount: int) -> SessionRow:
+    row = await session_queries.update_session(
+        work.session,
+        row.session_id,
+        paid_amount=int(row.paid_amount) + amount,
+        debt_status=DebtStatus.paid.value,
+        debt_next_attempt_at=None,
+    )
+    await work.publish(
+        events.SESSIONS_TOPIC,
+        str(row.session_id),
+        events.session_event(
+            events.SESSION_DEBT_SETTLED,
+            row.session_id,
+            {"lot_id": row.lot_id, "fee": row.fee, "paid_amount": row.paid_amount},
+        ),
+    )
+    return row
+
+
+async def collect_debt(work: Work, row: SessionRow) -> None:
+    """One attempt at a debt: the wallet first, else a VietQR the driver pays from the receipt."""
+    context = work.context
+    owed = amount_owed(row)
+    if owed == 0:
+        await _settle_debt(work, row, 0)
+        return
+    retry_in = context.settings.debt_retry_interval
+    if row.wallet_account_id is not None:
+        try:
+            outcome = await take_from_wallet(context, row, owed)
+        except PaymentsUnavailable:
+            await session_queries.update_session(
+                work.session, row.session_id, debt_next_attempt_at=work.now + retry_in
+            )
+            return
+        if outcome.posted is not None:
+            await work.record_payment(row, outcome.posted, outcome.kind, None)
+            row = await session_queries.update_session(
+                work.session, row.session_id, hold_status=outcome.hold_status
+            )
+            await _settle_debt(work, row, outcome.posted.amount)
+            return
+        row = await session_queries.update_session(
+            work.session, row.session_id, hold_status=outcome.hold_status
+        )
+        retry_in = min(retry_in * 20, DEBT_RETRY_CAP)  # the owner may top up the wallet
+    next_attempt = work.now + retry_in if row.wallet_account_id is not None else None
+    if row.payment_request_id is None or row.payment_qr is None or row.payment_amount != owed:
+        try:
+            request = await context.payments.request_payment(
+                lot_id=row.lot_id,
+                session_id=row.session_id,
+                amount=owed,
+                key=f"parking-debt-qr:{row.session_id}:{owed}",
+            )
+        except (PaymentsUnavailable, PaymentsRefused) as error:
+            logger.warning("no VietQR for debt %s yet: %s", row.session_id, error)
+            next_attempt = work.now + context.settings.debt_retry_interval
+        else:
+            await session_queries.update_session(
+                work.session,
+                row.session_id,
+                payment_request_id=request.payment_request_id,
+                payment_reference=request.reference,
+                payment_qr=request.qr,
+                payment_amount=request.amount,
+                payment_requested_at=work.now,
+            )
+    await session_queries.update_session(
+        work.session, row.session_id, debt_next_attempt_at=next_attempt
+    )
+
+
+async def release_pending_hold(work: Work, row: SessionRow) -> None:
+    status = await release_hold(work, row)
+    await session_queries.update_session(work.session, row.session_id, hold_status=status)
