@@ -60,6 +60,12 @@ def is_unavailable(error: BaseException) -> bool:
             return True
         if isinstance(current, asyncpg.InterfaceError) and "connection is closed" in str(current):
             return True
+        # A statement cut off by the server shutting down leaves asyncpg's protocol mid-way;
+        # the next one on that connection says so (seen under POST /v1/charges at a restart).
+        if isinstance(current, asyncpg.InternalClientError) and "cannot switch to state" in str(
+            current
+        ):
+            return True
         if isinstance(current, DBAPIError) and current.connection_invalidated:
             return True
         if isinstance(current, PoolTimeout | DisconnectionError):
