@@ -1,4 +1,7 @@
-"""Calls of the PL/pgSQL *_once functions: one round trip per idempotent write."""
+"""Calls of the PL/pgSQL *_once functions: one round trip per idempotent write.
+
+The current text of every function of payments is in services/payments/sql/.
+"""
 
 from __future__ import annotations
 
