@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 
-from services.payments import bank_signature, service
+from services.payments import bank_signature
 from services.payments.schemas import BankNotification
+from services.payments.service import checks
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
 from shared.vietqr import VietQR, VietQRError, decode
@@ -140,7 +141,7 @@ async def _check_ledger(database_url: str) -> bool:
     database = Database(database_url, "payments", pool_size=1)
     try:
         async with database.transaction() as session:
-            result = await service.check_ledger(session)
+            result = await checks.check_ledger(session)
     finally:
         await database.close()
     print(

@@ -9,7 +9,8 @@ from functools import partial
 
 from fastapi import FastAPI
 
-from services.payments import endpoints, repository, service
+from services.payments import endpoints, repository
+from services.payments.service import holds
 from services.payments.settings import PaymentsSettings
 from shared.app import HotRoute, Runtime, Worker, create_app, supervised
 from shared.db import Database
@@ -28,7 +29,7 @@ def hold_expiry(database: Database, settings: PaymentsSettings) -> Worker:
     async def run() -> None:
         while True:
             async with database.transaction() as session:
-                expired = await service.expire_holds(session, EXPIRY_BATCH)
+                expired = await holds.expire_holds(session, EXPIRY_BATCH)
             if expired:
                 logger.info("voided %d expired holds", expired)
             if expired < EXPIRY_BATCH:

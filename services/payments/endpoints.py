@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 from starlette.types import Scope
 
-from services.payments import bank_signature, reconciliation, service
+from services.payments import bank_signature, reconciliation
 from services.payments.schemas import (
     AccountCreate,
     AccountRead,
@@ -37,6 +37,14 @@ from services.payments.schemas import (
     RefundRead,
     TopupCreate,
     problem_responses,
+)
+from services.payments.service import (
+    accounts,
+    bank_notifications,
+    charges,
+    checks,
+    holds,
+    payment_requests,
 )
 from services.payments.settings import PaymentsSettings
 from shared.app import Runtime, RuntimeDep
@@ -102,7 +110,7 @@ async def hot_charge(
 ) -> Response:
     _check_token(settings, _bearer_token(scope))
     key, charge = hot_idempotent_body(scope, body, ChargeCreate)
-    return (await service.charge(runtime.db, key, charge, settings)).response()
+    return (await charges.charge(runtime.db, key, charge, settings)).response()
 
 
 async def hot_hold(
@@ -110,7 +118,7 @@ async def hot_hold(
 ) -> Response:
     _check_token(settings, _bearer_token(scope))
     key, hold = hot_idempotent_body(scope, body, HoldCreate)
-    return (await service.place_hold(runtime.db, key, hold, settings)).response()
+    return (await holds.place_hold(runtime.db, key, hold, settings)).response()
 
 
 async def hot_parking_payment(
@@ -118,7 +126,9 @@ async def hot_parking_payment(
 ) -> Response:
     _check_token(settings, _bearer_token(scope))
     key, payment = hot_idempotent_body(scope, body, ParkingPaymentCreate)
-    return (await service.request_parking_payment(runtime.db, key, payment, settings)).response()
+    return (
+        await payment_requests.request_parking_payment(runtime.db, key, payment, settings)
+    ).response()
 
 
 HOLD_PATH_TYPES = {"hold_id": TypeAdapter(uuid.UUID)}
@@ -135,7 +145,7 @@ async def hot_capture(
     )
     assert capture is not None
     return (
-        await service.capture_hold(runtime.db, key, path["hold_id"], capture, settings)
+        await holds.capture_hold(runtime.db, key, path["hold_id"], capture, settings)
     ).response()
 
 
@@ -144,7 +154,7 @@ async def hot_void(
 ) -> Response:
     _check_token(settings, _bearer_token(scope))
     key, path, _ = hot_idempotent_path(scope, body, VOID_PATH, HOLD_PATH_TYPES)
-    return (await service.void_hold(runtime.db, key, path["hold_id"])).response()
+    return (await holds.void_hold(runtime.db, key, path["hold_id"])).response()
 
 
 UNAUTHORIZED = (401, "Missing or wrong service token")
@@ -182,7 +192,7 @@ async def _idempotent(
 async def open_wallet(body: AccountCreate, rt: RuntimeDep) -> AccountRead:
     """Open a rider or vehicle-owner wallet; opening it again returns the same wallet."""
     async with rt.db.transaction() as session:
-        return await service.open_wallet(session, body)
+        return await accounts.open_wallet(session, body)
 
 
 @router.get(
@@ -194,7 +204,7 @@ async def open_wallet(body: AccountCreate, rt: RuntimeDep) -> AccountRead:
 async def get_account(account_id: uuid.UUID, rt: RuntimeDep) -> AccountRead:
     """An account and its available balance in VND (money on hold is not available)."""
     async with rt.db.transaction() as session:
-        return await service.get_account(session, account_id)
+        return await accounts.get_account(session, account_id)
 
 
 # Charges, holds, refunds ------------------------------------------------------------------------
@@ -221,7 +231,7 @@ async def create_charge(
     first answer byte for byte and never charges twice. A wallet short of funds answers 402
     `insufficient_funds` with the `shortfall` in VND; nothing is posted then.
     """
-    return (await service.charge(rt.db, key, body, settings)).response()
+    return (await charges.charge(rt.db, key, body, settings)).response()
 
 
 @router.post(
@@ -244,7 +254,7 @@ async def place_hold(
     The money moves to escrow at once; the wallet's balance no longer shows it. A hold not
     settled before `expires_at` is voided automatically and the money goes back.
     """
-    return (await service.place_hold(rt.db, key, body, settings)).response()
+    return (await holds.place_hold(rt.db, key, body, settings)).response()
 
 
 @router.get(
@@ -256,7 +266,7 @@ async def place_hold(
 async def get_hold(hold_id: uuid.UUID, rt: RuntimeDep) -> HoldRead:
     """A hold and where its money went."""
     async with rt.db.transaction() as session:
-        return await service.get_hold(session, hold_id)
+        return await holds.get_hold(session, hold_id)
 
 
 @router.post(
@@ -278,7 +288,7 @@ async def capture_hold(
     settings: SettingsDep,
 ) -> Response:
     """Take up to the held amount as revenue; the rest goes back to the wallet at once."""
-    return (await service.capture_hold(rt.db, key, hold_id, body, settings)).response()
+    return (await holds.capture_hold(rt.db, key, hold_id, body, settings)).response()
 
 
 @router.post(
@@ -291,7 +301,7 @@ async def capture_hold(
 )
 async def void_hold(hold_id: uuid.UUID, key: IdempotencyDep, rt: RuntimeDep) -> Response:
     """Cancel a hold: all of it goes back to the wallet."""
-    return (await service.void_hold(rt.db, key, hold_id)).response()
+    return (await holds.void_hold(rt.db, key, hold_id)).response()
 
 
 @router.post(
@@ -313,7 +323,7 @@ async def create_refund(
     The refunds of one charge never add up to more than it; the money always goes back to
     the wallet that was charged.
     """
-    return await _idempotent(store, key, 201, lambda session: service.refund(session, body))
+    return await _idempotent(store, key, 201, lambda session: charges.refund(session, body))
 
 
 # VietQR payment requests ------------------------------------------------------------------------
@@ -339,7 +349,7 @@ async def request_topup(
     top-up stays `pending`.
     """
     return await _idempotent(
-        store, key, 201, lambda session: service.request_topup(session, body, settings)
+        store, key, 201, lambda session: payment_requests.request_topup(session, body, settings)
     )
 
 
@@ -352,7 +362,9 @@ async def request_topup(
 async def get_topup(topup_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
     """A top-up and whether it is paid."""
     async with rt.db.transaction() as session:
-        return await service.get_payment_request(session, topup_id, PaymentPurpose.wallet_topup)
+        return await payment_requests.get_payment_request(
+            session, topup_id, PaymentPurpose.wallet_topup
+        )
 
 
 @router.get(
@@ -364,7 +376,9 @@ async def get_topup(topup_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
 async def topup_qr_png(topup_id: uuid.UUID, rt: RuntimeDep) -> Response:
     """The top-up's VietQR as a PNG image."""
     async with rt.db.transaction() as session:
-        png = await service.payment_request_png(session, topup_id, PaymentPurpose.wallet_topup)
+        png = await payment_requests.payment_request_png(
+            session, topup_id, PaymentPurpose.wallet_topup
+        )
     return Response(png, media_type="image/png")
 
 
@@ -384,7 +398,7 @@ async def request_parking_payment(
     `citypass.payments.payment_request.paid.v1` (with `parking_session_id`) is published on
     `payments.ledger`.
     """
-    return (await service.request_parking_payment(rt.db, key, body, settings)).response()
+    return (await payment_requests.request_parking_payment(rt.db, key, body, settings)).response()
 
 
 @router.get(
@@ -396,7 +410,7 @@ async def request_parking_payment(
 async def get_payment_request(request_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
     """A payment request (top-up or parking fee) and whether it is paid."""
     async with rt.db.transaction() as session:
-        return await service.get_payment_request(session, request_id)
+        return await payment_requests.get_payment_request(session, request_id)
 
 
 @router.get(
@@ -408,7 +422,7 @@ async def get_payment_request(request_id: uuid.UUID, rt: RuntimeDep) -> PaymentR
 async def payment_request_qr_png(request_id: uuid.UUID, rt: RuntimeDep) -> Response:
     """The payment request's VietQR as a PNG image."""
     async with rt.db.transaction() as session:
-        png = await service.payment_request_png(session, request_id)
+        png = await payment_requests.payment_request_png(session, request_id)
     return Response(png, media_type="image/png")
 
 
@@ -423,7 +437,7 @@ async def ledger_invariant(rt: RuntimeDep) -> LedgerInvariant:
     account's balance equals the sum of its postings. Offenders are listed (up to 100 each).
     """
     async with rt.db.transaction() as session:
-        return await service.check_ledger(session)
+        return await checks.check_ledger(session)
 
 
 def _csv_response(report: ReconciliationReport) -> Response:
@@ -448,7 +462,7 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
 async def reconciliation_csv(day: Day, rt: RuntimeDep) -> Response:
     """The reconciliation report of `day` as CSV (same as `?format=csv`)."""
     async with rt.db.transaction() as session:
-        report = await service.reconcile(session, day)
+        report = await checks.reconcile(session, day)
     return _csv_response(report)
 
 
@@ -471,7 +485,7 @@ async def reconciliation_report(
     were requested but never paid are counted, not reported as mismatches.
     """
     async with rt.db.transaction() as session:
-        report = await service.reconcile(session, day)
+        report = await checks.reconcile(session, day)
     return _csv_response(report) if output == "csv" else report
 
 
@@ -542,4 +556,6 @@ async def receive_bank_notification(
         )
         raise RequestValidationError(errors) from None
     async with rt.db.transaction() as session:
-        return await service.receive_bank_notification(session, notification, body, settings)
+        return await bank_notifications.receive_bank_notification(
+            session, notification, body, settings
+        )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from services.payments.repository import TransferDraft
+from services.payments.repository.journal import TransferDraft
 from shared.events import Event
 
 LEDGER_TOPIC = "payments.ledger"

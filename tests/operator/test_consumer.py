@@ -22,7 +22,8 @@ from services.parking import events as parking_events
 from services.parking.occupancy import Count
 from services.parking.tariffs import VehicleType
 from services.payments import events as payments_events
-from services.payments.repository import Leg, TransferDraft
+from services.payments.repository.balances import Leg
+from services.payments.repository.journal import TransferDraft
 from services.validation import events as validation_events
 from shared.events import Event
 from shared.kafka import DEAD_LETTER_TOPIC, Publisher

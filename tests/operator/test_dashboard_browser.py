@@ -40,7 +40,8 @@ from services.parking import events as parking_events
 from services.parking.occupancy import Count
 from services.parking.tariffs import VehicleType
 from services.payments import events as payments_events
-from services.payments.repository import Leg, TransferDraft
+from services.payments.repository.balances import Leg
+from services.payments.repository.journal import TransferDraft
 from services.ticketing import events as ticketing_events
 from services.validation import events as validation_events
 from services.validation.app import build_app as build_validation_app

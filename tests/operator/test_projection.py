@@ -20,7 +20,8 @@ from services.operator.projection import (
 )
 from services.parking import events as parking_events
 from services.payments import events as payments_events
-from services.payments.repository import Leg, TransferDraft
+from services.payments.repository.balances import Leg
+from services.payments.repository.journal import TransferDraft
 from services.ticketing import events as ticketing_events
 from shared.events import Event
 from tests.operator.conftest import validation_event

@@ -20,7 +20,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# Same namespace as services.payments.repository.SYSTEM_ACCOUNT_NAMESPACE (frozen here).
+# Same namespace as services.payments.repository.balances.SYSTEM_ACCOUNT_NAMESPACE (frozen here).
 SYSTEM_ACCOUNT_NAMESPACE = uuid.UUID("6f1c2a40-3d1e-4b8e-9a57-5b0c9e7d2f11")
 SEEDED_ACCOUNTS = (
     # code, kind, allow_negative: clearing mirrors the bank, so its balance is the money there.
