@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import cast
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -62,10 +64,23 @@ class TestBrokerDown:
             timeout_s=90,
         )
         delivered = {event.id for event, _ in found}  # consumers deduplicate on the event id
-        assert delivered == ids
+        missing = ids - delivered
+        assert not missing, (
+            f"{len(missing)} of {len(ids)} events not in Kafka after 90 s; "
+            f"{await _still_waiting(redis, missing)} of them still in the Redis streams"
+        )
         await wait_until(
             lambda: _backlog_is_empty(redis), what="the outbox streams to empty", timeout_s=60
         )
+
+
+async def _still_waiting(redis: Redis, validation_ids: set[str]) -> int:
+    waiting = 0
+    for stream in streams.EVENT_STREAMS:
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(stream))
+        for _, fields in entries:
+            waiting += orjson.loads(fields[b"c"]).get("vid") in validation_ids
+    return waiting
 
 
 async def _backlog_is_empty(redis: Redis) -> bool:
