@@ -97,6 +97,7 @@ class Outbox:
         # publishing events never competes with a gate's request.
         self.standby = standby
         self._needed_until = 0.0
+        self._failing_since: float | None = None
         self.builders = builders
         # XREADGROUP's COUNT is per stream: a full batch is batch_size over every stream.
         self._full_per_stream = max(1, batch_size // streams.SHARDS)
@@ -119,8 +120,12 @@ class Outbox:
                 if self.standby and not await self._needed():
                     await asyncio.sleep(self.claim_after_s / 3)
                     continue
+                if self._failing_since is not None and not await self._kafka_back():
+                    await asyncio.sleep(self.retry_interval_s)
+                    continue
                 if not await self.relay_once(block_ms=1000) and self.standby:
                     self._needed_until = 0.0  # caught up: back to standing by
+                self._failing_since = None
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -130,8 +135,25 @@ class Outbox:
                 await self.start()
             except (KafkaError, TimeoutError, OSError, RedisError) as exc:
                 self._own_pending = True
-                logger.warning("events wait in Redis: %s", exc or type(exc).__name__)
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    logger.warning("events wait in Redis: %s", exc or type(exc).__name__)
                 await asyncio.sleep(self.retry_interval_s)
+
+    async def _kafka_back(self) -> bool:
+        """After a failure a relay retries its own entries for `claim_after_s`; then it lets
+        them go idle, so that a relay that reaches Kafka takes them over (this one may be cut
+        off from Kafka alone: each retry of its own would keep them from the others), and only
+        checks whether Kafka answers it again."""
+        assert self._failing_since is not None
+        if time.monotonic() - self._failing_since <= self.claim_after_s:
+            return True
+        try:
+            await asyncio.wait_for(self.publisher.connect(), 2 * self.publisher.send_timeout_s)
+        except (KafkaError, TimeoutError, OSError):
+            return False
+        logger.info("Kafka answers again: relaying")
+        return True
 
     async def _needed(self) -> bool:
         """A standby relay takes over while events wait longer than `claim_after_s` (the

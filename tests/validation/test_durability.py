@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,7 +25,10 @@ import pytest
 
 from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
 from services.validation import outbox, streams
+from services.validation.app import build_app
 from services.validation.service import Validator
+from shared.redis import connect
+from tests.conftest import AppClient
 from tests.support import ROOT, read_events, wait_ready, wait_until
 from tests.validation.conftest import (
     ADMIN_TOKEN,
@@ -34,9 +38,11 @@ from tests.validation.conftest import (
     provision_gate,
     scan,
     validation_body,
+    validation_settings,
 )
 
 KILL_AFTER_S = (0.3, 2.0, 3.0)  # into the broker's hang
+RELAY_TEST_REDIS_DB = 7  # only this test's relays read its streams
 RIDERS = 16  # concurrent gates' requests
 
 
@@ -219,3 +225,45 @@ class TestRelay:
         assert gone in names(await redis.xinfo_consumers(stream, outbox.GROUP))
         await streams.forget_gone_relays(redis, outbox.GROUP, "me", idle_ms=0)
         assert gone not in names(await redis.xinfo_consumers(stream, outbox.GROUP))
+
+    async def test_a_relay_cut_off_from_kafka_lets_another_relay_its_entries(
+        self, app_client: AppClient, servers: LocalServers, tmp_path: Path
+    ) -> None:
+        """A replica that reaches Redis but not Kafka: its entries must not stay with it."""
+        redis_url = f"redis://127.0.0.1:{servers.redis_port}/{RELAY_TEST_REDIS_DB}"
+        quick = {
+            "redis_url": redis_url,
+            "run_fare_worker": False,
+            "relay_claim_after": timedelta(seconds=2),
+            "relay_retry_interval": timedelta(milliseconds=200),
+        }
+        cut_off = validation_settings(
+            tmp_path, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}", **quick
+        )
+        async with app_client(build_app(cut_off)) as http:
+            gate = await provision_gate(http, station="2A-08", direction="entry")
+            decided = [await scan(http, gate, make_ticket().qr()) for _ in range(10)]
+            ids = {d["validation_id"] for d in decided}
+            redis = connect(redis_url)
+            try:
+
+                async def held_by_the_cut_off_relay() -> bool:
+                    pending = 0
+                    for stream in streams.EVENT_STREAMS:
+                        summary = await redis.xpending(stream, outbox.GROUP)
+                        pending += int(summary["pending"])
+                    return pending == len(ids)
+
+                await wait_until(held_by_the_cut_off_relay, what="the cut-off relay to read them")
+                async with app_client(build_app(validation_settings(tmp_path, **quick))):
+                    found = await read_events(
+                        servers.kafka_bootstrap,
+                        "transit.validations",
+                        lambda e: e.id in ids,
+                        len(ids),
+                        timeout_s=30,
+                    )
+            finally:
+                await redis.flushdb()
+                await redis.aclose()
+        assert {event.id for event, _ in found} == ids
