@@ -5,6 +5,7 @@ dependency checks at start-up, and the service's background workers (outbox rela
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import time
@@ -374,6 +375,10 @@ def create_app(
                 await hook()
             except Exception as exc:
                 logger.error("%s: start-up step failed: %s", runtime.name, describe_failure(exc))
+        # What start-up allocated lives as long as the process: out of the cyclic collector's
+        # sight, its full passes stop pausing requests (validation: ~90 ms, a lane decision
+        # ~70 ms with ~130k start-up objects, measured before this moved into the kit).
+        gc.freeze()
         tasks = [
             asyncio.create_task(worker(), name=worker.__qualname__) for worker in runtime.workers
         ]
@@ -383,7 +388,10 @@ def create_app(
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.wait(tasks, timeout=5) if tasks else None
+            if tasks:
+                stuck = (await asyncio.wait(tasks, timeout=5))[1]
+                for task in stuck:  # it swallowed its cancellation: say which, or it leaks
+                    logger.error("%s: worker %s did not stop", runtime.name, task.get_name())
             await runtime.close()
 
     app = ServiceApp(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 
 from services.parking import events, session_queries
-from services.parking.lots import new_id
 from services.parking.overrides import apply_override, override_read
 from services.parking.receipts import closed_session_with_token
 from services.parking.schemas import (
@@ -23,6 +22,7 @@ from services.parking.schemas import (
 from services.parking.tokens import ReceiptScope
 from services.parking.work import SessionRow, Work
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.ids import new_id
 
 
 async def _dispute_read(work: Work, row: SessionRow) -> DisputeRead:

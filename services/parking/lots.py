@@ -5,12 +5,10 @@ No SQL here (see repository.py), no HTTP routes (see endpoints.py).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-import uuid_utils
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.parking import repository, session_queries
@@ -42,19 +40,12 @@ from services.parking.tariffs import (
 )
 from shared.devicesigning import new_secret
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.ids import utcnow
 
 QUOTE_LIMIT = timedelta(days=31)
 # Lanes price from a tariff book cached for `cache_ttl` (seconds): a new version must be
 # announced well before it applies, so that every replica prices with it from its first second.
 TARIFF_NOTICE = timedelta(minutes=5)
-
-
-def new_id() -> uuid.UUID:
-    return uuid.UUID(str(uuid_utils.uuid7()))
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

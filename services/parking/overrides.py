@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from services.parking import events, session_queries
-from services.parking.lots import new_id
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable
 from services.parking.schemas import (
     DebtStatus,
@@ -28,6 +27,7 @@ from services.parking.settlement import (
 from services.parking.vehicles import parse_plate
 from services.parking.work import SessionRow, Work
 from shared.errors import Conflict, ServiceUnavailable, Unprocessable
+from shared.ids import new_id
 
 logger = logging.getLogger("citypass.parking")
 

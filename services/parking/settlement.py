@@ -20,7 +20,7 @@ from typing import Any
 
 from services.parking import events, plates, session_queries, tokens
 from services.parking.context import Device, Parking
-from services.parking.lots import price_lines, utcnow
+from services.parking.lots import price_lines
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
 from services.parking.schemas import (
     DebtStatus,
@@ -34,6 +34,7 @@ from services.parking.tariffs import TariffError, VehicleType, price_session
 from services.parking.tokens import ReceiptScope
 from services.parking.work import SessionRow, Steps, Work
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
+from shared.ids import utcnow
 
 logger = logging.getLogger("citypass.parking")
 

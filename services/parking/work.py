@@ -22,7 +22,6 @@ from starlette.responses import Response
 
 from services.parking import lane_sql, repository, session_queries
 from services.parking.context import Parking
-from services.parking.lots import utcnow
 from services.parking.occupancy import Count, Replayed
 from services.parking.occupancy import Occupancy as OccupancyCounters
 from services.parking.payments import Posted
@@ -31,6 +30,7 @@ from services.parking.tariffs import VehicleType
 from shared.devicesigning import replayed
 from shared.events import Event
 from shared.idempotency import IdempotencyKeyInFlight, IdempotencyKeyReused, IdempotentRequest
+from shared.ids import utcnow
 from shared.outbox import add_event
 
 logger = logging.getLogger("citypass.parking")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from functools import partial
 
@@ -47,12 +46,6 @@ def idempotency_purge(store: Idempotency) -> Worker:
     return run
 
 
-async def freeze_start_up_objects() -> None:
-    """Everything allocated so far lives as long as the process: keep it out of the cyclic
-    collector, whose full passes over it would pause every request in flight."""
-    gc.freeze()
-
-
 def build_app(settings: PaymentsSettings | None = None) -> FastAPI:
     settings = settings or PaymentsSettings()
     runtime = Runtime("payments", settings, schema="payments")
@@ -73,7 +66,6 @@ def build_app(settings: PaymentsSettings | None = None) -> FastAPI:
             "except the bank webhook needs `Authorization: Bearer <service token>`; every "
             "money-moving POST needs an `Idempotency-Key`. Amounts are whole VND."
         ),
-        on_start=[freeze_start_up_objects],
         hot_routes=[
             HotRoute("POST", path, partial(handler, runtime, settings))
             for path, handler in (

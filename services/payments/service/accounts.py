@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 import zlib
 
-import uuid_utils
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.payments.repository import Record, balances
@@ -19,10 +18,6 @@ REVENUE_KIND_NAMES = (AccountKind.transit_revenue.value, AccountKind.parking_rev
 HOLDS_KIND_NAMES = (AccountKind.holds.value,)
 BANK_CLEARING = SystemAccount("bank_clearing", AccountKind.bank_clearing.value)
 SUSPENSE = SystemAccount("suspense", AccountKind.suspense.value)
-
-
-def new_id() -> uuid.UUID:
-    return uuid.UUID(str(uuid_utils.uuid7()))
 
 
 def shard_of(transfer_id: uuid.UUID, shards: int) -> int:

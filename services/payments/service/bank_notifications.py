@@ -24,13 +24,13 @@ from services.payments.service.accounts import (
     BANK_CLEARING,
     SUSPENSE,
     WALLET_KIND_NAMES,
-    new_id,
     revenue_account,
     shard_of,
 )
 from services.payments.service.payment_requests import find_reference
 from services.payments.service.posting import post
 from services.payments.settings import PaymentsSettings
+from shared.ids import new_id
 from shared.outbox import add_event
 
 

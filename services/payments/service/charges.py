@@ -19,7 +19,6 @@ from services.payments.schemas import (
 from services.payments.service.accounts import (
     REVENUE_KIND_NAMES,
     WALLET_KIND_NAMES,
-    new_id,
     revenue_account,
     shard_of,
 )
@@ -28,6 +27,7 @@ from services.payments.service.posting import post, refusal_of
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
 from shared.idempotency import IdempotentRequest, StoredAnswer, guarded_answer, response_template
+from shared.ids import new_id
 
 REFUNDABLE_KINDS = (TransferKind.charge.value, TransferKind.capture.value)
 

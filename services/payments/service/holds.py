@@ -25,7 +25,6 @@ from services.payments.service.accounts import (
     HOLDS_KIND_NAMES,
     WALLET_KIND_NAMES,
     holds_account,
-    new_id,
     revenue_account,
     shard_of,
 )
@@ -49,6 +48,7 @@ from shared.idempotency import (
     refusal_detail,
     response_template,
 )
+from shared.ids import new_id
 
 
 def _hold_read(row: Record, balance: int) -> HoldRead:

@@ -19,12 +19,13 @@ from services.payments.schemas import (
     PaymentRequestStatus,
     TopupCreate,
 )
-from services.payments.service.accounts import find_wallet, new_id
+from services.payments.service.accounts import find_wallet
 from services.payments.service.errors import LedgerCorrupted, PaymentRequestNotFound
 from services.payments.settings import PaymentsSettings
 from shared import qrimage, vietqr
 from shared.db import Database
 from shared.idempotency import IdempotentRequest, StoredAnswer, guarded_answer, response_template
+from shared.ids import new_id
 
 # Crockford base32: no I, L, O, U, so a reference read aloud or retyped survives.
 REFERENCE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

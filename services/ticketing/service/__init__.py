@@ -11,17 +11,4 @@ transactions, exactly as an endpoint does; their names say so (`place_purchase`,
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
-import uuid_utils
-
 LIST_LIMIT = 200
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_id() -> uuid.UUID:
-    return uuid.UUID(str(uuid_utils.uuid7()))

@@ -11,9 +11,10 @@ from services.ticketing import credentials, events, repository, tables
 from services.ticketing.errors import DeviceSwitchLimit
 from services.ticketing.repository import Record
 from services.ticketing.schemas import DeviceCreate, DeviceRead, DeviceStatus
-from services.ticketing.service import new_id, riders, utcnow
+from services.ticketing.service import riders
 from services.ticketing.settings import TicketingSettings
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.ids import new_id, utcnow
 from shared.outbox import add_event
 
 

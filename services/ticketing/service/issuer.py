@@ -19,10 +19,11 @@ from services.ticketing.schemas import (
     RiderCategory,
     TicketStatus,
 )
-from services.ticketing.service import new_id, tickets, utcnow
+from services.ticketing.service import tickets
 from services.ticketing.settings import TicketingSettings
 from shared import ticketcodec
 from shared.errors import Conflict
+from shared.ids import new_id, utcnow
 from shared.outbox import add_event
 
 

@@ -28,12 +28,13 @@ from services.ticketing.schemas import (
     RiderCategory,
     TicketStatus,
 )
-from services.ticketing.service import LIST_LIMIT, new_id, riders, tickets, utcnow, wallet
+from services.ticketing.service import LIST_LIMIT, riders, tickets, wallet
 from services.ticketing.settings import TicketingSettings
 from shared import ticketcodec
 from shared.db import Database
 from shared.errors import Conflict, Forbidden, NotFound, ProblemError, Unprocessable
 from shared.idempotency import IdempotencyKeyReused, IdempotentRequest
+from shared.ids import new_id, utcnow
 from shared.network import BUS_ROUTES, LINES
 from shared.outbox import add_event
 

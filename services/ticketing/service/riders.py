@@ -28,9 +28,10 @@ from services.ticketing.schemas import (
     RiderRead,
     SessionRead,
 )
-from services.ticketing.service import LIST_LIMIT, new_id, utcnow
+from services.ticketing.service import LIST_LIMIT
 from services.ticketing.settings import TicketingSettings
 from shared.errors import Conflict, NotFound, Unauthorized
+from shared.ids import new_id, utcnow
 
 logger = logging.getLogger("citypass.ticketing")
 

@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.ticketing import events, repository, tables
 from services.ticketing.repository import Record
 from services.ticketing.schemas import Mode, ProductKind, RiderCategory, TicketRead, TicketStatus
-from services.ticketing.service import LIST_LIMIT, utcnow
+from services.ticketing.service import LIST_LIMIT
 from shared.errors import NotFound
+from shared.ids import utcnow
 from shared.outbox import add_event
 
 
