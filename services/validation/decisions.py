@@ -91,8 +91,8 @@ def reason_of(state: StateOutcome) -> Reason:
     return _OUTCOME_REASONS.get(state.outcome) or Reason(state.outcome)
 
 
-def answer(ctx: dict[str, Any], state: StateOutcome) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The gate's answer and the event's data (a superset of it)."""
+def answer(ctx: dict[str, Any], state: StateOutcome) -> dict[str, Any]:
+    """The gate's answer (the event's data adds to it: `event_data`)."""
     reason = reason_of(state)
     accepted = reason is Reason.ok
     action = Action(state.action) if accepted and state.action else Action.none
@@ -121,13 +121,18 @@ def answer(ctx: dict[str, Any], state: StateOutcome) -> tuple[dict[str, Any], di
         "gate_id": ctx["gate"],
         "decided_at": events.iso(ctx["now"]),
     }
+    return body
+
+
+def event_data(ctx: dict[str, Any], state: StateOutcome, body: dict[str, Any]) -> dict[str, Any]:
+    """What the event says beyond the gate's answer (built by the relay, off the gate path)."""
     qr_at = ctx["qr_at"]
-    data = {
+    return {
         **body,
-        "station": station,
+        "station": ctx["station"],
         "line": ctx["line"],
-        "route": route,
-        "kind": kind,
+        "route": ctx["route"],
+        "kind": state.kind or None,
         "rider_category": ctx["category"],
         "wallet_account_id": state.wallet,
         "qr_at": events.iso(qr_at) if qr_at is not None else None,
@@ -136,12 +141,12 @@ def answer(ctx: dict[str, Any], state: StateOutcome) -> tuple[dict[str, Any], di
         "entry": trip_data(state.closed_trip) if state.closed_trip else None,
         "offline": False,
     }
-    return body, data
 
 
 def decision_records(ctx: dict[str, Any], reply: str) -> list[Record]:
     state = parse_outcome(reply)
-    body, data = answer(ctx, state)
+    body = answer(ctx, state)
+    data = event_data(ctx, state, body)
     key = ctx["ticket"] or ctx["gate"]
     accepted = body["decision"] == Decision.accept.value
     out = [

@@ -341,7 +341,7 @@ class Validator:
     ) -> dict[str, Any]:
         if state.outcome == "nonce_replayed":
             raise replayed(signed.device_id)
-        body, _ = decisions.answer(ctx, state)
+        body = decisions.answer(ctx, state)
         count_decision(body["decision"], body["reason"], "online")
         return body
 
