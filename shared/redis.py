@@ -21,6 +21,13 @@ def connect(url: str) -> Redis:
     )
 
 
+def text(value: bytes | str | None) -> str:
+    """A Redis reply item as text ('' for nil): replies are bytes unless decoded."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def key(namespace: str, tag: str, *parts: str) -> str:
     """`cp:{tag}:namespace:part…` — keys sharing a tag land in the same cluster slot."""
     suffix = ":".join(parts)

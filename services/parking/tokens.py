@@ -67,7 +67,8 @@ def receipt_token_scope(secret: str, session_id: uuid.UUID, token: str) -> Recei
 
 
 def receipt_code(secret: str, session_id: uuid.UUID) -> str:
-    """`XXXXX-XXXXX`: 50 bits of the session's HMAC in Crockford's base32."""
+    """Ten characters in two groups of five (`K7QMD-3XRW9`): 50 bits of the session's HMAC in
+    Crockford's base32, printed on the receipt and shown at the exit lane."""
     bits = int.from_bytes(_mac(secret, b"receipt-code", session_id.bytes)[:8]) >> 14
     characters = "".join(RECEIPT_CODE_ALPHABET[(bits >> shift) & 31] for shift in range(45, -1, -5))
     return f"{characters[:5]}-{characters[5:]}"

@@ -11,6 +11,7 @@ times with the same id and bytes (consumers deduplicate on the id).
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -87,6 +88,25 @@ def trip_data(trip: Trip) -> dict[str, Any]:
 # Online decisions ---------------------------------------------------------------------------------
 
 
+def fare_of(
+    accepted: bool,
+    kind: str | None,
+    action: Action,
+    closed: Trip | None,
+    station: str | None,
+    route: str | None,
+) -> int | None:
+    """A stored-value ticket pays at a metro exit (by distance) and at a bus tap (by route);
+    passes and single rides pay nothing at the gate."""
+    if not accepted or kind != TicketKind.stored_value.value:
+        return None
+    if action is Action.exit and closed is not None and station:
+        return trip_fare(closed.station, station)
+    if action is Action.tap and route:
+        return bus_fare(route)
+    return None
+
+
 def reason_of(state: StateOutcome) -> Reason:
     return _OUTCOME_REASONS.get(state.outcome) or Reason(state.outcome)
 
@@ -96,14 +116,9 @@ def answer(ctx: dict[str, Any], state: StateOutcome) -> dict[str, Any]:
     reason = reason_of(state)
     accepted = reason is Reason.ok
     action = Action(state.action) if accepted and state.action else Action.none
-    kind = state.kind or None
-    station, route = ctx["station"], ctx["route"]
-    fare = None
-    if accepted and kind == TicketKind.stored_value.value:
-        if action is Action.exit and state.closed_trip is not None and station:
-            fare = trip_fare(state.closed_trip.station, station)
-        elif action is Action.tap and route:
-            fare = bus_fare(route)
+    fare = fare_of(
+        accepted, state.kind or None, action, state.closed_trip, ctx["station"], ctx["route"]
+    )
     message_vi, message_en = display(reason, action, rides_left=state.rides_left, fare=fare)
     body: dict[str, Any] = {
         "validation_id": ctx["vid"],
@@ -196,27 +211,42 @@ def closed_records(ctx: dict[str, Any], reply: str) -> list[Record]:
 # Offline decisions uploaded later -------------------------------------------------------------
 
 
-def upload_outcome(ctx: dict[str, Any], reply: list[str]) -> tuple[int | None, bool, list[Record]]:
-    """(fare, conflict, events) of a recorded upload; `reply` is the script's (see RECONCILE)."""
+@dataclass(frozen=True, slots=True)
+class UploadOutcome:
+    """What the upload script's reply (see RECONCILE) means for the gate and for the events."""
+
+    fare: int | None
+    conflict: bool
+    kind: str | None
+    wallet: str | None
+    closed: Trip | None
+    other_uses: list[str]
+
+
+def upload_outcome(ctx: dict[str, Any], reply: list[str]) -> UploadOutcome:
     accepted = ctx["decision"] == Decision.accept.value
-    action = Action(ctx["action"])
     kind = reply[1] if len(reply) > 1 else None
-    wallet = (reply[2] or None) if len(reply) > 2 else None
     closed = Trip(reply[3], reply[4], int(reply[5])) if len(reply) > 5 and reply[3] else None
     others = reply[6:]
-    fare = None
-    if accepted and kind == TicketKind.stored_value.value:
-        if action is Action.exit and closed is not None and ctx["station"]:
-            fare = trip_fare(closed.station, ctx["station"])
-        elif action is Action.tap and ctx["route"]:
-            fare = bus_fare(ctx["route"])
-    conflict = accepted and bool(others)
+    return UploadOutcome(
+        fare=fare_of(accepted, kind, Action(ctx["action"]), closed, ctx["station"], ctx["route"]),
+        conflict=accepted and bool(others),
+        kind=kind,
+        wallet=(reply[2] or None) if len(reply) > 2 else None,
+        closed=closed,
+        other_uses=others,
+    )
+
+
+def upload_records(ctx: dict[str, Any], reply: str) -> list[Record]:
+    outcome = upload_outcome(ctx, orjson.loads(reply))
+    accepted = ctx["decision"] == Decision.accept.value
     out: list[Record] = []
     ticket_id = ctx["ticket"]
     vid = ctx["vid"]
-    if conflict:
+    if outcome.conflict:
         uses = [{"gate_id": ctx["gate"], "validation_id": vid}]
-        for other in others:
+        for other in outcome.other_uses:
             other_gate, _, other_vid = other.partition("|")
             uses.append({"gate_id": other_gate, "validation_id": other_vid})
         out.append(
@@ -243,23 +273,23 @@ def upload_outcome(ctx: dict[str, Any], reply: list[str]) -> tuple[int | None, b
         "ticket_id": ticket_id,
         "product": ctx["product"],
         "remaining_rides": None,
-        "fare": fare,
+        "fare": outcome.fare,
         "balance": None,
         "gate_id": ctx["gate"],
         "decided_at": events.iso(ctx["scanned"]),
         "station": ctx["station"],
         "line": ctx["line"],
         "route": ctx["route"],
-        "kind": kind,
+        "kind": outcome.kind,
         "rider_category": ctx["category"],
-        "wallet_account_id": wallet,
+        "wallet_account_id": outcome.wallet,
         "qr_at": events.iso(qr_at) if qr_at is not None else None,
         "qr_counter": ctx["counter"],
         "scanned_at": events.iso(ctx["scanned"]),
-        "entry": trip_data(closed) if closed else None,
+        "entry": trip_data(outcome.closed) if outcome.closed else None,
         "offline": True,
         "server_reason": ctx["server_reason"],
-        "conflict": conflict,
+        "conflict": outcome.conflict,
     }
     out.append(
         record(
@@ -268,11 +298,7 @@ def upload_outcome(ctx: dict[str, Any], reply: list[str]) -> tuple[int | None, b
             events.validation(data, accepted=accepted, at=ctx["now"], request_id=ctx["rid"]),
         )
     )
-    return fare, conflict, out
-
-
-def upload_records(ctx: dict[str, Any], reply: str) -> list[Record]:
-    return upload_outcome(ctx, orjson.loads(reply))[2]
+    return out
 
 
 BUILDERS = {

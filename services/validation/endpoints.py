@@ -264,7 +264,7 @@ async def upload_offline_decisions(
     """
     _same_gate(body.gate_id, gate.request.device_id)
     try:
-        await claim_nonce(validator.redis, gate.request, ttl_s=validator.nonce_ttl_s)
+        await claim_nonce(validator.redis, gate.request, ttl_s=validator.tolerances.nonce_ttl_s)
         return await validator.reconcile(gate.place, body.decisions)
     except (RedisError, OSError) as exc:
         raise state_unavailable() from exc
@@ -284,7 +284,7 @@ async def gate_bundle(
     Verify `signature` (Ed25519 over the decoded `payload` bytes) with the key published at
     `GET /v1/gate-bundle/key` before using it.
     """
-    await claim_nonce(validator.redis, gate.request, ttl_s=validator.nonce_ttl_s)
+    await claim_nonce(validator.redis, gate.request, ttl_s=validator.tolerances.nonce_ttl_s)
     record = validator.memory.gates[gate.place.gate_id]
     payload = bundle.build(validator.memory, record, settings, int(time.time()))
     return (await validator.bundle_signer()).sign(payload)

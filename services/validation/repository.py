@@ -49,7 +49,7 @@ from services.validation.schemas import GateRead
 from services.validation.scripts import CLOSE_TRIP, MARK_UPLOAD, RECONCILE, VALIDATE
 from services.validation.streams import events_key, shard
 from shared.devicesigning import nonce_key
-from shared.redis import PipelinedRedis, key
+from shared.redis import PipelinedRedis, key, text
 
 NETWORK = "network"
 GATES = key("gates", NETWORK)
@@ -84,12 +84,6 @@ def upload_key(ticket_id: str, validation_id: str) -> str:
 
 def unpaid_key(wallet_id: str) -> str:
     return key("unpaid-fares", wallet_id)
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +178,7 @@ async def validate(redis: PipelinedRedis, call: DecisionCall, settings: str) -> 
         events_key(tag),
     )
     raw = await VALIDATE.pipelined(redis, keys, (call.argv(), settings, call.context))
-    return parse_outcome(raw.decode() if isinstance(raw, bytes) else raw)
+    return parse_outcome(text(raw))
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +197,7 @@ async def close_trip(
     )
     if not reply:
         return None
-    station, at, kind, wallet = (_text(item) for item in reply)
+    station, at, kind, wallet = (text(item) for item in reply)
     return ClosedTrip(Trip(entry_validation_id, station, int(at)), kind, wallet or None)
 
 
@@ -249,7 +243,7 @@ async def reconcile(redis: Redis, call: ReconcileCall) -> list[str] | None:
         call.default_rides,
         call.context,
     )
-    reply = [_text(item) for item in await RECONCILE(redis, keys, args)]
+    reply = [text(item) for item in await RECONCILE(redis, keys, args)]
     return None if reply[0] == "duplicate" else reply
 
 
@@ -272,7 +266,7 @@ async def adopt_old_key_layout(redis: Redis) -> int:
         return 0
     moved = 0
     async for raw in redis.scan_iter(match="cp:{*}:*", count=1000):
-        match = _OLD_LAYOUT.fullmatch(_text(raw))
+        match = _OLD_LAYOUT.fullmatch(text(raw))
         if match is None:
             continue
         ticket_id, name, rest = match.groups()
@@ -332,11 +326,11 @@ async def load_state(redis: Redis) -> NetworkState:
     return NetworkState(
         version=int(version) if version else 0,
         gates=[GateRead.model_validate_json(raw) for raw in gates.values()],
-        secrets={_text(k): v for k, v in secrets.items()},
-        previous_secrets={_text(k): PreviousSecret.from_record(v) for k, v in previous.items()},
-        issuer_keys={_text(k): orjson.loads(v) for k, v in keys.items()},
-        products={_text(k): orjson.loads(v) for k, v in products.items()},
-        deny={_text(k): orjson.loads(v) for k, v in deny.items()},
+        secrets={text(k): v for k, v in secrets.items()},
+        previous_secrets={text(k): PreviousSecret.from_record(v) for k, v in previous.items()},
+        issuer_keys={text(k): orjson.loads(v) for k, v in keys.items()},
+        products={text(k): orjson.loads(v) for k, v in products.items()},
+        deny={text(k): orjson.loads(v) for k, v in deny.items()},
     )
 
 
@@ -373,7 +367,7 @@ async def gate_secret(redis: Redis, gate_id: str) -> tuple[str | None, PreviousS
         pipe.hget(GATE_PREVIOUS_SECRETS, gate_id)
         secret, previous = await pipe.execute()
     return (
-        None if secret is None else _text(secret),
+        None if secret is None else text(secret),
         None if previous is None else PreviousSecret.from_record(previous),
     )
 
@@ -392,7 +386,7 @@ async def rotate_gate_secret(
                 pipe.hset(GATE_SECRETS, gate_id, secret)
                 kept = old is not None and previous_until is not None
                 if kept:
-                    record = {"secret": _text(old), "until": previous_until}
+                    record = {"secret": text(old), "until": previous_until}
                     pipe.hset(GATE_PREVIOUS_SECRETS, gate_id, orjson.dumps(record))
                 else:
                     pipe.hdel(GATE_PREVIOUS_SECRETS, gate_id)
@@ -438,7 +432,7 @@ async def replace_issuer_keys(
                     if applied is not None and float(applied) >= as_of:
                         return False  # this set, or a later one, was applied already
                 stored = cast(dict[bytes, bytes], await pipe.hgetall(ISSUER_KEYS))
-                current = {_text(k): orjson.loads(v) for k, v in stored.items()}
+                current = {text(k): orjson.loads(v) for k, v in stored.items()}
                 stale = [
                     kid
                     for kid, rec in current.items()

@@ -247,9 +247,8 @@ class Validator:
         self.memory = memory
         self.outbox = outbox
         self.tolerances = Tolerances.from_settings(settings)
-        self.nonce_ttl_s = self.tolerances.nonce_ttl_s
         self.script_settings = repository.script_settings(
-            self.nonce_ttl_s,
+            self.tolerances.nonce_ttl_s,
             int(settings.max_trip.total_seconds()),
             int(settings.bus_passback.total_seconds()),
         )
@@ -467,12 +466,12 @@ class Validator:
                 conflict=False,
                 fare=None,
             )
-        fare, conflict, _ = decisions.upload_outcome(ctx, result)
+        outcome = decisions.upload_outcome(ctx, result)
         count_decision(item.decision.value, item.reason.value, "offline")
         return BatchItemRead(
             validation_id=item.validation_id,
             status=BatchStatus.recorded,
             server_reason=server_reason,
-            conflict=conflict,
-            fare=fare,
+            conflict=outcome.conflict,
+            fare=outcome.fare,
         )

@@ -18,12 +18,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from shared.redis import key
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
+from shared.redis import key, text
 
 # Fixed for the life of the data: a ticket's keys and its events' stream live in its shard.
 # 32 spreads them over a cluster's primaries while one relay read covers every stream.
@@ -72,7 +67,7 @@ async def read_events(
         await redis.xreadgroup(group, consumer, streams, count=count, block=block_ms),
     )
     return [
-        (_text(stream), _text(entry_id), fields)
+        (text(stream), text(entry_id), fields)
         for stream, entries in reply or []
         for entry_id, fields in entries
         if fields  # a pending entry deleted meanwhile comes back without fields
@@ -117,7 +112,7 @@ async def forget_gone_relays(redis: Redis, group: str, consumer: str, idle_ms: i
     gone = 0
     for stream in EVENT_STREAMS:
         for info in await redis.xinfo_consumers(stream, group):
-            name = _text(info["name"])
+            name = text(info["name"])
             if name != consumer and info["pending"] == 0 and info["idle"] > idle_ms:
                 gone += await redis.xgroup_delconsumer(stream, group, name) >= 0
     return gone
@@ -137,5 +132,5 @@ async def outbox_state(redis: Redis, now: float) -> tuple[int, float]:
             pipe.xrange(stream, count=1)
         replies = await pipe.execute()
     waiting = sum(replies[0::2])
-    firsts = [int(_text(first[0][0]).split("-")[0]) for first in replies[1::2] if first]
+    firsts = [int(text(first[0][0]).split("-")[0]) for first in replies[1::2] if first]
     return waiting, max(0.0, now - min(firsts) / 1000) if firsts else 0.0
