@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Each module exposes `register(subparsers)`; its subcommand sets `func(args) -> int`.
@@ -28,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         module.register(subparsers)
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+    except BrokenPipeError:
+        # The reader went away (`citypass gate scan … | head -1`): what it wanted was printed.
+        # Point stdout at nothing so that the interpreter's own flush at exit fails quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
 
 

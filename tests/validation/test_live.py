@@ -148,6 +148,40 @@ class TestTwoProcesses:
 
 
 class TestGateCommand:
+    async def test_a_reader_that_goes_away_gets_no_traceback(
+        self, clients: list[httpx.AsyncClient], processes: list[str], tmp_path: Path
+    ) -> None:
+        """`citypass gate scan … | head -1`: the pipe closes before the CLI writes."""
+        gate = await provision_gate(clients[0], station="3-05", direction="entry")
+        await known_everywhere(clients, gate)
+        image = tmp_path / "rider.png"
+        image.write_bytes(render_png(make_ticket().qr()))
+        secret_file = tmp_path / "gate.secret"
+        secret_file.write_text(gate.signer.secret.decode())
+        argv = ["gate", "scan", str(image), "--gate", gate.gate_id, "--url", processes[0]]
+        reader, writer = os.pipe()
+        scan = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "citypass.cli",
+            *argv,
+            "--secret-file",
+            str(secret_file),
+            stdout=writer,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        os.close(writer)
+        os.close(reader)  # the reader is gone before anything is written
+        assert scan.stderr is not None
+
+        errors = (await scan.stderr.read()).decode()
+        await asyncio.wait_for(scan.wait(), 60)
+
+        assert "Traceback" not in errors, errors
+        assert "BrokenPipeError" not in errors, errors
+        assert scan.returncode == 0
+
     async def test_scan_decodes_the_image_signs_and_prints_decision_and_latency(
         self,
         clients: list[httpx.AsyncClient],
