@@ -489,6 +489,24 @@ async def test_the_dashboard_counts_what_was_sent_and_shows_a_validation_within_
     try:
         await browser.navigate(console.url)
         await browser.wait_for("!document.getElementById('login-view').hidden", what="login screen")
+        # A user name guessed at too often is told so, not that the server is unreachable.
+        await browser.type_into("#username", "guesser")
+        for attempt in range(6):
+            await browser.evaluate(
+                "document.getElementById('password').value = '';"
+                " document.getElementById('login-error').hidden = true"
+            )
+            await browser.type_into("#password", f"wrong-{attempt}")
+            await browser.click("#login-submit")
+            await browser.wait_for(
+                "!document.getElementById('login-error').hidden", what="the login answer"
+            )
+        throttled = await browser.evaluate("document.getElementById('login-error').textContent")
+        assert throttled.startswith("Quá nhiều lần nhập sai mật khẩu"), throttled
+        expected = ("status of 401 (Unauthorized)", "status of 429 (Too Many Requests)")
+        browser.problems[:] = [p for p in browser.problems if not p.endswith(expected)]
+        await browser.evaluate("document.getElementById('username').value = ''")
+        await browser.evaluate("document.getElementById('password').value = ''")
         await browser.type_into("#username", "admin")
         await browser.type_into("#password", ADMIN_PASSWORD)
         await browser.click("#login-submit")

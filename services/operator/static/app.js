@@ -27,6 +27,7 @@
       "auth.failed": "Sai tên đăng nhập hoặc mật khẩu.",
       "auth.expired": "Phiên làm việc đã hết hạn, vui lòng đăng nhập lại.",
       "auth.error": "Không kết nối được máy chủ.",
+      "auth.throttled": "Quá nhiều lần nhập sai mật khẩu. Thử lại sau {minutes} phút.",
       "role.admin": "quản trị",
       "role.viewer": "theo dõi",
       "kpi.validations": "Lượt soát vé hợp lệ hôm nay",
@@ -228,6 +229,7 @@
       "auth.failed": "Wrong username or password.",
       "auth.expired": "Your session has expired; please sign in again.",
       "auth.error": "The server cannot be reached.",
+      "auth.throttled": "Too many wrong passwords. Try again in {minutes} min.",
       "role.admin": "admin",
       "role.viewer": "viewer",
       "kpi.validations": "Accepted validations today",
@@ -521,6 +523,7 @@
     if (!response.ok) {
       const error = new Error(body?.detail || response.statusText);
       error.status = response.status;
+      error.retryAfter = Number(response.headers.get("retry-after")) || null;
       throw error;
     }
     return body;
@@ -528,14 +531,14 @@
 
   // Sign-in -------------------------------------------------------------------------------------
 
-  function showLogin(messageKey) {
+  function showLogin(messageKey, params) {
     $("app-view").hidden = true;
     $("who").hidden = true;
     $("live").hidden = true;
     $("login-view").hidden = false;
     const error = $("login-error");
     error.hidden = !messageKey;
-    if (messageKey) error.textContent = t(messageKey);
+    if (messageKey) error.textContent = t(messageKey, params);
     $("username").focus();
   }
 
@@ -562,7 +565,11 @@
       $("password").value = "";
       await start();
     } catch (error) {
-      showLogin(error.status === 401 || error.status === 422 ? "auth.failed" : "auth.error");
+      if (error.status === 429) {
+        showLogin("auth.throttled", { minutes: Math.max(1, Math.ceil((error.retryAfter || 60) / 60)) });
+      } else {
+        showLogin(error.status === 401 || error.status === 422 ? "auth.failed" : "auth.error");
+      }
     } finally {
       submit.disabled = false;
     }
