@@ -132,8 +132,7 @@ def _leg_rule_overlaps(table: Table) -> Iterator[Problem]:
     """Two rules of the same priority that can both match one leg: the fare is ambiguous.
 
     With `rule_priority`, an empty field matches any value (so it overlaps a filled one);
-    without it, an empty field matches only values that no rule names, so only equal
-    fields overlap.
+    without it, fields filter in turn (named value, else empty), so only equal fields overlap.
     """
     wildcard = "rule_priority" in table.header
     buckets: dict[tuple[str, str], list[Row]] = defaultdict(list)

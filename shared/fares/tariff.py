@@ -3,9 +3,10 @@
 Leg rules follow GTFS-Fares v2 matching: a leg's network (route_networks.txt), the areas of
 its first and last stop (stop_areas.txt) and the timeframes its departure and arrival fall in
 (timeframes.txt, local time of agency_timezone). With a `rule_priority` column an empty field
-matches anything and the highest priority wins; without it an empty field matches only values
-no rule names. The fare product's row is chosen by rider category and fare medium: exact row
-first, then a row that leaves the medium empty, then the category, then both.
+matches anything and the highest priority wins; without it the fields filter in turn, an empty
+field matching only when no remaining rule names the leg's value. The fare product's row is
+chosen by rider category and fare medium: the exact row, else one that leaves the medium empty,
+else the category, else both.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -115,7 +117,6 @@ class Tariff:
                 row.get("leg_group_id"),
             )
             self.rules[match].append(leg_rule)
-        self.named = [{key[i] for key in self.rules if key[i]} for i in range(5)]
         self._services = {
             row.get("service_id"): (
                 tuple(row.get(day) == "1" for day in WEEKDAYS),
@@ -224,17 +225,17 @@ class Tariff:
             set(from_frames),
             set(to_frames),
         )
-        candidates = []
-        for index, present in enumerate(values):
-            if self.prioritised:
-                candidates.append(present | {""})
-            else:
-                candidates.append((present & self.named[index]) or {""})
-        matched = [
-            rule
-            for a, b, c, d, e in itertools.product(*candidates)
-            for rule in self.rules.get((a, b, c, d, e), ())
-        ]
+        keys: Iterable[_Key]
+        if self.prioritised:
+            a, b, c, d, e = (present | {""} for present in values)
+            keys = itertools.product(a, b, c, d, e)
+        else:  # field by field: the rules naming the leg's value, else those leaving it empty
+            keys = iter(self.rules)
+            for index, present in enumerate(values):
+                kept = list(keys)
+                exact = [key for key in kept if key[index] in present]
+                keys = iter(exact or [key for key in kept if not key[index]])
+        matched = [rule for key in keys for rule in self.rules.get(key, ())]
         for priority in sorted({rule.priority for rule in matched}, reverse=True):
             fares = [
                 LegFare(amount, rule.fare_product_id, rule.leg_group_id)

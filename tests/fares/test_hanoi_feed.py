@@ -69,9 +69,7 @@ class TestPricesMatchToday:
                 assert (stop.name, stop.route_id, stop.km) == (station.name, line.code, station.km)
 
     def test_bus_route_lengths(self) -> None:
-        lengths = {
-            stop.route_id: stop.km for stop in FEED.stops_on_routes.values() if stop.km > 0
-        }
+        lengths = {stop.route_id: stop.km for stop in FEED.stops_on_routes.values() if stop.km > 0}
         assert {r.code: lengths[r.code] for r in BUS_ROUTES} == {
             r.code: r.length_km for r in BUS_ROUTES
         }
