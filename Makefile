@@ -73,6 +73,9 @@ seed: $(STAMP) ## load demo data into CITYPASS_DATABASE_URL / CITYPASS_REDIS_URL
 bench: $(STAMP) ## the platform's figures in one table (own servers; 8–15 min: waits for a quiet machine)
 	$(BIN)/python -m loadtests.bench
 
+bench-fares: $(STAMP) ## fare engine legs/s on one core with transfer and cap state (pure, ~15 s)
+	$(BIN)/python -m loadtests.bench_fares
+
 compose-check: ## validate docker-compose.yml (needs Debian's docker-compose)
 	docker-compose config -q
 
