@@ -158,6 +158,13 @@ class TestTransfers:
         charge = ledger.add(Leg("b", "32", boarding, boarding))
         assert charge.journey_fare == (5000 if gap <= HOUR else 10000)
 
+    def test_the_window_includes_its_last_second(self) -> None:
+        for gap, fare in ((HOUR, 5000), (HOUR + 1, 8000)):
+            ledger = RiderLedger(UNCAPPED, "regular")
+            ledger.add(Leg("a", "09", TUESDAY_8AM, TUESDAY_8AM))
+            later = TUESDAY_8AM + gap
+            assert ledger.add(Leg("b", "09", later, later)).journey_fare == fare
+
     def test_a_second_bus_to_bus_transfer_pays_in_full(self) -> None:
         ledger = RiderLedger(UNCAPPED, "regular")
         fares = [
