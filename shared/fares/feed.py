@@ -32,7 +32,7 @@ class ProductSpec:
     name_en: str
     kind: str
     mode: str
-    price: int
+    price: int  # the highest of its rows (Hanoi's products cost the same for every category)
     categories: tuple[str, ...]
     validity_days: int | None
     rides: int | None

@@ -101,6 +101,8 @@ class RiderLedger:
 
     def correct(self, leg: Leg) -> Charge:
         """Replace a leg already priced (same leg id): both affected days are re-priced."""
+        if leg.leg_id not in self.legs:
+            return self.add(leg)
         old, old_day = self.legs[leg.leg_id]
         weeks = {Tariff.fare_week(old_day), Tariff.fare_week(self.tariff.fare_day(leg.departed_at))}
         before = sum(self.week_total(week) for week in weeks)

@@ -2,7 +2,7 @@
 
 Each file lists its columns with a parser (raises ValueError with the reason) and whether the
 column is required; primary keys and foreign keys follow the reference. The two `citypass_*`
-files are CityPass extensions for what GTFS does not model yet (docs/gtfs-feed.md).
+files are CityPass extensions for what GTFS does not model yet (docs/fares.md).
 """
 
 from __future__ import annotations
@@ -369,7 +369,7 @@ FILES: tuple[FileSpec, ...] = (
             "fare_product_id": ("fare_products.txt", "fare_product_id"),
         },
     ),
-    # CityPass extensions (docs/gtfs-feed.md): what the platform sells, and fare caps.
+    # CityPass extensions (docs/fares.md): what the platform sells, and fare caps.
     FileSpec(
         "citypass_products.txt",
         {

@@ -138,6 +138,21 @@ class TestArrivalOrder:
         assert ledger.day_total(day) == truth.day_total(day)
 
 
+class TestCorrection:
+    def test_correcting_an_unknown_leg_prices_it(self) -> None:
+        ledger = RiderLedger(TARIFF, "regular")
+        assert ledger.correct(Leg("a", "86", TUESDAY_8AM, TUESDAY_8AM)).charged == 20000
+
+    def test_a_correction_that_moves_a_leg_to_another_week_refunds_this_one(self) -> None:
+        ledger = RiderLedger(TARIFF, "regular")
+        leg = Leg("a", "86", TUESDAY_8AM, TUESDAY_8AM)
+        ledger.add(leg)
+        week_later = TUESDAY_8AM + 7 * 86_400
+        moved = ledger.correct(replace(leg, departed_at=week_later, arrived_at=week_later))
+        this_week = Tariff.fare_week(TARIFF.fare_day(TUESDAY_8AM))
+        assert (moved.charged, ledger.week_total(this_week), moved.week_total) == (0, 0, 20000)
+
+
 class TestTransfers:
     @given(st.integers(0, 2 * HOUR), st.sampled_from(BUSES), st.sampled_from(BUSES))
     def test_bus_to_bus_inside_the_window_costs_the_transfer_fare(
