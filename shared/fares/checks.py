@@ -32,6 +32,7 @@ def check_semantics(tables: Mapping[str, Table], currency: str) -> list[Problem]
     if "timeframes.txt" in tables:
         problems += _timeframes(tables["timeframes.txt"])
     problems += _default_category(tables["rider_categories.txt"])
+    problems += _one_timezone(tables["agency.txt"])
     problems += _route_networks(tables)
     problems += _leg_rule_overlaps(tables["fare_leg_rules.txt"])
     if "fare_transfer_rules.txt" in tables:
@@ -114,6 +115,19 @@ def _default_category(table: Table) -> Iterator[Problem]:
             "is_default_fare_category",
             f"a second default category (first on line {defaults[0].line})",
         )
+
+
+def _one_timezone(table: Table) -> Iterator[Problem]:
+    first = table.rows[0]
+    for row in table.rows[1:]:
+        if row.get("agency_timezone") != first.get("agency_timezone"):
+            yield Problem(
+                table.name,
+                row.line,
+                "agency_timezone",
+                f"every agency must share one time zone ({first.get('agency_timezone')} "
+                f"on line {first.line})",
+            )
 
 
 def _route_networks(tables: Mapping[str, Table]) -> Iterator[Problem]:

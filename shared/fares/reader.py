@@ -124,6 +124,8 @@ def _check_table(spec: FileSpec, table: Table) -> Iterator[Problem]:
         if column in seen_columns:
             yield Problem(spec.name, 1, column, "column appears twice")
         seen_columns.add(column)
+    if spec.required and not table.rows:
+        yield Problem(spec.name, 0, "", "has no rows")
     missing = [c for c, col in spec.columns.items() if col.required and c not in table.header]
     for column in missing:
         yield Problem(spec.name, 1, column, "required column is missing")

@@ -92,10 +92,10 @@ class Tariff:
         self.route_network = {
             row.get("route_id"): row.get("network_id") for row in tables["route_networks.txt"].rows
         }
-        self.stop_areas: dict[str, tuple[str, ...]] = defaultdict(tuple)
+        self.stop_areas: dict[str, tuple[str, ...]] = {}
         for row in tables["stop_areas.txt"].rows:
             stop = row.get("stop_id")
-            self.stop_areas[stop] = (*self.stop_areas[stop], row.get("area_id"))
+            self.stop_areas[stop] = (*self.stop_areas.get(stop, ()), row.get("area_id"))
         self.prices: dict[str, _Prices] = defaultdict(dict)
         for row in tables["fare_products.txt"].rows:
             price_key = (row.get("rider_category_id"), row.get("fare_media_id"))
@@ -220,8 +220,8 @@ class Tariff:
             raise NoFare(f"route {leg.route_id!r} is in no network of the feed")
         values = (
             {network},
-            set(self.stop_areas[leg.from_stop]),
-            set(self.stop_areas[leg.to_stop]),
+            set(self.stop_areas.get(leg.from_stop, ())),
+            set(self.stop_areas.get(leg.to_stop, ())),
             set(from_frames),
             set(to_frames),
         )

@@ -42,6 +42,21 @@ class TestRefused:
         assert ("fare_leg_rules.txt", 0, "") in where(problems)
         assert "required file is missing" in str(problems[0])
 
+    def test_a_file_with_only_its_header(self, tmp_path: Path) -> None:
+        feed = hanoi_copy(tmp_path, fare_products="fare_product_id,amount,currency\n")
+        problems = where(refusal(feed))
+        assert ("fare_products.txt", 0, "") in problems
+        assert ("fare_leg_rules.txt", 2, "fare_product_id") in problems  # now dangling
+
+    def test_agencies_in_two_time_zones(self, tmp_path: Path) -> None:
+        feed = edited(
+            tmp_path,
+            "agency",
+            "Asia/Ho_Chi_Minh,vi,https://timbuyt",
+            "Asia/Bangkok,vi,https://timbuyt",
+        )
+        assert where(refusal(feed)) == {("agency.txt", 3, "agency_timezone")}
+
     def test_missing_column(self, tmp_path: Path) -> None:
         feed = edited(tmp_path, "fare_media", "fare_media_type", "media_kind")
         assert where(refusal(feed)) == {("fare_media.txt", 1, "fare_media_type")}
