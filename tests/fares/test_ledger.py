@@ -48,7 +48,35 @@ def charge_all(tariff: Tariff, legs: list[Leg]) -> tuple[RiderLedger, list[Charg
     return ledger, [ledger.add(leg) for leg in legs]
 
 
+def hanoi_day_by_hand(legs: list[Leg]) -> int:
+    """Hanoi's feed read by a person: a bus boarded within an hour of the last bus boarding
+    (once per journey) or of the metro exit pays 5,000 VND; everything else its leg fare."""
+    total, previous, transfers = 0, None, 0
+    for leg in sorted(legs, key=lambda leg: (leg.departed_at, leg.leg_id)):
+        cost = UNCAPPED.price_leg(leg, "regular").amount
+        on_bus = leg.route_id in BUSES
+        if previous is not None and on_bus:
+            if previous.route_id in BUSES:
+                inside = transfers < 1 and leg.departed_at - previous.departed_at <= HOUR
+            else:  # timed from the exit gate: a bus boarded before it is no transfer
+                inside = 0 <= leg.departed_at - previous.arrived_at <= HOUR
+            if inside:
+                cost, transfers = 5000, transfers + 1
+            else:
+                transfers = 0
+        else:
+            transfers = 0
+        total += cost
+        previous = leg
+    return total
+
+
 class TestDailyCap:
+    @given(legs_of_a_day())
+    def test_the_uncapped_day_is_the_feed_read_by_hand(self, legs: list[Leg]) -> None:
+        ledger, _ = charge_all(UNCAPPED, legs)
+        assert ledger.day_total(UNCAPPED.fare_day(legs[0].departed_at)) == hanoi_day_by_hand(legs)
+
     @given(legs_of_a_day())
     def test_charged_is_the_uncapped_sum_until_the_cap_and_never_more(
         self, legs: list[Leg]
