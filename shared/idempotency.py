@@ -287,10 +287,12 @@ class Idempotency:
 
 # One round trip ----------------------------------------------------------------------------------
 
-# PL/pgSQL for a service's migration (run with its schema first on the search path). Changing it
-# means a new migration that re-creates these functions.
-GUARD_FUNCTIONS: Final = (
-    """
+# The guard's functions, installed in a service's schema by a migration through
+# shared.migrations.install_idempotency_guard; their text is in shared/sql/.
+GUARD_FUNCTIONS: Final = ("idempotency_claim", "idempotency_store", "json_time")
+
+# What every guarded write returns, and `guarded_answer` reads.
+OUTCOME_TYPE: Final = """
     CREATE TYPE idempotent_outcome AS (
         outcome text,  -- created | replay | in_flight | reused | the operation's refusal code
         status_code integer,
@@ -298,56 +300,7 @@ GUARD_FUNCTIONS: Final = (
         body bytea,
         detail jsonb  -- what a refusal needs to explain itself
     )
-    """,
-    # The guard of `Idempotency.call`: NULL outcome when the key is free (and now locked).
-    """
-    CREATE FUNCTION idempotency_claim(
-        p_lock bigint, p_scope text, p_key text, p_fingerprint text
-    ) RETURNS idempotent_outcome LANGUAGE plpgsql AS $$
-    DECLARE
-        stored record;
-        result idempotent_outcome;
-    BEGIN
-        IF NOT pg_try_advisory_xact_lock(p_lock) THEN
-            result.outcome := 'in_flight';
-            RETURN result;
-        END IF;
-        SELECT k.fingerprint, k.status_code, k.media_type, k.body INTO stored
-          FROM idempotency_keys k WHERE k.scope = p_scope AND k.key = p_key;
-        IF FOUND THEN
-            IF stored.fingerprint <> p_fingerprint THEN
-                result.outcome := 'reused';
-            ELSE
-                result := ROW('replay', stored.status_code, stored.media_type, stored.body,
-                              NULL)::idempotent_outcome;
-            END IF;
-        END IF;
-        RETURN result;
-    END
-    $$
-    """,
-    """
-    CREATE FUNCTION idempotency_store(
-        p_scope text, p_key text, p_fingerprint text, p_status integer, p_body bytea
-    ) RETURNS idempotent_outcome LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO idempotency_keys (scope, key, fingerprint, status_code, media_type, body)
-        VALUES (p_scope, p_key, p_fingerprint, p_status, 'application/json', p_body);
-        RETURN ROW('created', p_status, 'application/json', p_body, NULL)::idempotent_outcome;
-    END
-    $$
-    """,
-    # A timestamp as pydantic writes it in JSON, quoted: 2026-01-02T03:04:05.123456Z.
-    """
-    CREATE FUNCTION json_time(t timestamptz) RETURNS text LANGUAGE sql STABLE AS $$
-        SELECT CASE WHEN t IS NULL THEN 'null' ELSE
-            '"' || to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-            || CASE WHEN to_char(t, 'US') = '000000' THEN '' ELSE to_char(t, '.US') END
-            || 'Z"'
-        END
-    $$
-    """,
-)
+"""
 
 _SLOT = f"slot-{secrets.token_hex(8)}-"  # never met in real data
 
