@@ -11,29 +11,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeAlias
 
-import orjson
-
 from services.payments.repository.balances import SystemAccount
-from services.payments.repository.journal import TransferDraft
+from services.payments.repository.journal import OutboxEvent, TransferDraft
 from shared.db import Database, UniqueViolation
-from shared.events import Event
 from shared.idempotency import IdempotentRequest
 
 Outcome: TypeAlias = Mapping[str, Any]  # an idempotent_outcome (see migration payments_0002)
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    """An event as the outbox row stores it."""
-
-    id: str
-    headers: str  # JSON [[name, value], …]
-    payload: bytes
-
-    @classmethod
-    def of(cls, event: Event) -> OutboxEvent:
-        headers = [[name, value.decode()] for name, value in event.headers()]
-        return cls(event.id, orjson.dumps(headers).decode(), event.value())
 
 
 def _once(function: str, arity: int) -> str:

@@ -7,8 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.payments import events
 from services.payments.repository import functions, journal
 from services.payments.repository.balances import Leg
-from services.payments.repository.functions import OutboxEvent
-from services.payments.repository.journal import TransferDraft
+from services.payments.repository.journal import OutboxEvent, TransferDraft
 from services.payments.schemas import (
     ChargeCreate,
     ChargeRead,

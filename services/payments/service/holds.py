@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.payments import events
 from services.payments.repository import Record, balances, functions, hold_rows
 from services.payments.repository.balances import Leg
-from services.payments.repository.functions import OutboxEvent, Outcome, PostedDraft
+from services.payments.repository.functions import Outcome, PostedDraft
 from services.payments.repository.hold_rows import HoldTerms
-from services.payments.repository.journal import PostedTransfer, TransferDraft
+from services.payments.repository.journal import OutboxEvent, PostedTransfer, TransferDraft
 from services.payments.schemas import (
     HoldCapture,
     HoldCreate,

@@ -1,5 +1,6 @@
 -- Takes `p_amount` of the hold as revenue and gives the rest back (the release transfer,
--- when there is a rest) (payments_0002). Slots: %1$s the wallet balance, %2$s settled_at.
+-- when there is a rest) (payments_0002, posted by post_transfer since payments_0006).
+-- Slots: %1$s the wallet balance, %2$s settled_at.
 CREATE OR REPLACE FUNCTION capture_hold_once(
     p_lock bigint, p_scope text, p_key text, p_fingerprint text,
     p_hold uuid, p_amount bigint,
@@ -12,6 +13,7 @@ CREATE OR REPLACE FUNCTION capture_hold_once(
     DECLARE
         result idempotent_outcome;
         pending record;
+        posted record;
         h holds;
         wallet_balance bigint;
         settled timestamptz;
@@ -33,19 +35,18 @@ CREATE OR REPLACE FUNCTION capture_hold_once(
         END IF;
         SELECT a.balance INTO wallet_balance FROM accounts a
          WHERE a.id = h.wallet_account_id FOR UPDATE;
-        PERFORM move_balance(h.holds_account_id, -h.amount);
-        PERFORM credit_system(p_revenue, p_revenue_code, p_revenue_kind, h.lot_id,
-                              p_revenue_shard, p_amount);
-        PERFORM journal(p_capture, 'capture', p_amount, h.holds_account_id, p_revenue,
-                        h.wallet_account_id, h.source, h.lot_id, h.hold_transfer_id, h.id,
-                        p_capture_event, p_topic, p_event_key, p_capture_headers,
-                        p_capture_payload);
+        SELECT * INTO posted FROM post_transfer(
+            p_capture, 'capture', p_amount, h.holds_account_id, ARRAY['holds'],
+            p_revenue, NULL, p_revenue_code, p_revenue_kind, h.lot_id, p_revenue_shard,
+            h.wallet_account_id, h.source, h.lot_id, h.hold_transfer_id, h.id, NULL, NULL,
+            p_capture_event, p_topic, p_event_key, p_capture_headers, p_capture_payload);
+        IF posted.refusal IS NOT NULL THEN
+            RETURN refused(posted.refusal);
+        END IF;
         IF h.amount > p_amount THEN
-            wallet_balance := move_balance(h.wallet_account_id, h.amount - p_amount);
-            PERFORM journal(p_release, 'release', h.amount - p_amount, h.holds_account_id,
-                            h.wallet_account_id, h.wallet_account_id, h.source, h.lot_id,
-                            h.hold_transfer_id, h.id, p_release_event, p_topic, p_event_key,
-                            p_release_headers, p_release_payload);
+            wallet_balance := release_hold(h, h.amount - p_amount, p_release, p_release_event,
+                                           p_topic, p_event_key, p_release_headers,
+                                           p_release_payload);
         END IF;
         UPDATE holds SET status = 'captured', captured_amount = p_amount,
                          capture_transfer_id = p_capture,

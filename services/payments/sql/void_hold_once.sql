@@ -1,5 +1,5 @@
--- All of the hold back to its wallet (payments_0002). Slots: %1$s the wallet balance,
--- %2$s settled_at.
+-- All of the hold back to its wallet (payments_0002, posted by release_hold since
+-- payments_0006). Slots: %1$s the wallet balance, %2$s settled_at.
 CREATE OR REPLACE FUNCTION void_hold_once(
     p_lock bigint, p_scope text, p_key text, p_fingerprint text,
     p_hold uuid, p_release uuid, p_event uuid, p_headers jsonb, p_payload bytea,
@@ -24,11 +24,8 @@ CREATE OR REPLACE FUNCTION void_hold_once(
             RETURN refused(pending.refusal);
         END IF;
         h := pending.hold;
-        wallet_balance := move_balance(h.wallet_account_id, h.amount);
-        PERFORM move_balance(h.holds_account_id, -h.amount);
-        PERFORM journal(p_release, 'release', h.amount, h.holds_account_id, h.wallet_account_id,
-                        h.wallet_account_id, h.source, h.lot_id, h.hold_transfer_id, h.id,
-                        p_event, p_topic, p_event_key, p_headers, p_payload);
+        wallet_balance := release_hold(h, h.amount, p_release, p_event, p_topic, p_event_key,
+                                       p_headers, p_payload);
         UPDATE holds SET status = 'voided', release_transfer_id = p_release, settled_at = now()
          WHERE id = h.id
         RETURNING settled_at INTO settled;

@@ -31,9 +31,7 @@ depends_on = None
 # In the order they are installed; their text is in services/payments/sql/.
 FUNCTIONS = (
     "refused",
-    "debit_wallet",
     "credit_system",
-    "move_balance",
     "journal",
     "charge_once",
     "place_hold_once",
