@@ -10,10 +10,14 @@ response in the same transaction as its effect: both commit or neither does, so 
 leaves no half-done key and a retry simply runs again. Only successful (2xx) responses are
 stored; an error rolls the whole transaction back, effect and key alike.
 
-Hot operations run the same protocol in one round trip: a PL/pgSQL function of the service
-calls `idempotency_claim` (the lock and the lookup), does its work, renders its answer from a
-`response_template` and calls `idempotency_store`; `Database.fetchrow` runs it in autocommit,
-so the effect and the key commit together, and `guarded_answer` reads what it returned.
+One protocol, in the database (shared/sql/, installed in a service's schema by
+shared.migrations.install_idempotency_guard): `idempotency_claim` takes the lock and looks the
+key up, `idempotency_store` stores the answer; both return an `idempotent_outcome`
+{outcome, status_code, media_type, body, detail}, and `guarded_answer` is its one reader.
+`Idempotency.call` runs claim and store around the caller's work in one transaction; a hot
+operation's PL/pgSQL function calls them itself, does its work, renders its answer from a
+`response_template`, and `Database.fetchrow` runs it in autocommit, so the effect and the key
+commit together in one round trip.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    TextClause,
     delete,
     func,
-    select,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -215,29 +219,42 @@ IdempotencyDep = Annotated[IdempotentRequest, Depends(idempotent_request)]
 
 
 class IdempotentCall:
-    def __init__(self, session: AsyncSession, table: Table, request: IdempotentRequest) -> None:
+    def __init__(self, session: AsyncSession, request: IdempotentRequest) -> None:
         self.session = session
-        self.table = table
         self.request = request
         self.replay: Response | None = None
 
     async def respond(self, status_code: int, payload: BaseModel | dict[str, Any]) -> Response:
-        """Render the response once and store those exact bytes with the key."""
+        """Render the response once and store those exact bytes with the key
+        (`idempotency_store`, in the transaction of the effect)."""
         if isinstance(payload, BaseModel):
             body = payload.model_dump_json().encode()
         else:
             body = orjson.dumps(payload)
-        await self.session.execute(
-            self.table.insert().values(
-                scope=self.request.scope,
-                key=self.request.key,
-                fingerprint=self.request.fingerprint,
-                status_code=status_code,
-                media_type=JSON,
-                body=body,
-            )
+        answer = await _guarded(
+            self.session,
+            _STORE,
+            {
+                "scope": self.request.scope,
+                "key": self.request.key,
+                "fingerprint": self.request.fingerprint,
+                "status": status_code,
+                "body": body,
+            },
         )
-        return Response(body, status_code, media_type=JSON)
+        assert answer is not None
+        return answer.response()
+
+
+_CLAIM = text("SELECT * FROM idempotency_claim(:lock, :scope, :key, :fingerprint)")
+_STORE = text("SELECT * FROM idempotency_store(:scope, :key, :fingerprint, :status, :body)")
+
+
+async def _guarded(
+    session: AsyncSession, statement: TextClause, parameters: dict[str, Any]
+) -> StoredAnswer | None:
+    """Run the guard's claim or store in the session's transaction and read its outcome."""
+    return guarded_answer((await session.execute(statement, parameters)).one()._asdict())
 
 
 class Idempotency:
@@ -247,34 +264,16 @@ class Idempotency:
 
     @asynccontextmanager
     async def call(self, request: IdempotentRequest) -> AsyncIterator[IdempotentCall]:
-        """Open the request's transaction, guarded by its key; `call.replay` is set on a replay."""
+        """Open the request's transaction, guarded by its key (`idempotency_claim`, read by
+        `guarded_answer` as the one-round-trip functions are); `call.replay` is set on a
+        replay."""
         async with self.database.transaction() as session:
-            locked = await session.scalar(
-                text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": request.lock_id}
-            )
-            if not locked:
-                raise IdempotencyKeyInFlight(
-                    "A request with this Idempotency-Key is still being processed; retry later."
-                )
-            stored = (
-                await session.execute(
-                    select(self.table).where(
-                        self.table.c.scope == request.scope, self.table.c.key == request.key
-                    )
-                )
-            ).first()
-            call = IdempotentCall(session, self.table, request)
-            if stored is not None:
-                if stored.fingerprint != request.fingerprint:
-                    raise IdempotencyKeyReused(
-                        "This Idempotency-Key was already used for a different request."
-                    )
-                call.replay = Response(
-                    stored.body,
-                    stored.status_code,
-                    media_type=stored.media_type,
-                    headers=REPLAYED_HEADER,
-                )
+            lock, scope, key, fingerprint = request.arguments()
+            parameters = {"lock": lock, "scope": scope, "key": key, "fingerprint": fingerprint}
+            answer = await _guarded(session, _CLAIM, parameters)
+            call = IdempotentCall(session, request)
+            if answer is not None:
+                call.replay = answer.response()
             yield call
 
     async def purge_expired(self, retention: timedelta = KEY_RETENTION) -> int:
