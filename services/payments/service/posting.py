@@ -18,16 +18,19 @@ from services.payments.service.errors import (
     UnknownAccount,
 )
 from shared.errors import ProblemError
-from shared.idempotency import refusal_detail
+from shared.idempotency import StoredAnswer, guarded_answer, refusal_detail
+
+
+def ledger_event(draft: TransferDraft) -> tuple[str, str, OutboxEvent]:
+    """The topic, key and `transfer.posted` event of a transfer, as the engine writes them."""
+    event = OutboxEvent.of(events.transfer_posted(draft))
+    return events.LEDGER_TOPIC, events.ledger_key(draft), event
 
 
 async def post(session: AsyncSession, draft: TransferDraft) -> PostedTransfer:
     """Post one transfer and its `transfer.posted` event, or raise why it cannot be posted."""
-    event = OutboxEvent.of(events.transfer_posted(draft))
     try:
-        row = await journal.post_transfer(
-            session, draft, events.LEDGER_TOPIC, events.ledger_key(draft), event
-        )
+        row = await journal.post_transfer(session, draft, *ledger_event(draft))
     except IntegrityError as error:
         constraint = getattr(getattr(error.orig, "__cause__", None), "constraint_name", None)
         if constraint == "transfers_pkey":
@@ -36,6 +39,14 @@ async def post(session: AsyncSession, draft: TransferDraft) -> PostedTransfer:
     if row.refusal is not None:
         raise refusal_of({"outcome": "refused", "detail": row.refusal}, draft)
     return PostedTransfer(int(row.debit_balance), int(row.credit_balance), row.posted_at)
+
+
+def answer_of(outcome: Outcome, draft: TransferDraft) -> StoredAnswer:
+    """The answer of a one-round-trip function that posts `draft`, or why it posted nothing."""
+    answer = guarded_answer(outcome)
+    if answer is None:
+        raise refusal_of(outcome, draft)
+    return answer
 
 
 def refusal_of(outcome: Outcome, draft: TransferDraft) -> ProblemError:

@@ -4,32 +4,24 @@
 CREATE OR REPLACE FUNCTION capture_hold_once(
     p_lock bigint, p_scope text, p_key text, p_fingerprint text,
     p_hold uuid, p_amount bigint,
-    p_capture uuid, p_revenue uuid, p_revenue_code text, p_revenue_kind text,
-    p_revenue_shard smallint, p_capture_event uuid, p_capture_headers jsonb,
-    p_capture_payload bytea,
+    p_revenue uuid, p_revenue_code text, p_revenue_kind text, p_revenue_shard smallint,
+    p_capture uuid, p_capture_event uuid, p_capture_headers jsonb, p_capture_payload bytea,
     p_release uuid, p_release_event uuid, p_release_headers jsonb, p_release_payload bytea,
     p_topic text, p_event_key text, p_template text
 ) RETURNS idempotent_outcome LANGUAGE plpgsql AS $$
     DECLARE
-        result idempotent_outcome;
-        pending record;
+        claimed record;
         posted record;
         h holds;
         wallet_balance bigint;
         settled timestamptz;
     BEGIN
-        result := idempotency_claim(p_lock, p_scope, p_key, p_fingerprint);
-        IF result.outcome IS NOT NULL THEN
-            RETURN result;
+        SELECT * INTO claimed FROM claim_hold(p_lock, p_scope, p_key, p_fingerprint, p_hold,
+                                              p_capture IS NOT NULL, true);
+        IF (claimed.outcome).outcome IS NOT NULL THEN
+            RETURN claimed.outcome;
         END IF;
-        IF p_capture IS NULL THEN  -- the hold did not exist when the caller looked
-            RETURN refused(jsonb_build_object('code', 'hold_not_found'));
-        END IF;
-        SELECT * INTO pending FROM pending_hold(p_hold, true);
-        IF pending.refusal IS NOT NULL THEN
-            RETURN refused(pending.refusal);
-        END IF;
-        h := pending.hold;
+        h := claimed.hold;
         IF p_amount > h.amount THEN
             RETURN refused(jsonb_build_object('code', 'capture_exceeds_hold', 'held', h.amount));
         END IF;

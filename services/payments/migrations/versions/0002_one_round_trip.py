@@ -35,7 +35,6 @@ FUNCTIONS = (
     "journal",
     "charge_once",
     "place_hold_once",
-    "pending_hold",
     "capture_hold_once",
     "void_hold_once",
     "parking_payment_request_once",

@@ -18,8 +18,6 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from shared.migrations import install_functions
-
 revision = "payments_0003"
 down_revision = "payments_0002"
 branch_labels = None
@@ -27,8 +25,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    install_functions("payments", "assert_transfer_balanced")
+    """Nothing to do: payments_0004 installs the current text (see shared.migrations)."""
 
 
 def downgrade() -> None:
-    """Nothing to undo: the function keeps its current text (see shared.migrations)."""
+    """Nothing to undo."""

@@ -5,7 +5,8 @@ one-round-trip functions through `journal`: two engines, with a journal that nev
 payment_request_id or bank_notification_id, another error for a short non-wallet account and
 another lock order. Now both call `post_transfer` (the wallet first, then the other account;
 `debit_account`, `credit_account`, `credit_system`, then `journal`), and a refusal of either
-says the same thing. `release_hold` is the release of a void, of a capture's rest.
+says the same thing. `release_hold` is the release of a void, of a capture's rest;
+`claim_hold` (was `pending_hold`) the start of both.
 
 Revision ID: payments_0006
 Revises: payments_0005
@@ -21,7 +22,7 @@ down_revision = "payments_0005"
 branch_labels = None
 depends_on = None
 
-CREATED = ("debit_account", "credit_account", "post_transfer", "release_hold")
+CREATED = ("debit_account", "credit_account", "post_transfer", "release_hold", "claim_hold")
 
 
 def upgrade() -> None:
@@ -36,7 +37,7 @@ def upgrade() -> None:
         "capture_hold_once",
         "void_hold_once",
     )
-    drop_functions("debit_wallet", "move_balance")
+    drop_functions("debit_wallet", "move_balance", "pending_hold")
 
 
 def downgrade() -> None:
