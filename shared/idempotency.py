@@ -58,7 +58,6 @@ M = TypeVar("M", bound=BaseModel)
 
 KEY_RETENTION = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
-JSON: Final = "application/json"
 REPLAYED_HEADER: Final = {"Idempotent-Replayed": "true"}
 
 
