@@ -192,7 +192,7 @@ async def list_sessions(
     plate mismatches and repeated entries for an operator to check."""
     async with context.db.transaction() as session:
         return await session_reads.list_sessions(
-            Work(session, context),
+            Work(context=context, session=session),
             lot_id=lot_id,
             status=status,
             needs_review=needs_review,
@@ -233,7 +233,7 @@ async def list_disputes(
 ) -> list[DisputeRead]:
     """Drivers' disputes, oldest first (`status=open`: the operators' queue)."""
     async with context.db.transaction() as session:
-        return await disputes.list_disputes(Work(session, context), status, limit)
+        return await disputes.list_disputes(Work(context=context, session=session), status, limit)
 
 
 @admin.post(

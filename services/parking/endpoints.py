@@ -60,7 +60,7 @@ from services.parking.schemas import (
     TariffRead,
 )
 from services.parking.tariffs import VehicleType
-from services.parking.work import LaneWork, PendingNonce, Undo, Work
+from services.parking.work import LaneWork, PendingNonce, Undo, Work, transaction
 from shared.devicesigning import DeviceAuthError, nonce_key
 from shared.errors import PROBLEM_CONTENT, Unprocessable
 from shared.idempotency import (
@@ -116,14 +116,8 @@ lanes = APIRouter(prefix="/v1", tags=["lanes"], responses=problems(DEVICE_AUTH))
 async def in_transaction(
     context: Parking, action: Callable[[Work], Awaitable[BaseModel]]
 ) -> BaseModel:
-    undo = Undo()
-    try:
-        async with context.db.transaction() as session:
-            result = await action(Work(session, context, undo))
-    except BaseException:
-        await undo.run()
-        raise
-    return result
+    async with transaction(context) as work:
+        return await action(work)
 
 
 LANE_BODY_LIMIT = 16 * 1024  # a lane event is well under 1 KiB
@@ -180,7 +174,11 @@ async def _lane_decision(
     with context.decisions.admit():
         lane = await lane_sql.LaneConnection.open(context.db)
         try:
-            response = await decide(LaneWork(lane.connection, context, key, nonce, undo))
+            response = await decide(
+                LaneWork(
+                    context=context, connection=lane.connection, request=key, nonce=nonce, undo=undo
+                )
+            )
             await nonce.claim()  # a replayed answer too
         except BaseException:
             await undo.run()
@@ -201,7 +199,9 @@ async def _decide(
             async with context.idempotency.call(key) as call:
                 if call.replay is not None:
                     return call.replay
-                result = await action(Work(call.session, context, undo))
+                work = Work(context=context, session=call.session, undo=undo)
+                result = await action(work)
+                await work.flush()
                 response = await call.respond(200, result)
         except BaseException:
             await undo.run()
@@ -441,7 +441,9 @@ async def get_session(
 ) -> SessionRead:
     """One session in full (plate unmasked): for a signed device of its lot, or operators."""
     async with context.db.transaction() as session:
-        return await session_reads.get_session(Work(session, context), device, session_id)
+        return await session_reads.get_session(
+            Work(context=context, session=session), device, session_id
+        )
 
 
 # Receipts and disputes (drivers) ----------------------------------------------------------------
@@ -513,7 +515,7 @@ async def find_receipt(
     """
     await context.receipt_lookups.hit(context.runtime.kv, client_address(request))
     async with context.db.transaction() as session:
-        return await receipts.find_receipt(Work(session, context), plate, code)
+        return await receipts.find_receipt(Work(context=context, session=session), plate, code)
 
 
 @public.post(
@@ -559,4 +561,6 @@ async def receipt_disputes(
 ) -> list[DisputeRead]:
     """The disputes of a session and how they were resolved (with the exit's receipt token)."""
     async with context.db.transaction() as session:
-        return await disputes.disputes_of_receipt(Work(session, context), session_id, token)
+        return await disputes.disputes_of_receipt(
+            Work(context=context, session=session), session_id, token
+        )

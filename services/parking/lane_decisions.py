@@ -28,10 +28,11 @@ from services.parking.schemas import (
     Occupancy,
     SessionStatus,
 )
+from services.parking.session_state import SessionState
 from services.parking.settlement import close_as_debt, exit_decision, price_exit, settle_exit
 from services.parking.tariffs import VehicleType, tariff_in_force
 from services.parking.vehicles import parse_plate
-from services.parking.work import LaneWork, SessionRow
+from services.parking.work import LaneWork
 from shared.errors import Conflict, Forbidden, Unprocessable
 from shared.ids import new_id
 
@@ -222,12 +223,10 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     if who.open_session_id is not None:
         existing = await work.fetchrow(lane_sql.LOCK_SESSION, who.open_session_id)
         if existing is not None and existing["status"] != SessionStatus.closed.value:
-            return await _answer(
-                work, await _already_inside(work, lane_sql.session_state(existing), body)
-            )
+            return await _answer(work, await _already_inside(work, SessionState.of(existing), body))
     count = await work.admit(lot.lot_id, vehicle_type)
     if not count.admitted:
-        await work.publish(
+        work.publish(
             events.OCCUPANCY_TOPIC,
             lot.lot_id,
             events.entry_refused(lot.lot_id, lane.lane_id, vehicle_type, count, who.plate.masked()),
@@ -337,7 +336,7 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     work.events = []
     raced = await work.fetchrow(lane_sql.LOCK_OPEN_SESSION, lot.lot_id, who.plate.key)
     assert raced is not None
-    return await _answer(work, await _already_inside(work, lane_sql.session_state(raced), body))
+    return await _answer(work, await _already_inside(work, SessionState.of(raced), body))
 
 
 async def _answer(work: LaneWork, decision: BaseModel) -> Response:
@@ -381,11 +380,11 @@ async def _place_hold(
     return hold.hold_id, hold.amount, "held"
 
 
-async def _already_inside(work: LaneWork, row: SessionRow, body: EntryCreate) -> EntryDecision:
+async def _already_inside(work: LaneWork, row: SessionState, body: EntryCreate) -> EntryDecision:
     reasons = list(row.review_reasons)
     if body.occurred_at - row.entry_at > REPEAT_ENTRY_AFTER and "repeat_entry" not in reasons:
         reasons.append("repeat_entry")  # an exit was probably missed: an operator looks
-        row = await work.update_session(row, review_reasons=reasons)
+        row = work.update_session(row, review_reasons=reasons)
     counts = await work.context.occupancy.read(row.lot_id)
     count = counts[VehicleType(row.vehicle_type)]
     return EntryDecision(
@@ -441,7 +440,7 @@ async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
             f"No vehicle {who.plate.display} is inside lot {lot.lot_id}: no entry was recorded.",
             code="no_open_session",
         )
-    row: SessionRow = lane_sql.session_state(session)
+    row: SessionState = SessionState.of(session)
     if row.status == SessionStatus.awaiting_payment.value:
         if body.offline:  # the lane lost its link while the VietQR was shown, and let it out
             row = await close_as_debt(work, row)

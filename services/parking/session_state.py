@@ -1,0 +1,96 @@
+"""A parking session as the rules read it: one typed, frozen value per row of `sessions`.
+
+The repository layer (session_queries.py, lane_sql.py) builds it from what PostgreSQL returns;
+the rules never change it in place: `UnitOfWork.update_session` makes the next state and
+writes the change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import RowMapping
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    session_id: uuid.UUID
+    lot_id: str
+    status: str
+    vehicle_type: str
+    plate_key: str
+    plate: str
+    entry_method: str
+    entry_lane_id: str
+    entry_device_id: str | None
+    entry_at: datetime
+    entry_recorded_at: datetime
+    entry_confidence: float | None
+    entry_image_ref: str | None
+    vehicle_id: uuid.UUID | None
+    wallet_account_id: uuid.UUID | None
+    hold_id: uuid.UUID | None
+    hold_amount: int | None
+    hold_status: str | None
+    review_reasons: list[str]
+    exit_lane_id: str | None
+    exit_device_id: str | None
+    exit_at: datetime | None
+    exit_recorded_at: datetime | None
+    exit_confidence: float | None
+    exit_image_ref: str | None
+    exit_offline: bool
+    fee: int | None
+    priced: dict[str, Any] | None
+    settlement: str | None
+    paid_amount: int
+    debt_status: str | None
+    debt_next_attempt_at: datetime | None
+    payment_request_id: uuid.UUID | None
+    payment_reference: str | None
+    payment_qr: str | None
+    payment_amount: int | None
+    payment_requested_at: datetime | None
+    closed_at: datetime | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any] | RowMapping) -> SessionState:
+        """From a row of `sessions` (an asyncpg Record or a SQLAlchemy row's mapping)."""
+        values = {name: row[name] for name in SESSION_FIELDS}
+        if isinstance(values["priced"], str):  # a plain asyncpg connection gives JSON as text
+            values["priced"] = orjson.loads(values["priced"])
+        return cls(**values)
+
+    @property
+    def left_at(self) -> datetime:
+        """The exit time of a session that has one (at the barrier or closed)."""
+        assert self.exit_at is not None, f"session {self.session_id} has no exit"
+        return self.exit_at
+
+    @property
+    def priced_fee(self) -> int:
+        """The fee of a session that was priced (every session past its exit read)."""
+        assert self.fee is not None, f"session {self.session_id} is not priced"
+        return self.fee
+
+    @property
+    def qr_shown_at(self) -> datetime:
+        """When the VietQR of a session waiting at the barrier was first shown."""
+        assert self.payment_requested_at is not None, f"session {self.session_id} has no VietQR"
+        return self.payment_requested_at
+
+    @property
+    def wallet(self) -> uuid.UUID:
+        """The vehicle wallet of a registered session."""
+        assert self.wallet_account_id is not None, f"session {self.session_id} has no wallet"
+        return self.wallet_account_id
+
+
+SESSION_FIELDS = tuple(field.name for field in dataclasses.fields(SessionState))
