@@ -113,13 +113,6 @@ OVERLOADED = (503, "`overloaded`: too many decisions in progress; retry after `R
 lanes = APIRouter(prefix="/v1", tags=["lanes"], responses=problems(DEVICE_AUTH))
 
 
-async def in_transaction(
-    context: Parking, action: Callable[[Work], Awaitable[BaseModel]]
-) -> BaseModel:
-    async with transaction(context) as work:
-        return await action(work)
-
-
 LANE_BODY_LIMIT = 16 * 1024  # a lane event is well under 1 KiB
 
 
@@ -394,13 +387,8 @@ async def exit_status(
     `decision` turns `open` (`paid_by_vietqr`) as soon as the bank's notification reached
     payments and parking; a signed device of the lot or an operator may ask.
     """
-
-    async def read(work: Work) -> ExitDecision:
+    async with transaction(context) as work:
         return await settlement.exit_status(work, device, session_id)
-
-    result = await in_transaction(context, read)
-    assert isinstance(result, ExitDecision)
-    return result
 
 
 @lanes.post(
@@ -440,10 +428,8 @@ async def get_session(
     session_id: uuid.UUID, device: DeviceOrAdminDep, context: ParkingDep
 ) -> SessionRead:
     """One session in full (plate unmasked): for a signed device of its lot, or operators."""
-    async with context.db.transaction() as session:
-        return await session_reads.get_session(
-            Work(context=context, session=session), device, session_id
-        )
+    async with transaction(context) as work:
+        return await session_reads.get_session(work, device, session_id)
 
 
 # Receipts and disputes (drivers) ----------------------------------------------------------------
@@ -463,13 +449,8 @@ async def get_receipt(
 ) -> ReceiptRead:
     """The receipt of a parking session: lot, masked plate, times (Hanoi), the tariff rules
     applied, amount, payment reference, and what is still owed (with its VietQR)."""
-
-    async def read(work: Work) -> ReceiptRead:
+    async with transaction(context) as work:
         return await receipts.receipt(work, session_id, token)
-
-    result = await in_transaction(context, read)
-    assert isinstance(result, ReceiptRead)
-    return result
 
 
 @public.get(
@@ -514,8 +495,8 @@ async def find_receipt(
     `PARKING_RECEIPT_LOOKUP_HORIZON` (90 days).
     """
     await context.receipt_lookups.hit(context.runtime.kv, client_address(request))
-    async with context.db.transaction() as session:
-        return await receipts.find_receipt(Work(context=context, session=session), plate, code)
+    async with transaction(context) as work:
+        return await receipts.find_receipt(work, plate, code)
 
 
 @public.post(
@@ -537,13 +518,8 @@ async def open_dispute(
     (`wrong_times`, with the claimed times), or `other`. An operator resolves it; an accepted
     dispute is refunded through payments. `token` must be the receipt token shown at the exit
     lane: a lookup's read token is refused (403)."""
-
-    async def act(work: Work) -> DisputeRead:
+    async with transaction(context) as work:
         return await disputes.open_dispute(work, session_id, token, body)
-
-    result = await in_transaction(context, act)
-    assert isinstance(result, DisputeRead)
-    return result
 
 
 @public.get(
@@ -560,7 +536,5 @@ async def receipt_disputes(
     session_id: uuid.UUID, token: ReceiptToken, context: ParkingDep
 ) -> list[DisputeRead]:
     """The disputes of a session and how they were resolved (with the exit's receipt token)."""
-    async with context.db.transaction() as session:
-        return await disputes.disputes_of_receipt(
-            Work(context=context, session=session), session_id, token
-        )
+    async with transaction(context) as work:
+        return await disputes.disputes_of_receipt(work, session_id, token)

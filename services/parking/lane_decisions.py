@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from services.parking import events, lane_sql, plates, tokens
 from services.parking.context import Device, Lane, Lot, Parking
+from services.parking.occupancy import Count
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable
 from services.parking.schemas import (
     Direction,
@@ -231,22 +232,8 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
             lot.lot_id,
             events.entry_refused(lot.lot_id, lane.lane_id, vehicle_type, count, who.plate.masked()),
         )
-        refused = EntryDecision(
-            decision=EntryOutcome.full,
-            reason="lot_full",
-            session_id=None,
-            lot_id=lot.lot_id,
-            lane_id=lane.lane_id,
-            vehicle_type=vehicle_type,
-            plate=who.plate.display,
-            registered=who.vehicle is not None,
-            hold_amount=None,
-            hold_status=None,
-            needs_review=bool(who.review),
-            review_reasons=list(who.review),
-            occupancy=Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free),
-            outstanding_debt=await work.outstanding_debt(who.plate.key),
-            entry_at=None,
+        refused = await _first_seen(
+            work, who, lane, vehicle_type, count, session_id=None, hold=(None, None), entry_at=None
         )
         return await _answer(work, refused)
     work.undo.add(lambda: context.occupancy.release(lot.lot_id, vehicle_type))
@@ -290,21 +277,14 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
             ),
         ),
     ]
-    decision = EntryDecision(
-        decision=EntryOutcome.open,
-        reason="entered",
+    decision = await _first_seen(
+        work,
+        who,
+        lane,
+        vehicle_type,
+        count,
         session_id=session_id,
-        lot_id=lot.lot_id,
-        lane_id=lane.lane_id,
-        vehicle_type=vehicle_type,
-        plate=who.plate.display,
-        registered=who.vehicle is not None,
-        hold_amount=held,
-        hold_status=hold_status,
-        needs_review=bool(who.review),
-        review_reasons=list(who.review),
-        occupancy=Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free),
-        outstanding_debt=await work.outstanding_debt(who.plate.key),
+        hold=(held, hold_status),
         entry_at=body.occurred_at,
     )
     new_session = {
@@ -337,6 +317,43 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     raced = await work.fetchrow(lane_sql.LOCK_OPEN_SESSION, lot.lot_id, who.plate.key)
     assert raced is not None
     return await _answer(work, await _already_inside(work, SessionState.of(raced), body))
+
+
+async def _first_seen(
+    work: LaneWork,
+    who: Identified,
+    lane: Lane,
+    vehicle_type: VehicleType,
+    count: Count,
+    *,
+    session_id: uuid.UUID | None,
+    hold: tuple[int | None, str | None],
+    entry_at: datetime | None,
+) -> EntryDecision:
+    """The answer to a vehicle not inside yet: entered (its new session) or refused (full)."""
+    entered = session_id is not None
+    hold_amount, hold_status = hold
+    return EntryDecision(
+        decision=EntryOutcome.open if entered else EntryOutcome.full,
+        reason="entered" if entered else "lot_full",
+        session_id=session_id,
+        lot_id=lane.lot_id,
+        lane_id=lane.lane_id,
+        vehicle_type=vehicle_type,
+        plate=who.plate.display,
+        registered=who.vehicle is not None,
+        hold_amount=hold_amount,
+        hold_status=hold_status,
+        needs_review=bool(who.review),
+        review_reasons=list(who.review),
+        occupancy=_occupancy(count),
+        outstanding_debt=await work.outstanding_debt(who.plate.key),
+        entry_at=entry_at,
+    )
+
+
+def _occupancy(count: Count) -> Occupancy:
+    return Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free)
 
 
 async def _answer(work: LaneWork, decision: BaseModel) -> Response:
@@ -400,7 +417,7 @@ async def _already_inside(work: LaneWork, row: SessionState, body: EntryCreate) 
         hold_status=row.hold_status,
         needs_review=bool(reasons),
         review_reasons=reasons,
-        occupancy=Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free),
+        occupancy=_occupancy(count),
         outstanding_debt=await work.outstanding_debt(row.plate_key),
         entry_at=row.entry_at,
     )

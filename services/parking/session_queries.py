@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Result, Select, func, select, text, update
+from sqlalchemy import ColumnElement, Result, Select, Table, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,7 +40,7 @@ async def get_session(
 ) -> SessionState | None:
     query = select(sessions).where(sessions.c.session_id == session_id)
     if lock:
-        # The lanes' lock on the session (they hold no row lock: see lane decisions below).
+        # The lanes' lock on the session (they hold no row lock: see lane_sql.py).
         await session.execute(
             text("SELECT pg_advisory_xact_lock(session_lock(:id))"), {"id": session_id}
         )
@@ -147,17 +147,15 @@ async def holds_to_release(session: AsyncSession, limit: int) -> list[SessionSta
 async def sessions_exited_between(
     session: AsyncSession, lot_id: str, since: datetime, until: datetime
 ) -> list[SessionState]:
-    return _states(
-        await session.execute(
-            select(sessions)
-            .where(
-                sessions.c.lot_id == lot_id,
-                sessions.c.exit_at >= since,
-                sessions.c.exit_at < until,
-            )
-            .order_by(sessions.c.exit_at)
-        )
-    )
+    query = _of_lot_between(sessions, sessions.c.exit_at, lot_id, since, until)
+    return _states(await session.execute(query.order_by(sessions.c.exit_at)))
+
+
+def _of_lot_between(
+    table: Table, moment: ColumnElement[datetime], lot_id: str, since: datetime, until: datetime
+) -> Select[Any]:
+    """A lot's rows of `table` whose `moment` lies in [since, until)."""
+    return select(table).where(table.c.lot_id == lot_id, moment >= since, moment < until)
 
 
 # Money seen for sessions ------------------------------------------------------------------------
@@ -179,9 +177,11 @@ async def _rows_where_in(
     session: AsyncSession, query: Select[Any], column: Any, values: Sequence[uuid.UUID]
 ) -> Sequence[Record]:
     """The rows of `query` whose `column` is one of `values` (none asked, none read)."""
-    if not values:
-        return []
-    rows: Sequence[Record] = (await session.execute(query.where(column.in_(values)))).all()
+    return await _rows(session, query.where(column.in_(values))) if values else []
+
+
+async def _rows(session: AsyncSession, query: Select[Any]) -> Sequence[Record]:
+    rows: Sequence[Record] = (await session.execute(query)).all()
     return rows
 
 
@@ -204,31 +204,17 @@ async def payments_by_transfer(
 async def session_payments_between(
     session: AsyncSession, lot_id: str, since: datetime, until: datetime
 ) -> Sequence[Record]:
-    return (
-        await session.execute(
-            select(session_payments).where(
-                session_payments.c.lot_id == lot_id,
-                session_payments.c.posted_at >= since,
-                session_payments.c.posted_at < until,
-            )
-        )
-    ).all()
+    moment = session_payments.c.posted_at
+    query = _of_lot_between(session_payments, moment, lot_id, since, until)
+    return await _rows(session, query)
 
 
 async def ledger_transfers_between(
     session: AsyncSession, lot_id: str, since: datetime, until: datetime
 ) -> Sequence[Record]:
-    return (
-        await session.execute(
-            select(ledger_transfers)
-            .where(
-                ledger_transfers.c.lot_id == lot_id,
-                ledger_transfers.c.posted_at >= since,
-                ledger_transfers.c.posted_at < until,
-            )
-            .order_by(ledger_transfers.c.posted_at)
-        )
-    ).all()
+    moment = ledger_transfers.c.posted_at
+    query = _of_lot_between(ledger_transfers, moment, lot_id, since, until)
+    return await _rows(session, query.order_by(moment))
 
 
 async def sessions_of_requests(
@@ -267,17 +253,9 @@ async def overrides_of_sessions(
 async def overrides_between(
     session: AsyncSession, lot_id: str, since: datetime, until: datetime
 ) -> Sequence[Record]:
-    return (
-        await session.execute(
-            select(overrides)
-            .where(
-                overrides.c.lot_id == lot_id,
-                overrides.c.created_at >= since,
-                overrides.c.created_at < until,
-            )
-            .order_by(overrides.c.created_at)
-        )
-    ).all()
+    moment = overrides.c.created_at
+    query = _of_lot_between(overrides, moment, lot_id, since, until)
+    return await _rows(session, query.order_by(moment))
 
 
 async def insert_dispute(session: AsyncSession, **values: Any) -> Record | None:
