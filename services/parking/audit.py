@@ -39,7 +39,7 @@ from services.parking.audit_schemas import (
 from services.parking.payments import PaymentsClient, PaymentsRefused, PaymentsUnavailable
 from services.parking.repository import Record
 from services.parking.schemas import OverrideAction, SessionStatus, Settlement
-from services.parking.session_state import SessionState
+from services.parking.session_state import Override, PaymentSeen, SessionState
 from services.parking.tariffs import HANOI_TZ, Tariff, TariffError, VehicleType, price_session
 
 
@@ -59,12 +59,12 @@ class DayFacts:
     lot_id: str
     day: date
     sessions: Sequence[SessionState]
-    session_payments: Sequence[Record]  # every payment of those sessions, any day
-    payments_that_day: Sequence[Record]  # parking's records of payments posted that day
+    session_payments: Sequence[PaymentSeen]  # every payment of those sessions, any day
+    payments_that_day: Sequence[PaymentSeen]  # parking's records of payments posted that day
     observed: Sequence[Record]  # the lot's revenue movements seen on the ledger that day
     linked: dict[uuid.UUID, uuid.UUID]  # observed transfer → session, when parking knows it
     overridden: frozenset[uuid.UUID]
-    overrides: Sequence[Record]
+    overrides: Sequence[Override]
     tariffs: Sequence[Tariff]
     reported: RevenueReported | None
     problems: Sequence[str]

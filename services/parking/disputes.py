@@ -10,7 +10,6 @@ import uuid
 from services.parking import events, session_queries
 from services.parking.overrides import apply_override, override_read
 from services.parking.receipts import closed_session_with_token
-from services.parking.repository import Record
 from services.parking.schemas import (
     DisputeCreate,
     DisputeRead,
@@ -20,13 +19,14 @@ from services.parking.schemas import (
     OverrideAction,
     OverrideCreate,
 )
+from services.parking.session_state import Dispute
 from services.parking.tokens import ReceiptScope
 from services.parking.work import Work
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.ids import new_id
 
 
-async def _dispute_read(work: Work, row: Record) -> DisputeRead:
+async def _dispute_read(work: Work, row: Dispute) -> DisputeRead:
     override = (
         await session_queries.get_override(work.session, row.override_id)
         if row.override_id

@@ -9,7 +9,6 @@ from typing import Any
 
 from services.parking import events, session_queries
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable
-from services.parking.repository import Record
 from services.parking.schemas import (
     DebtStatus,
     OverrideAction,
@@ -18,7 +17,7 @@ from services.parking.schemas import (
     SessionStatus,
     Settlement,
 )
-from services.parking.session_state import SessionState
+from services.parking.session_state import Override, SessionState
 from services.parking.settlement import (
     WALLET_KINDS,
     close_as_debt,
@@ -34,7 +33,7 @@ from shared.ids import new_id
 logger = logging.getLogger("citypass.parking")
 
 
-def override_read(row: Record) -> OverrideRead:
+def override_read(row: Override) -> OverrideRead:
     return OverrideRead(
         override_id=row.override_id,
         session_id=row.session_id,

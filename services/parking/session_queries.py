@@ -19,7 +19,7 @@ from services.parking.repository import (
     session_payments,
     sessions,
 )
-from services.parking.session_state import SessionState
+from services.parking.session_state import Dispute, Override, PaymentSeen, SessionState
 
 RECEIPT_LOOKUP_SCAN = 2000  # a plate's sessions a receipt code is checked against
 
@@ -187,10 +187,11 @@ async def _rows(session: AsyncSession, query: Select[Any]) -> Sequence[Record]:
 
 async def payments_of_sessions(
     session: AsyncSession, session_ids: Sequence[uuid.UUID]
-) -> Sequence[Record]:
-    return await _rows_where_in(
+) -> list[PaymentSeen]:
+    rows = await _rows_where_in(
         session, select(session_payments), session_payments.c.session_id, session_ids
     )
+    return [PaymentSeen(**row._mapping) for row in rows]
 
 
 async def payments_by_transfer(
@@ -203,10 +204,10 @@ async def payments_by_transfer(
 
 async def session_payments_between(
     session: AsyncSession, lot_id: str, since: datetime, until: datetime
-) -> Sequence[Record]:
+) -> list[PaymentSeen]:
     moment = session_payments.c.posted_at
     query = _of_lot_between(session_payments, moment, lot_id, since, until)
-    return await _rows(session, query)
+    return [PaymentSeen(**row._mapping) for row in await _rows(session, query)]
 
 
 async def ledger_transfers_between(
@@ -231,76 +232,76 @@ async def sessions_of_requests(
 # Overrides and disputes -------------------------------------------------------------------------
 
 
-async def insert_override(session: AsyncSession, **values: Any) -> Record:
-    row: Record = (
-        await session.execute(insert(overrides).values(**values).returning(overrides))
-    ).one()
-    return row
+async def insert_override(session: AsyncSession, **values: Any) -> Override:
+    row = (await session.execute(insert(overrides).values(**values).returning(overrides))).one()
+    return Override(**row._mapping)
 
 
-async def get_override(session: AsyncSession, override_id: uuid.UUID) -> Record | None:
-    return (
-        await session.execute(select(overrides).where(overrides.c.override_id == override_id))
-    ).first()
+async def get_override(session: AsyncSession, override_id: uuid.UUID) -> Override | None:
+    query = select(overrides).where(overrides.c.override_id == override_id)
+    row = (await session.execute(query)).first()
+    return None if row is None else Override(**row._mapping)
 
 
 async def overrides_of_sessions(
     session: AsyncSession, session_ids: Sequence[uuid.UUID]
-) -> Sequence[Record]:
-    return await _rows_where_in(session, select(overrides), overrides.c.session_id, session_ids)
+) -> list[Override]:
+    rows = await _rows_where_in(session, select(overrides), overrides.c.session_id, session_ids)
+    return [Override(**row._mapping) for row in rows]
 
 
 async def overrides_between(
     session: AsyncSession, lot_id: str, since: datetime, until: datetime
-) -> Sequence[Record]:
+) -> list[Override]:
     moment = overrides.c.created_at
     query = _of_lot_between(overrides, moment, lot_id, since, until)
-    return await _rows(session, query.order_by(moment))
+    return [Override(**row._mapping) for row in await _rows(session, query.order_by(moment))]
 
 
-async def insert_dispute(session: AsyncSession, **values: Any) -> Record | None:
+def _dispute(row: Record | None) -> Dispute | None:
+    return None if row is None else Dispute(**row._mapping)
+
+
+async def insert_dispute(session: AsyncSession, **values: Any) -> Dispute | None:
     """The new dispute, or None when the session already has an open one."""
-    row: Record | None = (
-        await session.execute(
-            insert(disputes)
-            .values(**values)
-            .on_conflict_do_nothing(
-                index_elements=[disputes.c.session_id], index_where=text("status = 'open'")
+    return _dispute(
+        (
+            await session.execute(
+                insert(disputes)
+                .values(**values)
+                .on_conflict_do_nothing(
+                    index_elements=[disputes.c.session_id], index_where=text("status = 'open'")
+                )
+                .returning(disputes)
             )
-            .returning(disputes)
-        )
-    ).first()
-    return row
+        ).first()
+    )
 
 
 async def get_dispute(
     session: AsyncSession, dispute_id: uuid.UUID, *, lock: bool = False
-) -> Record | None:
+) -> Dispute | None:
     query = select(disputes).where(disputes.c.dispute_id == dispute_id)
     if lock:
         query = query.with_for_update()
-    return (await session.execute(query)).first()
+    return _dispute((await session.execute(query)).first())
 
 
-async def disputes_of_session(session: AsyncSession, session_id: uuid.UUID) -> Sequence[Record]:
-    return (
-        await session.execute(
-            select(disputes)
-            .where(disputes.c.session_id == session_id)
-            .order_by(disputes.c.created_at)
-        )
-    ).all()
+async def disputes_of_session(session: AsyncSession, session_id: uuid.UUID) -> list[Dispute]:
+    query = select(disputes).where(disputes.c.session_id == session_id)
+    rows = await _rows(session, query.order_by(disputes.c.created_at))
+    return [Dispute(**row._mapping) for row in rows]
 
 
-async def list_disputes(session: AsyncSession, status: str | None, limit: int) -> Sequence[Record]:
+async def list_disputes(session: AsyncSession, status: str | None, limit: int) -> list[Dispute]:
     query = select(disputes).order_by(disputes.c.created_at).limit(limit)
     if status is not None:
         query = query.where(disputes.c.status == status)
-    return (await session.execute(query)).all()
+    return [Dispute(**row._mapping) for row in await _rows(session, query)]
 
 
-async def update_dispute(session: AsyncSession, dispute_id: uuid.UUID, **values: Any) -> Record:
-    row: Record = (
+async def update_dispute(session: AsyncSession, dispute_id: uuid.UUID, **values: Any) -> Dispute:
+    row = (
         await session.execute(
             update(disputes)
             .where(disputes.c.dispute_id == dispute_id)
@@ -308,4 +309,4 @@ async def update_dispute(session: AsyncSession, dispute_id: uuid.UUID, **values:
             .returning(disputes)
         )
     ).one()
-    return row
+    return Dispute(**row._mapping)

@@ -94,3 +94,50 @@ class SessionState:
 
 
 SESSION_FIELDS = tuple(field.name for field in dataclasses.fields(SessionState))
+
+
+# What hangs on a session: the money seen for it, operators' overrides, drivers' disputes.
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSeen:
+    """A row of `session_payments`: money moved for a session, once per transfer."""
+
+    transfer_id: uuid.UUID
+    session_id: uuid.UUID
+    lot_id: str
+    kind: str  # capture, charge, vietqr or refund
+    amount: int  # signed: refunds are negative
+    reference: str | None
+    posted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    override_id: uuid.UUID
+    session_id: uuid.UUID
+    lot_id: str
+    action: str
+    operator: str
+    reason: str
+    fee_before: int | None
+    fee_after: int | None
+    refund_amount: int
+    refund_status: str | None
+    details: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Dispute:
+    dispute_id: uuid.UUID
+    session_id: uuid.UUID
+    status: str
+    reason: str
+    detail: str
+    claimed_entry_at: datetime | None
+    claimed_exit_at: datetime | None
+    created_at: datetime
+    resolved_at: datetime | None
+    resolution_note: str | None
+    override_id: uuid.UUID | None
