@@ -9,7 +9,7 @@ from services.parking.session_state import SESSION_FIELDS
 
 class TestSessionState:
     def test_it_has_every_column_of_the_sessions_table_in_order(self) -> None:
-        assert SESSION_FIELDS == tuple(column.name for column in sessions.c)
+        assert tuple(column.name for column in sessions.c) == SESSION_FIELDS
 
     def test_a_lane_decision_writes_only_columns_it_has(self) -> None:
         assert set(lane_sql.SESSION_COLUMNS) <= set(SESSION_FIELDS)
