@@ -9,7 +9,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 from starlette.responses import Response
@@ -134,6 +134,29 @@ def _read(body: LaneEvent) -> LaneRead:
     return LaneRead(read_plate, refused, read_plate.key if by_plate and read_plate else None)
 
 
+class Begun(NamedTuple):
+    lot: Lot
+    lane: Lane
+    read: LaneRead
+    found: Any  # what the first statement read besides the key's claim
+
+
+async def _begin(
+    work: LaneWork, device: Device, body: LaneEvent, direction: Direction, statement: str
+) -> Begun | Response:
+    """The first statement (the key's claim with the lookups), then the checks in their order:
+    a replay is answered before anything else is looked at, an unreadable plate last."""
+    read = _read(body)
+    found = await work.fetchrow(statement, *work.claim(), body.lot_id, read.lookup_key)
+    if (replay := work.claimed(found)) is not None:
+        return replay
+    _check_time(work.context, body.occurred_at, work.now)
+    lot, lane = _lane(work.context, device, body, direction)
+    if read.refused is not None:
+        raise read.refused
+    return Begun(lot, lane, read, found)
+
+
 async def _identify(
     work: LaneWork,
     body: LaneEvent,
@@ -211,14 +234,10 @@ def _vehicle_type(body: LaneEvent, who: Identified, lane: Lane) -> VehicleType:
 async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     """Decide at an entry lane: open (a new session, or a repeated read) or full."""
     context = work.context
-    read = _read(body)
-    found = await work.fetchrow(lane_sql.ENTRY_BEGIN, *work.claim(), body.lot_id, read.lookup_key)
-    if (replay := work.claimed(found)) is not None:
-        return replay
-    _check_time(context, body.occurred_at, work.now)
-    lot, lane = _lane(context, device, body, Direction.entry)
-    if read.refused is not None:
-        raise read.refused
+    begun = await _begin(work, device, body, Direction.entry, lane_sql.ENTRY_BEGIN)
+    if isinstance(begun, Response):
+        return begun
+    lot, lane, read, found = begun
     who = await _identify(work, body, read, found, entry_lot=lot.lot_id)
     vehicle_type = _vehicle_type(body, who, lane)
     if who.open_session_id is not None:
@@ -429,14 +448,10 @@ async def _already_inside(work: LaneWork, row: SessionState, body: EntryCreate) 
 async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
     """Decide at an exit lane: open (paid, free, or a debt on the fallback) or pay by VietQR."""
     context = work.context
-    read = _read(body)
-    found = await work.fetchrow(lane_sql.EXIT_BEGIN, *work.claim(), body.lot_id, read.lookup_key)
-    if (replay := work.claimed(found)) is not None:
-        return replay
-    _check_time(context, body.occurred_at, work.now)
-    lot, lane = _lane(context, device, body, Direction.exit)
-    if read.refused is not None:
-        raise read.refused
+    begun = await _begin(work, device, body, Direction.exit, lane_sql.EXIT_BEGIN)
+    if isinstance(begun, Response):
+        return begun
+    lot, lane, read, found = begun
     who = await _identify(work, body, read, found)
     if read.lookup_key == who.plate.key:
         session = found["session"]  # locked by the first statement
