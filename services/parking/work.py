@@ -137,7 +137,7 @@ class UnitOfWork:
         self.events.append((topic, key, event))
 
     def forget(self) -> None:
-        """Nothing to write after all (the changes were not applied)."""
+        """Start afresh: the changes were written (the next unit is another session's)."""
         self.state, self.changed, self.payments, self.events = None, {}, [], []
 
     def _nonce_key(self) -> str | None:
