@@ -11,7 +11,6 @@ with `Undo` and reverted by the boundary if the unit fails.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -122,7 +121,7 @@ class UnitOfWork:
             if isinstance(value, datetime):  # as PostgreSQL gives it back
                 values[name] = value.astimezone(UTC)
         self.changed.update(values)
-        self.state = dataclasses.replace(state, **values)
+        self.state = state._replace(**values)
         return self.state
 
     def record_payment(
