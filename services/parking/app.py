@@ -18,7 +18,7 @@ from services.parking.admin_endpoints import admin
 from services.parking.context import Parking
 from services.parking.endpoints import LANE_BODY_LIMIT, lane_entry, lane_exit, lanes, public
 from services.parking.settings import ParkingSettings
-from services.parking.work import Undo, Work
+from services.parking.work import transaction
 from shared.app import HotRoute, Runtime, Worker, create_app, supervised
 from shared.events import Event
 from shared.inbox import first_delivery
@@ -38,16 +38,11 @@ def ledger_handler(context: Parking) -> Handler:
             return
         if event.type != events.PAYMENT_REQUEST_PAID:
             return
-        undo = Undo()
-        try:
-            async with context.db.transaction() as session:
-                if await first_delivery(
-                    session, repository.processed_events, events.CONSUMER_GROUP, event.id
-                ):
-                    await tasks.on_payment_request_paid(Work(session, context, undo), event)
-        except BaseException:
-            await undo.run()
-            raise
+        async with transaction(context) as work:
+            if await first_delivery(
+                work.session, repository.processed_events, events.CONSUMER_GROUP, event.id
+            ):
+                await tasks.on_payment_request_paid(work, event)
 
     return handle
 
@@ -58,14 +53,15 @@ def debt_collector(context: Parking) -> Worker:
     async def run() -> None:
         interval = min(context.settings.debt_retry_interval.total_seconds(), 5.0)
         while True:
-            async with context.db.transaction() as session:
-                work = Work(session, context)
-                due = await session_queries.debts_due(session, work.now, DEBT_BATCH)
+            async with transaction(context) as work:
+                due = await session_queries.debts_due(work.session, work.now, DEBT_BATCH)
                 for row in due:
                     await tasks.collect_debt(work, row)
-                holds = await session_queries.holds_to_release(session, DEBT_BATCH)
+                    await work.flush()  # one unit of work per session
+                holds = await session_queries.holds_to_release(work.session, DEBT_BATCH)
                 for row in holds:
                     await tasks.release_pending_hold(work, row)
+                    await work.flush()
             if len(due) < DEBT_BATCH and len(holds) < DEBT_BATCH:
                 await asyncio.sleep(interval)
 

@@ -39,6 +39,7 @@ from services.parking.audit_schemas import (
 from services.parking.payments import PaymentsClient, PaymentsRefused, PaymentsUnavailable
 from services.parking.repository import Record
 from services.parking.schemas import OverrideAction, SessionStatus, Settlement
+from services.parking.session_state import Override, PaymentSeen, SessionState
 from services.parking.tariffs import HANOI_TZ, Tariff, TariffError, VehicleType, price_session
 
 
@@ -57,35 +58,37 @@ class RevenueReported:
 class DayFacts:
     lot_id: str
     day: date
-    sessions: Sequence[Record]
-    session_payments: Sequence[Record]  # every payment of those sessions, any day
-    payments_that_day: Sequence[Record]  # parking's records of payments posted that day
+    sessions: Sequence[SessionState]
+    session_payments: Sequence[PaymentSeen]  # every payment of those sessions, any day
+    payments_that_day: Sequence[PaymentSeen]  # parking's records of payments posted that day
     observed: Sequence[Record]  # the lot's revenue movements seen on the ledger that day
     linked: dict[uuid.UUID, uuid.UUID]  # observed transfer → session, when parking knows it
     overridden: frozenset[uuid.UUID]
-    overrides: Sequence[Record]
+    overrides: Sequence[Override]
     tariffs: Sequence[Tariff]
     reported: RevenueReported | None
     problems: Sequence[str]
 
 
-def _repriced(row: Record, tariffs: Sequence[Tariff]) -> int:
+def _repriced(row: SessionState, tariffs: Sequence[Tariff]) -> int:
     try:
         return price_session(
-            row.entry_at, row.exit_at, VehicleType(row.vehicle_type), tariffs, lot_id=row.lot_id
+            row.entry_at, row.left_at, VehicleType(row.vehicle_type), tariffs, lot_id=row.lot_id
         ).total
     except TariffError:
         return -1
 
 
-def _session_line(row: Record, paid: int, repriced: int, overridden: bool) -> AuditSessionLine:
+def _session_line(
+    row: SessionState, paid: int, repriced: int, overridden: bool
+) -> AuditSessionLine:
     fee = int(row.fee) if row.fee is not None else repriced
     return AuditSessionLine(
         session_id=row.session_id,
         plate=plates.normalise(row.plate).masked(),
         vehicle_type=VehicleType(row.vehicle_type),
         entry_at=row.entry_at.astimezone(HANOI_TZ),
-        exit_at=row.exit_at.astimezone(HANOI_TZ),
+        exit_at=row.left_at.astimezone(HANOI_TZ),
         status=SessionStatus(row.status),
         settlement=Settlement(row.settlement) if row.settlement else None,
         fee=fee,

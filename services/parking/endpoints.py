@@ -60,7 +60,7 @@ from services.parking.schemas import (
     TariffRead,
 )
 from services.parking.tariffs import VehicleType
-from services.parking.work import LaneWork, PendingNonce, Undo, Work
+from services.parking.work import LaneWork, PendingNonce, Undo, Work, transaction
 from shared.devicesigning import DeviceAuthError, nonce_key
 from shared.errors import PROBLEM_CONTENT, Unprocessable
 from shared.idempotency import (
@@ -111,19 +111,6 @@ public = APIRouter(prefix="/v1")
 OVERLOADED = (503, "`overloaded`: too many decisions in progress; retry after `Retry-After`")
 
 lanes = APIRouter(prefix="/v1", tags=["lanes"], responses=problems(DEVICE_AUTH))
-
-
-async def in_transaction(
-    context: Parking, action: Callable[[Work], Awaitable[BaseModel]]
-) -> BaseModel:
-    undo = Undo()
-    try:
-        async with context.db.transaction() as session:
-            result = await action(Work(session, context, undo))
-    except BaseException:
-        await undo.run()
-        raise
-    return result
 
 
 LANE_BODY_LIMIT = 16 * 1024  # a lane event is well under 1 KiB
@@ -180,7 +167,11 @@ async def _lane_decision(
     with context.decisions.admit():
         lane = await lane_sql.LaneConnection.open(context.db)
         try:
-            response = await decide(LaneWork(lane.connection, context, key, nonce, undo))
+            response = await decide(
+                LaneWork(
+                    context=context, connection=lane.connection, request=key, nonce=nonce, undo=undo
+                )
+            )
             await nonce.claim()  # a replayed answer too
         except BaseException:
             await undo.run()
@@ -201,7 +192,9 @@ async def _decide(
             async with context.idempotency.call(key) as call:
                 if call.replay is not None:
                     return call.replay
-                result = await action(Work(call.session, context, undo))
+                work = Work(context=context, session=call.session, undo=undo)
+                result = await action(work)
+                await work.flush()
                 response = await call.respond(200, result)
         except BaseException:
             await undo.run()
@@ -394,13 +387,8 @@ async def exit_status(
     `decision` turns `open` (`paid_by_vietqr`) as soon as the bank's notification reached
     payments and parking; a signed device of the lot or an operator may ask.
     """
-
-    async def read(work: Work) -> ExitDecision:
+    async with transaction(context) as work:
         return await settlement.exit_status(work, device, session_id)
-
-    result = await in_transaction(context, read)
-    assert isinstance(result, ExitDecision)
-    return result
 
 
 @lanes.post(
@@ -440,8 +428,8 @@ async def get_session(
     session_id: uuid.UUID, device: DeviceOrAdminDep, context: ParkingDep
 ) -> SessionRead:
     """One session in full (plate unmasked): for a signed device of its lot, or operators."""
-    async with context.db.transaction() as session:
-        return await session_reads.get_session(Work(session, context), device, session_id)
+    async with transaction(context) as work:
+        return await session_reads.get_session(work, device, session_id)
 
 
 # Receipts and disputes (drivers) ----------------------------------------------------------------
@@ -461,13 +449,8 @@ async def get_receipt(
 ) -> ReceiptRead:
     """The receipt of a parking session: lot, masked plate, times (Hanoi), the tariff rules
     applied, amount, payment reference, and what is still owed (with its VietQR)."""
-
-    async def read(work: Work) -> ReceiptRead:
+    async with transaction(context) as work:
         return await receipts.receipt(work, session_id, token)
-
-    result = await in_transaction(context, read)
-    assert isinstance(result, ReceiptRead)
-    return result
 
 
 @public.get(
@@ -512,8 +495,8 @@ async def find_receipt(
     `PARKING_RECEIPT_LOOKUP_HORIZON` (90 days).
     """
     await context.receipt_lookups.hit(context.runtime.kv, client_address(request))
-    async with context.db.transaction() as session:
-        return await receipts.find_receipt(Work(session, context), plate, code)
+    async with transaction(context) as work:
+        return await receipts.find_receipt(work, plate, code)
 
 
 @public.post(
@@ -535,13 +518,8 @@ async def open_dispute(
     (`wrong_times`, with the claimed times), or `other`. An operator resolves it; an accepted
     dispute is refunded through payments. `token` must be the receipt token shown at the exit
     lane: a lookup's read token is refused (403)."""
-
-    async def act(work: Work) -> DisputeRead:
+    async with transaction(context) as work:
         return await disputes.open_dispute(work, session_id, token, body)
-
-    result = await in_transaction(context, act)
-    assert isinstance(result, DisputeRead)
-    return result
 
 
 @public.get(
@@ -558,5 +536,5 @@ async def receipt_disputes(
     session_id: uuid.UUID, token: ReceiptToken, context: ParkingDep
 ) -> list[DisputeRead]:
     """The disputes of a session and how they were resolved (with the exit's receipt token)."""
-    async with context.db.transaction() as session:
-        return await disputes.disputes_of_receipt(Work(session, context), session_id, token)
+    async with transaction(context) as work:
+        return await disputes.disputes_of_receipt(work, session_id, token)

@@ -10,8 +10,9 @@ from services.parking import events, lane_sql, session_queries
 from services.parking.context import Parking
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
 from services.parking.schemas import DebtStatus, SessionStatus, Settlement
+from services.parking.session_state import SessionState
 from services.parking.settlement import amount_owed, close_session, release_hold, take_from_wallet
-from services.parking.work import SessionRow, Work
+from services.parking.work import Work
 from shared.events import Event
 
 logger = logging.getLogger("citypass.parking")
@@ -38,18 +39,19 @@ async def on_payment_request_paid(work: Work, event: Event) -> None:
     if row is None:
         logger.warning("paid request %s names unknown session %s", request_id, session_id)
         return
-    posted = Posted(transfer_id, amount, event.time)
-    if not await work.record_payment(row, posted, "vietqr", str(data.get("reference") or "")):
+    if await session_queries.payment_recorded(work.session, transfer_id):
         return
+    posted = Posted(transfer_id, amount, event.time)
+    work.record_payment(row, posted, "vietqr", str(data.get("reference") or ""))
     paid_total = int(row.paid_amount) + amount
-    if row.status == SessionStatus.awaiting_payment.value and paid_total >= int(row.fee):
+    if row.status == SessionStatus.awaiting_payment.value and paid_total >= row.priced_fee:
         await close_session(work, row, Settlement.vietqr, paid=amount)
         return
-    if row.debt_status == DebtStatus.outstanding.value and paid_total >= int(row.fee):
+    if row.debt_status == DebtStatus.outstanding.value and paid_total >= row.priced_fee:
         await _settle_debt(work, row, amount)
         return
     # Paid twice, or for a fee since corrected: the audit lists the session as overpaid.
-    await session_queries.update_session(work.session, row.session_id, paid_amount=paid_total)
+    work.update_session(row, paid_amount=paid_total)
 
 
 async def on_transfer_posted(context: Parking, event: Event) -> None:
@@ -82,15 +84,14 @@ async def on_transfer_posted(context: Parking, event: Event) -> None:
 # Debts ------------------------------------------------------------------------------------------
 
 
-async def _settle_debt(work: Work, row: SessionRow, amount: int) -> SessionRow:
-    row = await session_queries.update_session(
-        work.session,
-        row.session_id,
+async def _settle_debt(work: Work, row: SessionState, amount: int) -> SessionState:
+    row = work.update_session(
+        row,
         paid_amount=int(row.paid_amount) + amount,
         debt_status=DebtStatus.paid.value,
         debt_next_attempt_at=None,
     )
-    await work.publish(
+    work.publish(
         events.SESSIONS_TOPIC,
         str(row.session_id),
         events.session_event(
@@ -102,7 +103,7 @@ async def _settle_debt(work: Work, row: SessionRow, amount: int) -> SessionRow:
     return row
 
 
-async def collect_debt(work: Work, row: SessionRow) -> None:
+async def collect_debt(work: Work, row: SessionState) -> None:
     """One attempt at a debt: the wallet first, else a VietQR the driver pays from the receipt."""
     context = work.context
     owed = amount_owed(row)
@@ -114,20 +115,14 @@ async def collect_debt(work: Work, row: SessionRow) -> None:
         try:
             outcome = await take_from_wallet(context, row, owed)
         except PaymentsUnavailable:
-            await session_queries.update_session(
-                work.session, row.session_id, debt_next_attempt_at=work.now + retry_in
-            )
+            work.update_session(row, debt_next_attempt_at=work.now + retry_in)
             return
         if outcome.posted is not None:
-            await work.record_payment(row, outcome.posted, outcome.kind, None)
-            row = await session_queries.update_session(
-                work.session, row.session_id, hold_status=outcome.hold_status
-            )
+            work.record_payment(row, outcome.posted, outcome.kind, None)
+            row = work.update_session(row, hold_status=outcome.hold_status)
             await _settle_debt(work, row, outcome.posted.amount)
             return
-        row = await session_queries.update_session(
-            work.session, row.session_id, hold_status=outcome.hold_status
-        )
+        row = work.update_session(row, hold_status=outcome.hold_status)
         retry_in = min(retry_in * 20, DEBT_RETRY_CAP)  # the owner may top up the wallet
     next_attempt = work.now + retry_in if row.wallet_account_id is not None else None
     if row.payment_request_id is None or row.payment_qr is None or row.payment_amount != owed:
@@ -142,20 +137,17 @@ async def collect_debt(work: Work, row: SessionRow) -> None:
             logger.warning("no VietQR for debt %s yet: %s", row.session_id, error)
             next_attempt = work.now + context.settings.debt_retry_interval
         else:
-            await session_queries.update_session(
-                work.session,
-                row.session_id,
+            row = work.update_session(
+                row,
                 payment_request_id=request.payment_request_id,
                 payment_reference=request.reference,
                 payment_qr=request.qr,
                 payment_amount=request.amount,
                 payment_requested_at=work.now,
             )
-    await session_queries.update_session(
-        work.session, row.session_id, debt_next_attempt_at=next_attempt
-    )
+    work.update_session(row, debt_next_attempt_at=next_attempt)
 
 
-async def release_pending_hold(work: Work, row: SessionRow) -> None:
+async def release_pending_hold(work: Work, row: SessionState) -> None:
     status = await release_hold(work, row)
-    await session_queries.update_session(work.session, row.session_id, hold_status=status)
+    work.update_session(row, hold_status=status)

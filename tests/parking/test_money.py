@@ -259,6 +259,7 @@ class TestDisputes:
         receipt = await receipt_of(http, decision)
         assert receipt["fee"] == corrected
         assert receipt["refunded_amount"] == charged - corrected
+        assert datetime.fromisoformat(receipt["entry_at"]) == claimed_entry
 
     async def test_a_rejected_dispute_changes_nothing(
         self, http: httpx.AsyncClient, payments: httpx.AsyncClient, payments_url: str
