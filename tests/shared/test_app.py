@@ -25,7 +25,7 @@ from services.validation.settings import ValidationSettings
 from shared.app import Runtime, create_app
 from shared.db import Database, is_unavailable
 from shared.errors import PROBLEM_CONTENT, Unprocessable
-from shared.hot import HotRoute, HotRouter
+from shared.hot import HotRoute, HotRouter, ServedRoute
 from shared.idempotency import IdempotencyDep
 from shared.settings import ServiceSettings
 from tests.conftest import AppClient
@@ -142,21 +142,21 @@ async def hot_order(shop: str, route: HotRoute[Order], _scope: Scope, body: byte
     )
 
 
+def app_with_hot_routes(
+    servers: LocalServers, router: APIRouter, hot_routes: list[ServedRoute]
+) -> FastAPI:
+    settings = ServiceSettings(environment="test", kafka_bootstrap_servers=servers.kafka_bootstrap)
+    return create_app(
+        Runtime("hot-test", settings), [router], title="t", description="", hot_routes=hot_routes
+    )
+
+
 class TestHotRoutes:
     """A hot route skips FastAPI but keeps what the middleware chain gives every route."""
 
     @pytest.fixture
     def app(self, servers: LocalServers) -> FastAPI:
-        settings = ServiceSettings(
-            environment="test", kafka_bootstrap_servers=servers.kafka_bootstrap
-        )
-        return create_app(
-            Runtime("hot-test", settings),
-            [failing_router],
-            title="t",
-            description="",
-            hot_routes=hot.bind("corner shop"),
-        )
+        return app_with_hot_routes(servers, failing_router, hot.bind("corner shop"))
 
     async def test_answers_with_request_id_and_metrics(
         self, app: FastAPI, app_client: AppClient
@@ -236,16 +236,7 @@ class TestHotRouteDeclaration:
 
     @pytest.fixture
     def app(self, servers: LocalServers) -> FastAPI:
-        settings = ServiceSettings(
-            environment="test", kafka_bootstrap_servers=servers.kafka_bootstrap
-        )
-        return create_app(
-            Runtime("declared-test", settings),
-            [fastapi_orders],
-            title="t",
-            description="",
-            hot_routes=orders.bind(None),
-        )
+        return app_with_hot_routes(servers, fastapi_orders, orders.bind(None))
 
     def test_its_openapi_operation_is_the_fastapi_routes(self, app: FastAPI) -> None:
         paths = app.openapi()["paths"]
