@@ -268,7 +268,8 @@ class HotRoutes:
     Routing, the middleware chain, exception middlewares and request handling cost a gate
     decision about as much CPU as the decision itself (docs/benchmarks.md); these routes get
     what the chain would give them (request id, metrics, body limit, problem answers) inline.
-    Everything else stays with FastAPI, which also describes these routes (`documented`).
+    Everything else stays with FastAPI, which also describes these routes and answers what
+    they do not (another method: 405; a trailing slash: a redirect) (`HotRoute.documented`).
     """
 
     def __init__(
@@ -395,7 +396,8 @@ def create_app(
     handled: tuple[type[Exception], ...] = (Exception, *DRIVER_ERRORS)
     for error in handled:
         app.add_exception_handler(error, on_failure)
-    install_problem_openapi(app, [served.route.documented() for served in hot_routes])
+    install_problem_openapi(app)
+    app.router.routes += [served.route.documented() for served in hot_routes]
     for router in routers:
         app.include_router(router)
     app.add_route("/healthz", healthz, include_in_schema=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -12,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:citypass:problem:"
@@ -198,19 +196,15 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def install_problem_openapi(app: FastAPI, documented: Sequence[BaseRoute] = ()) -> None:
+def install_problem_openapi(app: FastAPI) -> None:
     """Document every error as problem+json, including FastAPI's own 422, and the
-    Idempotency-Key header as required wherever a route takes it. `documented` routes are
-    described but not routed (shared.hot)."""
+    Idempotency-Key header as required wherever a route takes it."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(
-            title=app.title,
-            version=app.version,
-            description=app.description,
-            routes=[*documented, *app.routes],
+            title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components["Problem"] = PROBLEM_SCHEMA

@@ -5,9 +5,11 @@ From one declaration (`HotRouter.post`) come
 - what the handler reads: the Idempotency-Key, path parameters and body, refused exactly as
   FastAPI refuses them (400 `idempotency_key_missing`, one 422 `validation_error` listing
   every field error, in FastAPI's order and with its locations);
-- its OpenAPI operation: FastAPI builds it from an equivalent route that is documented, never
-  routed (request body from the pydantic model, path parameters, the Idempotency-Key header,
-  the security scheme, responses as problem+json, the handler's docstring).
+- its OpenAPI operation: FastAPI describes it from an equivalent route (request body from the
+  pydantic model, path parameters, the Idempotency-Key header, the security scheme, responses
+  as problem+json, the handler's docstring), which never runs: the server answers first. It
+  is in FastAPI's routing all the same, so that another method is a 405 and a trailing slash
+  a redirect, as for every route.
 
 A handler authenticates first (gates, lane devices and services each sign differently), then
 asks its route for the parsed request: `route.command(body)` or `route.call(scope, body)`.
@@ -139,8 +141,8 @@ class HotRoute(Generic[B]):
         return HotCall(hot_idempotent_request(scope, key, self.path, body), values, parsed)
 
     def documented(self) -> APIRoute:
-        """The operation as FastAPI describes it: a route with this signature, never routed
-        (the server answers the request before FastAPI's routing sees it)."""
+        """The operation as FastAPI sees it: a route of this signature, whose endpoint never
+        runs (shared.app.HotRoutes answers the request before FastAPI's routing sees it)."""
         parameters = [
             inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[kind, Path()]

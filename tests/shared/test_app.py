@@ -173,6 +173,21 @@ class TestHotRoutes:
         assert fallthrough.status_code == 200
         assert 'route="/v1/orders",service="hot-test",status="200"' in metrics
 
+    async def test_another_method_or_a_trailing_slash_is_answered_as_on_any_route(
+        self, app: FastAPI, app_client: AppClient
+    ) -> None:
+        async with app_client(app) as http:
+            wrong_method = await http.get("/v1/orders")
+            slash = await http.post("/v1/orders/", content=b'{"item":"tea","count":2}')
+        assert (wrong_method.status_code, wrong_method.json()["code"]) == (
+            405,
+            "method_not_allowed",
+        )
+        assert (slash.status_code, slash.headers["location"]) == (
+            307,
+            "http://testserver/v1/orders",
+        )
+
     async def test_errors_are_problems(self, app: FastAPI, app_client: AppClient) -> None:
         async with app_client(app) as http:
             invalid = await http.post("/v1/orders", content=b'{"item":"tea"}')
