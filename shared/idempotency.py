@@ -28,12 +28,11 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final
 
 import orjson
 from fastapi import Depends, Header, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel
 from sqlalchemy import (
     Column,
     DateTime,
@@ -53,8 +52,6 @@ from starlette.types import Scope
 
 from shared.db import Database
 from shared.errors import ProblemError
-
-M = TypeVar("M", bound=BaseModel)
 
 KEY_RETENTION = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
@@ -147,47 +144,9 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def hot_idempotent_body(scope: Scope, body: bytes, model: type[M]) -> tuple[IdempotentRequest, M]:
-    """For a hot route (shared.app.HotRoutes) of a fixed path: what FastAPI gives an endpoint
-    taking `IdempotencyDep` and a `model` body, with the same errors in the same order
-    (400 for a missing key; one 422 listing a key too long and every body error)."""
-    key, _, parsed = hot_idempotent_path(scope, body, scope["path"], {}, model)
-    assert parsed is not None
-    return key, parsed
-
-
-def hot_idempotent_path(
-    scope: Scope,
-    body: bytes,
-    template: str,
-    path_types: Mapping[str, TypeAdapter[Any]],
-    model: type[M] | None = None,
-) -> tuple[IdempotentRequest, dict[str, Any], M | None]:
-    """The same for a route with path parameters (`template` as in `HotRoute.path`, each
-    parameter's type in `path_types`) and an optional body: one 422 lists a key too long,
-    then every path parameter error, then every body error."""
-    key, path_values, errors = _hot_key_and_path(scope, path_types)
-    parsed: M | None = None
-    if model is not None:
-        try:
-            parsed = model.model_validate_json(body)
-        except ValidationError as invalid:
-            errors += [
-                {**error, "loc": ("body", *error["loc"])}
-                for error in invalid.errors(include_url=False, include_context=False)
-            ]
-    if errors:
-        raise RequestValidationError(errors)
-    path: str = scope["path"]
-    authorization = header(scope, b"authorization") or ""
-    request = _identified(key, scope["method"], template, path, authorization, body)
-    return request, path_values, parsed
-
-
-def _hot_key_and_path(
-    scope: Scope, path_types: Mapping[str, TypeAdapter[Any]]
-) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
-    errors: list[dict[str, Any]] = []
+def hot_idempotency_key(scope: Scope, errors: list[dict[str, Any]]) -> str:
+    """A hot route's Idempotency-Key (shared.hot), read as `IdempotencyDep` reads it: 400 when
+    missing; a key too long is added to `errors`, the first of the route's one 422."""
     key = header(scope, b"idempotency-key")
     if key is not None and len(key) > MAX_KEY_LENGTH:
         errors.append(
@@ -200,18 +159,14 @@ def _hot_key_and_path(
         )
     elif not key or not key.strip():
         raise IdempotencyKeyMissing("This operation requires an Idempotency-Key header.")
-    path_values: dict[str, Any] = {}
-    raw_values: dict[str, str] = scope.get("path_params", {})
-    for name, adapter in path_types.items():
-        try:
-            path_values[name] = adapter.validate_python(raw_values[name])
-        except ValidationError as invalid:
-            errors += [
-                {**error, "loc": ("path", name)}
-                for error in invalid.errors(include_url=False, include_context=False)
-            ]
     assert key is not None
-    return key, path_values, errors
+    return key
+
+
+def hot_idempotent_request(scope: Scope, key: str, template: str, body: bytes) -> IdempotentRequest:
+    """What `IdempotencyDep` gives a route of path `template` (`{name}` segments as FastAPI's)."""
+    authorization = header(scope, b"authorization") or ""
+    return _identified(key, scope["method"], template, scope["path"], authorization, body)
 
 
 IdempotencyDep = Annotated[IdempotentRequest, Depends(idempotent_request)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
@@ -16,10 +15,10 @@ from fastapi import FastAPI
 from services.parking import events, lots, repository, session_queries, tasks
 from services.parking.admin_endpoints import admin
 from services.parking.context import Parking
-from services.parking.endpoints import LANE_BODY_LIMIT, lane_entry, lane_exit, lanes, public
+from services.parking.endpoints import lane_routes, lanes, public
 from services.parking.settings import ParkingSettings
 from services.parking.work import transaction
-from shared.app import HotRoute, Runtime, Worker, create_app, supervised
+from shared.app import Runtime, Worker, create_app, supervised
 from shared.events import Event
 from shared.inbox import first_delivery
 from shared.kafka import Consumer, Handler
@@ -132,10 +131,7 @@ def build_app(settings: ParkingSettings | None = None) -> FastAPI:
             " times carry their offset; days are Hanoi days."
         ),
         on_start=[load_reference, sync_capacity],
-        hot_routes=[
-            HotRoute("POST", "/v1/entries", partial(lane_entry, context), LANE_BODY_LIMIT),
-            HotRoute("POST", "/v1/exits", partial(lane_exit, context), LANE_BODY_LIMIT),
-        ],
+        hot_routes=lane_routes.bind(context),
     )
     app.state.parking = context
     return app

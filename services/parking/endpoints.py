@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header, Path, Query, Request, Security
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
@@ -63,12 +63,8 @@ from services.parking.tariffs import VehicleType
 from services.parking.work import LaneWork, PendingNonce, Undo, Work, transaction
 from shared.devicesigning import DeviceAuthError, nonce_key
 from shared.errors import PROBLEM_CONTENT, Unprocessable
-from shared.idempotency import (
-    MAX_KEY_LENGTH,
-    IdempotencyDep,
-    IdempotentRequest,
-    hot_idempotent_body,
-)
+from shared.hot import HotRoute, HotRouter
+from shared.idempotency import IdempotencyDep, IdempotentRequest
 from shared.ratelimit import client_address
 
 LotId = Annotated[str, Path(pattern=LOT_ID_PATTERN, examples=["HK-01"])]
@@ -87,16 +83,6 @@ ReceiptToken = Annotated[
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500)]
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-# As shared.idempotency documents it, for the lane routes that check it themselves.
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias=IDEMPOTENCY_HEADER,
-        description="Unique per logical operation (e.g. a UUID); retries reuse it.",
-        max_length=MAX_KEY_LENGTH,
-    ),
-]
 Command = TypeVar("Command", EntryCreate, ExitCreate)
 
 
@@ -115,26 +101,24 @@ lanes = APIRouter(prefix="/v1", tags=["lanes"], responses=problems(DEVICE_AUTH))
 
 LANE_BODY_LIMIT = 16 * 1024  # a lane event is well under 1 KiB
 
-
-async def lane_entry(context: Parking, scope: Scope, body: bytes) -> Response:
-    """POST /v1/entries, served as a hot route (shared.app.HotRoutes) in front of FastAPI:
-    its routing and dependency machinery cost about as much CPU as the decision's own work."""
-    return await _lane(context, scope, body, EntryCreate, lane_decisions.enter)
-
-
-async def lane_exit(context: Parking, scope: Scope, body: bytes) -> Response:
-    """POST /v1/exits, as `lane_entry`."""
-    return await _lane(context, scope, body, ExitCreate, lane_decisions.leave)
+# Entries and exits are hot routes (shared.hot): FastAPI's routing and dependency machinery
+# cost about as much CPU as the decision's own work.
+lane_routes = HotRouter[Parking](
+    tags=["lanes"],
+    responses=problems(DEVICE_AUTH),
+    security=device_signature,
+    max_body_bytes=LANE_BODY_LIMIT,
+)
 
 
 async def _lane(
     context: Parking,
+    route: HotRoute[Command],
     scope: Scope,
     body: bytes,
-    model: type[Command],
     decide: Callable[[LaneWork, Device, Command], Awaitable[Response]],
 ) -> Response:
-    """Checks in the order FastAPI made them: the device signature (401), the
+    """Checks in the order FastAPI makes them: the device signature (401), the
     Idempotency-Key (400 when missing), then the header's and the body's shape (one 422)."""
     headers = Headers(scope=scope)
     device, signed = await lane_device(context, scope, headers, body)
@@ -144,7 +128,7 @@ async def _lane(
         nonce_key(signed.device_id, signed.nonce, tag=device.lot_id),
     )
     try:
-        key, command = hot_idempotent_body(scope, body, model)
+        key, _, command = route.call(scope, body)
         return await _lane_decision(context, key, nonce, lambda work: decide(work, device, command))
     except Exception as refused:
         if not nonce.claimed and not isinstance(refused, DeviceAuthError):
@@ -278,8 +262,10 @@ async def list_tariffs(
 # Lane devices -----------------------------------------------------------------------------------
 
 
-@lanes.post(
-    "/entries",
+@lane_routes.post(
+    "/v1/entries",
+    body=EntryCreate,
+    idempotent=True,
     response_model=EntryDecision,
     responses=problems(
         (400, "`idempotency_key_missing`"),
@@ -295,10 +281,7 @@ async def list_tariffs(
     ),
 )
 async def enter(
-    request: Request,
-    _body: EntryCreate,
-    _signature: Annotated[str | None, Security(device_signature)],
-    _key: IdempotencyKeyHeader = None,
+    context: Parking, route: HotRoute[EntryCreate], scope: Scope, body: bytes
 ) -> Response:
     """A vehicle at an entry lane: open the barrier or not.
 
@@ -318,11 +301,13 @@ async def enter(
 
     Send a fresh `Idempotency-Key` (UUID) per vehicle event and reuse it on retries.
     """
-    return await lane_entry(request.app.state.parking, request.scope, await request.body())
+    return await _lane(context, route, scope, body, lane_decisions.enter)
 
 
-@lanes.post(
-    "/exits",
+@lane_routes.post(
+    "/v1/exits",
+    body=ExitCreate,
+    idempotent=True,
     response_model=ExitDecision,
     responses=problems(
         (400, "`idempotency_key_missing`"),
@@ -345,10 +330,7 @@ async def enter(
     ),
 )
 async def leave(
-    request: Request,
-    _body: ExitCreate,
-    _signature: Annotated[str | None, Security(device_signature)],
-    _key: IdempotencyKeyHeader = None,
+    context: Parking, route: HotRoute[ExitCreate], scope: Scope, body: bytes
 ) -> Response:
     """A vehicle at an exit lane: the fee, and open the barrier or show a VietQR.
 
@@ -367,7 +349,7 @@ async def leave(
     to the driver as a QR: with the session id it opens the receipt and lets the driver dispute
     it, and no other route hands it out.
     """
-    return await lane_exit(request.app.state.parking, request.scope, await request.body())
+    return await _lane(context, route, scope, body, lane_decisions.leave)
 
 
 @lanes.get(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
 
 from fastapi import FastAPI
 
 from services.payments import endpoints, repository
 from services.payments.service import holds
 from services.payments.settings import PaymentsSettings
-from shared.app import HotRoute, Runtime, Worker, create_app, supervised
+from shared.app import Runtime, Worker, create_app, supervised
 from shared.db import Database
 from shared.idempotency import Idempotency
 from shared.outbox import OutboxRelay
@@ -66,16 +65,7 @@ def build_app(settings: PaymentsSettings | None = None) -> FastAPI:
             "except the bank webhook needs `Authorization: Bearer <service token>`; every "
             "money-moving POST needs an `Idempotency-Key`. Amounts are whole VND."
         ),
-        hot_routes=[
-            HotRoute("POST", path, partial(handler, runtime, settings))
-            for path, handler in (
-                ("/v1/charges", endpoints.hot_charge),
-                ("/v1/holds", endpoints.hot_hold),
-                ("/v1/payment-requests", endpoints.hot_parking_payment),
-                (endpoints.CAPTURE_PATH, endpoints.hot_capture),
-                (endpoints.VOID_PATH, endpoints.hot_void),
-            )
-        ],
+        hot_routes=endpoints.hot.bind(endpoints.Ledger(runtime.db, settings)),
     )
     app.state.settings = settings
     app.state.idempotency = idempotency

@@ -7,12 +7,13 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 from starlette.types import Scope
@@ -47,17 +48,12 @@ from services.payments.service import (
     payment_requests,
 )
 from services.payments.settings import PaymentsSettings
-from shared.app import Runtime, RuntimeDep
+from shared.app import RuntimeDep
+from shared.db import Database
 from shared.errors import Unauthorized
 from shared.fields import Day
-from shared.idempotency import (
-    Idempotency,
-    IdempotencyDep,
-    IdempotentRequest,
-    header,
-    hot_idempotent_body,
-    hot_idempotent_path,
-)
+from shared.hot import B, HotCall, HotRoute, HotRouter
+from shared.idempotency import Idempotency, IdempotencyDep, IdempotentRequest, header
 
 
 # Coroutines on purpose: FastAPI runs plain-function dependencies in a worker thread.
@@ -99,70 +95,152 @@ def _bearer_token(scope: Scope) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-# Hot routes (shared.app.HotRoutes): the money paths that parking and ticketing call per lane
-# decision or fare, answered in front of FastAPI, whose routing and dependencies cost more CPU
-# than the one statement they run. Same checks, in the same order, as the routes below, which
-# keep describing them in the OpenAPI.
-
-
-async def hot_charge(
-    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
-) -> Response:
-    _check_token(settings, _bearer_token(scope))
-    key, charge = hot_idempotent_body(scope, body, ChargeCreate)
-    return (await charges.charge(runtime.db, key, charge, settings)).response()
-
-
-async def hot_hold(
-    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
-) -> Response:
-    _check_token(settings, _bearer_token(scope))
-    key, hold = hot_idempotent_body(scope, body, HoldCreate)
-    return (await holds.place_hold(runtime.db, key, hold, settings)).response()
-
-
-async def hot_parking_payment(
-    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
-) -> Response:
-    _check_token(settings, _bearer_token(scope))
-    key, payment = hot_idempotent_body(scope, body, ParkingPaymentCreate)
-    return (
-        await payment_requests.request_parking_payment(runtime.db, key, payment, settings)
-    ).response()
-
-
-HOLD_PATH_TYPES = {"hold_id": TypeAdapter(uuid.UUID)}
-CAPTURE_PATH = "/v1/holds/{hold_id}/capture"
-VOID_PATH = "/v1/holds/{hold_id}/void"
-
-
-async def hot_capture(
-    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
-) -> Response:
-    _check_token(settings, _bearer_token(scope))
-    key, path, capture = hot_idempotent_path(
-        scope, body, CAPTURE_PATH, HOLD_PATH_TYPES, HoldCapture
-    )
-    assert capture is not None
-    return (
-        await holds.capture_hold(runtime.db, key, path["hold_id"], capture, settings)
-    ).response()
-
-
-async def hot_void(
-    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
-) -> Response:
-    _check_token(settings, _bearer_token(scope))
-    key, path, _ = hot_idempotent_path(scope, body, VOID_PATH, HOLD_PATH_TYPES)
-    return (await holds.void_hold(runtime.db, key, path["hold_id"])).response()
-
-
 UNAUTHORIZED = (401, "Missing or wrong service token")
 INVALID = (422, "Invalid body (`validation_error`) or a rule refused it; see `code`")
 IDEMPOTENCY = (
     (400, "Idempotency-Key header missing"),
     (409, "A request with this Idempotency-Key is still in progress"),
 )
+
+
+# Hot routes (shared.hot): the money paths that parking and ticketing call per lane decision or
+# fare, answered in front of FastAPI, whose routing and dependencies cost more CPU than the one
+# statement they run.
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """What the hot routes work with."""
+
+    db: Database
+    settings: PaymentsSettings
+
+    def authorized(self, route: HotRoute[B], scope: Scope, body: bytes) -> HotCall[B]:
+        """The service token (401), then the request as `route` declares it."""
+        _check_token(self.settings, _bearer_token(scope))
+        return route.call(scope, body)
+
+
+hot = HotRouter[Ledger](security=bearer, responses=problem_responses(UNAUTHORIZED))
+HOLD_PATH = {"hold_id": uuid.UUID}
+
+
+@hot.post(
+    "/v1/charges",
+    body=ChargeCreate,
+    idempotent=True,
+    response_model=ChargeRead,
+    status_code=201,
+    tags=["charges"],
+    responses=problem_responses(
+        (402, "`insufficient_funds`: the `shortfall` member says how many VND are missing"),
+        (409, "In progress (same Idempotency-Key), or `duplicate_transfer`"),
+        INVALID,
+        IDEMPOTENCY[0],
+    ),
+)
+async def create_charge(
+    ledger: Ledger, route: HotRoute[ChargeCreate], scope: Scope, body: bytes
+) -> Response:
+    """Debit a wallet and credit transit revenue, or a parking lot's revenue (`lot_id`).
+
+    Send an `Idempotency-Key` (one per fare or parking fee); retrying with it returns the
+    first answer byte for byte and never charges twice. A wallet short of funds answers 402
+    `insufficient_funds` with the `shortfall` in VND; nothing is posted then.
+    """
+    key, _, charge = ledger.authorized(route, scope, body)
+    return (await charges.charge(ledger.db, key, charge, ledger.settings)).response()
+
+
+@hot.post(
+    "/v1/holds",
+    body=HoldCreate,
+    idempotent=True,
+    response_model=HoldRead,
+    status_code=201,
+    tags=["holds"],
+    responses=problem_responses(
+        (402, "`insufficient_funds`, with the `shortfall`"),
+        IDEMPOTENCY[1],
+        INVALID,
+        IDEMPOTENCY[0],
+    ),
+)
+async def place_hold(
+    ledger: Ledger, route: HotRoute[HoldCreate], scope: Scope, body: bytes
+) -> Response:
+    """Reserve funds of a wallet (e.g. at a parking entry) until captured, voided or expired.
+
+    The money moves to escrow at once; the wallet's balance no longer shows it. A hold not
+    settled before `expires_at` is voided automatically and the money goes back.
+    """
+    key, _, hold = ledger.authorized(route, scope, body)
+    return (await holds.place_hold(ledger.db, key, hold, ledger.settings)).response()
+
+
+@hot.post(
+    "/v1/holds/{hold_id}/capture",
+    body=HoldCapture,
+    path_types=HOLD_PATH,
+    idempotent=True,
+    response_model=HoldRead,
+    tags=["holds"],
+    responses=problem_responses(
+        (404, "No such hold"),
+        (409, "`hold_not_pending` (already settled), `hold_expired`, or in progress"),
+        (422, "`capture_exceeds_hold`, or an invalid body"),
+        IDEMPOTENCY[0],
+    ),
+)
+async def capture_hold(
+    ledger: Ledger, route: HotRoute[HoldCapture], scope: Scope, body: bytes
+) -> Response:
+    """Take up to the held amount as revenue; the rest goes back to the wallet at once."""
+    key, path, capture = ledger.authorized(route, scope, body)
+    return (
+        await holds.capture_hold(ledger.db, key, path["hold_id"], capture, ledger.settings)
+    ).response()
+
+
+@hot.post(
+    "/v1/holds/{hold_id}/void",
+    path_types=HOLD_PATH,
+    idempotent=True,
+    response_model=HoldRead,
+    tags=["holds"],
+    responses=problem_responses(
+        (404, "No such hold"), (409, "`hold_not_pending`, or in progress"), IDEMPOTENCY[0]
+    ),
+)
+async def void_hold(ledger: Ledger, route: HotRoute[None], scope: Scope, body: bytes) -> Response:
+    """Cancel a hold: all of it goes back to the wallet."""
+    key, path, _ = ledger.authorized(route, scope, body)
+    return (await holds.void_hold(ledger.db, key, path["hold_id"])).response()
+
+
+@hot.post(
+    "/v1/payment-requests",
+    body=ParkingPaymentCreate,
+    idempotent=True,
+    response_model=PaymentRequestRead,
+    status_code=201,
+    tags=["payment requests"],
+    responses=problem_responses(INVALID, *IDEMPOTENCY),
+)
+async def request_parking_payment(
+    ledger: Ledger, route: HotRoute[ParkingPaymentCreate], scope: Scope, body: bytes
+) -> Response:
+    """A dynamic VietQR for an exact parking fee, paid by any bank app.
+
+    When the bank confirms it, the lot's revenue is credited and
+    `citypass.payments.payment_request.paid.v1` (with `parking_session_id`) is published on
+    `payments.ledger`.
+    """
+    key, _, payment = ledger.authorized(route, scope, body)
+    return (
+        await payment_requests.request_parking_payment(ledger.db, key, payment, ledger.settings)
+    ).response()
+
 
 router = APIRouter(
     prefix="/v1",
@@ -210,53 +288,6 @@ async def get_account(account_id: uuid.UUID, rt: RuntimeDep) -> AccountRead:
 # Charges, holds, refunds ------------------------------------------------------------------------
 
 
-@router.post(
-    "/charges",
-    response_model=ChargeRead,
-    status_code=201,
-    tags=["charges"],
-    responses=problem_responses(
-        (402, "`insufficient_funds`: the `shortfall` member says how many VND are missing"),
-        (409, "In progress (same Idempotency-Key), or `duplicate_transfer`"),
-        INVALID,
-        IDEMPOTENCY[0],
-    ),
-)
-async def create_charge(
-    body: ChargeCreate, key: IdempotencyDep, rt: RuntimeDep, settings: SettingsDep
-) -> Response:
-    """Debit a wallet and credit transit revenue, or a parking lot's revenue (`lot_id`).
-
-    Send an `Idempotency-Key` (one per fare or parking fee); retrying with it returns the
-    first answer byte for byte and never charges twice. A wallet short of funds answers 402
-    `insufficient_funds` with the `shortfall` in VND; nothing is posted then.
-    """
-    return (await charges.charge(rt.db, key, body, settings)).response()
-
-
-@router.post(
-    "/holds",
-    response_model=HoldRead,
-    status_code=201,
-    tags=["holds"],
-    responses=problem_responses(
-        (402, "`insufficient_funds`, with the `shortfall`"),
-        IDEMPOTENCY[1],
-        INVALID,
-        IDEMPOTENCY[0],
-    ),
-)
-async def place_hold(
-    body: HoldCreate, key: IdempotencyDep, rt: RuntimeDep, settings: SettingsDep
-) -> Response:
-    """Reserve funds of a wallet (e.g. at a parking entry) until captured, voided or expired.
-
-    The money moves to escrow at once; the wallet's balance no longer shows it. A hold not
-    settled before `expires_at` is voided automatically and the money goes back.
-    """
-    return (await holds.place_hold(rt.db, key, body, settings)).response()
-
-
 @router.get(
     "/holds/{hold_id}",
     response_model=HoldRead,
@@ -267,41 +298,6 @@ async def get_hold(hold_id: uuid.UUID, rt: RuntimeDep) -> HoldRead:
     """A hold and where its money went."""
     async with rt.db.transaction() as session:
         return await holds.get_hold(session, hold_id)
-
-
-@router.post(
-    "/holds/{hold_id}/capture",
-    response_model=HoldRead,
-    tags=["holds"],
-    responses=problem_responses(
-        (404, "No such hold"),
-        (409, "`hold_not_pending` (already settled), `hold_expired`, or in progress"),
-        (422, "`capture_exceeds_hold`, or an invalid body"),
-        IDEMPOTENCY[0],
-    ),
-)
-async def capture_hold(
-    hold_id: uuid.UUID,
-    body: HoldCapture,
-    key: IdempotencyDep,
-    rt: RuntimeDep,
-    settings: SettingsDep,
-) -> Response:
-    """Take up to the held amount as revenue; the rest goes back to the wallet at once."""
-    return (await holds.capture_hold(rt.db, key, hold_id, body, settings)).response()
-
-
-@router.post(
-    "/holds/{hold_id}/void",
-    response_model=HoldRead,
-    tags=["holds"],
-    responses=problem_responses(
-        (404, "No such hold"), (409, "`hold_not_pending`, or in progress"), IDEMPOTENCY[0]
-    ),
-)
-async def void_hold(hold_id: uuid.UUID, key: IdempotencyDep, rt: RuntimeDep) -> Response:
-    """Cancel a hold: all of it goes back to the wallet."""
-    return (await holds.void_hold(rt.db, key, hold_id)).response()
 
 
 @router.post(
@@ -380,25 +376,6 @@ async def topup_qr_png(topup_id: uuid.UUID, rt: RuntimeDep) -> Response:
             session, topup_id, PaymentPurpose.wallet_topup
         )
     return Response(png, media_type="image/png")
-
-
-@router.post(
-    "/payment-requests",
-    response_model=PaymentRequestRead,
-    status_code=201,
-    tags=["payment requests"],
-    responses=problem_responses(INVALID, *IDEMPOTENCY),
-)
-async def request_parking_payment(
-    body: ParkingPaymentCreate, key: IdempotencyDep, rt: RuntimeDep, settings: SettingsDep
-) -> Response:
-    """A dynamic VietQR for an exact parking fee, paid by any bank app.
-
-    When the bank confirms it, the lot's revenue is credited and
-    `citypass.payments.payment_request.paid.v1` (with `parking_session_id`) is published on
-    `payments.ledger`.
-    """
-    return (await payment_requests.request_parking_payment(rt.db, key, body, settings)).response()
 
 
 @router.get(

@@ -158,6 +158,7 @@ class HoldCreate(RevenueTarget):
     expires_in_s: StrictInt | None = Field(
         default=None,
         gt=0,
+        le=10**9,  # ~31 years: past it no time type holds it (a 500); below, `hold_too_long`
         description="Seconds until the hold is voided automatically; the service default if null",
     )
 

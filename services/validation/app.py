@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from functools import partial
 
 from fastapi import FastAPI
 
@@ -13,7 +12,7 @@ from services.validation.outbox import Outbox
 from services.validation.service import Validator
 from services.validation.settings import ValidationSettings
 from services.validation.workers import Workers
-from shared.app import HotRoute, Runtime, create_app, supervised
+from shared.app import Runtime, create_app, supervised
 from shared.kafka import Consumer
 
 DESCRIPTION = """\
@@ -109,7 +108,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         title="CityPass validation",
         description=DESCRIPTION,
         on_start=[start],
-        hot_routes=[HotRoute("POST", "/v1/validations", partial(endpoints.decide, validator))],
+        hot_routes=endpoints.hot.bind(validator),
     )
     app.state.settings = settings
     app.state.validator = validator
