@@ -18,6 +18,7 @@ so the effect and the key commit together, and `guarded_answer` reads what it re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -53,6 +54,7 @@ from shared.errors import ProblemError
 M = TypeVar("M", bound=BaseModel)
 
 KEY_RETENTION = timedelta(hours=24)
+PURGE_INTERVAL_S = 3600.0
 MAX_KEY_LENGTH = 255
 JSON: Final = "application/json"
 REPLAYED_HEADER: Final = {"Idempotent-Replayed": "true"}
@@ -283,6 +285,12 @@ class Idempotency:
                 delete(self.table).where(self.table.c.created_at < func.now() - retention)
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def purge_forever(self) -> None:
+        """The service's `idempotency-purge` worker: expired keys go once an hour."""
+        while True:
+            await self.purge_expired()
+            await asyncio.sleep(PURGE_INTERVAL_S)
 
 
 # One round trip ----------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from services.parking.endpoints import (
     Limit,
     LotId,
     in_transaction,
-    problems,
 )
 from services.parking.schemas import (
     LOT_ID_PATTERN,
@@ -44,9 +43,10 @@ from services.parking.schemas import (
     VehicleRead,
 )
 from services.parking.work import Work
+from shared.auth import INVALID_TOKEN
+from shared.errors import problems
 
-ADMIN_AUTH = (401, "Missing or wrong admin token")
-admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=problems(ADMIN_AUTH))
+admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=problems(INVALID_TOKEN))
 
 
 # Operators: provisioning ------------------------------------------------------------------------

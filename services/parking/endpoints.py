@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, Path, Query, Request, Security
 from pydantic import BaseModel
@@ -62,7 +62,7 @@ from services.parking.schemas import (
 from services.parking.tariffs import VehicleType
 from services.parking.work import LaneWork, PendingNonce, Undo, Work
 from shared.devicesigning import DeviceAuthError, nonce_key
-from shared.errors import PROBLEM_CONTENT, Unprocessable
+from shared.errors import Unprocessable, problems
 from shared.idempotency import (
     MAX_KEY_LENGTH,
     IdempotencyDep,
@@ -98,10 +98,6 @@ IdempotencyKeyHeader = Annotated[
     ),
 ]
 Command = TypeVar("Command", EntryCreate, ExitCreate)
-
-
-def problems(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
-    return {status: {"description": text, "content": PROBLEM_CONTENT} for status, text in described}
 
 
 DEVICE_AUTH = (401, "Not signed, badly signed, stale, replayed, or unknown/disabled device")

@@ -1,22 +1,30 @@
-"""Background work on sessions: payments' events, debt collection, holds to give back."""
+"""Background work of the parking service: payments' events, debt collection, holds to give
+back, the reference refresh (each worker runs `supervised` in every replica)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import timedelta
 
-from services.parking import events, lane_sql, session_queries
+from aiokafka import ConsumerRecord
+
+from services.parking import events, lane_sql, repository, session_queries
 from services.parking.context import Parking
 from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
 from services.parking.schemas import DebtStatus, SessionStatus, Settlement
 from services.parking.settlement import amount_owed, close_session, release_hold, take_from_wallet
-from services.parking.work import SessionRow, Work
+from services.parking.work import SessionRow, Undo, Work
+from shared.app import Worker
 from shared.events import Event
+from shared.inbox import first_delivery
+from shared.kafka import Handler
 
 logger = logging.getLogger("citypass.parking")
 
 DEBT_RETRY_CAP = timedelta(hours=6)
+DEBT_BATCH = 20
 SIGNED_KINDS = {"charge": 1, "capture": 1, "payment": 1, "refund": -1}
 
 
@@ -159,3 +167,58 @@ async def collect_debt(work: Work, row: SessionRow) -> None:
 async def release_pending_hold(work: Work, row: SessionRow) -> None:
     status = await release_hold(work, row)
     await session_queries.update_session(work.session, row.session_id, hold_status=status)
+
+
+# Workers ----------------------------------------------------------------------------------------
+
+
+def ledger_handler(context: Parking) -> Handler:
+    async def handle(event: Event, _record: ConsumerRecord) -> None:
+        if event.type == events.TRANSFER_POSTED:  # transit fares are most of the topic
+            await on_transfer_posted(context, event)
+            return
+        if event.type != events.PAYMENT_REQUEST_PAID:
+            return
+        undo = Undo()
+        try:
+            async with context.db.transaction() as session:
+                if await first_delivery(
+                    session, repository.processed_events, events.CONSUMER_GROUP, event.id
+                ):
+                    await on_payment_request_paid(Work(session, context, undo), event)
+        except BaseException:
+            await undo.run()
+            raise
+
+    return handle
+
+
+def debt_collector(context: Parking) -> Worker:
+    """Retries debts (wallet first, else a VietQR for the receipt) and pending hold releases."""
+
+    async def run() -> None:
+        interval = min(context.settings.debt_retry_interval.total_seconds(), 5.0)
+        while True:
+            async with context.db.transaction() as session:
+                work = Work(session, context)
+                due = await session_queries.debts_due(session, work.now, DEBT_BATCH)
+                for row in due:
+                    await collect_debt(work, row)
+                holds = await session_queries.holds_to_release(session, DEBT_BATCH)
+                for row in holds:
+                    await release_pending_hold(work, row)
+            if len(due) < DEBT_BATCH and len(holds) < DEBT_BATCH:
+                await asyncio.sleep(interval)
+
+    return run
+
+
+def reference_refresh(context: Parking) -> Worker:
+    """Reloads lots, lanes and tariffs, so that changes made on other replicas arrive."""
+
+    async def run() -> None:
+        while True:
+            await asyncio.sleep(context.settings.cache_ttl.total_seconds())
+            await context.reference.reload()
+
+    return run

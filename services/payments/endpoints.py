@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 import uuid
@@ -36,7 +35,6 @@ from services.payments.schemas import (
     RefundCreate,
     RefundRead,
     TopupCreate,
-    problem_responses,
 )
 from services.payments.service import (
     accounts,
@@ -48,7 +46,8 @@ from services.payments.service import (
 )
 from services.payments.settings import PaymentsSettings
 from shared.app import Runtime, RuntimeDep
-from shared.errors import Unauthorized
+from shared.auth import INVALID_TOKEN, check_token
+from shared.errors import Unauthorized, problems
 from shared.fields import Day
 from shared.idempotency import (
     Idempotency,
@@ -86,11 +85,7 @@ async def service_caller(
 
 
 def _check_token(settings: PaymentsSettings, token: str | None) -> None:
-    expected = settings.service_token.get_secret_value().encode()
-    if not token or not hmac.compare_digest(token.encode(), expected):
-        raise Unauthorized(
-            "Send `Authorization: Bearer <payments service token>`.", code="invalid_service_token"
-        )
+    check_token(token, settings.service_token, "payments service token")
 
 
 def _bearer_token(scope: Scope) -> str | None:
@@ -157,7 +152,6 @@ async def hot_void(
     return (await holds.void_hold(runtime.db, key, path["hold_id"])).response()
 
 
-UNAUTHORIZED = (401, "Missing or wrong service token")
 INVALID = (422, "Invalid body (`validation_error`) or a rule refused it; see `code`")
 IDEMPOTENCY = (
     (400, "Idempotency-Key header missing"),
@@ -167,7 +161,7 @@ IDEMPOTENCY = (
 router = APIRouter(
     prefix="/v1",
     dependencies=[Depends(service_caller)],
-    responses=problem_responses(UNAUTHORIZED),
+    responses=problems(INVALID_TOKEN),
 )
 bank_router = APIRouter(prefix="/v1/bank", tags=["bank"])
 
@@ -199,7 +193,7 @@ async def open_wallet(body: AccountCreate, rt: RuntimeDep) -> AccountRead:
     "/accounts/{account_id}",
     response_model=AccountRead,
     tags=["accounts"],
-    responses=problem_responses((404, "No such account")),
+    responses=problems((404, "No such account")),
 )
 async def get_account(account_id: uuid.UUID, rt: RuntimeDep) -> AccountRead:
     """An account and its available balance in VND (money on hold is not available)."""
@@ -215,7 +209,7 @@ async def get_account(account_id: uuid.UUID, rt: RuntimeDep) -> AccountRead:
     response_model=ChargeRead,
     status_code=201,
     tags=["charges"],
-    responses=problem_responses(
+    responses=problems(
         (402, "`insufficient_funds`: the `shortfall` member says how many VND are missing"),
         (409, "In progress (same Idempotency-Key), or `duplicate_transfer`"),
         INVALID,
@@ -239,7 +233,7 @@ async def create_charge(
     response_model=HoldRead,
     status_code=201,
     tags=["holds"],
-    responses=problem_responses(
+    responses=problems(
         (402, "`insufficient_funds`, with the `shortfall`"),
         IDEMPOTENCY[1],
         INVALID,
@@ -261,7 +255,7 @@ async def place_hold(
     "/holds/{hold_id}",
     response_model=HoldRead,
     tags=["holds"],
-    responses=problem_responses((404, "No such hold")),
+    responses=problems((404, "No such hold")),
 )
 async def get_hold(hold_id: uuid.UUID, rt: RuntimeDep) -> HoldRead:
     """A hold and where its money went."""
@@ -273,7 +267,7 @@ async def get_hold(hold_id: uuid.UUID, rt: RuntimeDep) -> HoldRead:
     "/holds/{hold_id}/capture",
     response_model=HoldRead,
     tags=["holds"],
-    responses=problem_responses(
+    responses=problems(
         (404, "No such hold"),
         (409, "`hold_not_pending` (already settled), `hold_expired`, or in progress"),
         (422, "`capture_exceeds_hold`, or an invalid body"),
@@ -295,7 +289,7 @@ async def capture_hold(
     "/holds/{hold_id}/void",
     response_model=HoldRead,
     tags=["holds"],
-    responses=problem_responses(
+    responses=problems(
         (404, "No such hold"), (409, "`hold_not_pending`, or in progress"), IDEMPOTENCY[0]
     ),
 )
@@ -309,7 +303,7 @@ async def void_hold(hold_id: uuid.UUID, key: IdempotencyDep, rt: RuntimeDep) -> 
     response_model=RefundRead,
     status_code=201,
     tags=["refunds"],
-    responses=problem_responses(
+    responses=problems(
         (409, "`duplicate_transfer`, or in progress"),
         (422, "`unknown_charge`, `refund_exceeds_charge` (with `refundable`), or invalid body"),
         IDEMPOTENCY[0],
@@ -334,7 +328,7 @@ async def create_refund(
     response_model=PaymentRequestRead,
     status_code=201,
     tags=["top-ups"],
-    responses=problem_responses(INVALID, *IDEMPOTENCY),
+    responses=problems(INVALID, *IDEMPOTENCY),
 )
 async def request_topup(
     body: TopupCreate,
@@ -357,7 +351,7 @@ async def request_topup(
     "/topups/{topup_id}",
     response_model=PaymentRequestRead,
     tags=["top-ups"],
-    responses=problem_responses((404, "No such top-up")),
+    responses=problems((404, "No such top-up")),
 )
 async def get_topup(topup_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
     """A top-up and whether it is paid."""
@@ -387,7 +381,7 @@ async def topup_qr_png(topup_id: uuid.UUID, rt: RuntimeDep) -> Response:
     response_model=PaymentRequestRead,
     status_code=201,
     tags=["payment requests"],
-    responses=problem_responses(INVALID, *IDEMPOTENCY),
+    responses=problems(INVALID, *IDEMPOTENCY),
 )
 async def request_parking_payment(
     body: ParkingPaymentCreate, key: IdempotencyDep, rt: RuntimeDep, settings: SettingsDep
@@ -405,7 +399,7 @@ async def request_parking_payment(
     "/payment-requests/{request_id}",
     response_model=PaymentRequestRead,
     tags=["payment requests"],
-    responses=problem_responses((404, "No such payment request")),
+    responses=problems((404, "No such payment request")),
 )
 async def get_payment_request(request_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
     """A payment request (top-up or parking fee) and whether it is paid."""
@@ -495,7 +489,7 @@ async def reconciliation_report(
 @bank_router.post(
     "/notifications",
     response_model=BankNotificationResult,
-    responses=problem_responses(
+    responses=problems(
         (401, "`invalid_signature`: unsigned, wrongly signed or outside the 300 s window"),
         (422, "Not a valid notification"),
     ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
@@ -36,7 +36,8 @@ from services.ticketing.schemas import (
 )
 from services.ticketing.service import devices, issuer, products, purchases, riders, tickets, wallet
 from shared.app import RuntimeDep
-from shared.errors import PROBLEM_MEDIA_TYPE, Unauthorized
+from shared.auth import INVALID_TOKEN
+from shared.errors import Unauthorized, problems
 from shared.idempotency import IdempotencyDep
 
 logger = logging.getLogger("citypass.ticketing")
@@ -57,16 +58,6 @@ KeyWrapDep = Annotated[KeyWrap, Depends(_keywrap)]
 ProductCode = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Z0-9-]+$")]
 
 
-def problems(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
-    return {
-        status: {
-            "description": text,
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-        }
-        for status, text in described
-    }
-
-
 UNAUTHENTICATED = (401, "No, expired or invalid access token")
 PAYMENTS_DOWN = (503, "`payments_unavailable`: payments did not answer; retry later")
 
@@ -75,7 +66,7 @@ admin_router = APIRouter(
     prefix="/v1/admin",
     tags=["operators"],
     dependencies=[Depends(operator)],
-    responses=problems((401, "No operator token"), (403, "Not the operator token")),
+    responses=problems(INVALID_TOKEN),
 )
 
 

@@ -12,7 +12,7 @@ from services.validation.memory import Memory, VerifiedSignatures
 from services.validation.outbox import Outbox
 from services.validation.service import Validator
 from services.validation.settings import ValidationSettings
-from services.validation.workers import Workers
+from services.validation.tasks import Workers
 from shared.app import HotRoute, Runtime, create_app, supervised
 from shared.kafka import Consumer
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -13,6 +12,7 @@ from starlette.types import Scope
 from services.validation.rules import GatePlace
 from services.validation.service import Validator
 from services.validation.settings import ValidationSettings
+from shared.auth import check_token
 from shared.devicesigning import (
     SIGNATURE_HEADER,
     DeviceAuthError,
@@ -21,7 +21,6 @@ from shared.devicesigning import (
     signing_headers,
     verify_request,
 )
-from shared.errors import Unauthorized
 
 
 async def current_validator(request: Request) -> Validator:
@@ -61,11 +60,8 @@ async def operator(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(admin_bearer)],
 ) -> None:
-    expected = settings.admin_token.get_secret_value().encode()
-    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
-        raise Unauthorized(
-            "Send `Authorization: Bearer <validation admin token>`.", code="invalid_admin_token"
-        )
+    token = credentials.credentials if credentials is not None else None
+    check_token(token, settings.admin_token, "validation admin token")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from shared.events import Event
 from shared.health import raise_if_cancelled
 from shared.http import service_client
 
-logger = logging.getLogger("citypass.validation.workers")
+logger = logging.getLogger("citypass.validation.tasks")
 
 UNPAID_RECHECK_S = 600.0
 DENY_CLEANUP_S = 600.0
