@@ -20,7 +20,7 @@ from prometheus_client import Counter
 
 from services.parking import repository
 from services.parking.occupancy import Occupancy
-from services.parking.payments import PaymentsClient
+from services.parking.payments import Payments
 from services.parking.repository import Record
 from services.parking.settings import ParkingSettings
 from services.parking.tariffs import Tariff, VehicleType
@@ -201,7 +201,7 @@ class DecisionLimit:
 class Parking:
     settings: ParkingSettings
     runtime: Runtime
-    payments: PaymentsClient
+    payments: Payments
     idempotency: Idempotency
     occupancy: Occupancy
     reference: ReferenceData
@@ -218,7 +218,7 @@ class Parking:
         return cls(
             settings=settings,
             runtime=runtime,
-            payments=PaymentsClient(
+            payments=Payments(
                 settings.payments_url,
                 settings.payments_service_token.get_secret_value(),
                 settings.payments_timeout_s,

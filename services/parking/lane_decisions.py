@@ -16,7 +16,6 @@ from starlette.responses import Response
 
 from services.parking import events, lane_sql, plates, tokens
 from services.parking.context import Device, Lane, Lot, Parking
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable
 from services.parking.schemas import (
     Direction,
     EntryCreate,
@@ -34,6 +33,7 @@ from services.parking.vehicles import parse_plate
 from services.parking.work import LaneWork, SessionRow
 from shared.errors import Conflict, Forbidden, Unprocessable
 from shared.ids import new_id
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from services.parking import events, session_queries
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable
 from services.parking.schemas import (
     DebtStatus,
     OverrideAction,
@@ -28,6 +27,7 @@ from services.parking.vehicles import parse_plate
 from services.parking.work import SessionRow, Work
 from shared.errors import Conflict, ServiceUnavailable, Unprocessable
 from shared.ids import new_id
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 

@@ -21,7 +21,7 @@ from typing import Any
 from services.parking import events, plates, session_queries, tokens
 from services.parking.context import Device, Parking
 from services.parking.lots import price_lines
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
+from services.parking.payments import Posted
 from services.parking.schemas import (
     DebtStatus,
     ExitDecision,
@@ -35,6 +35,7 @@ from services.parking.tokens import ReceiptScope
 from services.parking.work import SessionRow, Steps, Work
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
 from shared.ids import utcnow
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 

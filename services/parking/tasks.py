@@ -12,7 +12,7 @@ from aiokafka import ConsumerRecord
 
 from services.parking import events, lane_sql, repository, session_queries
 from services.parking.context import Parking
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
+from services.parking.payments import Posted
 from services.parking.schemas import DebtStatus, SessionStatus, Settlement
 from services.parking.settlement import amount_owed, close_session, release_hold, take_from_wallet
 from services.parking.work import SessionRow, Undo, Work
@@ -20,6 +20,7 @@ from shared.app import Worker
 from shared.events import Event
 from shared.inbox import first_delivery
 from shared.kafka import Handler
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 

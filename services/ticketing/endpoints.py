@@ -12,7 +12,7 @@ from starlette.responses import Response
 from services.ticketing.auth import CurrentRider, SettingsDep, operator
 from services.ticketing.credentials import KeyWrap
 from services.ticketing.errors import RefreshTokenReused
-from services.ticketing.payments import PaymentsClient, PaymentsUnavailable
+from services.ticketing.payments import Payments
 from services.ticketing.schemas import (
     CategoryDecision,
     CategoryRequest,
@@ -39,12 +39,13 @@ from shared.app import RuntimeDep
 from shared.auth import INVALID_TOKEN
 from shared.errors import Unauthorized, problems
 from shared.idempotency import IdempotencyDep
+from shared.payments_client import PaymentsUnavailable
 
 logger = logging.getLogger("citypass.ticketing")
 
 
-async def _payments(request: Request) -> PaymentsClient:
-    payments: PaymentsClient = request.app.state.payments
+async def _payments(request: Request) -> Payments:
+    payments: Payments = request.app.state.payments
     return payments
 
 
@@ -53,7 +54,7 @@ async def _keywrap(request: Request) -> KeyWrap:
     return keywrap
 
 
-PaymentsDep = Annotated[PaymentsClient, Depends(_payments)]
+PaymentsDep = Annotated[Payments, Depends(_payments)]
 KeyWrapDep = Annotated[KeyWrap, Depends(_keywrap)]
 ProductCode = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Z0-9-]+$")]
 

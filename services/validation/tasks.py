@@ -37,6 +37,7 @@ from services.validation.settings import ValidationSettings
 from shared.events import Event
 from shared.health import raise_if_cancelled
 from shared.http import service_client
+from shared.payments_client import PaymentsClient, PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.validation.tasks")
 
@@ -109,7 +110,12 @@ class Workers:
         self.memory = memory
         self.outbox = outbox
         self.max_trip_s = int(settings.max_trip.total_seconds())
-        self._payments: httpx.AsyncClient | None = None
+        self.payments = PaymentsClient(
+            settings.payments_url,
+            settings.payments_token.get_secret_value(),
+            timeout_s=settings.payments_timeout_s,
+            caller="validation",
+        )
         self._failing: set[str] = set()
         self._keys_changed = asyncio.Event()  # ticketing said so: ask it now
 
@@ -289,42 +295,32 @@ class Workers:
         if isinstance(fare, int) and fare > 0 and stored_value:
             await self.charge_fare(ticket_id, data.get("wallet_account_id"), fare, vid)
 
-    def payments(self) -> httpx.AsyncClient:
-        if self._payments is None:
-            self._payments = service_client(
-                self.settings.payments_url, timeout_s=self.settings.payments_timeout_s
-            )
-            token = self.settings.payments_token.get_secret_value()
-            self._payments.headers["Authorization"] = f"Bearer {token}"
-        return self._payments
-
     async def close(self) -> None:
-        if self._payments is not None:
-            await self._payments.aclose()
+        await self.payments.close()
 
-    async def _post_charge(self, body: bytes, validation_id: str) -> tuple[int, dict[str, Any]]:
-        """POST /v1/charges until payments gives a definite answer (transient errors retried)."""
+    async def _post_charge(self, body: dict[str, Any], validation_id: str) -> Charged:
+        """POST /v1/charges until payments gives a definite answer (transient errors retried):
+        the charge's answer, or payments' refusal."""
         delay = 0.2
         while True:
             raise_if_cancelled()
             try:
-                response = await self.payments().post(
-                    "/v1/charges",
-                    content=body,
-                    headers={"Idempotency-Key": validation_id, "Content-Type": "application/json"},
-                )
-                payload = response.json() if response.content else {}
-                in_flight = response.status_code == 409 and payload.get("code") != (
-                    "duplicate_transfer"
-                )
-                if response.status_code < 500 and not in_flight and response.status_code != 401:
-                    self._recovered("payments")
-                    return response.status_code, payload
-                self._log_failure("payments", RuntimeError(f"HTTP {response.status_code}"))
-            except (httpx.HTTPError, ValueError) as exc:
-                self._log_failure("payments", exc)
+                answer = await self.payments.call("POST", "/v1/charges", body, key=validation_id)
+            except PaymentsRefused as refused:
+                self._recovered("payments")
+                return refused
+            except PaymentsUnavailable as unavailable:
+                self._log_failure("payments", unavailable)
+            else:
+                self._recovered("payments")
+                return answer
             await asyncio.sleep(delay)
             delay = min(FARE_RETRY_MAX_S, delay * 2)
+
+    async def _save_balance(self, ticket_id: str, charged: Charged) -> None:
+        answer = charged.body if isinstance(charged, PaymentsRefused) else charged
+        if isinstance(answer.get("balance"), int):
+            await repository.save_balance(self.redis, ticket_id, answer["balance"])
 
     async def charge_fare(
         self, ticket_id: str, wallet: Any, amount: int, validation_id: str
@@ -334,21 +330,19 @@ class Workers:
         account = account or await repository.ticket_wallet(self.redis, ticket_id)
         if account is None:
             raise FareError(f"no wallet is known for ticket {ticket_id} (ticket.issued missing?)")
-        body = orjson.dumps(
-            {
-                "account_id": account,
-                "amount": amount,
-                "source": "transit",
-                "transfer_id": validation_id,
-            }
-        )
-        status, payload = await self._post_charge(body, validation_id)
-        if status in (200, 201) or (status == 409 and payload.get("code") == "duplicate_transfer"):
-            if isinstance(payload.get("balance"), int):
-                await repository.save_balance(self.redis, ticket_id, payload["balance"])
+        body = {
+            "account_id": account,
+            "amount": amount,
+            "source": "transit",
+            "transfer_id": validation_id,
+        }
+        charged = await self._post_charge(body, validation_id)
+        if _paid(charged):
+            await self._save_balance(ticket_id, charged)
             return
-        if status == 402:
-            unpaid = orjson.dumps({"ticket_id": ticket_id, "body": body.decode()})
+        assert isinstance(charged, PaymentsRefused)
+        if charged.status == 402:
+            unpaid = orjson.dumps({"ticket_id": ticket_id, "body": orjson.dumps(body).decode()})
             await repository.record_unpaid(self.redis, account, validation_id, unpaid)
             await self.outbox.emit(
                 events.TICKETS_TOPIC,
@@ -358,11 +352,11 @@ class Workers:
                     wallet_account_id=account,
                     validation_id=validation_id,
                     amount=amount,
-                    shortfall=payload.get("shortfall"),
+                    shortfall=charged.body.get("shortfall"),
                 ),
             )
             return
-        raise FareError(f"payments refused fare {validation_id}: {status} {payload.get('code')}")
+        raise FareError(f"payments refused fare {validation_id}: {charged}")
 
     # payments.ledger: top-ups settle unpaid fares ---------------------------------------------
 
@@ -379,11 +373,10 @@ class Workers:
         for validation_id, raw in sorted(unpaid.items()):
             record = orjson.loads(raw)
             ticket_id = record["ticket_id"]
-            status, payload = await self._post_charge(record["body"].encode(), validation_id)
-            if status in (200, 201) or payload.get("code") == "duplicate_transfer":
+            charged = await self._post_charge(orjson.loads(record["body"]), validation_id)
+            if _paid(charged):
                 await repository.settle_unpaid(self.redis, wallet, validation_id)
-                if isinstance(payload.get("balance"), int):
-                    await repository.save_balance(self.redis, ticket_id, payload["balance"])
+                await self._save_balance(ticket_id, charged)
                 settled[ticket_id].append(validation_id)
             else:
                 still_unpaid.add(ticket_id)
@@ -441,3 +434,11 @@ class Workers:
                 closed += 1
             await repository.unindex_trip(self.redis, ticket_id, entry_vid)
         return closed
+
+
+Charged = dict[str, Any] | PaymentsRefused  # the charge's answer, or payments' refusal
+
+
+def _paid(charged: Charged) -> bool:
+    """Charged now, or earlier (the same transfer id is already in the ledger)."""
+    return not isinstance(charged, PaymentsRefused) or charged.code == "duplicate_transfer"
