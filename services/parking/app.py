@@ -18,6 +18,7 @@ from services.parking.context import Parking
 from services.parking.endpoints import LANE_BODY_LIMIT, lane_entry, lane_exit, lanes, public
 from services.parking.settings import ParkingSettings
 from shared.app import HotRoute, Runtime, create_app, supervised
+from shared.events import LEDGER_TOPIC
 from shared.kafka import Consumer
 from shared.outbox import OutboxRelay
 
@@ -31,7 +32,7 @@ def build_app(settings: ParkingSettings | None = None) -> FastAPI:
     relay = OutboxRelay("parking", runtime.db, repository.outbox, runtime.publisher)
     consumer = Consumer(
         settings.kafka_bootstrap_servers,
-        [events.LEDGER_TOPIC],
+        [LEDGER_TOPIC],
         events.CONSUMER_GROUP,
         tasks.ledger_handler(context),
         publisher=runtime.publisher,

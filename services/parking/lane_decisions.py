@@ -32,6 +32,7 @@ from services.parking.tariffs import VehicleType, tariff_in_force
 from services.parking.vehicles import parse_plate
 from services.parking.work import LaneWork, SessionRow
 from shared.errors import Conflict, Forbidden, Unprocessable
+from shared.events import OCCUPANCY_TOPIC, SESSION_OPENED, SESSIONS_TOPIC
 from shared.ids import new_id
 from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
@@ -228,7 +229,7 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     count = await work.admit(lot.lot_id, vehicle_type)
     if not count.admitted:
         await work.publish(
-            events.OCCUPANCY_TOPIC,
+            OCCUPANCY_TOPIC,
             lot.lot_id,
             events.entry_refused(lot.lot_id, lane.lane_id, vehicle_type, count, who.plate.masked()),
         )
@@ -258,10 +259,10 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     held = hold_amount if hold_id is not None else None
     work.events = [
         (
-            events.SESSIONS_TOPIC,
+            SESSIONS_TOPIC,
             str(session_id),
             events.session_event(
-                events.SESSION_OPENED,
+                SESSION_OPENED,
                 session_id,
                 {
                     "lot_id": lot.lot_id,
@@ -279,7 +280,7 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
             ),
         ),
         (
-            events.OCCUPANCY_TOPIC,
+            OCCUPANCY_TOPIC,
             lot.lot_id,
             events.occupancy_changed(
                 lot.lot_id,

@@ -26,6 +26,7 @@ from services.parking.settlement import (
 from services.parking.vehicles import parse_plate
 from services.parking.work import SessionRow, Work
 from shared.errors import Conflict, ServiceUnavailable, Unprocessable
+from shared.events import SESSION_OVERRIDDEN, SESSIONS_TOPIC
 from shared.ids import new_id
 from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
@@ -219,10 +220,10 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
         details=details,
     )
     await work.publish(
-        events.SESSIONS_TOPIC,
+        SESSIONS_TOPIC,
         str(row.session_id),
         events.session_event(
-            events.SESSION_OVERRIDDEN,
+            SESSION_OVERRIDDEN,
             row.session_id,
             {
                 "lot_id": row.lot_id,

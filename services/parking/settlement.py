@@ -34,6 +34,7 @@ from services.parking.tariffs import TariffError, VehicleType, price_session
 from services.parking.tokens import ReceiptScope
 from services.parking.work import SessionRow, Steps, Work
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
+from shared.events import OCCUPANCY_TOPIC, SESSION_CLOSED, SESSION_PAYMENT_REQUIRED, SESSIONS_TOPIC
 from shared.ids import utcnow
 from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
@@ -175,10 +176,10 @@ async def settle_exit(
         **pending,
     )
     await work.publish(
-        events.SESSIONS_TOPIC,
+        SESSIONS_TOPIC,
         str(row.session_id),
         events.session_event(
-            events.SESSION_PAYMENT_REQUIRED,
+            SESSION_PAYMENT_REQUIRED,
             row.session_id,
             {
                 "lot_id": row.lot_id,
@@ -243,12 +244,12 @@ async def close_session(
         **pending,
     )
     await work.publish(
-        events.SESSIONS_TOPIC,
+        SESSIONS_TOPIC,
         str(row.session_id),
-        events.session_event(events.SESSION_CLOSED, row.session_id, _closed_data(row)),
+        events.session_event(SESSION_CLOSED, row.session_id, _closed_data(row)),
     )
     await work.publish(
-        events.OCCUPANCY_TOPIC,
+        OCCUPANCY_TOPIC,
         row.lot_id,
         events.occupancy_changed(
             row.lot_id,

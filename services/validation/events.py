@@ -40,27 +40,19 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.events import Event, new_event_id
+from shared.events import (
+    DUPLICATE_USE,
+    FARE_SETTLED,
+    FARE_UNPAID,
+    TRIP_AUTO_CLOSED,
+    UPLOAD_TOO_LATE,
+    VALIDATION_ACCEPTED,
+    VALIDATION_REJECTED,
+    Event,
+    new_event_id,
+)
 
 SOURCE = "/citypass/validation"
-VALIDATIONS_TOPIC = "transit.validations"
-TICKETS_TOPIC = "transit.tickets"
-ALERTS_TOPIC = "ops.alerts"
-LEDGER_TOPIC = "payments.ledger"
-
-VALIDATION_ACCEPTED = "citypass.transit.validation.accepted.v1"
-VALIDATION_REJECTED = "citypass.transit.validation.rejected.v1"
-TRIP_AUTO_CLOSED = "citypass.transit.trip.auto_closed.v1"
-FARE_UNPAID = "citypass.transit.fare.unpaid.v1"
-FARE_SETTLED = "citypass.transit.fare.settled.v1"
-DUPLICATE_USE = "citypass.transit.validation.duplicate_use.v1"
-UPLOAD_TOO_LATE = "citypass.transit.validation.upload_too_late.v1"
-
-TICKET_ISSUED = "citypass.transit.ticket.issued.v1"
-TICKET_REVOKED = "citypass.transit.ticket.revoked.v1"
-DEVICE_REVOKED = "citypass.transit.device.revoked.v1"
-ISSUER_KEYS_CHANGED = "citypass.transit.issuer_keys.changed.v1"
-TRANSFER_POSTED = "citypass.payments.transfer.posted.v1"
 
 
 @functools.lru_cache(maxsize=1024)  # a decision formats three times that are mostly the same

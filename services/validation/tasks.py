@@ -34,7 +34,19 @@ from services.validation.rules import Reason, TicketKind, device_fingerprint
 from services.validation.schemas import IssuerKeyStatus
 from services.validation.service import TICKET_LIFETIME_MARGIN_S
 from services.validation.settings import ValidationSettings
-from shared.events import Event
+from shared.events import (
+    DEVICE_REVOKED,
+    FARE_SETTLED,
+    FARE_UNPAID,
+    ISSUER_KEYS_CHANGED,
+    TICKET_ISSUED,
+    TICKET_REVOKED,
+    TICKETS_TOPIC,
+    TRANSFER_POSTED,
+    TRIP_AUTO_CLOSED,
+    VALIDATION_ACCEPTED,
+    Event,
+)
 from shared.health import raise_if_cancelled
 from shared.http import service_client
 from shared.payments_client import PaymentsClient, PaymentsRefused, PaymentsUnavailable
@@ -187,29 +199,27 @@ class Workers:
 
     async def on_ticket_event(self, event: Event, _record: ConsumerRecord) -> None:
         data = event.data
-        if event.type == events.TICKET_ISSUED:
+        if event.type == TICKET_ISSUED:
             await self._ticket_issued(data)
-        elif event.type == events.TICKET_REVOKED:
+        elif event.type == TICKET_REVOKED:
             if ticket_id := ticket_uuid(data.get("ticket_id")):
                 until = unix(data.get("valid_until_unix")) or unix(data.get("valid_until"))
                 await self._deny(f"ticket:{ticket_id}", Reason.revoked_ticket, until)
-        elif event.type == events.DEVICE_REVOKED:
+        elif event.type == DEVICE_REVOKED:
             fingerprint = data.get("device_key_fingerprint")
             if not isinstance(fingerprint, str) and isinstance(data.get("device_public_key"), str):
                 fingerprint = device_fingerprint(decode_public_key(data["device_public_key"]))
             if isinstance(fingerprint, str) and fingerprint:
                 until = unix(data.get("deny_until"))
                 await self._deny(f"device:{fingerprint.lower()}", Reason.revoked_device, until)
-        elif event.type == events.ISSUER_KEYS_CHANGED:
+        elif event.type == ISSUER_KEYS_CHANGED:
             await self._issuer_keys_changed(event)
-        elif event.type == events.FARE_UNPAID:
+        elif event.type == FARE_UNPAID:
             if ticket_id := ticket_uuid(data.get("ticket_id")):
                 current = self.memory.deny_tickets.get(ticket_id)
                 if current is None or current.reason is Reason.insufficient_balance:
                     await self._deny(f"ticket:{ticket_id}", Reason.insufficient_balance, None)
-        elif event.type == events.FARE_SETTLED and (
-            ticket_id := ticket_uuid(data.get("ticket_id"))
-        ):
+        elif event.type == FARE_SETTLED and (ticket_id := ticket_uuid(data.get("ticket_id"))):
             entry = f"ticket:{ticket_id}"
             await repository.lift(self.redis, entry, Reason.insufficient_balance.value)
             self.memory.lift_entry(entry, Reason.insufficient_balance)
@@ -274,7 +284,7 @@ class Workers:
         if not isinstance(ticket_id, str):
             return
         stored_value = data.get("kind") == TicketKind.stored_value
-        if event.type == events.VALIDATION_ACCEPTED:
+        if event.type == VALIDATION_ACCEPTED:
             vid = str(data["validation_id"])
             entry = data.get("entry")
             # Only a stored-value trip costs something when left open; the others close at
@@ -286,7 +296,7 @@ class Workers:
                 )
             if stored_value and data.get("action") == "exit" and isinstance(entry, dict):
                 await repository.unindex_trip(self.redis, ticket_id, str(entry["validation_id"]))
-        elif event.type == events.TRIP_AUTO_CLOSED:
+        elif event.type == TRIP_AUTO_CLOSED:
             vid = str(data["validation_id"])
             await repository.unindex_trip(self.redis, ticket_id, vid)
         else:
@@ -345,7 +355,7 @@ class Workers:
             unpaid = orjson.dumps({"ticket_id": ticket_id, "body": orjson.dumps(body).decode()})
             await repository.record_unpaid(self.redis, account, validation_id, unpaid)
             await self.outbox.emit(
-                events.TICKETS_TOPIC,
+                TICKETS_TOPIC,
                 ticket_id,
                 events.fare_unpaid(
                     ticket_id=ticket_id,
@@ -363,7 +373,7 @@ class Workers:
     async def on_ledger_event(self, event: Event, _record: ConsumerRecord) -> None:
         data = event.data
         wallet = data.get("wallet_account_id")
-        if event.type == events.TRANSFER_POSTED and data.get("kind") == "topup" and wallet:
+        if event.type == TRANSFER_POSTED and data.get("kind") == "topup" and wallet:
             await self.settle_wallet(str(wallet))
 
     async def settle_wallet(self, wallet: str) -> None:
@@ -383,7 +393,7 @@ class Workers:
         for ticket_id, validation_ids in settled.items():
             if ticket_id not in still_unpaid:
                 await self.outbox.emit(
-                    events.TICKETS_TOPIC,
+                    TICKETS_TOPIC,
                     ticket_id,
                     events.fare_settled(
                         ticket_id=ticket_id, wallet_account_id=wallet, validation_ids=validation_ids

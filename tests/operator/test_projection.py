@@ -23,7 +23,7 @@ from services.payments import events as payments_events
 from services.payments.repository.balances import Leg
 from services.payments.repository.journal import TransferDraft
 from services.ticketing import events as ticketing_events
-from shared.events import Event
+from shared.events import SESSION_OPENED, TICKET_REVOKED, Event
 from tests.operator.conftest import validation_event
 
 
@@ -116,7 +116,7 @@ class TestUpdates:
 
     def test_a_parking_entry_shows_its_masked_plate_in_the_tail(self) -> None:
         event = parking_events.session_event(
-            parking_events.SESSION_OPENED,
+            SESSION_OPENED,
             uuid.uuid4(),
             {"lot_id": "HK-01", "plate": "29A-***.45", "vehicle_type": "car"},
         )
@@ -129,7 +129,7 @@ class TestUpdates:
 
     def test_ticket_events_are_known(self) -> None:
         event = Event(
-            type=ticketing_events.TICKET_REVOKED,
+            type=TICKET_REVOKED,
             source=ticketing_events.SOURCE,
             subject="t",
             data={"ticket_id": str(uuid.uuid4()), "reason": "refunded"},

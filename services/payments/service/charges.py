@@ -26,6 +26,7 @@ from services.payments.service.errors import RefundExceedsCharge, UnknownCharge
 from services.payments.service.posting import post, refusal_of
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
+from shared.events import LEDGER_TOPIC
 from shared.idempotency import IdempotentRequest, StoredAnswer, guarded_answer, response_template
 from shared.ids import new_id
 
@@ -65,7 +66,7 @@ async def charge(
         key,
         draft,
         revenue,
-        events.LEDGER_TOPIC,
+        LEDGER_TOPIC,
         events.ledger_key(draft),
         OutboxEvent.of(events.transfer_posted(draft)),
         template,

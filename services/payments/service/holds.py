@@ -40,6 +40,7 @@ from services.payments.service.posting import post, refusal_of
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
 from shared.errors import ProblemError
+from shared.events import LEDGER_TOPIC
 from shared.idempotency import (
     IdempotentRequest,
     StoredAnswer,
@@ -125,7 +126,7 @@ async def place_hold(
         draft,
         ttl,
         escrow,
-        events.LEDGER_TOPIC,
+        LEDGER_TOPIC,
         events.ledger_key(draft),
         OutboxEvent.of(events.transfer_posted(draft)),
         template,
@@ -267,7 +268,7 @@ async def capture_hold(
         capture,
         revenue,
         release,
-        events.LEDGER_TOPIC,
+        LEDGER_TOPIC,
         event_key,
         template,
     )
@@ -286,7 +287,7 @@ async def void_hold(db: Database, key: IdempotentRequest, hold_id: uuid.UUID) ->
         event_key = events.ledger_key(release.draft)
         template = _settled_template(hold, HoldStatus.voided, 0, None, release.draft.id)
     outcome = await functions.void_hold_once(
-        db, key, hold_id, release, events.LEDGER_TOPIC, event_key, template
+        db, key, hold_id, release, LEDGER_TOPIC, event_key, template
     )
     answer = guarded_answer(outcome)
     if answer is None:

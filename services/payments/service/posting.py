@@ -17,6 +17,7 @@ from services.payments.service.errors import (
     UnknownAccount,
 )
 from shared.errors import Conflict, ProblemError
+from shared.events import LEDGER_TOPIC
 from shared.idempotency import refusal_detail
 
 POST_ATTEMPTS = 3
@@ -67,7 +68,7 @@ async def post(session: AsyncSession, draft: TransferDraft) -> PostedTransfer:
     key = events.ledger_key(draft)
     for _ in range(POST_ATTEMPTS):
         try:
-            posted = await journal.post_transfer(session, draft, events.LEDGER_TOPIC, key, event)
+            posted = await journal.post_transfer(session, draft, LEDGER_TOPIC, key, event)
         except IntegrityError as error:
             if _is_duplicate_transfer(error):
                 raise DuplicateTransfer(

@@ -32,6 +32,7 @@ from services.ticketing.settings import TicketingSettings
 from shared import ticketcodec
 from shared.db import Database
 from shared.errors import Conflict, Forbidden, NotFound, ProblemError, Unprocessable
+from shared.events import TICKETS_TOPIC
 from shared.idempotency import IdempotencyKeyReused, IdempotentRequest
 from shared.ids import new_id, utcnow
 from shared.network import BUS_ROUTES, LINES
@@ -351,7 +352,7 @@ async def _settle(
     await add_event(
         session,
         tables.outbox,
-        events.TOPIC,
+        TICKETS_TOPIC,
         str(ticket.id),
         events.ticket_issued(
             ticket,
