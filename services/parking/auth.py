@@ -6,30 +6,23 @@ from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 
 from services.parking.context import Device, Parking
+from shared.app import state
 from shared.auth import check_token, token_matches
 from shared.devicesigning import (
     DEVICE_ID_HEADER,
-    NONCE_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
     DeviceAuthError,
     SignedRequest,
     claim_nonce,
     request_target,
+    signature_scheme,
     verify_request,
 )
 
-
-async def parking(request: Request) -> Parking:
-    context: Parking = request.app.state.parking
-    return context
-
-
-ParkingDep = Annotated[Parking, Depends(parking)]
+ParkingDep = Annotated[Parking, state("parking")]
 
 admin_bearer = HTTPBearer(
     auto_error=False,
@@ -37,18 +30,7 @@ admin_bearer = HTTPBearer(
     description="`Authorization: Bearer <PARKING_ADMIN_TOKEN>`: operators and back offices",
 )
 # Documented so that the OpenAPI shows what a lane device sends; checked in `signed_device`.
-_device_headers = APIKeyHeader(
-    name=DEVICE_ID_HEADER,
-    auto_error=False,
-    scheme_name="DeviceSignature",
-    description=(
-        "Lane terminals and cameras sign every request (shared/devicesigning.py): "
-        f"`{DEVICE_ID_HEADER}`, `{TIMESTAMP_HEADER}` (unix s), `{NONCE_HEADER}` (fresh, "
-        f"16-64 of [A-Za-z0-9_-]) and `{SIGNATURE_HEADER}` = hex HMAC-SHA256 with the "
-        "device secret over `CP-DEVICE-HMAC-SHA256\\n<METHOD>\\n<path?query>\\n<timestamp>"
-        "\\n<nonce>\\n<hex SHA-256 of the body>`"
-    ),
-)
+_device_headers = signature_scheme(DEVICE_ID_HEADER, "DeviceSignature")
 
 
 def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:

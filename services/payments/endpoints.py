@@ -10,13 +10,18 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 from starlette.types import Scope
 
 from services.payments import bank_signature, reconciliation
+from services.payments.auth import (
+    IdempotencyStoreDep,
+    SettingsDep,
+    check_caller,
+    service_caller,
+)
 from services.payments.schemas import (
     AccountCreate,
     AccountRead,
@@ -46,7 +51,7 @@ from services.payments.service import (
 )
 from services.payments.settings import PaymentsSettings
 from shared.app import Runtime, RuntimeDep
-from shared.auth import INVALID_TOKEN, check_token
+from shared.auth import INVALID_TOKEN
 from shared.errors import Unauthorized, problems
 from shared.fields import Day
 from shared.idempotency import (
@@ -57,35 +62,6 @@ from shared.idempotency import (
     hot_idempotent_body,
     hot_idempotent_path,
 )
-
-
-# Coroutines on purpose: FastAPI runs plain-function dependencies in a worker thread.
-async def payments_settings(request: Request) -> PaymentsSettings:
-    settings: PaymentsSettings = request.app.state.settings
-    return settings
-
-
-async def idempotency_store(request: Request) -> Idempotency:
-    store: Idempotency = request.app.state.idempotency
-    return store
-
-
-SettingsDep = Annotated[PaymentsSettings, Depends(payments_settings)]
-IdempotencyStoreDep = Annotated[Idempotency, Depends(idempotency_store)]
-
-bearer = HTTPBearer(auto_error=False, description="The payments service token (from settings)")
-
-
-async def service_caller(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    """Callers are CityPass services: one shared bearer token, compared in constant time."""
-    _check_token(settings, credentials.credentials if credentials else None)
-
-
-def _check_token(settings: PaymentsSettings, token: str | None) -> None:
-    check_token(token, settings.service_token, "payments service token")
 
 
 def _bearer_token(scope: Scope) -> str | None:
@@ -103,7 +79,7 @@ def _bearer_token(scope: Scope) -> str | None:
 async def hot_charge(
     runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
 ) -> Response:
-    _check_token(settings, _bearer_token(scope))
+    check_caller(settings, _bearer_token(scope))
     key, charge = hot_idempotent_body(scope, body, ChargeCreate)
     return (await charges.charge(runtime.db, key, charge, settings)).response()
 
@@ -111,7 +87,7 @@ async def hot_charge(
 async def hot_hold(
     runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
 ) -> Response:
-    _check_token(settings, _bearer_token(scope))
+    check_caller(settings, _bearer_token(scope))
     key, hold = hot_idempotent_body(scope, body, HoldCreate)
     return (await holds.place_hold(runtime.db, key, hold, settings)).response()
 
@@ -119,7 +95,7 @@ async def hot_hold(
 async def hot_parking_payment(
     runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
 ) -> Response:
-    _check_token(settings, _bearer_token(scope))
+    check_caller(settings, _bearer_token(scope))
     key, payment = hot_idempotent_body(scope, body, ParkingPaymentCreate)
     return (
         await payment_requests.request_parking_payment(runtime.db, key, payment, settings)
@@ -134,7 +110,7 @@ VOID_PATH = "/v1/holds/{hold_id}/void"
 async def hot_capture(
     runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
 ) -> Response:
-    _check_token(settings, _bearer_token(scope))
+    check_caller(settings, _bearer_token(scope))
     key, path, capture = hot_idempotent_path(
         scope, body, CAPTURE_PATH, HOLD_PATH_TYPES, HoldCapture
     )
@@ -147,7 +123,7 @@ async def hot_capture(
 async def hot_void(
     runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
 ) -> Response:
-    _check_token(settings, _bearer_token(scope))
+    check_caller(settings, _bearer_token(scope))
     key, path, _ = hot_idempotent_path(scope, body, VOID_PATH, HOLD_PATH_TYPES)
     return (await holds.void_hold(runtime.db, key, path["hold_id"])).response()
 

@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 from starlette.responses import Response
 
 from services.ticketing.auth import CurrentRider, SettingsDep, operator
@@ -35,7 +35,7 @@ from services.ticketing.schemas import (
     WalletRead,
 )
 from services.ticketing.service import devices, issuer, products, purchases, riders, tickets, wallet
-from shared.app import RuntimeDep
+from shared.app import RuntimeDep, state
 from shared.auth import INVALID_TOKEN
 from shared.errors import Unauthorized, problems
 from shared.idempotency import IdempotencyDep
@@ -44,18 +44,8 @@ from shared.payments_client import PaymentsUnavailable
 logger = logging.getLogger("citypass.ticketing")
 
 
-async def _payments(request: Request) -> Payments:
-    payments: Payments = request.app.state.payments
-    return payments
-
-
-async def _keywrap(request: Request) -> KeyWrap:
-    keywrap: KeyWrap = request.app.state.keywrap
-    return keywrap
-
-
-PaymentsDep = Annotated[Payments, Depends(_payments)]
-KeyWrapDep = Annotated[KeyWrap, Depends(_keywrap)]
+PaymentsDep = Annotated[Payments, state("payments")]
+KeyWrapDep = Annotated[KeyWrap, state("keywrap")]
 ProductCode = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Z0-9-]+$")]
 
 
