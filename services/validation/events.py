@@ -40,6 +40,8 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import StrictInt
+
 from shared.events import (
     DUPLICATE_USE,
     FARE_SETTLED,
@@ -48,11 +50,37 @@ from shared.events import (
     UPLOAD_TOO_LATE,
     VALIDATION_ACCEPTED,
     VALIDATION_REJECTED,
+    Consumed,
     Event,
     new_event_id,
 )
 
 SOURCE = "/citypass/validation"
+
+
+class TripEntry(Consumed):
+    validation_id: str
+
+
+class Decided(Consumed):
+    """`validation.accepted.v1` and `trip.auto_closed.v1` as the fare worker reads them."""
+
+    ticket_id: str
+    validation_id: str
+    kind: str | None = None
+    action: str | None = None
+    station: str | None = None
+    decided_at: int | float | str | None = None  # unix seconds, or ISO 8601 in older events
+    entry: TripEntry | None = None  # an exit's entry
+    fare: StrictInt | None = None
+    wallet_account_id: str | None = None
+
+
+class TransferPosted(Consumed):
+    """`citypass.payments.transfer.posted.v1`: a top-up retries the wallet's unpaid fares."""
+
+    kind: str | None = None
+    wallet_account_id: str | None = None
 
 
 @functools.lru_cache(maxsize=1024)  # a decision formats three times that are mostly the same

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import ConsumerRecord
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -279,31 +280,29 @@ class Workers:
     # transit.validations: fares and open trips ---------------------------------------------
 
     async def on_validation_event(self, event: Event, _record: ConsumerRecord) -> None:
-        data = event.data
-        ticket_id = data.get("ticket_id")
-        if not isinstance(ticket_id, str):
+        if event.type not in (VALIDATION_ACCEPTED, TRIP_AUTO_CLOSED):
             return
-        stored_value = data.get("kind") == TicketKind.stored_value
+        try:
+            decided = events.Decided.model_validate(event.data)
+        except ValidationError as unreadable:
+            logger.warning("validation event %s unreadable: %s", event.id, unreadable)
+            return
+        ticket_id, vid = decided.ticket_id, decided.validation_id
+        stored_value = decided.kind == TicketKind.stored_value
         if event.type == VALIDATION_ACCEPTED:
-            vid = str(data["validation_id"])
-            entry = data.get("entry")
             # Only a stored-value trip costs something when left open; the others close at
             # the rider's next tap (or expire with the ticket) without the sweeper.
-            if stored_value and data.get("action") == "entry" and data.get("station"):
-                entered = unix(data.get("decided_at")) or int(time.time())
+            if stored_value and decided.action == "entry" and decided.station:
+                entered = unix(decided.decided_at) or int(time.time())
                 await repository.index_open_trip(
                     self.redis, ticket_id, vid, entered + self.max_trip_s
                 )
-            if stored_value and data.get("action") == "exit" and isinstance(entry, dict):
-                await repository.unindex_trip(self.redis, ticket_id, str(entry["validation_id"]))
-        elif event.type == TRIP_AUTO_CLOSED:
-            vid = str(data["validation_id"])
-            await repository.unindex_trip(self.redis, ticket_id, vid)
+            if stored_value and decided.action == "exit" and decided.entry is not None:
+                await repository.unindex_trip(self.redis, ticket_id, decided.entry.validation_id)
         else:
-            return
-        fare = data.get("fare")
-        if isinstance(fare, int) and fare > 0 and stored_value:
-            await self.charge_fare(ticket_id, data.get("wallet_account_id"), fare, vid)
+            await repository.unindex_trip(self.redis, ticket_id, vid)
+        if decided.fare is not None and decided.fare > 0 and stored_value:
+            await self.charge_fare(ticket_id, decided.wallet_account_id, decided.fare, vid)
 
     async def close(self) -> None:
         await self.payments.close()
@@ -371,10 +370,11 @@ class Workers:
     # payments.ledger: top-ups settle unpaid fares ---------------------------------------------
 
     async def on_ledger_event(self, event: Event, _record: ConsumerRecord) -> None:
-        data = event.data
-        wallet = data.get("wallet_account_id")
-        if event.type == TRANSFER_POSTED and data.get("kind") == "topup" and wallet:
-            await self.settle_wallet(str(wallet))
+        if event.type != TRANSFER_POSTED:
+            return
+        posted = events.TransferPosted.model_validate(event.data)
+        if posted.kind == "topup" and posted.wallet_account_id:
+            await self.settle_wallet(posted.wallet_account_id)
 
     async def settle_wallet(self, wallet: str) -> None:
         unpaid = await repository.unpaid_fares(self.redis, wallet)
