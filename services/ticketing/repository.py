@@ -234,18 +234,24 @@ async def insert_device(session: AsyncSession, **values: Any) -> Record:
     return row
 
 
-async def revoke_device(
-    session: AsyncSession, device_id: uuid.UUID, at: datetime, reason: str
+async def _revoke(
+    session: AsyncSession, table: Table, row_id: uuid.UUID, at: datetime, reason: str
 ) -> Record:
     row: Record = (
         await session.execute(
-            update(devices)
-            .where(devices.c.id == device_id)
+            update(table)
+            .where(table.c.id == row_id)
             .values(status="revoked", revoked_at=at, revoke_reason=reason)
-            .returning(devices)
+            .returning(table)
         )
     ).one()
     return row
+
+
+async def revoke_device(
+    session: AsyncSession, device_id: uuid.UUID, at: datetime, reason: str
+) -> Record:
+    return await _revoke(session, devices, device_id, at, reason)
 
 
 async def list_devices(session: AsyncSession, rider_id: uuid.UUID) -> Sequence[Record]:
@@ -426,15 +432,7 @@ async def live_ticket_ids(session: AsyncSession, rider_id: uuid.UUID, now: datet
 async def revoke_ticket(
     session: AsyncSession, ticket_id: uuid.UUID, at: datetime, reason: str
 ) -> Record:
-    row: Record = (
-        await session.execute(
-            update(tickets)
-            .where(tickets.c.id == ticket_id)
-            .values(status="revoked", revoked_at=at, revoke_reason=reason)
-            .returning(tickets)
-        )
-    ).one()
-    return row
+    return await _revoke(session, tickets, ticket_id, at, reason)
 
 
 # Issuer keys and credentials --------------------------------------------------------------------
