@@ -9,7 +9,13 @@ from typing import Any
 
 import orjson
 import uuid_utils
-from pydantic import BaseModel, ConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from shared.logging import request_id_var
 
@@ -64,6 +70,18 @@ class Consumed(BaseModel):
     ignored (producers may add fields without telling their consumers)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def _none_if_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:
+        return None
+
+
+# A field a consumer reads when it is usable and otherwise ignores, as the event's other fields:
+# `rides: Annotated[StrictInt | None, Lenient] = None`.
+Lenient = WrapValidator(_none_if_invalid)
 
 
 class EnvelopeError(ValueError):

@@ -37,10 +37,11 @@ Consumes
 from __future__ import annotations
 
 import functools
+import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import StrictInt
+from pydantic import StrictInt, StrictStr
 
 from shared.events import (
     DUPLICATE_USE,
@@ -52,10 +53,52 @@ from shared.events import (
     VALIDATION_REJECTED,
     Consumed,
     Event,
+    Lenient,
     new_event_id,
 )
 
 SOURCE = "/citypass/validation"
+
+
+Text = Annotated[StrictStr | None, Lenient]
+Moment = Annotated[int | float | str | None, Lenient]  # unix seconds, or ISO 8601 (see unix())
+TicketId = Annotated[uuid.UUID | None, Lenient]
+
+
+class TicketIssued(Consumed):
+    """`citypass.transit.ticket.issued.v1`: the ticket registry and the products."""
+
+    ticket_id: TicketId = None
+    kind: Text = None
+    rides: Annotated[StrictInt | None, Lenient] = None
+    credential_product: Text = None  # the short code a credential carries
+    product_code: Text = None
+    wallet_account_id: Text = None
+    rider_wallet_account_id: Text = None  # older events
+    valid_until_unix: Moment = None
+    valid_until: Moment = None
+
+
+class TicketRevoked(Consumed):
+    """`citypass.transit.ticket.revoked.v1`: denied until the ticket's validity ends."""
+
+    ticket_id: TicketId = None
+    valid_until_unix: Moment = None
+    valid_until: Moment = None
+
+
+class DeviceRevoked(Consumed):
+    """`citypass.transit.device.revoked.v1`: its credentials are denied until `deny_until`."""
+
+    device_key_fingerprint: Text = None
+    device_public_key: Text = None  # older events: the fingerprint is computed from it
+    deny_until: Moment = None
+
+
+class FareNews(Consumed):
+    """`citypass.transit.fare.unpaid.v1` / `.settled.v1`: the ticket's deny entry."""
+
+    ticket_id: TicketId = None
 
 
 class TripEntry(Consumed):

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -77,13 +76,6 @@ def unix(value: Any) -> int | None:
         except ValueError:
             return None
     return None
-
-
-def ticket_uuid(value: Any) -> str | None:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        return None
 
 
 def key_records(payload: Any) -> dict[str, dict[str, Any]]:
@@ -199,29 +191,37 @@ class Workers:
     # transit.tickets: registry, products, deny list ----------------------------------------
 
     async def on_ticket_event(self, event: Event, _record: ConsumerRecord) -> None:
-        data = event.data
         if event.type == TICKET_ISSUED:
-            await self._ticket_issued(data)
+            await self._ticket_issued(events.TicketIssued.model_validate(event.data))
         elif event.type == TICKET_REVOKED:
-            if ticket_id := ticket_uuid(data.get("ticket_id")):
-                until = unix(data.get("valid_until_unix")) or unix(data.get("valid_until"))
-                await self._deny(f"ticket:{ticket_id}", Reason.revoked_ticket, until)
+            revoked = events.TicketRevoked.model_validate(event.data)
+            if revoked.ticket_id is not None:
+                until = unix(revoked.valid_until_unix) or unix(revoked.valid_until)
+                await self._deny(f"ticket:{revoked.ticket_id}", Reason.revoked_ticket, until)
         elif event.type == DEVICE_REVOKED:
-            fingerprint = data.get("device_key_fingerprint")
-            if not isinstance(fingerprint, str) and isinstance(data.get("device_public_key"), str):
-                fingerprint = device_fingerprint(decode_public_key(data["device_public_key"]))
-            if isinstance(fingerprint, str) and fingerprint:
-                until = unix(data.get("deny_until"))
+            device = events.DeviceRevoked.model_validate(event.data)
+            fingerprint = device.device_key_fingerprint
+            if fingerprint is None and device.device_public_key is not None:
+                fingerprint = device_fingerprint(decode_public_key(device.device_public_key))
+            if fingerprint:
+                until = unix(device.deny_until)
                 await self._deny(f"device:{fingerprint.lower()}", Reason.revoked_device, until)
         elif event.type == ISSUER_KEYS_CHANGED:
             await self._issuer_keys_changed(event)
-        elif event.type == FARE_UNPAID:
-            if ticket_id := ticket_uuid(data.get("ticket_id")):
-                current = self.memory.deny_tickets.get(ticket_id)
-                if current is None or current.reason is Reason.insufficient_balance:
-                    await self._deny(f"ticket:{ticket_id}", Reason.insufficient_balance, None)
-        elif event.type == FARE_SETTLED and (ticket_id := ticket_uuid(data.get("ticket_id"))):
-            entry = f"ticket:{ticket_id}"
+        elif event.type in (FARE_UNPAID, FARE_SETTLED):
+            fare = events.FareNews.model_validate(event.data)
+            if fare.ticket_id is not None:
+                await self._fare_news(event.type, str(fare.ticket_id))
+
+    async def _fare_news(self, kind: str, ticket_id: str) -> None:
+        """An unpaid fare denies the ticket (unless it is denied for more); a settled one lifts
+        that denial."""
+        entry = f"ticket:{ticket_id}"
+        if kind == FARE_UNPAID:
+            current = self.memory.deny_tickets.get(ticket_id)
+            if current is None or current.reason is Reason.insufficient_balance:
+                await self._deny(entry, Reason.insufficient_balance, None)
+        else:
             await repository.lift(self.redis, entry, Reason.insufficient_balance.value)
             self.memory.lift_entry(entry, Reason.insufficient_balance)
 
@@ -240,28 +240,26 @@ class Workers:
         if await repository.replace_issuer_keys(self.redis, TICKETING_SOURCE, records, as_of):
             self.memory.apply(await repository.load_state(self.redis), int(time.time()))
 
-    async def _ticket_issued(self, data: dict[str, Any]) -> None:
-        ticket_id = ticket_uuid(data.get("ticket_id"))
+    async def _ticket_issued(self, issued: events.TicketIssued) -> None:
         try:
-            kind = TicketKind(str(data.get("kind")))
+            kind = TicketKind(str(issued.kind))
         except ValueError:
-            logger.warning("ticket %s has unknown kind %r", ticket_id, data.get("kind"))
+            logger.warning("ticket %s has unknown kind %r", issued.ticket_id, issued.kind)
             return
-        if ticket_id is None:
+        if issued.ticket_id is None:
             return
-        rides = data.get("rides")
-        rides = rides if isinstance(rides, int) and not isinstance(rides, bool) else None
+        ticket_id, rides = str(issued.ticket_id), issued.rides
         # Credentials carry a short product code (every byte of the QR counts).
-        product = data.get("credential_product") or data.get("product_code")
-        wallet = data.get("wallet_account_id") or data.get("rider_wallet_account_id")
+        product = issued.credential_product or issued.product_code
+        wallet = issued.wallet_account_id or issued.rider_wallet_account_id
         fields = {"kind": kind.value, "rides": str(-1 if rides is None else rides)}
-        if isinstance(product, str):
+        if product is not None:
             fields["product"] = product
-        if isinstance(wallet, str) and wallet:
+        if wallet:
             fields["wallet"] = wallet
         valid_until = (
-            unix(data.get("valid_until_unix"))
-            or unix(data.get("valid_until"))
+            unix(issued.valid_until_unix)
+            or unix(issued.valid_until)
             or int(time.time()) + 400 * 86_400
         )
         await repository.save_ticket(
