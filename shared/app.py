@@ -118,6 +118,17 @@ async def current_runtime(request: Request) -> Runtime:  # async: a sync one cos
 RuntimeDep = Annotated[Runtime, Depends(current_runtime)]
 
 
+def state(name: str) -> Any:
+    """A dependency on what `build_app` keeps in `app.state`, typed where it is declared:
+    `SettingsDep = Annotated[PaymentsSettings, state("settings")]`."""
+
+    async def read(request: Request) -> Any:  # async: a sync one costs a thread hop
+        return getattr(request.app.state, name)
+
+    read.__name__ = f"state_{name}"
+    return Depends(read)
+
+
 def request_id(scope: Scope) -> str:
     """The caller's X-Request-ID when it is sane, else a new one."""
     incoming = next(

@@ -22,6 +22,7 @@ commit together in one round trip.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -54,6 +55,7 @@ from shared.db import Database
 from shared.errors import ProblemError
 
 KEY_RETENTION = timedelta(hours=24)
+PURGE_INTERVAL_S = 3600.0
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADER: Final = {"Idempotent-Replayed": "true"}
 
@@ -236,6 +238,12 @@ class Idempotency:
                 delete(self.table).where(self.table.c.created_at < func.now() - retention)
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def purge_forever(self) -> None:
+        """The service's `idempotency-purge` worker: expired keys go once an hour."""
+        while True:
+            await self.purge_expired()
+            await asyncio.sleep(PURGE_INTERVAL_S)
 
 
 # One round trip ----------------------------------------------------------------------------------

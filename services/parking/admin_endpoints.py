@@ -18,7 +18,6 @@ from services.parking.endpoints import (
     LaneId,
     Limit,
     LotId,
-    problems,
 )
 from services.parking.schemas import (
     LOT_ID_PATTERN,
@@ -43,9 +42,10 @@ from services.parking.schemas import (
     VehicleRead,
 )
 from services.parking.work import transaction
+from shared.auth import INVALID_TOKEN
+from shared.errors import problems
 
-ADMIN_AUTH = (401, "Missing or wrong admin token")
-admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=problems(ADMIN_AUTH))
+admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=problems(INVALID_TOKEN))
 
 
 # Operators: provisioning ------------------------------------------------------------------------

@@ -36,11 +36,12 @@ from services.parking.audit_schemas import (
     AuditSessionLine,
     AuditTotals,
 )
-from services.parking.payments import PaymentsClient, PaymentsRefused, PaymentsUnavailable
+from services.parking.payments import Payments
 from services.parking.repository import Record
 from services.parking.schemas import OverrideAction, SessionStatus, Settlement
 from services.parking.session_state import Override, PaymentSeen, SessionState
 from services.parking.tariffs import HANOI_TZ, Tariff, TariffError, VehicleType, price_session
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 
 def day_window(day: date) -> tuple[datetime, datetime]:
@@ -206,7 +207,7 @@ def build_report(facts: DayFacts) -> AuditReport:
 
 
 async def _reported(
-    payments: PaymentsClient, lot_id: str, day: date
+    payments: Payments, lot_id: str, day: date
 ) -> tuple[RevenueReported | None, str | None]:
     try:
         report = await payments.reconciliation(day)
@@ -218,9 +219,7 @@ async def _reported(
     return RevenueReported(0, 0), None
 
 
-async def gather(
-    session: AsyncSession, payments: PaymentsClient, lot_id: str, day: date
-) -> DayFacts:
+async def gather(session: AsyncSession, payments: Payments, lot_id: str, day: date) -> DayFacts:
     """Read the day's facts; the transaction must begin with a consistent snapshot."""
     await repository.use_consistent_snapshot(session)
     await lots.require_lot(session, lot_id)

@@ -23,7 +23,7 @@ from sqlalchemy import RowMapping
 
 from services.parking import repository
 from services.parking.occupancy import Occupancy
-from services.parking.payments import PaymentsClient
+from services.parking.payments import Payments
 from services.parking.settings import ParkingSettings
 from services.parking.tariffs import Tariff, VehicleType
 from shared.app import Runtime
@@ -207,7 +207,7 @@ class DecisionLimit:
 class Parking:
     settings: ParkingSettings
     runtime: Runtime
-    payments: PaymentsClient
+    payments: Payments
     idempotency: Idempotency
     occupancy: Occupancy
     reference: ReferenceData
@@ -224,7 +224,7 @@ class Parking:
         return cls(
             settings=settings,
             runtime=runtime,
-            payments=PaymentsClient(
+            payments=Payments(
                 settings.payments_url,
                 settings.payments_service_token.get_secret_value(),
                 settings.payments_timeout_s,

@@ -23,6 +23,7 @@ from services.parking.session_state import Dispute
 from services.parking.tokens import ReceiptScope
 from services.parking.work import Work
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.events import SESSION_DISPUTE_RESOLVED, SESSION_DISPUTED, SESSIONS_TOPIC
 from shared.ids import new_id
 
 
@@ -73,10 +74,10 @@ async def open_dispute(
     if dispute is None:
         raise Conflict("This session already has an open dispute.", code="dispute_open")
     work.publish(
-        events.SESSIONS_TOPIC,
+        SESSIONS_TOPIC,
         str(row.session_id),
         events.session_event(
-            events.SESSION_DISPUTED,
+            SESSION_DISPUTED,
             row.session_id,
             {
                 "lot_id": row.lot_id,
@@ -136,10 +137,10 @@ async def resolve_dispute(work: Work, dispute_id: uuid.UUID, body: DisputeResolv
         override_id=override_id,
     )
     work.publish(
-        events.SESSIONS_TOPIC,
+        SESSIONS_TOPIC,
         str(dispute.session_id),
         events.session_event(
-            events.SESSION_DISPUTE_RESOLVED,
+            SESSION_DISPUTE_RESOLVED,
             dispute.session_id,
             {"dispute_id": str(dispute_id), "outcome": body.outcome},
         ),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel
@@ -62,7 +62,7 @@ from services.parking.schemas import (
 from services.parking.tariffs import VehicleType
 from services.parking.work import LaneWork, PendingNonce, Undo, Work, transaction
 from shared.devicesigning import DeviceAuthError, nonce_key
-from shared.errors import PROBLEM_CONTENT, Unprocessable
+from shared.errors import Unprocessable, problems
 from shared.hot import HotRoute, HotRouter
 from shared.idempotency import IdempotencyDep, IdempotentRequest
 from shared.ratelimit import client_address
@@ -84,10 +84,6 @@ ReceiptToken = Annotated[
 ]
 Limit = Annotated[int, Query(ge=1, le=500)]
 Command = TypeVar("Command", EntryCreate, ExitCreate)
-
-
-def problems(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
-    return {status: {"description": text, "content": PROBLEM_CONTENT} for status, text in described}
 
 
 DEVICE_AUTH = (401, "Not signed, badly signed, stale, replayed, or unknown/disabled device")

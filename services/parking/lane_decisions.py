@@ -17,7 +17,6 @@ from starlette.responses import Response
 from services.parking import events, lane_sql, plates, tokens
 from services.parking.context import Device, Lane, Lot, Parking
 from services.parking.occupancy import Count
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable
 from services.parking.schemas import (
     Direction,
     EntryCreate,
@@ -35,7 +34,9 @@ from services.parking.tariffs import VehicleType, tariff_in_force
 from services.parking.vehicles import parse_plate
 from services.parking.work import LaneWork
 from shared.errors import Conflict, Forbidden, Unprocessable
+from shared.events import OCCUPANCY_TOPIC, SESSION_OPENED, SESSIONS_TOPIC
 from shared.ids import new_id
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 
@@ -247,7 +248,7 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     count = await work.admit(lot.lot_id, vehicle_type)
     if not count.admitted:
         work.publish(
-            events.OCCUPANCY_TOPIC,
+            OCCUPANCY_TOPIC,
             lot.lot_id,
             events.entry_refused(lot.lot_id, lane.lane_id, vehicle_type, count, who.plate.masked()),
         )
@@ -263,10 +264,10 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     held = hold_amount if hold_id is not None else None
     work.events = [
         (
-            events.SESSIONS_TOPIC,
+            SESSIONS_TOPIC,
             str(session_id),
             events.session_event(
-                events.SESSION_OPENED,
+                SESSION_OPENED,
                 session_id,
                 {
                     "lot_id": lot.lot_id,
@@ -284,7 +285,7 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
             ),
         ),
         (
-            events.OCCUPANCY_TOPIC,
+            OCCUPANCY_TOPIC,
             lot.lot_id,
             events.occupancy_changed(
                 lot.lot_id,

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from services.parking import events, session_queries
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable
 from services.parking.schemas import (
     DebtStatus,
     OverrideAction,
@@ -28,7 +27,9 @@ from services.parking.settlement import (
 from services.parking.vehicles import parse_plate
 from services.parking.work import Work
 from shared.errors import Conflict, ServiceUnavailable, Unprocessable
+from shared.events import SESSION_OVERRIDDEN, SESSIONS_TOPIC
 from shared.ids import new_id
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 
@@ -213,10 +214,10 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
         details=details,
     )
     work.publish(
-        events.SESSIONS_TOPIC,
+        SESSIONS_TOPIC,
         str(row.session_id),
         events.session_event(
-            events.SESSION_OVERRIDDEN,
+            SESSION_OVERRIDDEN,
             row.session_id,
             {
                 "lot_id": row.lot_id,

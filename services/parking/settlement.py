@@ -21,7 +21,7 @@ from typing import Any
 from services.parking import events, plates, session_queries, tokens
 from services.parking.context import Device, Parking
 from services.parking.lots import price_lines
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
+from services.parking.payments import Posted
 from services.parking.schemas import (
     DebtStatus,
     ExitDecision,
@@ -35,7 +35,9 @@ from services.parking.tariffs import TariffError, VehicleType, price_session
 from services.parking.tokens import ReceiptScope
 from services.parking.work import UnitOfWork, Work
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
+from shared.events import OCCUPANCY_TOPIC, SESSION_CLOSED, SESSION_PAYMENT_REQUIRED, SESSIONS_TOPIC
 from shared.ids import utcnow
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 
@@ -175,10 +177,10 @@ async def settle_exit(
         **pending,
     )
     work.publish(
-        events.SESSIONS_TOPIC,
+        SESSIONS_TOPIC,
         str(row.session_id),
         events.session_event(
-            events.SESSION_PAYMENT_REQUIRED,
+            SESSION_PAYMENT_REQUIRED,
             row.session_id,
             {
                 "lot_id": row.lot_id,
@@ -243,12 +245,12 @@ async def close_session(
         **pending,
     )
     work.publish(
-        events.SESSIONS_TOPIC,
+        SESSIONS_TOPIC,
         str(row.session_id),
-        events.session_event(events.SESSION_CLOSED, row.session_id, _closed_data(row)),
+        events.session_event(SESSION_CLOSED, row.session_id, _closed_data(row)),
     )
     work.publish(
-        events.OCCUPANCY_TOPIC,
+        OCCUPANCY_TOPIC,
         row.lot_id,
         events.occupancy_changed(
             row.lot_id,

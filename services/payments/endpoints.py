@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 import uuid
@@ -12,13 +11,19 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 from starlette.types import Scope
 
 from services.payments import bank_signature, reconciliation
+from services.payments.auth import (
+    IdempotencyStoreDep,
+    SettingsDep,
+    bearer,
+    check_caller,
+    service_caller,
+)
 from services.payments.schemas import (
     AccountCreate,
     AccountRead,
@@ -37,7 +42,6 @@ from services.payments.schemas import (
     RefundCreate,
     RefundRead,
     TopupCreate,
-    problem_responses,
 )
 from services.payments.service import (
     accounts,
@@ -49,44 +53,12 @@ from services.payments.service import (
 )
 from services.payments.settings import PaymentsSettings
 from shared.app import RuntimeDep
+from shared.auth import INVALID_TOKEN
 from shared.db import Database
-from shared.errors import Unauthorized
+from shared.errors import Unauthorized, problems
 from shared.fields import Day
 from shared.hot import B, HotCall, HotRoute, HotRouter
 from shared.idempotency import Idempotency, IdempotencyDep, IdempotentRequest, header
-
-
-# Coroutines on purpose: FastAPI runs plain-function dependencies in a worker thread.
-async def payments_settings(request: Request) -> PaymentsSettings:
-    settings: PaymentsSettings = request.app.state.settings
-    return settings
-
-
-async def idempotency_store(request: Request) -> Idempotency:
-    store: Idempotency = request.app.state.idempotency
-    return store
-
-
-SettingsDep = Annotated[PaymentsSettings, Depends(payments_settings)]
-IdempotencyStoreDep = Annotated[Idempotency, Depends(idempotency_store)]
-
-bearer = HTTPBearer(auto_error=False, description="The payments service token (from settings)")
-
-
-async def service_caller(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    """Callers are CityPass services: one shared bearer token, compared in constant time."""
-    _check_token(settings, credentials.credentials if credentials else None)
-
-
-def _check_token(settings: PaymentsSettings, token: str | None) -> None:
-    expected = settings.service_token.get_secret_value().encode()
-    if not token or not hmac.compare_digest(token.encode(), expected):
-        raise Unauthorized(
-            "Send `Authorization: Bearer <payments service token>`.", code="invalid_service_token"
-        )
 
 
 def _bearer_token(scope: Scope) -> str | None:
@@ -95,7 +67,6 @@ def _bearer_token(scope: Scope) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-UNAUTHORIZED = (401, "Missing or wrong service token")
 INVALID = (422, "Invalid body (`validation_error`) or a rule refused it; see `code`")
 IDEMPOTENCY = (
     (400, "Idempotency-Key header missing"),
@@ -117,11 +88,11 @@ class Ledger:
 
     def authorized(self, route: HotRoute[B], scope: Scope, body: bytes) -> HotCall[B]:
         """The service token (401), then the request as `route` declares it."""
-        _check_token(self.settings, _bearer_token(scope))
+        check_caller(self.settings, _bearer_token(scope))
         return route.call(scope, body)
 
 
-hot = HotRouter[Ledger](security=bearer, responses=problem_responses(UNAUTHORIZED))
+hot = HotRouter[Ledger](security=bearer, responses=problems(INVALID_TOKEN))
 HOLD_PATH = {"hold_id": uuid.UUID}
 
 
@@ -132,7 +103,7 @@ HOLD_PATH = {"hold_id": uuid.UUID}
     response_model=ChargeRead,
     status_code=201,
     tags=["charges"],
-    responses=problem_responses(
+    responses=problems(
         (402, "`insufficient_funds`: the `shortfall` member says how many VND are missing"),
         (409, "In progress (same Idempotency-Key), or `duplicate_transfer`"),
         INVALID,
@@ -159,7 +130,7 @@ async def create_charge(
     response_model=HoldRead,
     status_code=201,
     tags=["holds"],
-    responses=problem_responses(
+    responses=problems(
         (402, "`insufficient_funds`, with the `shortfall`"),
         IDEMPOTENCY[1],
         INVALID,
@@ -185,7 +156,7 @@ async def place_hold(
     idempotent=True,
     response_model=HoldRead,
     tags=["holds"],
-    responses=problem_responses(
+    responses=problems(
         (404, "No such hold"),
         (409, "`hold_not_pending` (already settled), `hold_expired`, or in progress"),
         (422, "`capture_exceeds_hold`, or an invalid body"),
@@ -208,7 +179,7 @@ async def capture_hold(
     idempotent=True,
     response_model=HoldRead,
     tags=["holds"],
-    responses=problem_responses(
+    responses=problems(
         (404, "No such hold"), (409, "`hold_not_pending`, or in progress"), IDEMPOTENCY[0]
     ),
 )
@@ -225,7 +196,7 @@ async def void_hold(ledger: Ledger, route: HotRoute[None], scope: Scope, body: b
     response_model=PaymentRequestRead,
     status_code=201,
     tags=["payment requests"],
-    responses=problem_responses(INVALID, *IDEMPOTENCY),
+    responses=problems(INVALID, *IDEMPOTENCY),
 )
 async def request_parking_payment(
     ledger: Ledger, route: HotRoute[ParkingPaymentCreate], scope: Scope, body: bytes
@@ -245,7 +216,7 @@ async def request_parking_payment(
 router = APIRouter(
     prefix="/v1",
     dependencies=[Depends(service_caller)],
-    responses=problem_responses(UNAUTHORIZED),
+    responses=problems(INVALID_TOKEN),
 )
 bank_router = APIRouter(prefix="/v1/bank", tags=["bank"])
 
@@ -277,7 +248,7 @@ async def open_wallet(body: AccountCreate, rt: RuntimeDep) -> AccountRead:
     "/accounts/{account_id}",
     response_model=AccountRead,
     tags=["accounts"],
-    responses=problem_responses((404, "No such account")),
+    responses=problems((404, "No such account")),
 )
 async def get_account(account_id: uuid.UUID, rt: RuntimeDep) -> AccountRead:
     """An account and its available balance in VND (money on hold is not available)."""
@@ -292,7 +263,7 @@ async def get_account(account_id: uuid.UUID, rt: RuntimeDep) -> AccountRead:
     "/holds/{hold_id}",
     response_model=HoldRead,
     tags=["holds"],
-    responses=problem_responses((404, "No such hold")),
+    responses=problems((404, "No such hold")),
 )
 async def get_hold(hold_id: uuid.UUID, rt: RuntimeDep) -> HoldRead:
     """A hold and where its money went."""
@@ -305,7 +276,7 @@ async def get_hold(hold_id: uuid.UUID, rt: RuntimeDep) -> HoldRead:
     response_model=RefundRead,
     status_code=201,
     tags=["refunds"],
-    responses=problem_responses(
+    responses=problems(
         (409, "`duplicate_transfer`, or in progress"),
         (422, "`unknown_charge`, `refund_exceeds_charge` (with `refundable`), or invalid body"),
         IDEMPOTENCY[0],
@@ -330,7 +301,7 @@ async def create_refund(
     response_model=PaymentRequestRead,
     status_code=201,
     tags=["top-ups"],
-    responses=problem_responses(INVALID, *IDEMPOTENCY),
+    responses=problems(INVALID, *IDEMPOTENCY),
 )
 async def request_topup(
     body: TopupCreate,
@@ -353,7 +324,7 @@ async def request_topup(
     "/topups/{topup_id}",
     response_model=PaymentRequestRead,
     tags=["top-ups"],
-    responses=problem_responses((404, "No such top-up")),
+    responses=problems((404, "No such top-up")),
 )
 async def get_topup(topup_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
     """A top-up and whether it is paid."""
@@ -382,7 +353,7 @@ async def topup_qr_png(topup_id: uuid.UUID, rt: RuntimeDep) -> Response:
     "/payment-requests/{request_id}",
     response_model=PaymentRequestRead,
     tags=["payment requests"],
-    responses=problem_responses((404, "No such payment request")),
+    responses=problems((404, "No such payment request")),
 )
 async def get_payment_request(request_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
     """A payment request (top-up or parking fee) and whether it is paid."""
@@ -472,7 +443,7 @@ async def reconciliation_report(
 @bank_router.post(
     "/notifications",
     response_model=BankNotificationResult,
-    responses=problem_responses(
+    responses=problems(
         (401, "`invalid_signature`: unsigned, wrongly signed or outside the 300 s window"),
         (422, "Not a valid notification"),
     ),

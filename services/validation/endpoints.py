@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Path
@@ -39,17 +39,17 @@ from services.validation.schemas import (
 )
 from services.validation.service import Validator
 from shared.app import RuntimeDep
+from shared.auth import INVALID_TOKEN
 from shared.devicesigning import claim_nonce
-from shared.errors import Forbidden, ServiceUnavailable
+from shared.errors import Forbidden, ServiceUnavailable, problems
 from shared.hot import HotRoute, HotRouter
 
 GateId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9-]+$")]
 Kid = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[!-~]+$")]
 
-Responses = dict[int | str, dict[str, Any]]
-UNAUTHORIZED_GATE: Responses = {401: {"description": "Not signed by an enabled gate; see `code`"}}
-UNAUTHORIZED_ADMIN: Responses = {401: {"description": "Missing or wrong admin token"}}
-GATE_MISMATCH: Responses = {403: {"description": "`gate_mismatch`: the body names another gate"}}
+UNAUTHORIZED_GATE = problems((401, "Not signed by an enabled gate; see `code`"))
+UNAUTHORIZED_ADMIN = problems(INVALID_TOKEN)
+GATE_MISMATCH = problems((403, "`gate_mismatch`: the body names another gate"))
 
 network = APIRouter(prefix="/v1", tags=["network"])
 gates = APIRouter(prefix="/v1", tags=["gates"])

@@ -247,7 +247,7 @@ class TestAuthentication:
         response = await anonymous.get(f"/v1/accounts/{uuid.uuid4()}", headers=headers)
 
         assert response.status_code == 401
-        assert response.json()["code"] == "invalid_service_token"
+        assert response.json()["code"] == "invalid_token"
 
     def test_production_refuses_the_development_secrets(self) -> None:
         with pytest.raises(ValueError, match="placeholder"):

@@ -40,6 +40,7 @@ from services.payments.service.posting import answer_of, ledger_event, post
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
 from shared.errors import ProblemError
+from shared.events import LEDGER_TOPIC
 from shared.idempotency import (
     IdempotentRequest,
     StoredAnswer,
@@ -256,7 +257,7 @@ async def capture_hold(
         revenue,
         capture,
         release,
-        events.LEDGER_TOPIC,
+        LEDGER_TOPIC,
         event_key,
         template,
     )
@@ -275,7 +276,7 @@ async def void_hold(db: Database, key: IdempotentRequest, hold_id: uuid.UUID) ->
         event_key = events.ledger_key(release.draft)
         template = _settled_template(hold, HoldStatus.voided, 0, None, release.draft.id)
     outcome = await functions.void_hold_once(
-        db, key, hold_id, release, events.LEDGER_TOPIC, event_key, template
+        db, key, hold_id, release, LEDGER_TOPIC, event_key, template
     )
     answer = guarded_answer(outcome)
     if answer is None:

@@ -18,13 +18,14 @@ from services.payments.service.errors import (
     UnknownAccount,
 )
 from shared.errors import ProblemError
+from shared.events import LEDGER_TOPIC
 from shared.idempotency import StoredAnswer, guarded_answer, refusal_detail
 
 
 def ledger_event(draft: TransferDraft) -> tuple[str, str, OutboxEvent]:
     """The topic, key and `transfer.posted` event of a transfer, as the engine writes them."""
     event = OutboxEvent.of(events.transfer_posted(draft))
-    return events.LEDGER_TOPIC, events.ledger_key(draft), event
+    return LEDGER_TOPIC, events.ledger_key(draft), event
 
 
 async def post(session: AsyncSession, draft: TransferDraft) -> PostedTransfer:
