@@ -52,7 +52,7 @@ from services.operator import service
 from services.operator.schemas import Role
 from services.validation import events as validation_events
 from shared import redis as redis_kit
-from shared.events import Event
+from shared.events import VALIDATIONS_TOPIC, Event
 from shared.kafka import Publisher, ensure_topics
 from shared.network import STATIONS
 
@@ -192,7 +192,7 @@ async def measure(stack: Stack, events: int, rate: float) -> dict[str, float]:
         follower = asyncio.create_task(arrivals.follow(stream))
         try:
             warm_up = gate_validation(stations[0], 0)  # the consumer group joins first
-            await publisher.publish("transit.validations", str(warm_up.data["ticket_id"]), warm_up)
+            await publisher.publish(VALIDATIONS_TOPIC, str(warm_up.data["ticket_id"]), warm_up)
             await arrivals.wait({warm_up.id}, 60)
             per_batch = max(1, round(rate * BATCH_INTERVAL_S))
             started = time.perf_counter()
@@ -204,7 +204,7 @@ async def measure(stack: Stack, events: int, rate: float) -> dict[str, float]:
                 at = time.perf_counter()
                 await publisher.publish_many(
                     [
-                        ("transit.validations", str(e.data["ticket_id"]), e.value(), e.headers())
+                        (VALIDATIONS_TOPIC, str(e.data["ticket_id"]), e.value(), e.headers())
                         for e in batch
                     ]
                 )

@@ -56,7 +56,7 @@ from loadtests.figures import StealTimeline, cpu_times, percentile, steal_share
 from loadtests.stack import wait_ready
 from services.validation.memory import decode_public_key
 from shared.devicesigning import DeviceSigner
-from shared.events import Event
+from shared.events import TICKET_ISSUED, TICKETS_TOPIC, Event
 from shared.http import KeepAliveClient, KeepAliveConnection
 from shared.kafka import Publisher
 from shared.ticketcodec import (
@@ -292,12 +292,12 @@ async def _announce_pass(
     publisher = Publisher(kafka_bootstrap)
     try:
         event = Event(
-            type="citypass.transit.ticket.issued.v1",
+            type=TICKET_ISSUED,
             source="/citypass/ticketing",
             subject=rider.ticket_id,
             data={"ticket_id": rider.ticket_id, "product_code": PRODUCT, "kind": "pass"},
         )
-        await publisher.publish("transit.tickets", rider.ticket_id, event)
+        await publisher.publish(TICKETS_TOPIC, rider.ticket_id, event)
     finally:
         await publisher.close()
     for _ in range(600):

@@ -44,6 +44,7 @@ from shared.health import (
     readyz_endpoint,
     run_checks,
 )
+from shared.hot import ServedRoute
 from shared.kafka import Publisher
 from shared.logging import REQUEST_ID_HEADER, configure_logging, request_id_var
 from shared.metrics import MetricsMiddleware, RouteMetrics, metrics_endpoint
@@ -117,6 +118,17 @@ async def current_runtime(request: Request) -> Runtime:  # async: a sync one cos
 RuntimeDep = Annotated[Runtime, Depends(current_runtime)]
 
 
+def state(name: str) -> Any:
+    """A dependency on what `build_app` keeps in `app.state`, typed where it is declared:
+    `SettingsDep = Annotated[PaymentsSettings, state("settings")]`."""
+
+    async def read(request: Request) -> Any:  # async: a sync one costs a thread hop
+        return getattr(request.app.state, name)
+
+    read.__name__ = f"state_{name}"
+    return Depends(read)
+
+
 def request_id(scope: Scope) -> str:
     """The caller's X-Request-ID when it is sane, else a new one."""
     incoming = next(
@@ -151,21 +163,6 @@ class RequestIdMiddleware:
 
 
 REQUEST_ID_HEADER_BYTES = REQUEST_ID_HEADER.lower().encode()
-
-HotHandler = Callable[[Scope, bytes], Awaitable[Response]]
-
-
-@dataclass(frozen=True, slots=True)
-class HotRoute:
-    """A latency-critical route: `handler(scope, body)` answers, or raises a ProblemError,
-    FastAPI's RequestValidationError, or anything else (a logged 500). `path` may hold
-    `{name}` segments; their values are in `scope["path_params"]` (strings, unchecked).
-    `max_body_bytes` may set a tighter limit than the service's `max_body_bytes` setting."""
-
-    method: str
-    path: str
-    handler: HotHandler
-    max_body_bytes: int | None = None
 
 
 class _Disconnected(Exception):
@@ -277,49 +274,51 @@ DRIVER_ERRORS: tuple[type[Exception], ...] = (
 
 
 class HotRoutes:
-    """Serves a few routes straight from the server, in front of FastAPI.
+    """Serves the hot routes (shared.hot) straight from the server, in front of FastAPI.
 
     Routing, the middleware chain, exception middlewares and request handling cost a gate
     decision about as much CPU as the decision itself (docs/benchmarks.md); these routes get
     what the chain would give them (request id, metrics, body limit, problem answers) inline.
-    Everything else, and the OpenAPI description of these routes, stays with FastAPI.
+    Everything else stays with FastAPI, which also describes these routes and answers what
+    they do not (another method: 405; a trailing slash: a redirect) (`HotRoute.documented`).
     """
 
     def __init__(
-        self, app: ASGIApp, service: str, routes: Sequence[HotRoute], max_body_bytes: int
+        self, app: ASGIApp, service: str, served: Sequence[ServedRoute], max_body_bytes: int
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.routes = {(r.method, r.path): r for r in routes if "{" not in r.path}
+        self.routes = {(s.route.method, s.route.path): s for s in served if "{" not in s.route.path}
         self.templated = [
-            (r.method, re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", r.path)), r)
-            for r in routes
-            if "{" in r.path
+            (s.route.method, re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", s.route.path)), s)
+            for s in served
+            if "{" in s.route.path
         ]
         self.metrics = RouteMetrics(service)
 
-    def match(self, scope: Scope) -> HotRoute | None:
+    def match(self, scope: Scope) -> ServedRoute | None:
         method, path = scope.get("method", ""), scope.get("path", "")
-        route = self.routes.get((method, path))
-        if route is None and self.templated:
+        served = self.routes.get((method, path))
+        if served is None and self.templated:
             for route_method, pattern, candidate in self.templated:
                 if route_method == method and (found := pattern.fullmatch(path)):
                     scope["path_params"] = found.groupdict()
                     return candidate
-        return route
+        return served
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.match(scope)
-        if route is None:
+        served = self.match(scope)
+        if served is None:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         current = request_id(scope)
         token = request_id_var.set(current)
+        route = served.route
         limit = min(route.max_body_bytes or self.max_body_bytes, self.max_body_bytes)
         try:
             refuse_declared_oversize(scope, limit)
-            response = await route.handler(scope, await read_body(receive, limit))
+            response = await served.serve(scope, await read_body(receive, limit))
         except ProblemError as exc:
             response = problem_from(exc, scope["path"])
         except RequestValidationError as exc:
@@ -338,7 +337,7 @@ class HotRoutes:
 class ServiceApp(FastAPI):
     """FastAPI with optional hot routes in front of its whole middleware stack."""
 
-    hot_routes: Sequence[HotRoute] = ()
+    hot_routes: Sequence[ServedRoute] = ()
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
@@ -355,7 +354,7 @@ def create_app(
     title: str,
     description: str,
     on_start: Sequence[Callable[[], Awaitable[None]]] = (),
-    hot_routes: Sequence[HotRoute] = (),
+    hot_routes: Sequence[ServedRoute] = (),
 ) -> FastAPI:
     configure_logging(runtime.name, runtime.settings.log_level)
 
@@ -409,6 +408,7 @@ def create_app(
     for error in handled:
         app.add_exception_handler(error, on_failure)
     install_problem_openapi(app)
+    app.router.routes += [served.route.documented() for served in hot_routes]
     for router in routers:
         app.include_router(router)
     app.add_route("/healthz", healthz, include_in_schema=False)

@@ -40,6 +40,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 
 import httpx
+from fastapi.security import APIKeyHeader
 from redis.asyncio import Redis
 
 from shared.errors import Unauthorized
@@ -67,6 +68,7 @@ __all__ = [
     "replayed",
     "request_target",
     "sign",
+    "signature_scheme",
     "signing_headers",
     "verify_request",
 ]
@@ -79,6 +81,26 @@ SIGNATURE_HEADER = "X-Device-Signature"
 SIGNED_HEADERS = (DEVICE_ID_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER)
 WINDOW_S = 60  # device clocks drift; a captured request is worthless after this
 NONCE_TTL_S = 2 * WINDOW_S  # a nonce must be remembered as long as its timestamp is acceptable
+
+# What the API descriptions say about it (the `securitySchemes` of signed routes).
+SIGNATURE_DOC = (
+    "Devices sign every request with their secret (shared/devicesigning.py): "
+    f"`{DEVICE_ID_HEADER}`, `{TIMESTAMP_HEADER}` (unix s), `{NONCE_HEADER}` (fresh, 16-64 of "
+    f"[A-Za-z0-9_-], never reused) and `{SIGNATURE_HEADER}` = hex HMAC-SHA256 with the device "
+    f"secret over `{ALGORITHM}\\n<METHOD>\\n<path?query>\\n<timestamp>\\n<nonce>\\n"
+    "<hex SHA-256 of the body>`. Refusals are 401 problems: `unsigned_request`, "
+    "`malformed_device_headers`, `unknown_device`, `bad_signature`, `device_disabled`, "
+    f"`stale_request` (> {WINDOW_S} s off), `replayed_request`."
+)
+
+
+def signature_scheme(header: str, scheme_name: str) -> APIKeyHeader:
+    """The OpenAPI security scheme of signed device requests; it only documents them: the
+    signature is checked by `verify_request`."""
+    return APIKeyHeader(
+        name=header, auto_error=False, scheme_name=scheme_name, description=SIGNATURE_DOC
+    )
+
 
 _DEVICE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")

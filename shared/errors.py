@@ -191,9 +191,12 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     "additionalProperties": True,
 }
 PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    "4XX": {"description": "A problem (RFC 9457) with a stable `code`", "content": PROBLEM_CONTENT},
-}
+Responses = dict[int | str, dict[str, Any]]
+
+
+def problems(*described: tuple[int, str]) -> Responses:
+    """A route's `responses=` for its problem+json answers: `problems((404, "`x_not_found`"))`."""
+    return {status: {"description": text, "content": PROBLEM_CONTENT} for status, text in described}
 
 
 def install_problem_openapi(app: FastAPI) -> None:

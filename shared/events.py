@@ -9,12 +9,79 @@ from typing import Any
 
 import orjson
 import uuid_utils
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from shared.logging import request_id_var
+
+# The catalogue: every topic and event type, named here once; producers and consumers import
+# these names (partitions and keys: shared.kafka.TOPICS; fields: the producer's events.py).
+TICKETS_TOPIC = "transit.tickets"
+VALIDATIONS_TOPIC = "transit.validations"
+SESSIONS_TOPIC = "parking.sessions"
+OCCUPANCY_TOPIC = "parking.occupancy"
+LEDGER_TOPIC = "payments.ledger"
+ALERTS_TOPIC = "ops.alerts"
+
+# ticketing, on transit.tickets
+TICKET_ISSUED = "citypass.transit.ticket.issued.v1"
+TICKET_REVOKED = "citypass.transit.ticket.revoked.v1"
+DEVICE_REGISTERED = "citypass.transit.device.registered.v1"
+DEVICE_REVOKED = "citypass.transit.device.revoked.v1"
+ISSUER_KEYS_CHANGED = "citypass.transit.issuer_keys.changed.v1"
+# validation, on transit.validations (decisions, trips), transit.tickets (fares), ops.alerts
+VALIDATION_ACCEPTED = "citypass.transit.validation.accepted.v1"
+VALIDATION_REJECTED = "citypass.transit.validation.rejected.v1"
+TRIP_AUTO_CLOSED = "citypass.transit.trip.auto_closed.v1"
+FARE_UNPAID = "citypass.transit.fare.unpaid.v1"
+FARE_SETTLED = "citypass.transit.fare.settled.v1"
+DUPLICATE_USE = "citypass.transit.validation.duplicate_use.v1"
+UPLOAD_TOO_LATE = "citypass.transit.validation.upload_too_late.v1"
+# payments, on payments.ledger and ops.alerts
+TRANSFER_POSTED = "citypass.payments.transfer.posted.v1"
+PAYMENT_REQUEST_PAID = "citypass.payments.payment_request.paid.v1"
+NOTIFICATION_UNMATCHED = "citypass.payments.bank_notification.unmatched.v1"
+# parking, on parking.sessions and parking.occupancy
+SESSION_OPENED = "citypass.parking.session.opened.v1"
+SESSION_PAYMENT_REQUIRED = "citypass.parking.session.payment_required.v1"
+SESSION_CLOSED = "citypass.parking.session.closed.v1"
+SESSION_DEBT_SETTLED = "citypass.parking.session.debt_settled.v1"
+SESSION_OVERRIDDEN = "citypass.parking.session.overridden.v1"
+SESSION_DISPUTED = "citypass.parking.session.disputed.v1"
+SESSION_DISPUTE_RESOLVED = "citypass.parking.session.dispute_resolved.v1"
+OCCUPANCY_CHANGED = "citypass.parking.occupancy.changed.v1"
+ENTRY_REFUSED = "citypass.parking.entry.refused.v1"
+# operator, on ops.alerts
+ALERT_RAISED = "citypass.ops.alert.raised.v1"
+ALERT_ACKNOWLEDGED = "citypass.ops.alert.acknowledged.v1"
 
 SPEC_VERSION = "1.0"
 CONTENT_TYPE = "application/json"
 TYPE_PREFIX = "citypass."
+
+
+class Consumed(BaseModel):
+    """The data of an event as one consumer reads it: the fields it uses, typed; the others
+    ignored (producers may add fields without telling their consumers)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+def _none_if_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:
+        return None
+
+
+# A field a consumer reads when it is usable and otherwise ignores, as the event's other fields:
+# `rides: Annotated[StrictInt | None, Lenient] = None`.
+Lenient = WrapValidator(_none_if_invalid)
 
 
 class EnvelopeError(ValueError):

@@ -10,26 +10,30 @@ response in the same transaction as its effect: both commit or neither does, so 
 leaves no half-done key and a retry simply runs again. Only successful (2xx) responses are
 stored; an error rolls the whole transaction back, effect and key alike.
 
-Hot operations run the same protocol in one round trip: a PL/pgSQL function of the service
-calls `idempotency_claim` (the lock and the lookup), does its work, renders its answer from a
-`response_template` and calls `idempotency_store`; `Database.fetchrow` runs it in autocommit,
-so the effect and the key commit together, and `guarded_answer` reads what it returned.
+One protocol, in the database (shared/sql/, installed in a service's schema by
+shared.migrations.install_idempotency_guard): `idempotency_claim` takes the lock and looks the
+key up, `idempotency_store` stores the answer; both return an `idempotent_outcome`
+{outcome, status_code, media_type, body, detail}, and `guarded_answer` is its one reader.
+`Idempotency.call` runs claim and store around the caller's work in one transaction; a hot
+operation's PL/pgSQL function calls them itself, does its work, renders its answer from a
+`response_template`, and `Database.fetchrow` runs it in autocommit, so the effect and the key
+commit together in one round trip.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final
 
 import orjson
 from fastapi import Depends, Header, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel
 from sqlalchemy import (
     Column,
     DateTime,
@@ -38,9 +42,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    TextClause,
     delete,
     func,
-    select,
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,11 +54,9 @@ from starlette.types import Scope
 from shared.db import Database
 from shared.errors import ProblemError
 
-M = TypeVar("M", bound=BaseModel)
-
 KEY_RETENTION = timedelta(hours=24)
+PURGE_INTERVAL_S = 3600.0
 MAX_KEY_LENGTH = 255
-JSON: Final = "application/json"
 REPLAYED_HEADER: Final = {"Idempotent-Replayed": "true"}
 
 
@@ -144,47 +146,9 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def hot_idempotent_body(scope: Scope, body: bytes, model: type[M]) -> tuple[IdempotentRequest, M]:
-    """For a hot route (shared.app.HotRoutes) of a fixed path: what FastAPI gives an endpoint
-    taking `IdempotencyDep` and a `model` body, with the same errors in the same order
-    (400 for a missing key; one 422 listing a key too long and every body error)."""
-    key, _, parsed = hot_idempotent_path(scope, body, scope["path"], {}, model)
-    assert parsed is not None
-    return key, parsed
-
-
-def hot_idempotent_path(
-    scope: Scope,
-    body: bytes,
-    template: str,
-    path_types: Mapping[str, TypeAdapter[Any]],
-    model: type[M] | None = None,
-) -> tuple[IdempotentRequest, dict[str, Any], M | None]:
-    """The same for a route with path parameters (`template` as in `HotRoute.path`, each
-    parameter's type in `path_types`) and an optional body: one 422 lists a key too long,
-    then every path parameter error, then every body error."""
-    key, path_values, errors = _hot_key_and_path(scope, path_types)
-    parsed: M | None = None
-    if model is not None:
-        try:
-            parsed = model.model_validate_json(body)
-        except ValidationError as invalid:
-            errors += [
-                {**error, "loc": ("body", *error["loc"])}
-                for error in invalid.errors(include_url=False, include_context=False)
-            ]
-    if errors:
-        raise RequestValidationError(errors)
-    path: str = scope["path"]
-    authorization = header(scope, b"authorization") or ""
-    request = _identified(key, scope["method"], template, path, authorization, body)
-    return request, path_values, parsed
-
-
-def _hot_key_and_path(
-    scope: Scope, path_types: Mapping[str, TypeAdapter[Any]]
-) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
-    errors: list[dict[str, Any]] = []
+def hot_idempotency_key(scope: Scope, errors: list[dict[str, Any]]) -> str:
+    """A hot route's Idempotency-Key (shared.hot), read as `IdempotencyDep` reads it: 400 when
+    missing; a key too long is added to `errors`, the first of the route's one 422."""
     key = header(scope, b"idempotency-key")
     if key is not None and len(key) > MAX_KEY_LENGTH:
         errors.append(
@@ -197,47 +161,56 @@ def _hot_key_and_path(
         )
     elif not key or not key.strip():
         raise IdempotencyKeyMissing("This operation requires an Idempotency-Key header.")
-    path_values: dict[str, Any] = {}
-    raw_values: dict[str, str] = scope.get("path_params", {})
-    for name, adapter in path_types.items():
-        try:
-            path_values[name] = adapter.validate_python(raw_values[name])
-        except ValidationError as invalid:
-            errors += [
-                {**error, "loc": ("path", name)}
-                for error in invalid.errors(include_url=False, include_context=False)
-            ]
     assert key is not None
-    return key, path_values, errors
+    return key
+
+
+def hot_idempotent_request(scope: Scope, key: str, template: str, body: bytes) -> IdempotentRequest:
+    """What `IdempotencyDep` gives a route of path `template` (`{name}` segments as FastAPI's)."""
+    authorization = header(scope, b"authorization") or ""
+    return _identified(key, scope["method"], template, scope["path"], authorization, body)
 
 
 IdempotencyDep = Annotated[IdempotentRequest, Depends(idempotent_request)]
 
 
 class IdempotentCall:
-    def __init__(self, session: AsyncSession, table: Table, request: IdempotentRequest) -> None:
+    def __init__(self, session: AsyncSession, request: IdempotentRequest) -> None:
         self.session = session
-        self.table = table
         self.request = request
         self.replay: Response | None = None
 
     async def respond(self, status_code: int, payload: BaseModel | dict[str, Any]) -> Response:
-        """Render the response once and store those exact bytes with the key."""
+        """Render the response once and store those exact bytes with the key
+        (`idempotency_store`, in the transaction of the effect)."""
         if isinstance(payload, BaseModel):
             body = payload.model_dump_json().encode()
         else:
             body = orjson.dumps(payload)
-        await self.session.execute(
-            self.table.insert().values(
-                scope=self.request.scope,
-                key=self.request.key,
-                fingerprint=self.request.fingerprint,
-                status_code=status_code,
-                media_type=JSON,
-                body=body,
-            )
+        answer = await _guarded(
+            self.session,
+            _STORE,
+            {
+                "scope": self.request.scope,
+                "key": self.request.key,
+                "fingerprint": self.request.fingerprint,
+                "status": status_code,
+                "body": body,
+            },
         )
-        return Response(body, status_code, media_type=JSON)
+        assert answer is not None
+        return answer.response()
+
+
+_CLAIM = text("SELECT * FROM idempotency_claim(:lock, :scope, :key, :fingerprint)")
+_STORE = text("SELECT * FROM idempotency_store(:scope, :key, :fingerprint, :status, :body)")
+
+
+async def _guarded(
+    session: AsyncSession, statement: TextClause, parameters: dict[str, Any]
+) -> StoredAnswer | None:
+    """Run the guard's claim or store in the session's transaction and read its outcome."""
+    return guarded_answer((await session.execute(statement, parameters)).one()._asdict())
 
 
 class Idempotency:
@@ -247,34 +220,16 @@ class Idempotency:
 
     @asynccontextmanager
     async def call(self, request: IdempotentRequest) -> AsyncIterator[IdempotentCall]:
-        """Open the request's transaction, guarded by its key; `call.replay` is set on a replay."""
+        """Open the request's transaction, guarded by its key (`idempotency_claim`, read by
+        `guarded_answer` as the one-round-trip functions are); `call.replay` is set on a
+        replay."""
         async with self.database.transaction() as session:
-            locked = await session.scalar(
-                text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": request.lock_id}
-            )
-            if not locked:
-                raise IdempotencyKeyInFlight(
-                    "A request with this Idempotency-Key is still being processed; retry later."
-                )
-            stored = (
-                await session.execute(
-                    select(self.table).where(
-                        self.table.c.scope == request.scope, self.table.c.key == request.key
-                    )
-                )
-            ).first()
-            call = IdempotentCall(session, self.table, request)
-            if stored is not None:
-                if stored.fingerprint != request.fingerprint:
-                    raise IdempotencyKeyReused(
-                        "This Idempotency-Key was already used for a different request."
-                    )
-                call.replay = Response(
-                    stored.body,
-                    stored.status_code,
-                    media_type=stored.media_type,
-                    headers=REPLAYED_HEADER,
-                )
+            lock, scope, key, fingerprint = request.arguments()
+            parameters = {"lock": lock, "scope": scope, "key": key, "fingerprint": fingerprint}
+            answer = await _guarded(session, _CLAIM, parameters)
+            call = IdempotentCall(session, request)
+            if answer is not None:
+                call.replay = answer.response()
             yield call
 
     async def purge_expired(self, retention: timedelta = KEY_RETENTION) -> int:
@@ -284,13 +239,21 @@ class Idempotency:
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
+    async def purge_forever(self) -> None:
+        """The service's `idempotency-purge` worker: expired keys go once an hour."""
+        while True:
+            await self.purge_expired()
+            await asyncio.sleep(PURGE_INTERVAL_S)
+
 
 # One round trip ----------------------------------------------------------------------------------
 
-# PL/pgSQL for a service's migration (run with its schema first on the search path). Changing it
-# means a new migration that re-creates these functions.
-GUARD_FUNCTIONS: Final = (
-    """
+# The guard's functions, installed in a service's schema by a migration through
+# shared.migrations.install_idempotency_guard; their text is in shared/sql/.
+GUARD_FUNCTIONS: Final = ("idempotency_claim", "idempotency_store", "json_time")
+
+# What every guarded write returns, and `guarded_answer` reads.
+OUTCOME_TYPE: Final = """
     CREATE TYPE idempotent_outcome AS (
         outcome text,  -- created | replay | in_flight | reused | the operation's refusal code
         status_code integer,
@@ -298,56 +261,7 @@ GUARD_FUNCTIONS: Final = (
         body bytea,
         detail jsonb  -- what a refusal needs to explain itself
     )
-    """,
-    # The guard of `Idempotency.call`: NULL outcome when the key is free (and now locked).
-    """
-    CREATE FUNCTION idempotency_claim(
-        p_lock bigint, p_scope text, p_key text, p_fingerprint text
-    ) RETURNS idempotent_outcome LANGUAGE plpgsql AS $$
-    DECLARE
-        stored record;
-        result idempotent_outcome;
-    BEGIN
-        IF NOT pg_try_advisory_xact_lock(p_lock) THEN
-            result.outcome := 'in_flight';
-            RETURN result;
-        END IF;
-        SELECT k.fingerprint, k.status_code, k.media_type, k.body INTO stored
-          FROM idempotency_keys k WHERE k.scope = p_scope AND k.key = p_key;
-        IF FOUND THEN
-            IF stored.fingerprint <> p_fingerprint THEN
-                result.outcome := 'reused';
-            ELSE
-                result := ROW('replay', stored.status_code, stored.media_type, stored.body,
-                              NULL)::idempotent_outcome;
-            END IF;
-        END IF;
-        RETURN result;
-    END
-    $$
-    """,
-    """
-    CREATE FUNCTION idempotency_store(
-        p_scope text, p_key text, p_fingerprint text, p_status integer, p_body bytea
-    ) RETURNS idempotent_outcome LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO idempotency_keys (scope, key, fingerprint, status_code, media_type, body)
-        VALUES (p_scope, p_key, p_fingerprint, p_status, 'application/json', p_body);
-        RETURN ROW('created', p_status, 'application/json', p_body, NULL)::idempotent_outcome;
-    END
-    $$
-    """,
-    # A timestamp as pydantic writes it in JSON, quoted: 2026-01-02T03:04:05.123456Z.
-    """
-    CREATE FUNCTION json_time(t timestamptz) RETURNS text LANGUAGE sql STABLE AS $$
-        SELECT CASE WHEN t IS NULL THEN 'null' ELSE
-            '"' || to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-            || CASE WHEN to_char(t, 'US') = '000000' THEN '' ELSE to_char(t, '.US') END
-            || 'Z"'
-        END
-    $$
-    """,
-)
+"""
 
 _SLOT = f"slot-{secrets.token_hex(8)}-"  # never met in real data
 

@@ -21,13 +21,24 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from shared.events import EnvelopeError, Event
+from shared.events import (
+    ALERTS_TOPIC,
+    LEDGER_TOPIC,
+    OCCUPANCY_TOPIC,
+    SESSIONS_TOPIC,
+    TICKETS_TOPIC,
+    VALIDATIONS_TOPIC,
+    EnvelopeError,
+    Event,
+)
 from shared.health import raise_if_cancelled
 from shared.logging import request_id_var
 from shared.memo import AtomicMemo
 from shared.metrics import CONSUMER_DEAD_LETTERS, CONSUMER_EVENTS
 
 logger = logging.getLogger("citypass.kafka")
+
+DEAD_LETTER_TOPIC = "ops.deadletter"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +49,14 @@ class Topic:
 
 
 TOPICS: tuple[Topic, ...] = (
-    Topic("transit.tickets", 6, "ticket id"),
-    Topic("transit.validations", 12, "ticket id"),
-    Topic("parking.sessions", 6, "parking session id"),
-    Topic("parking.occupancy", 3, "lot id"),
-    Topic("payments.ledger", 6, "account id"),
-    Topic("ops.alerts", 3, "alert subject"),
-    Topic("ops.deadletter", 1, "original topic"),
+    Topic(TICKETS_TOPIC, 6, "ticket id"),
+    Topic(VALIDATIONS_TOPIC, 12, "ticket id"),
+    Topic(SESSIONS_TOPIC, 6, "parking session id"),
+    Topic(OCCUPANCY_TOPIC, 3, "lot id"),
+    Topic(LEDGER_TOPIC, 6, "account id"),
+    Topic(ALERTS_TOPIC, 3, "alert subject"),
+    Topic(DEAD_LETTER_TOPIC, 1, "original topic"),
 )
-DEAD_LETTER_TOPIC = "ops.deadletter"
 MAX_RECORDS = 500  # per fetch
 TIME_SLICE_S = 0.001  # a consumer gives the event loop back at least this often
 

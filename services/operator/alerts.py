@@ -21,16 +21,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from services.operator.projection import (
+from services.operator.projection import Category, Fact, iso
+from shared.events import (
     ALERT_ACKNOWLEDGED,
     ALERT_RAISED,
     DUPLICATE_USE,
     ENTRY_REFUSED,
     NOTIFICATION_UNMATCHED,
     OCCUPANCY_CHANGED,
-    Category,
-    Fact,
-    iso,
 )
 from shared.network import STATIONS, min_travel_seconds
 

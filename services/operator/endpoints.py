@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
@@ -31,7 +31,7 @@ from services.operator.schemas import (
 )
 from services.operator.service import TailFilter
 from shared.app import RuntimeDep
-from shared.errors import NotFound
+from shared.errors import NotFound, problems
 
 STATIC_DIR = FilePath(__file__).resolve().parent / "static"
 STREAM_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
@@ -45,9 +45,7 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"description": "`missing_session` or `invalid_session`: sign in"}
-}
+UNAUTHORIZED = problems((401, "`missing_session` or `invalid_session`: sign in"))
 
 api = APIRouter(prefix="/v1", tags=["operators"])
 console = APIRouter(tags=["console"])
@@ -71,13 +69,14 @@ async def asset(name: Annotated[str, Path(pattern=r"^[a-z0-9-]+\.(js|css)$")]) -
 @api.post(
     "/login",
     response_model=SessionRead,
-    responses={
-        401: {"description": "`invalid_credentials`: wrong user name or password"},
-        429: {
-            "description": "`too_many_login_failures`: too many wrong passwords for this user "
-            "name or from this client address lately; `Retry-After` says when to try again"
-        },
-    },
+    responses=problems(
+        (401, "`invalid_credentials`: wrong user name or password"),
+        (
+            429,
+            "`too_many_login_failures`: too many wrong passwords for this user name or from "
+            "this client address lately; `Retry-After` says when to try again",
+        ),
+    ),
 )
 async def login(
     body: LoginRequest, request: Request, rt: RuntimeDep, settings: SettingsDep
@@ -199,8 +198,7 @@ async def alerts(
     response_model=AlertRead,
     responses={
         **UNAUTHORIZED,
-        403: {"description": "`admin_required`"},
-        404: {"description": "`alert_not_found`"},
+        **problems((403, "`admin_required`"), (404, "`alert_not_found`")),
     },
 )
 async def acknowledge(

@@ -19,11 +19,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from services.operator.alerts import Alert
-from services.operator.projection import ALERT_ACKNOWLEDGED, ALERT_RAISED, ALERTS_TOPIC
-from shared.events import Event
+from shared.events import ALERT_ACKNOWLEDGED, ALERT_RAISED, Event
 
 SOURCE = "/citypass/operator"
-TOPIC = ALERTS_TOPIC
 
 
 def alert_raised(alert: Alert) -> Event:

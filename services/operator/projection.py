@@ -14,7 +14,41 @@ from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
 
-from shared.events import Event
+from shared.events import (
+    ALERT_ACKNOWLEDGED,
+    ALERT_RAISED,
+    ALERTS_TOPIC,
+    DEVICE_REGISTERED,
+    DEVICE_REVOKED,
+    DUPLICATE_USE,
+    ENTRY_REFUSED,
+    FARE_SETTLED,
+    FARE_UNPAID,
+    ISSUER_KEYS_CHANGED,
+    LEDGER_TOPIC,
+    NOTIFICATION_UNMATCHED,
+    OCCUPANCY_CHANGED,
+    OCCUPANCY_TOPIC,
+    PAYMENT_REQUEST_PAID,
+    SESSION_CLOSED,
+    SESSION_DEBT_SETTLED,
+    SESSION_DISPUTE_RESOLVED,
+    SESSION_DISPUTED,
+    SESSION_OPENED,
+    SESSION_OVERRIDDEN,
+    SESSION_PAYMENT_REQUIRED,
+    SESSIONS_TOPIC,
+    TICKET_ISSUED,
+    TICKET_REVOKED,
+    TICKETS_TOPIC,
+    TRANSFER_POSTED,
+    TRIP_AUTO_CLOSED,
+    UPLOAD_TOO_LATE,
+    VALIDATION_ACCEPTED,
+    VALIDATION_REJECTED,
+    VALIDATIONS_TOPIC,
+    Event,
+)
 
 # Vietnam keeps UTC+7 all year (no daylight saving): "today" is the Hanoi calendar day.
 HANOI = timezone(timedelta(hours=7), "ICT")
@@ -39,43 +73,16 @@ class Category(StrEnum):
 
 
 # Producers' event types (see services/*/events.py) and the fields the console relies on.
-VALIDATION_ACCEPTED = "citypass.transit.validation.accepted.v1"
-VALIDATION_REJECTED = "citypass.transit.validation.rejected.v1"
-TRIP_AUTO_CLOSED = "citypass.transit.trip.auto_closed.v1"
-TICKET_ISSUED = "citypass.transit.ticket.issued.v1"
-TICKET_REVOKED = "citypass.transit.ticket.revoked.v1"
-DEVICE_REGISTERED = "citypass.transit.device.registered.v1"
-DEVICE_REVOKED = "citypass.transit.device.revoked.v1"
-ISSUER_KEYS_CHANGED = "citypass.transit.issuer_keys.changed.v1"
-FARE_UNPAID = "citypass.transit.fare.unpaid.v1"
-FARE_SETTLED = "citypass.transit.fare.settled.v1"
-TRANSFER_POSTED = "citypass.payments.transfer.posted.v1"
-PAYMENT_REQUEST_PAID = "citypass.payments.payment_request.paid.v1"
-SESSION_OPENED = "citypass.parking.session.opened.v1"
-SESSION_PAYMENT_REQUIRED = "citypass.parking.session.payment_required.v1"
-SESSION_CLOSED = "citypass.parking.session.closed.v1"
-SESSION_DEBT_SETTLED = "citypass.parking.session.debt_settled.v1"
-SESSION_OVERRIDDEN = "citypass.parking.session.overridden.v1"
-SESSION_DISPUTED = "citypass.parking.session.disputed.v1"
-SESSION_DISPUTE_RESOLVED = "citypass.parking.session.dispute_resolved.v1"
-OCCUPANCY_CHANGED = "citypass.parking.occupancy.changed.v1"
-ENTRY_REFUSED = "citypass.parking.entry.refused.v1"
-DUPLICATE_USE = "citypass.transit.validation.duplicate_use.v1"
-UPLOAD_TOO_LATE = "citypass.transit.validation.upload_too_late.v1"
-NOTIFICATION_UNMATCHED = "citypass.payments.bank_notification.unmatched.v1"
-ALERT_RAISED = "citypass.ops.alert.raised.v1"
-ALERT_ACKNOWLEDGED = "citypass.ops.alert.acknowledged.v1"
 
-ALERTS_TOPIC = "ops.alerts"
 
 # topic → event type → (category, required text fields)
 KNOWN: dict[str, dict[str, tuple[Category, tuple[str, ...]]]] = {
-    "transit.validations": {
+    VALIDATIONS_TOPIC: {
         VALIDATION_ACCEPTED: (Category.validation, ("gate_id",)),
         VALIDATION_REJECTED: (Category.validation, ("gate_id",)),
         TRIP_AUTO_CLOSED: (Category.trip, ("ticket_id",)),
     },
-    "transit.tickets": {
+    TICKETS_TOPIC: {
         TICKET_ISSUED: (Category.ticket, ("ticket_id",)),
         TICKET_REVOKED: (Category.ticket, ("ticket_id",)),
         DEVICE_REGISTERED: (Category.ticket, ()),
@@ -84,11 +91,11 @@ KNOWN: dict[str, dict[str, tuple[Category, tuple[str, ...]]]] = {
         FARE_UNPAID: (Category.payment, ("ticket_id",)),
         FARE_SETTLED: (Category.payment, ("ticket_id",)),
     },
-    "payments.ledger": {
+    LEDGER_TOPIC: {
         TRANSFER_POSTED: (Category.payment, ("kind",)),
         PAYMENT_REQUEST_PAID: (Category.payment, ()),
     },
-    "parking.sessions": {
+    SESSIONS_TOPIC: {
         SESSION_OPENED: (Category.parking, ("session_id",)),
         SESSION_PAYMENT_REQUIRED: (Category.parking, ("session_id",)),
         SESSION_CLOSED: (Category.parking, ("session_id",)),
@@ -97,7 +104,7 @@ KNOWN: dict[str, dict[str, tuple[Category, tuple[str, ...]]]] = {
         SESSION_DISPUTED: (Category.parking, ("session_id",)),
         SESSION_DISPUTE_RESOLVED: (Category.parking, ("session_id",)),
     },
-    "parking.occupancy": {
+    OCCUPANCY_TOPIC: {
         OCCUPANCY_CHANGED: (Category.occupancy, ("lot_id", "vehicle_type")),
         ENTRY_REFUSED: (Category.occupancy, ("lot_id",)),
     },

@@ -24,13 +24,7 @@ from redis.asyncio import Redis
 from services.operator import events, repository
 from services.operator.alerts import Thresholds
 from services.operator.inventory import Listing
-from services.operator.projection import (
-    HANOI,
-    hanoi_day,
-    read_fact,
-    tail_entry,
-    updates,
-)
+from services.operator.projection import HANOI, hanoi_day, read_fact, tail_entry, updates
 from services.operator.schemas import (
     AlertRead,
     AlertStatus,
@@ -54,6 +48,7 @@ from services.operator.schemas import (
 )
 from services.operator.settings import OperatorSettings
 from shared.errors import NotFound, ProblemError, Unauthorized
+from shared.events import ALERTS_TOPIC
 from shared.kafka import Publisher
 from shared.network import BUS_ROUTES, LINES, STATIONS
 from shared.ratelimit import Counted, RateLimit, count_attempt, succeeded
@@ -490,7 +485,7 @@ async def acknowledge(
     event = events.alert_acknowledged(
         alert_id, str(alert.get("subject", alert_id)), operator.username, datetime.now(UTC)
     )
-    fact = read_fact(event, events.TOPIC)
+    fact = read_fact(event, ALERTS_TOPIC)
     await repository.apply(
         redis,
         event.id,
@@ -500,7 +495,7 @@ async def acknowledge(
         tail_max=settings.tail_max_entries,
     )
     try:
-        await publisher.publish(events.TOPIC, str(alert.get("subject", alert_id)), event)
+        await publisher.publish(ALERTS_TOPIC, str(alert.get("subject", alert_id)), event)
     except (KafkaError, TimeoutError, OSError) as exc:
         # The acknowledgement stands; only its audit event is missing from ops.alerts.
         logger.warning("acknowledgement of %s not published: %s", alert_id, exc)

@@ -6,6 +6,14 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from shared.events import (
+    ALERTS_TOPIC,
+    LEDGER_TOPIC,
+    OCCUPANCY_TOPIC,
+    SESSIONS_TOPIC,
+    TICKETS_TOPIC,
+    VALIDATIONS_TOPIC,
+)
 from shared.settings import ServiceSettings
 
 
@@ -25,16 +33,16 @@ def _default_lag_groups() -> dict[str, list[str]]:
     # Other groups the broker lists are shown for the partitions they committed.
     return {
         "operator": [
-            "transit.tickets",
-            "transit.validations",
-            "parking.sessions",
-            "parking.occupancy",
-            "payments.ledger",
-            "ops.alerts",
+            TICKETS_TOPIC,
+            VALIDATIONS_TOPIC,
+            SESSIONS_TOPIC,
+            OCCUPANCY_TOPIC,
+            LEDGER_TOPIC,
+            ALERTS_TOPIC,
         ],
-        "validation-fares": ["transit.validations"],
-        "validation-topups": ["payments.ledger"],
-        "parking": ["payments.ledger"],
+        "validation-fares": [VALIDATIONS_TOPIC],
+        "validation-topups": [LEDGER_TOPIC],
+        "parking": [LEDGER_TOPIC],
     }
 
 

@@ -36,7 +36,7 @@ from services.operator.projection import (
 )
 from services.operator.service import thresholds
 from services.operator.settings import OperatorSettings
-from shared.events import Event
+from shared.events import ALERTS_TOPIC, Event
 from shared.health import describe_failure
 from shared.kafka import Consumer, DeadLetter, Publisher
 
@@ -122,8 +122,8 @@ class EventSink:
         """Publish, then show at once (the consumer will find them applied)."""
         for alert in raised:
             event = events.alert_raised(alert)
-            await self.publisher.publish(events.TOPIC, alert.subject, event)
-            await self.apply(read_fact(event, events.TOPIC))
+            await self.publisher.publish(ALERTS_TOPIC, alert.subject, event)
+            await self.apply(read_fact(event, ALERTS_TOPIC))
             ALERTS_RAISED.labels(alert.rule.value).inc()
             logger.warning("alert %s: %s", alert.rule.value, alert.detail)
 

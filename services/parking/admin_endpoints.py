@@ -18,8 +18,6 @@ from services.parking.endpoints import (
     LaneId,
     Limit,
     LotId,
-    in_transaction,
-    problems,
 )
 from services.parking.schemas import (
     LOT_ID_PATTERN,
@@ -43,10 +41,11 @@ from services.parking.schemas import (
     VehicleCreate,
     VehicleRead,
 )
-from services.parking.work import Work
+from services.parking.work import transaction
+from shared.auth import INVALID_TOKEN
+from shared.errors import problems
 
-ADMIN_AUTH = (401, "Missing or wrong admin token")
-admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=problems(ADMIN_AUTH))
+admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=problems(INVALID_TOKEN))
 
 
 # Operators: provisioning ------------------------------------------------------------------------
@@ -60,10 +59,9 @@ admin = APIRouter(prefix="/v1", dependencies=[AdminDep], responses=problems(ADMI
 )
 async def upsert_lot(lot_id: LotId, body: LotUpsert, context: ParkingDep) -> LotRead:
     """Create or update a lot; capacities take effect at once (Redis), vehicles inside stay."""
-    async with context.db.transaction() as session:
-        lot = await lots.upsert_lot(session, context, lot_id, body)
-    await context.reference.reload()
-    return lot
+    return await lots.change_reference(
+        context, lambda session: lots.upsert_lot(session, context, lot_id, body)
+    )
 
 
 @admin.put(
@@ -76,10 +74,9 @@ async def upsert_lane(
     lot_id: LotId, lane_id: LaneId, body: LaneUpsert, context: ParkingDep
 ) -> LaneRead:
     """Create or update a lane: its direction and, for a dedicated lane, its vehicle type."""
-    async with context.db.transaction() as session:
-        lane = await lots.upsert_lane(session, lot_id, lane_id, body)
-    await context.reference.reload()
-    return lane
+    return await lots.change_reference(
+        context, lambda session: lots.upsert_lane(session, lot_id, lane_id, body)
+    )
 
 
 @admin.post(
@@ -138,10 +135,7 @@ async def revoke_device(device_id: DeviceId, context: ParkingDep) -> DeviceRead:
 async def create_tariff(body: TariffCreate, context: ParkingDep) -> TariffRead:
     """Add a dated tariff version (city-wide, or for one lot), effective at least 5 minutes
     ahead: sessions already priced keep their rules, and every lane knows it before it applies."""
-    async with context.db.transaction() as session:
-        tariff = await lots.create_tariff(session, body)
-    await context.reference.reload()
-    return tariff
+    return await lots.change_reference(context, lambda session: lots.create_tariff(session, body))
 
 
 @admin.post(
@@ -190,9 +184,9 @@ async def list_sessions(
 ) -> list[SessionRead]:
     """Sessions, newest entry first; `needs_review=true` lists low-confidence reads,
     plate mismatches and repeated entries for an operator to check."""
-    async with context.db.transaction() as session:
+    async with transaction(context) as work:
         return await session_reads.list_sessions(
-            Work(session, context),
+            work,
             lot_id=lot_id,
             status=status,
             needs_review=needs_review,
@@ -218,13 +212,8 @@ async def override_session(
     """A manual override by an operator, kept with who, why and the money moved; every one
     is listed in the revenue audit. Refunds go through payments (wallet payments only:
     VietQR payments need a bank payout, reported as `payout_required`)."""
-
-    async def act(work: Work) -> OverrideRead:
+    async with transaction(context) as work:
         return await overrides.apply_override(work, session_id, body)
-
-    result = await in_transaction(context, act)
-    assert isinstance(result, OverrideRead)
-    return result
 
 
 @admin.get("/disputes", response_model=list[DisputeRead], tags=["sessions"])
@@ -232,8 +221,8 @@ async def list_disputes(
     context: ParkingDep, status: DisputeStatus | None = None, limit: Limit = 100
 ) -> list[DisputeRead]:
     """Drivers' disputes, oldest first (`status=open`: the operators' queue)."""
-    async with context.db.transaction() as session:
-        return await disputes.list_disputes(Work(session, context), status, limit)
+    async with transaction(context) as work:
+        return await disputes.list_disputes(work, status, limit)
 
 
 @admin.post(
@@ -253,13 +242,8 @@ async def resolve_dispute(
     """Accept or reject a dispute. Accepted: `wrong_times` reprices the session with the
     corrected times (the claim unless given here), anything else waives the fee; what was
     paid beyond the new fee is refunded to the wallet through payments."""
-
-    async def act(work: Work) -> DisputeRead:
+    async with transaction(context) as work:
         return await disputes.resolve_dispute(work, dispute_id, body)
-
-    result = await in_transaction(context, act)
-    assert isinstance(result, DisputeRead)
-    return result
 
 
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {

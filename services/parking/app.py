@@ -1,95 +1,27 @@
 """Builds the parking service: lots, tariffs, sessions, occupancy, receipts, audit.
 
-Background workers: the outbox relay, the `payments.ledger` consumer (VietQR payments open
-barriers and settle debts; revenue movements feed the audit) and the debt collector.
+Background workers (their work in tasks.py): the outbox relay, the `payments.ledger` consumer
+(VietQR payments open barriers and settle debts; revenue movements feed the audit), the debt
+collector, the reference refresh and the idempotency purge.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from functools import partial
 
-from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 
-from services.parking import events, lots, repository, session_queries, tasks
+from services.parking import events, lots, repository, tasks
 from services.parking.admin_endpoints import admin
 from services.parking.context import Parking
-from services.parking.endpoints import LANE_BODY_LIMIT, lane_entry, lane_exit, lanes, public
+from services.parking.endpoints import lane_routes, lanes, public
 from services.parking.settings import ParkingSettings
-from services.parking.work import Undo, Work
-from shared.app import HotRoute, Runtime, Worker, create_app, supervised
-from shared.events import Event
-from shared.inbox import first_delivery
-from shared.kafka import Consumer, Handler
+from shared.app import Runtime, create_app, supervised
+from shared.events import LEDGER_TOPIC
+from shared.kafka import Consumer
 from shared.outbox import OutboxRelay
 
 logger = logging.getLogger("citypass.parking")
-
-DEBT_BATCH = 20
-IDEMPOTENCY_PURGE_INTERVAL_S = 3600.0
-
-
-def ledger_handler(context: Parking) -> Handler:
-    async def handle(event: Event, _record: ConsumerRecord) -> None:
-        if event.type == events.TRANSFER_POSTED:  # transit fares are most of the topic
-            await tasks.on_transfer_posted(context, event)
-            return
-        if event.type != events.PAYMENT_REQUEST_PAID:
-            return
-        undo = Undo()
-        try:
-            async with context.db.transaction() as session:
-                if await first_delivery(
-                    session, repository.processed_events, events.CONSUMER_GROUP, event.id
-                ):
-                    await tasks.on_payment_request_paid(Work(session, context, undo), event)
-        except BaseException:
-            await undo.run()
-            raise
-
-    return handle
-
-
-def debt_collector(context: Parking) -> Worker:
-    """Retries debts (wallet first, else a VietQR for the receipt) and pending hold releases."""
-
-    async def run() -> None:
-        interval = min(context.settings.debt_retry_interval.total_seconds(), 5.0)
-        while True:
-            async with context.db.transaction() as session:
-                work = Work(session, context)
-                due = await session_queries.debts_due(session, work.now, DEBT_BATCH)
-                for row in due:
-                    await tasks.collect_debt(work, row)
-                holds = await session_queries.holds_to_release(session, DEBT_BATCH)
-                for row in holds:
-                    await tasks.release_pending_hold(work, row)
-            if len(due) < DEBT_BATCH and len(holds) < DEBT_BATCH:
-                await asyncio.sleep(interval)
-
-    return run
-
-
-def reference_refresh(context: Parking) -> Worker:
-    """Reloads lots, lanes and tariffs, so that changes made on other replicas arrive."""
-
-    async def run() -> None:
-        while True:
-            await asyncio.sleep(context.settings.cache_ttl.total_seconds())
-            await context.reference.reload()
-
-    return run
-
-
-def idempotency_purge(context: Parking) -> Worker:
-    async def run() -> None:
-        while True:
-            await context.idempotency.purge_expired()
-            await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL_S)
-
-    return run
 
 
 def build_app(settings: ParkingSettings | None = None) -> FastAPI:
@@ -99,17 +31,17 @@ def build_app(settings: ParkingSettings | None = None) -> FastAPI:
     relay = OutboxRelay("parking", runtime.db, repository.outbox, runtime.publisher)
     consumer = Consumer(
         settings.kafka_bootstrap_servers,
-        [events.LEDGER_TOPIC],
+        [LEDGER_TOPIC],
         events.CONSUMER_GROUP,
-        ledger_handler(context),
+        tasks.ledger_handler(context),
         publisher=runtime.publisher,
     )
     runtime.workers += [
         supervised("outbox-relay", relay.run),
         supervised("payments-ledger-consumer", consumer.run),
-        supervised("debt-collector", debt_collector(context)),
-        supervised("reference-refresh", reference_refresh(context)),
-        supervised("idempotency-purge", idempotency_purge(context)),
+        supervised("debt-collector", tasks.debt_collector(context)),
+        supervised("reference-refresh", tasks.reference_refresh(context)),
+        supervised("idempotency-purge", context.idempotency.purge_forever),
     ]
     runtime.on_stop.append(context.payments.close)
     if context.occupancy.lanes is not None:
@@ -136,10 +68,7 @@ def build_app(settings: ParkingSettings | None = None) -> FastAPI:
             " times carry their offset; days are Hanoi days."
         ),
         on_start=[load_reference, sync_capacity],
-        hot_routes=[
-            HotRoute("POST", "/v1/entries", partial(lane_entry, context), LANE_BODY_LIMIT),
-            HotRoute("POST", "/v1/exits", partial(lane_exit, context), LANE_BODY_LIMIT),
-        ],
+        hot_routes=lane_routes.bind(context),
     )
     app.state.parking = context
     return app

@@ -36,10 +36,12 @@ from services.parking.audit_schemas import (
     AuditSessionLine,
     AuditTotals,
 )
-from services.parking.payments import PaymentsClient, PaymentsRefused, PaymentsUnavailable
+from services.parking.payments import Payments
 from services.parking.repository import Record
 from services.parking.schemas import OverrideAction, SessionStatus, Settlement
+from services.parking.session_state import Override, PaymentSeen, SessionState
 from services.parking.tariffs import HANOI_TZ, Tariff, TariffError, VehicleType, price_session
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 
 def day_window(day: date) -> tuple[datetime, datetime]:
@@ -57,35 +59,37 @@ class RevenueReported:
 class DayFacts:
     lot_id: str
     day: date
-    sessions: Sequence[Record]
-    session_payments: Sequence[Record]  # every payment of those sessions, any day
-    payments_that_day: Sequence[Record]  # parking's records of payments posted that day
+    sessions: Sequence[SessionState]
+    session_payments: Sequence[PaymentSeen]  # every payment of those sessions, any day
+    payments_that_day: Sequence[PaymentSeen]  # parking's records of payments posted that day
     observed: Sequence[Record]  # the lot's revenue movements seen on the ledger that day
     linked: dict[uuid.UUID, uuid.UUID]  # observed transfer → session, when parking knows it
     overridden: frozenset[uuid.UUID]
-    overrides: Sequence[Record]
+    overrides: Sequence[Override]
     tariffs: Sequence[Tariff]
     reported: RevenueReported | None
     problems: Sequence[str]
 
 
-def _repriced(row: Record, tariffs: Sequence[Tariff]) -> int:
+def _repriced(row: SessionState, tariffs: Sequence[Tariff]) -> int:
     try:
         return price_session(
-            row.entry_at, row.exit_at, VehicleType(row.vehicle_type), tariffs, lot_id=row.lot_id
+            row.entry_at, row.left_at, VehicleType(row.vehicle_type), tariffs, lot_id=row.lot_id
         ).total
     except TariffError:
         return -1
 
 
-def _session_line(row: Record, paid: int, repriced: int, overridden: bool) -> AuditSessionLine:
+def _session_line(
+    row: SessionState, paid: int, repriced: int, overridden: bool
+) -> AuditSessionLine:
     fee = int(row.fee) if row.fee is not None else repriced
     return AuditSessionLine(
         session_id=row.session_id,
         plate=plates.normalise(row.plate).masked(),
         vehicle_type=VehicleType(row.vehicle_type),
         entry_at=row.entry_at.astimezone(HANOI_TZ),
-        exit_at=row.exit_at.astimezone(HANOI_TZ),
+        exit_at=row.left_at.astimezone(HANOI_TZ),
         status=SessionStatus(row.status),
         settlement=Settlement(row.settlement) if row.settlement else None,
         fee=fee,
@@ -203,7 +207,7 @@ def build_report(facts: DayFacts) -> AuditReport:
 
 
 async def _reported(
-    payments: PaymentsClient, lot_id: str, day: date
+    payments: Payments, lot_id: str, day: date
 ) -> tuple[RevenueReported | None, str | None]:
     try:
         report = await payments.reconciliation(day)
@@ -215,9 +219,7 @@ async def _reported(
     return RevenueReported(0, 0), None
 
 
-async def gather(
-    session: AsyncSession, payments: PaymentsClient, lot_id: str, day: date
-) -> DayFacts:
+async def gather(session: AsyncSession, payments: Payments, lot_id: str, day: date) -> DayFacts:
     """Read the day's facts; the transaction must begin with a consistent snapshot."""
     await repository.use_consistent_snapshot(session)
     await lots.require_lot(session, lot_id)

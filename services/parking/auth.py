@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 
 from services.parking.context import Device, Parking
+from shared.app import state
+from shared.auth import check_token, token_matches
 from shared.devicesigning import (
     DEVICE_ID_HEADER,
-    NONCE_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
     DeviceAuthError,
     SignedRequest,
     claim_nonce,
     request_target,
+    signature_scheme,
     verify_request,
 )
-from shared.errors import Unauthorized
 
-
-async def parking(request: Request) -> Parking:
-    context: Parking = request.app.state.parking
-    return context
-
-
-ParkingDep = Annotated[Parking, Depends(parking)]
+ParkingDep = Annotated[Parking, state("parking")]
 
 admin_bearer = HTTPBearer(
     auto_error=False,
@@ -38,35 +30,18 @@ admin_bearer = HTTPBearer(
     description="`Authorization: Bearer <PARKING_ADMIN_TOKEN>`: operators and back offices",
 )
 # Documented so that the OpenAPI shows what a lane device sends; checked in `signed_device`.
-_device_headers = APIKeyHeader(
-    name=DEVICE_ID_HEADER,
-    auto_error=False,
-    scheme_name="DeviceSignature",
-    description=(
-        "Lane terminals and cameras sign every request (shared/devicesigning.py): "
-        f"`{DEVICE_ID_HEADER}`, `{TIMESTAMP_HEADER}` (unix s), `{NONCE_HEADER}` (fresh, "
-        f"16-64 of [A-Za-z0-9_-]) and `{SIGNATURE_HEADER}` = hex HMAC-SHA256 with the "
-        "device secret over `CP-DEVICE-HMAC-SHA256\\n<METHOD>\\n<path?query>\\n<timestamp>"
-        "\\n<nonce>\\n<hex SHA-256 of the body>`"
-    ),
-)
+_device_headers = signature_scheme(DEVICE_ID_HEADER, "DeviceSignature")
 
 
-def _is_admin(context: Parking, credentials: HTTPAuthorizationCredentials | None) -> bool:
-    expected = context.settings.admin_token.get_secret_value().encode()
-    return credentials is not None and hmac.compare_digest(
-        credentials.credentials.encode(), expected
-    )
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return credentials.credentials if credentials is not None else None
 
 
 async def admin(
     context: ParkingDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(admin_bearer)],
 ) -> None:
-    if not _is_admin(context, credentials):
-        raise Unauthorized(
-            "Send `Authorization: Bearer <parking admin token>`.", code="invalid_admin_token"
-        )
+    check_token(_token(credentials), context.settings.admin_token, "parking admin token")
 
 
 async def lane_device(
@@ -111,10 +86,11 @@ async def device_or_admin(
     _documented: Annotated[str | None, Depends(_device_headers)],
 ) -> Device | None:
     """A signed device, or an operator (None)."""
-    if _is_admin(context, credentials):
-        return None
     if credentials is not None and request.headers.get(DEVICE_ID_HEADER) is None:
-        raise Unauthorized("The admin token is wrong.", code="invalid_admin_token")
+        check_token(_token(credentials), context.settings.admin_token, "parking admin token")
+        return None
+    if token_matches(_token(credentials), context.settings.admin_token):
+        return None
     try:
         return await _verified_device(request, context)
     except DeviceAuthError as refused:

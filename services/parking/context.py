@@ -12,16 +12,18 @@ on other replicas); they are read before the decision's transaction opens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter
+from sqlalchemy import RowMapping
 
 from services.parking import repository
 from services.parking.occupancy import Occupancy
-from services.parking.payments import PaymentsClient
-from services.parking.repository import Record
+from services.parking.payments import Payments
 from services.parking.settings import ParkingSettings
 from services.parking.tariffs import Tariff, VehicleType
 from shared.app import Runtime
@@ -60,21 +62,25 @@ class Device:
     key: DeviceKey
 
 
-def tariff_of(row: Record) -> Tariff:
+# A tariff's rules, named alike in the dataclass, the table and TariffCreate (the id: `tariff_id`).
+TARIFF_RULES = tuple(
+    rule.name for rule in dataclasses.fields(Tariff) if rule.name not in ("id", "vehicle_type")
+)
+
+
+def tariff_of(values: Mapping[str, Any] | RowMapping) -> Tariff:
+    """A tariff from its row's mapping, or from a TariffCreate's fields."""
     return Tariff(
-        id=row.tariff_id,
-        vehicle_type=VehicleType(row.vehicle_type),
-        effective_from=row.effective_from,
-        first_block_minutes=row.first_block_minutes,
-        first_block_price=row.first_block_price,
-        per_hour_price=row.per_hour_price,
-        night_turn_price=row.night_turn_price,
-        grace_minutes=row.grace_minutes,
-        daily_cap=row.daily_cap,
-        day_starts_at=row.day_starts_at,
-        day_ends_at=row.day_ends_at,
-        lot_id=row.lot_id,
+        id=values["tariff_id"],
+        vehicle_type=VehicleType(values["vehicle_type"]),
+        **{rule: values[rule] for rule in TARIFF_RULES},
     )
+
+
+def tariff_row(tariff: Tariff) -> dict[str, Any]:
+    """A tariff as its row of `tariffs`."""
+    rules = {rule: getattr(tariff, rule) for rule in TARIFF_RULES}
+    return {"tariff_id": tariff.id, "vehicle_type": tariff.vehicle_type.value, **rules}
 
 
 @dataclass
@@ -102,7 +108,7 @@ class ReferenceData:
             row.lane_id: Lane(row.lane_id, row.lot_id, row.direction, row.vehicle_type, row.enabled)
             for row in lanes
         }
-        self.tariffs = [tariff_of(row) for row in tariffs]
+        self.tariffs = [tariff_of(row._mapping) for row in tariffs]
         self.loaded = True
 
     def _ready(self) -> None:
@@ -201,7 +207,7 @@ class DecisionLimit:
 class Parking:
     settings: ParkingSettings
     runtime: Runtime
-    payments: PaymentsClient
+    payments: Payments
     idempotency: Idempotency
     occupancy: Occupancy
     reference: ReferenceData
@@ -218,7 +224,7 @@ class Parking:
         return cls(
             settings=settings,
             runtime=runtime,
-            payments=PaymentsClient(
+            payments=Payments(
                 settings.payments_url,
                 settings.payments_service_token.get_secret_value(),
                 settings.payments_timeout_s,

@@ -19,13 +19,15 @@ from services.parking.schemas import (
     OverrideAction,
     OverrideCreate,
 )
+from services.parking.session_state import Dispute
 from services.parking.tokens import ReceiptScope
-from services.parking.work import SessionRow, Work
+from services.parking.work import Work
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.events import SESSION_DISPUTE_RESOLVED, SESSION_DISPUTED, SESSIONS_TOPIC
 from shared.ids import new_id
 
 
-async def _dispute_read(work: Work, row: SessionRow) -> DisputeRead:
+async def _dispute_read(work: Work, row: Dispute) -> DisputeRead:
     override = (
         await session_queries.get_override(work.session, row.override_id)
         if row.override_id
@@ -71,11 +73,11 @@ async def open_dispute(
     )
     if dispute is None:
         raise Conflict("This session already has an open dispute.", code="dispute_open")
-    await work.publish(
-        events.SESSIONS_TOPIC,
+    work.publish(
+        SESSIONS_TOPIC,
         str(row.session_id),
         events.session_event(
-            events.SESSION_DISPUTED,
+            SESSION_DISPUTED,
             row.session_id,
             {
                 "lot_id": row.lot_id,
@@ -134,11 +136,11 @@ async def resolve_dispute(work: Work, dispute_id: uuid.UUID, body: DisputeResolv
         resolution_note=body.note,
         override_id=override_id,
     )
-    await work.publish(
-        events.SESSIONS_TOPIC,
+    work.publish(
+        SESSIONS_TOPIC,
         str(dispute.session_id),
         events.session_event(
-            events.SESSION_DISPUTE_RESOLVED,
+            SESSION_DISPUTE_RESOLVED,
             dispute.session_id,
             {"dispute_id": str(dispute_id), "outcome": body.outcome},
         ),

@@ -14,9 +14,9 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Header, Path, Query, Request, Security
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
@@ -60,15 +60,11 @@ from services.parking.schemas import (
     TariffRead,
 )
 from services.parking.tariffs import VehicleType
-from services.parking.work import LaneWork, PendingNonce, Undo, Work
+from services.parking.work import LaneWork, PendingNonce, Undo, Work, transaction
 from shared.devicesigning import DeviceAuthError, nonce_key
-from shared.errors import PROBLEM_CONTENT, Unprocessable
-from shared.idempotency import (
-    MAX_KEY_LENGTH,
-    IdempotencyDep,
-    IdempotentRequest,
-    hot_idempotent_body,
-)
+from shared.errors import Unprocessable, problems
+from shared.hot import HotRoute, HotRouter
+from shared.idempotency import IdempotencyDep, IdempotentRequest
 from shared.ratelimit import client_address
 
 LotId = Annotated[str, Path(pattern=LOT_ID_PATTERN, examples=["HK-01"])]
@@ -87,21 +83,7 @@ ReceiptToken = Annotated[
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500)]
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-# As shared.idempotency documents it, for the lane routes that check it themselves.
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias=IDEMPOTENCY_HEADER,
-        description="Unique per logical operation (e.g. a UUID); retries reuse it.",
-        max_length=MAX_KEY_LENGTH,
-    ),
-]
 Command = TypeVar("Command", EntryCreate, ExitCreate)
-
-
-def problems(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
-    return {status: {"description": text, "content": PROBLEM_CONTENT} for status, text in described}
 
 
 DEVICE_AUTH = (401, "Not signed, badly signed, stale, replayed, or unknown/disabled device")
@@ -113,41 +95,26 @@ OVERLOADED = (503, "`overloaded`: too many decisions in progress; retry after `R
 lanes = APIRouter(prefix="/v1", tags=["lanes"], responses=problems(DEVICE_AUTH))
 
 
-async def in_transaction(
-    context: Parking, action: Callable[[Work], Awaitable[BaseModel]]
-) -> BaseModel:
-    undo = Undo()
-    try:
-        async with context.db.transaction() as session:
-            result = await action(Work(session, context, undo))
-    except BaseException:
-        await undo.run()
-        raise
-    return result
-
-
 LANE_BODY_LIMIT = 16 * 1024  # a lane event is well under 1 KiB
 
-
-async def lane_entry(context: Parking, scope: Scope, body: bytes) -> Response:
-    """POST /v1/entries, served as a hot route (shared.app.HotRoutes) in front of FastAPI:
-    its routing and dependency machinery cost about as much CPU as the decision's own work."""
-    return await _lane(context, scope, body, EntryCreate, lane_decisions.enter)
-
-
-async def lane_exit(context: Parking, scope: Scope, body: bytes) -> Response:
-    """POST /v1/exits, as `lane_entry`."""
-    return await _lane(context, scope, body, ExitCreate, lane_decisions.leave)
+# Entries and exits are hot routes (shared.hot): FastAPI's routing and dependency machinery
+# cost about as much CPU as the decision's own work.
+lane_routes = HotRouter[Parking](
+    tags=["lanes"],
+    responses=problems(DEVICE_AUTH),
+    security=device_signature,
+    max_body_bytes=LANE_BODY_LIMIT,
+)
 
 
 async def _lane(
     context: Parking,
+    route: HotRoute[Command],
     scope: Scope,
     body: bytes,
-    model: type[Command],
     decide: Callable[[LaneWork, Device, Command], Awaitable[Response]],
 ) -> Response:
-    """Checks in the order FastAPI made them: the device signature (401), the
+    """Checks in the order FastAPI makes them: the device signature (401), the
     Idempotency-Key (400 when missing), then the header's and the body's shape (one 422)."""
     headers = Headers(scope=scope)
     device, signed = await lane_device(context, scope, headers, body)
@@ -157,7 +124,7 @@ async def _lane(
         nonce_key(signed.device_id, signed.nonce, tag=device.lot_id),
     )
     try:
-        key, command = hot_idempotent_body(scope, body, model)
+        key, _, command = route.call(scope, body)
         return await _lane_decision(context, key, nonce, lambda work: decide(work, device, command))
     except Exception as refused:
         if not nonce.claimed and not isinstance(refused, DeviceAuthError):
@@ -180,7 +147,11 @@ async def _lane_decision(
     with context.decisions.admit():
         lane = await lane_sql.LaneConnection.open(context.db)
         try:
-            response = await decide(LaneWork(lane.connection, context, key, nonce, undo))
+            response = await decide(
+                LaneWork(
+                    context=context, connection=lane.connection, request=key, nonce=nonce, undo=undo
+                )
+            )
             await nonce.claim()  # a replayed answer too
         except BaseException:
             await undo.run()
@@ -201,7 +172,9 @@ async def _decide(
             async with context.idempotency.call(key) as call:
                 if call.replay is not None:
                     return call.replay
-                result = await action(Work(call.session, context, undo))
+                work = Work(context=context, session=call.session, undo=undo)
+                result = await action(work)
+                await work.flush()
                 response = await call.respond(200, result)
         except BaseException:
             await undo.run()
@@ -285,8 +258,10 @@ async def list_tariffs(
 # Lane devices -----------------------------------------------------------------------------------
 
 
-@lanes.post(
-    "/entries",
+@lane_routes.post(
+    "/v1/entries",
+    body=EntryCreate,
+    idempotent=True,
     response_model=EntryDecision,
     responses=problems(
         (400, "`idempotency_key_missing`"),
@@ -302,10 +277,7 @@ async def list_tariffs(
     ),
 )
 async def enter(
-    request: Request,
-    _body: EntryCreate,
-    _signature: Annotated[str | None, Security(device_signature)],
-    _key: IdempotencyKeyHeader = None,
+    context: Parking, route: HotRoute[EntryCreate], scope: Scope, body: bytes
 ) -> Response:
     """A vehicle at an entry lane: open the barrier or not.
 
@@ -325,11 +297,13 @@ async def enter(
 
     Send a fresh `Idempotency-Key` (UUID) per vehicle event and reuse it on retries.
     """
-    return await lane_entry(request.app.state.parking, request.scope, await request.body())
+    return await _lane(context, route, scope, body, lane_decisions.enter)
 
 
-@lanes.post(
-    "/exits",
+@lane_routes.post(
+    "/v1/exits",
+    body=ExitCreate,
+    idempotent=True,
     response_model=ExitDecision,
     responses=problems(
         (400, "`idempotency_key_missing`"),
@@ -352,10 +326,7 @@ async def enter(
     ),
 )
 async def leave(
-    request: Request,
-    _body: ExitCreate,
-    _signature: Annotated[str | None, Security(device_signature)],
-    _key: IdempotencyKeyHeader = None,
+    context: Parking, route: HotRoute[ExitCreate], scope: Scope, body: bytes
 ) -> Response:
     """A vehicle at an exit lane: the fee, and open the barrier or show a VietQR.
 
@@ -374,7 +345,7 @@ async def leave(
     to the driver as a QR: with the session id it opens the receipt and lets the driver dispute
     it, and no other route hands it out.
     """
-    return await lane_exit(request.app.state.parking, request.scope, await request.body())
+    return await _lane(context, route, scope, body, lane_decisions.leave)
 
 
 @lanes.get(
@@ -394,13 +365,8 @@ async def exit_status(
     `decision` turns `open` (`paid_by_vietqr`) as soon as the bank's notification reached
     payments and parking; a signed device of the lot or an operator may ask.
     """
-
-    async def read(work: Work) -> ExitDecision:
+    async with transaction(context) as work:
         return await settlement.exit_status(work, device, session_id)
-
-    result = await in_transaction(context, read)
-    assert isinstance(result, ExitDecision)
-    return result
 
 
 @lanes.post(
@@ -440,8 +406,8 @@ async def get_session(
     session_id: uuid.UUID, device: DeviceOrAdminDep, context: ParkingDep
 ) -> SessionRead:
     """One session in full (plate unmasked): for a signed device of its lot, or operators."""
-    async with context.db.transaction() as session:
-        return await session_reads.get_session(Work(session, context), device, session_id)
+    async with transaction(context) as work:
+        return await session_reads.get_session(work, device, session_id)
 
 
 # Receipts and disputes (drivers) ----------------------------------------------------------------
@@ -461,13 +427,8 @@ async def get_receipt(
 ) -> ReceiptRead:
     """The receipt of a parking session: lot, masked plate, times (Hanoi), the tariff rules
     applied, amount, payment reference, and what is still owed (with its VietQR)."""
-
-    async def read(work: Work) -> ReceiptRead:
+    async with transaction(context) as work:
         return await receipts.receipt(work, session_id, token)
-
-    result = await in_transaction(context, read)
-    assert isinstance(result, ReceiptRead)
-    return result
 
 
 @public.get(
@@ -512,8 +473,8 @@ async def find_receipt(
     `PARKING_RECEIPT_LOOKUP_HORIZON` (90 days).
     """
     await context.receipt_lookups.hit(context.runtime.kv, client_address(request))
-    async with context.db.transaction() as session:
-        return await receipts.find_receipt(Work(session, context), plate, code)
+    async with transaction(context) as work:
+        return await receipts.find_receipt(work, plate, code)
 
 
 @public.post(
@@ -535,13 +496,8 @@ async def open_dispute(
     (`wrong_times`, with the claimed times), or `other`. An operator resolves it; an accepted
     dispute is refunded through payments. `token` must be the receipt token shown at the exit
     lane: a lookup's read token is refused (403)."""
-
-    async def act(work: Work) -> DisputeRead:
+    async with transaction(context) as work:
         return await disputes.open_dispute(work, session_id, token, body)
-
-    result = await in_transaction(context, act)
-    assert isinstance(result, DisputeRead)
-    return result
 
 
 @public.get(
@@ -558,5 +514,5 @@ async def receipt_disputes(
     session_id: uuid.UUID, token: ReceiptToken, context: ParkingDep
 ) -> list[DisputeRead]:
     """The disputes of a session and how they were resolved (with the exit's receipt token)."""
-    async with context.db.transaction() as session:
-        return await disputes.disputes_of_receipt(Work(session, context), session_id, token)
+    async with transaction(context) as work:
+        return await disputes.disputes_of_receipt(work, session_id, token)

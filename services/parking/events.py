@@ -29,26 +29,33 @@ from typing import Any
 
 from services.parking.occupancy import Count
 from services.parking.tariffs import VehicleType
-from shared.events import Event
+from shared.events import ENTRY_REFUSED, OCCUPANCY_CHANGED, Consumed, Event
 
-SESSIONS_TOPIC = "parking.sessions"
-OCCUPANCY_TOPIC = "parking.occupancy"
-LEDGER_TOPIC = "payments.ledger"
 SOURCE = "/citypass/parking"
 CONSUMER_GROUP = "parking"
 
-SESSION_OPENED = "citypass.parking.session.opened.v1"
-SESSION_PAYMENT_REQUIRED = "citypass.parking.session.payment_required.v1"
-SESSION_CLOSED = "citypass.parking.session.closed.v1"
-SESSION_DEBT_SETTLED = "citypass.parking.session.debt_settled.v1"
-SESSION_OVERRIDDEN = "citypass.parking.session.overridden.v1"
-SESSION_DISPUTED = "citypass.parking.session.disputed.v1"
-SESSION_DISPUTE_RESOLVED = "citypass.parking.session.dispute_resolved.v1"
-OCCUPANCY_CHANGED = "citypass.parking.occupancy.changed.v1"
-ENTRY_REFUSED = "citypass.parking.entry.refused.v1"
 
-PAYMENT_REQUEST_PAID = "citypass.payments.payment_request.paid.v1"
-TRANSFER_POSTED = "citypass.payments.transfer.posted.v1"
+class PaymentRequestPaid(Consumed):
+    """`citypass.payments.payment_request.paid.v1`; parking's own carry a session id."""
+
+    parking_session_id: uuid.UUID | None = None
+    payment_request_id: uuid.UUID
+    transfer_id: uuid.UUID
+    amount: int
+    reference: str | None = None
+
+
+class TransferPosted(Consumed):
+    """`citypass.payments.transfer.posted.v1`; parking keeps its lots' revenue movements."""
+
+    transfer_id: uuid.UUID
+    kind: str
+    amount: int
+    source: str | None = None
+    lot_id: str | None = None
+    hold_id: uuid.UUID | None = None
+    payment_request_id: uuid.UUID | None = None
+    original_transfer_id: uuid.UUID | None = None
 
 
 def session_event(kind: str, session_id: uuid.UUID, data: dict[str, Any]) -> Event:

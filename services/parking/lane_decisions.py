@@ -9,14 +9,14 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 from starlette.responses import Response
 
 from services.parking import events, lane_sql, plates, tokens
 from services.parking.context import Device, Lane, Lot, Parking
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable
+from services.parking.occupancy import Count
 from services.parking.schemas import (
     Direction,
     EntryCreate,
@@ -28,12 +28,15 @@ from services.parking.schemas import (
     Occupancy,
     SessionStatus,
 )
+from services.parking.session_state import SessionState
 from services.parking.settlement import close_as_debt, exit_decision, price_exit, settle_exit
 from services.parking.tariffs import VehicleType, tariff_in_force
 from services.parking.vehicles import parse_plate
-from services.parking.work import LaneWork, SessionRow
+from services.parking.work import LaneWork
 from shared.errors import Conflict, Forbidden, Unprocessable
+from shared.events import OCCUPANCY_TOPIC, SESSION_OPENED, SESSIONS_TOPIC
 from shared.ids import new_id
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 
@@ -132,6 +135,29 @@ def _read(body: LaneEvent) -> LaneRead:
     return LaneRead(read_plate, refused, read_plate.key if by_plate and read_plate else None)
 
 
+class Begun(NamedTuple):
+    lot: Lot
+    lane: Lane
+    read: LaneRead
+    found: Any  # what the first statement read besides the key's claim
+
+
+async def _begin(
+    work: LaneWork, device: Device, body: LaneEvent, direction: Direction, statement: str
+) -> Begun | Response:
+    """The first statement (the key's claim with the lookups), then the checks in their order:
+    a replay is answered before anything else is looked at, an unreadable plate last."""
+    read = _read(body)
+    found = await work.fetchrow(statement, *work.claim(), body.lot_id, read.lookup_key)
+    if (replay := work.claimed(found)) is not None:
+        return replay
+    _check_time(work.context, body.occurred_at, work.now)
+    lot, lane = _lane(work.context, device, body, direction)
+    if read.refused is not None:
+        raise read.refused
+    return Begun(lot, lane, read, found)
+
+
 async def _identify(
     work: LaneWork,
     body: LaneEvent,
@@ -209,45 +235,25 @@ def _vehicle_type(body: LaneEvent, who: Identified, lane: Lane) -> VehicleType:
 async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     """Decide at an entry lane: open (a new session, or a repeated read) or full."""
     context = work.context
-    read = _read(body)
-    found = await work.fetchrow(lane_sql.ENTRY_BEGIN, *work.claim(), body.lot_id, read.lookup_key)
-    if (replay := work.claimed(found)) is not None:
-        return replay
-    _check_time(context, body.occurred_at, work.now)
-    lot, lane = _lane(context, device, body, Direction.entry)
-    if read.refused is not None:
-        raise read.refused
+    begun = await _begin(work, device, body, Direction.entry, lane_sql.ENTRY_BEGIN)
+    if isinstance(begun, Response):
+        return begun
+    lot, lane, read, found = begun
     who = await _identify(work, body, read, found, entry_lot=lot.lot_id)
     vehicle_type = _vehicle_type(body, who, lane)
     if who.open_session_id is not None:
         existing = await work.fetchrow(lane_sql.LOCK_SESSION, who.open_session_id)
         if existing is not None and existing["status"] != SessionStatus.closed.value:
-            return await _answer(
-                work, await _already_inside(work, lane_sql.session_state(existing), body)
-            )
+            return await _answer(work, await _already_inside(work, SessionState.of(existing), body))
     count = await work.admit(lot.lot_id, vehicle_type)
     if not count.admitted:
-        await work.publish(
-            events.OCCUPANCY_TOPIC,
+        work.publish(
+            OCCUPANCY_TOPIC,
             lot.lot_id,
             events.entry_refused(lot.lot_id, lane.lane_id, vehicle_type, count, who.plate.masked()),
         )
-        refused = EntryDecision(
-            decision=EntryOutcome.full,
-            reason="lot_full",
-            session_id=None,
-            lot_id=lot.lot_id,
-            lane_id=lane.lane_id,
-            vehicle_type=vehicle_type,
-            plate=who.plate.display,
-            registered=who.vehicle is not None,
-            hold_amount=None,
-            hold_status=None,
-            needs_review=bool(who.review),
-            review_reasons=list(who.review),
-            occupancy=Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free),
-            outstanding_debt=await work.outstanding_debt(who.plate.key),
-            entry_at=None,
+        refused = await _first_seen(
+            work, who, lane, vehicle_type, count, session_id=None, hold=(None, None), entry_at=None
         )
         return await _answer(work, refused)
     work.undo.add(lambda: context.occupancy.release(lot.lot_id, vehicle_type))
@@ -258,10 +264,10 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     held = hold_amount if hold_id is not None else None
     work.events = [
         (
-            events.SESSIONS_TOPIC,
+            SESSIONS_TOPIC,
             str(session_id),
             events.session_event(
-                events.SESSION_OPENED,
+                SESSION_OPENED,
                 session_id,
                 {
                     "lot_id": lot.lot_id,
@@ -279,7 +285,7 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
             ),
         ),
         (
-            events.OCCUPANCY_TOPIC,
+            OCCUPANCY_TOPIC,
             lot.lot_id,
             events.occupancy_changed(
                 lot.lot_id,
@@ -291,21 +297,14 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
             ),
         ),
     ]
-    decision = EntryDecision(
-        decision=EntryOutcome.open,
-        reason="entered",
+    decision = await _first_seen(
+        work,
+        who,
+        lane,
+        vehicle_type,
+        count,
         session_id=session_id,
-        lot_id=lot.lot_id,
-        lane_id=lane.lane_id,
-        vehicle_type=vehicle_type,
-        plate=who.plate.display,
-        registered=who.vehicle is not None,
-        hold_amount=held,
-        hold_status=hold_status,
-        needs_review=bool(who.review),
-        review_reasons=list(who.review),
-        occupancy=Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free),
-        outstanding_debt=await work.outstanding_debt(who.plate.key),
+        hold=(held, hold_status),
         entry_at=body.occurred_at,
     )
     new_session = {
@@ -337,7 +336,44 @@ async def enter(work: LaneWork, device: Device, body: EntryCreate) -> Response:
     work.events = []
     raced = await work.fetchrow(lane_sql.LOCK_OPEN_SESSION, lot.lot_id, who.plate.key)
     assert raced is not None
-    return await _answer(work, await _already_inside(work, lane_sql.session_state(raced), body))
+    return await _answer(work, await _already_inside(work, SessionState.of(raced), body))
+
+
+async def _first_seen(
+    work: LaneWork,
+    who: Identified,
+    lane: Lane,
+    vehicle_type: VehicleType,
+    count: Count,
+    *,
+    session_id: uuid.UUID | None,
+    hold: tuple[int | None, str | None],
+    entry_at: datetime | None,
+) -> EntryDecision:
+    """The answer to a vehicle not inside yet: entered (its new session) or refused (full)."""
+    entered = session_id is not None
+    hold_amount, hold_status = hold
+    return EntryDecision(
+        decision=EntryOutcome.open if entered else EntryOutcome.full,
+        reason="entered" if entered else "lot_full",
+        session_id=session_id,
+        lot_id=lane.lot_id,
+        lane_id=lane.lane_id,
+        vehicle_type=vehicle_type,
+        plate=who.plate.display,
+        registered=who.vehicle is not None,
+        hold_amount=hold_amount,
+        hold_status=hold_status,
+        needs_review=bool(who.review),
+        review_reasons=list(who.review),
+        occupancy=_occupancy(count),
+        outstanding_debt=await work.outstanding_debt(who.plate.key),
+        entry_at=entry_at,
+    )
+
+
+def _occupancy(count: Count) -> Occupancy:
+    return Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free)
 
 
 async def _answer(work: LaneWork, decision: BaseModel) -> Response:
@@ -381,11 +417,11 @@ async def _place_hold(
     return hold.hold_id, hold.amount, "held"
 
 
-async def _already_inside(work: LaneWork, row: SessionRow, body: EntryCreate) -> EntryDecision:
+async def _already_inside(work: LaneWork, row: SessionState, body: EntryCreate) -> EntryDecision:
     reasons = list(row.review_reasons)
     if body.occurred_at - row.entry_at > REPEAT_ENTRY_AFTER and "repeat_entry" not in reasons:
         reasons.append("repeat_entry")  # an exit was probably missed: an operator looks
-        row = await work.update_session(row, review_reasons=reasons)
+        row = work.update_session(row, review_reasons=reasons)
     counts = await work.context.occupancy.read(row.lot_id)
     count = counts[VehicleType(row.vehicle_type)]
     return EntryDecision(
@@ -401,7 +437,7 @@ async def _already_inside(work: LaneWork, row: SessionRow, body: EntryCreate) ->
         hold_status=row.hold_status,
         needs_review=bool(reasons),
         review_reasons=reasons,
-        occupancy=Occupancy(capacity=count.capacity, occupied=count.occupied, free=count.free),
+        occupancy=_occupancy(count),
         outstanding_debt=await work.outstanding_debt(row.plate_key),
         entry_at=row.entry_at,
     )
@@ -413,14 +449,10 @@ async def _already_inside(work: LaneWork, row: SessionRow, body: EntryCreate) ->
 async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
     """Decide at an exit lane: open (paid, free, or a debt on the fallback) or pay by VietQR."""
     context = work.context
-    read = _read(body)
-    found = await work.fetchrow(lane_sql.EXIT_BEGIN, *work.claim(), body.lot_id, read.lookup_key)
-    if (replay := work.claimed(found)) is not None:
-        return replay
-    _check_time(context, body.occurred_at, work.now)
-    lot, lane = _lane(context, device, body, Direction.exit)
-    if read.refused is not None:
-        raise read.refused
+    begun = await _begin(work, device, body, Direction.exit, lane_sql.EXIT_BEGIN)
+    if isinstance(begun, Response):
+        return begun
+    lot, lane, read, found = begun
     who = await _identify(work, body, read, found)
     if read.lookup_key == who.plate.key:
         session = found["session"]  # locked by the first statement
@@ -441,7 +473,7 @@ async def leave(work: LaneWork, device: Device, body: ExitCreate) -> Response:
             f"No vehicle {who.plate.display} is inside lot {lot.lot_id}: no entry was recorded.",
             code="no_open_session",
         )
-    row: SessionRow = lane_sql.session_state(session)
+    row: SessionState = SessionState.of(session)
     if row.status == SessionStatus.awaiting_payment.value:
         if body.offline:  # the lane lost its link while the VietQR was shown, and let it out
             row = await close_as_debt(work, row)

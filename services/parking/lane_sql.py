@@ -7,12 +7,11 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
 
-from services.parking.repository import sessions
+from services.parking.session_state import SessionState
 from shared.db import Database
 from shared.events import Event
 
@@ -26,9 +25,15 @@ from shared.events import Event
 # writes the session, the payment seen, the outbox events and the answer, and commits them
 # together; the locks are let go after it (`LaneConnection.close`), off the critical path.
 
+# The key's claim as the kit's `idempotent_outcome` (shared.idempotency.guarded_answer reads
+# it): NULL when the key is ours and unanswered, else replay, reused or in_flight. $4 is the
+# request's fingerprint.
 _CLAIM = """
-    c.claimed, c.fingerprint AS stored_fingerprint, c.status_code AS stored_status,
-    c.media_type AS stored_media_type, c.body AS stored_body
+    CASE WHEN c.body IS NOT NULL THEN
+              CASE WHEN c.fingerprint = $4 THEN 'replay' ELSE 'reused' END
+         WHEN NOT c.claimed THEN 'in_flight'
+    END AS outcome,
+    c.status_code, c.media_type, c.body, NULL::jsonb AS detail
 """
 _FRESH = "c.claimed AND c.body IS NULL"  # the key is ours and has no answer yet
 
@@ -37,16 +42,16 @@ SELECT {_CLAIM}, s.session_id AS open_session_id,
        v.vehicle_id, v.wallet_account_id, v.vehicle_type, d.owed AS outstanding_debt
   FROM lane_key($1, $2, $3) c
   LEFT JOIN sessions s
-    ON {_FRESH} AND s.lot_id = $4 AND s.plate_key = $5 AND s.status <> 'closed'
-  LEFT JOIN vehicles v ON {_FRESH} AND v.plate_key = $5
+    ON {_FRESH} AND s.lot_id = $5 AND s.plate_key = $6 AND s.status <> 'closed'
+  LEFT JOIN vehicles v ON {_FRESH} AND v.plate_key = $6
   LEFT JOIN LATERAL (
       SELECT coalesce(sum(o.fee - o.paid_amount), 0)::bigint AS owed FROM sessions o
-       WHERE {_FRESH} AND o.plate_key = $5 AND o.debt_status = 'outstanding'
+       WHERE {_FRESH} AND o.plate_key = $6 AND o.debt_status = 'outstanding'
   ) d ON true
 """
 
 EXIT_BEGIN = f"""
-SELECT {_CLAIM}, c.session FROM lane_exit_begin($1, $2, $3, $4, $5) c
+SELECT {_CLAIM}, c.session FROM lane_exit_begin($1, $2, $3, $5, $6) c
 """
 
 PLATE_AT_LOT = """
@@ -69,7 +74,8 @@ SELECT session_id, exit_at FROM sessions
 """
 
 # $1-$5: the events (ids, topics, keys, headers as JSON, payloads); $6-$9: the answer's key,
-# scope, fingerprint and body. `gate`: the row without which nothing is written.
+# scope, fingerprint and body. `gate`: the row without which nothing is written. The outcome
+# is the kit's `idempotent_outcome`: created, or `already_inside` when nothing was written.
 _EVENTS_AND_ANSWER = """
 events AS (
     INSERT INTO outbox (event_id, topic, key, headers, payload)
@@ -81,7 +87,10 @@ answer AS (
     INSERT INTO idempotency_keys (scope, key, fingerprint, status_code, media_type, body)
     SELECT $6, $7, $8, 200, 'application/json', $9 FROM gate
 )
-SELECT count(*) FROM gate
+SELECT CASE WHEN count(*) > 0 THEN 'created' ELSE 'already_inside' END AS outcome,
+       200 AS status_code, 'application/json' AS media_type, $9::bytea AS body,
+       NULL::jsonb AS detail
+  FROM gate
 """
 
 STORE_ANSWER = f"WITH gate AS (SELECT 1), {_EVENTS_AND_ANSWER}"
@@ -146,6 +155,7 @@ UPDATABLE_COLUMNS = (
     "payment_amount",
     "payment_requested_at",
     "closed_at",
+    "entry_at",  # an operator's correction
 )
 _SETS = ",\n        ".join(
     f"{name} = ${n}::text::jsonb" if name == "priced" else f"{name} = ${n}"
@@ -190,9 +200,9 @@ def outbox_arrays(
     )
 
 
-def updatable_values(state: dict[str, Any]) -> list[Any]:
-    values = [state[name] for name in UPDATABLE_COLUMNS]
-    priced = state["priced"]
+def updatable_values(state: SessionState) -> list[Any]:
+    values = [getattr(state, name) for name in UPDATABLE_COLUMNS]
+    priced = state.priced
     values[_PRICED] = None if priced is None else orjson.dumps(priced).decode()
     return values
 
@@ -207,17 +217,6 @@ async def lane_outstanding_debt(connection: Any, plate_key: str) -> int:
         plate_key,
     )
     return int(owed)
-
-
-def session_state(record: Any) -> SimpleNamespace:
-    """A session row read on a lane connection, as the decision rules read rows."""
-    state = SimpleNamespace(**{name: record[name] for name in SESSION_FIELDS})
-    if isinstance(state.priced, str):  # a plain asyncpg connection gives JSON as text
-        state.priced = orjson.loads(state.priced)
-    return state
-
-
-SESSION_FIELDS = tuple(column.name for column in sessions.c)
 
 
 @asynccontextmanager

@@ -5,14 +5,15 @@ No SQL here (see repository.py), no HTTP routes (see endpoints.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.parking import repository, session_queries
-from services.parking.context import Parking, tariff_of
+from services.parking.context import Parking, tariff_of, tariff_row
 from services.parking.occupancy import Occupancy
 from services.parking.repository import Record
 from services.parking.schemas import (
@@ -43,6 +44,7 @@ from shared.errors import Conflict, NotFound, Unprocessable
 from shared.ids import utcnow
 
 QUOTE_LIMIT = timedelta(days=31)
+Changed = TypeVar("Changed")
 # Lanes price from a tariff book cached for `cache_ttl` (seconds): a new version must be
 # announced well before it applies, so that every replica prices with it from its first second.
 TARIFF_NOTICE = timedelta(minutes=5)
@@ -69,6 +71,17 @@ DEMO_LOTS = (
 
 
 # Lots and lanes ---------------------------------------------------------------------------------
+
+
+async def change_reference(
+    context: Parking, change: Callable[[AsyncSession], Awaitable[Changed]]
+) -> Changed:
+    """Write a change to lots, lanes or tariffs, then reload them: at once on this replica,
+    within `cache_ttl` on the others (ReferenceData)."""
+    async with context.db.transaction() as session:
+        changed = await change(session)
+    await context.reference.reload()
+    return changed
 
 
 def _lane_read(row: Record) -> LaneRead:
@@ -223,7 +236,7 @@ async def seed(session: AsyncSession, occupancy_counters: Occupancy) -> tuple[in
         for number in range(1, count + 1)
     ]
     await repository.upsert_lanes(session, lanes)
-    await repository.insert_tariffs(session, [_tariff_row(tariff) for tariff in DEFAULT_TARIFFS])
+    await repository.insert_tariffs(session, [tariff_row(tariff) for tariff in DEFAULT_TARIFFS])
     await sync_all_capacity(session, occupancy_counters)
     return len(DEMO_LOTS), len(lanes), len(DEFAULT_TARIFFS)
 
@@ -275,23 +288,6 @@ async def revoke_device(session: AsyncSession, context: Parking, device_id: str)
 # Tariffs ----------------------------------------------------------------------------------------
 
 
-def _tariff_row(tariff: Tariff) -> dict[str, object]:
-    return {
-        "tariff_id": tariff.id,
-        "vehicle_type": tariff.vehicle_type.value,
-        "lot_id": tariff.lot_id,
-        "effective_from": tariff.effective_from,
-        "first_block_minutes": tariff.first_block_minutes,
-        "first_block_price": tariff.first_block_price,
-        "per_hour_price": tariff.per_hour_price,
-        "night_turn_price": tariff.night_turn_price,
-        "grace_minutes": tariff.grace_minutes,
-        "daily_cap": tariff.daily_cap,
-        "day_starts_at": tariff.day_starts_at,
-        "day_ends_at": tariff.day_ends_at,
-    }
-
-
 def _tariff_read(row: Record) -> TariffRead:
     return TariffRead.model_validate(row, from_attributes=True)
 
@@ -310,7 +306,8 @@ async def tariffs_for(
 ) -> list[Tariff]:
     """The city's and the lot's versions for one vehicle type: what prices a session."""
     return [
-        tariff_of(row) for row in await repository.list_tariffs(session, lot_id, vehicle_type.value)
+        tariff_of(row._mapping)
+        for row in await repository.list_tariffs(session, lot_id, vehicle_type.value)
     ]
 
 
@@ -328,21 +325,8 @@ async def create_tariff(session: AsyncSession, body: TariffCreate) -> TariffRead
         )
     if body.lot_id is not None:
         await _lot_row(session, body.lot_id)
-    tariff = Tariff(
-        id=body.tariff_id,
-        vehicle_type=body.vehicle_type,
-        effective_from=body.effective_from,
-        first_block_minutes=body.first_block_minutes,
-        first_block_price=body.first_block_price,
-        per_hour_price=body.per_hour_price,
-        night_turn_price=body.night_turn_price,
-        grace_minutes=body.grace_minutes,
-        daily_cap=body.daily_cap,
-        day_starts_at=body.day_starts_at,
-        day_ends_at=body.day_ends_at,
-        lot_id=body.lot_id,
-    )
-    row = await repository.insert_tariff(session, **_tariff_row(tariff))
+    tariff = tariff_of(dict(body))  # the values as given: model_dump writes times as text
+    row = await repository.insert_tariff(session, **tariff_row(tariff))
     if row is None:
         raise Conflict(
             f"Tariff {body.tariff_id} exists, or another version takes effect at that instant.",

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from services.parking import events, session_queries
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable
 from services.parking.schemas import (
     DebtStatus,
     OverrideAction,
@@ -17,6 +16,7 @@ from services.parking.schemas import (
     SessionStatus,
     Settlement,
 )
+from services.parking.session_state import Override, SessionState
 from services.parking.settlement import (
     WALLET_KINDS,
     close_as_debt,
@@ -25,14 +25,16 @@ from services.parking.settlement import (
     session_row,
 )
 from services.parking.vehicles import parse_plate
-from services.parking.work import SessionRow, Work
+from services.parking.work import Work
 from shared.errors import Conflict, ServiceUnavailable, Unprocessable
+from shared.events import SESSION_OVERRIDDEN, SESSIONS_TOPIC
 from shared.ids import new_id
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 
 
-def override_read(row: SessionRow) -> OverrideRead:
+def override_read(row: Override) -> OverrideRead:
     return OverrideRead(
         override_id=row.override_id,
         session_id=row.session_id,
@@ -47,14 +49,14 @@ def override_read(row: SessionRow) -> OverrideRead:
     )
 
 
-def _require_closed(row: SessionRow) -> None:
+def _require_closed(row: SessionState) -> None:
     if row.status != SessionStatus.closed.value:
         raise Conflict(
             f"Session {row.session_id} is still {row.status}.", code="session_not_closed"
         )
 
 
-async def _refund(work: Work, row: SessionRow, amount: int) -> tuple[int, str]:
+async def _refund(work: Work, row: SessionState, amount: int) -> tuple[int, str]:
     """Give `amount` back through payments, from the session's wallet payments.
 
     What was paid by bank transfer cannot be refunded by payments (it has no payout), so
@@ -91,7 +93,7 @@ async def _refund(work: Work, row: SessionRow, amount: int) -> tuple[int, str]:
             logger.error("refund of %s refused: %s", payment.transfer_id, refused)
             failed = True
             continue
-        await work.record_payment(row, posted, "refund", str(payment.transfer_id))
+        work.record_payment(row, posted, "refund", str(payment.transfer_id))
         remaining -= take
         refunded += take
         if remaining == 0:
@@ -101,9 +103,9 @@ async def _refund(work: Work, row: SessionRow, amount: int) -> tuple[int, str]:
     return refunded, "refund_failed" if failed else "payout_required"
 
 
-async def _rebalance(work: Work, row: SessionRow) -> tuple[SessionRow, int, str | None]:
+async def _rebalance(work: Work, row: SessionState) -> tuple[SessionState, int, str | None]:
     """After a fee change: refund what was paid beyond it, or bill what is now missing."""
-    fee, paid = int(row.fee), int(row.paid_amount)
+    fee, paid = row.priced_fee, row.paid_amount
     refund_amount, refund_status = 0, None
     if paid > fee:
         refund_amount, refund_status = await _refund(work, row, paid - fee)
@@ -115,9 +117,8 @@ async def _rebalance(work: Work, row: SessionRow) -> tuple[SessionRow, int, str 
         debt_status = DebtStatus.paid.value if fee else None
     else:
         debt_status = row.debt_status
-    row = await session_queries.update_session(
-        work.session,
-        row.session_id,
+    row = work.update_session(
+        row,
         paid_amount=paid,
         debt_status=debt_status,
         debt_next_attempt_at=work.now if owed > 0 else None,
@@ -126,7 +127,7 @@ async def _rebalance(work: Work, row: SessionRow) -> tuple[SessionRow, int, str 
 
 
 def _corrected_times(
-    work: Work, row: SessionRow, entry_at: datetime | None, exit_at: datetime | None
+    work: Work, row: SessionState, entry_at: datetime | None, exit_at: datetime | None
 ) -> tuple[datetime, datetime]:
     entry = entry_at or row.entry_at
     exit_ = exit_at or row.exit_at or work.now
@@ -159,9 +160,8 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
                 )
         details = {"plate_before": row.plate, "plate_after": plate.display}
         reasons = [r for r in row.review_reasons if r not in ("low_confidence", "plate_mismatch")]
-        row = await session_queries.update_session(
-            work.session,
-            row.session_id,
+        row = work.update_session(
+            row,
             plate=plate.display,
             plate_key=plate.key,
             review_reasons=reasons,
@@ -172,28 +172,23 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
         fee, priced = await price_exit(work, row, entry_at, exit_at)
         details = {
             "entry_at_before": row.entry_at.isoformat(),
-            "exit_at_before": row.exit_at.isoformat(),
+            "exit_at_before": row.left_at.isoformat(),
             "entry_at_after": entry_at.isoformat(),
             "exit_at_after": exit_at.isoformat(),
         }
-        row = await session_queries.update_session(
-            work.session, row.session_id, entry_at=entry_at, exit_at=exit_at, fee=fee, priced=priced
-        )
+        row = work.update_session(row, entry_at=entry_at, exit_at=exit_at, fee=fee, priced=priced)
         row, refund_amount, refund_status = await _rebalance(work, row)
     elif body.action is OverrideAction.waive_fee:
         _require_closed(row)
-        row = await session_queries.update_session(
-            work.session, row.session_id, fee=0, settlement=Settlement.waived.value
-        )
+        row = work.update_session(row, fee=0, settlement=Settlement.waived.value)
         row, refund_amount, refund_status = await _rebalance(work, row)
     else:
         if row.status == SessionStatus.closed.value:
             raise Conflict(f"Session {row.session_id} is closed already.", code="session_closed")
         entry_at, exit_at = _corrected_times(work, row, None, body.exit_at or work.now)
         fee, priced = await price_exit(work, row, entry_at, exit_at)
-        row = await session_queries.update_session(
-            work.session,
-            row.session_id,
+        row = work.update_session(
+            row,
             exit_at=exit_at,
             exit_recorded_at=work.now,
             fee=fee,
@@ -218,11 +213,11 @@ async def apply_override(work: Work, session_id: uuid.UUID, body: OverrideCreate
         refund_status=refund_status,
         details=details,
     )
-    await work.publish(
-        events.SESSIONS_TOPIC,
+    work.publish(
+        SESSIONS_TOPIC,
         str(row.session_id),
         events.session_event(
-            events.SESSION_OVERRIDDEN,
+            SESSION_OVERRIDDEN,
             row.session_id,
             {
                 "lot_id": row.lot_id,

@@ -15,6 +15,7 @@ from services.parking.schemas import (
     SessionStatus,
     Settlement,
 )
+from services.parking.session_state import SessionState
 from services.parking.settlement import (
     WALLET_KINDS,
     amount_owed,
@@ -26,7 +27,7 @@ from services.parking.settlement import (
 from services.parking.tariffs import HANOI_TZ, VehicleType
 from services.parking.tokens import ReceiptScope
 from services.parking.vehicles import parse_plate
-from services.parking.work import SessionRow, Work
+from services.parking.work import Work
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 
 
@@ -43,7 +44,7 @@ def _check_token(context: Parking, session_id: uuid.UUID, token: str, need: Rece
         )
 
 
-async def _receipt(work: Work, row: SessionRow) -> ReceiptRead:
+async def _receipt(work: Work, row: SessionState) -> ReceiptRead:
     lot = await repository.get_lot(work.session, row.lot_id)
     assert lot is not None
     moved = await session_queries.payments_of_sessions(work.session, [row.session_id])
@@ -56,6 +57,7 @@ async def _receipt(work: Work, row: SessionRow) -> ReceiptRead:
         else str(sorted(wallet, key=lambda payment: payment.posted_at)[0].transfer_id)
     )
     owed = amount_owed(row)
+    assert row.settlement is not None, "a closed session is settled"
     return ReceiptRead(
         session_id=row.session_id,
         lot_id=row.lot_id,
@@ -64,8 +66,8 @@ async def _receipt(work: Work, row: SessionRow) -> ReceiptRead:
         plate=masked_plate(row),
         vehicle_type=VehicleType(row.vehicle_type),
         entry_at=row.entry_at.astimezone(HANOI_TZ),
-        exit_at=row.exit_at.astimezone(HANOI_TZ),
-        duration_minutes=int((row.exit_at - row.entry_at).total_seconds() // 60),
+        exit_at=row.left_at.astimezone(HANOI_TZ),
+        duration_minutes=int((row.left_at - row.entry_at).total_seconds() // 60),
         lines=price_lines((row.priced or {}).get("lines", [])),
         fee=row.fee,
         paid_amount=row.paid_amount,
@@ -81,7 +83,7 @@ async def _receipt(work: Work, row: SessionRow) -> ReceiptRead:
 
 async def closed_session_with_token(
     work: Work, session_id: uuid.UUID, token: str, need: ReceiptScope
-) -> SessionRow:
+) -> SessionState:
     _check_token(work.context, session_id, token, need)
     row = await session_queries.get_session(work.session, session_id)
     if row is None:

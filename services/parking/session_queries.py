@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, literal, select, text, update
+from sqlalchemy import ColumnElement, Result, Select, Table, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,8 +18,8 @@ from services.parking.repository import (
     overrides,
     session_payments,
     sessions,
-    vehicles,
 )
+from services.parking.session_state import Dispute, Override, PaymentSeen, SessionState
 
 RECEIPT_LOOKUP_SCAN = 2000  # a plate's sessions a receipt code is checked against
 
@@ -27,119 +27,44 @@ RECEIPT_LOOKUP_SCAN = 2000  # a plate's sessions a receipt code is checked again
 # Sessions ---------------------------------------------------------------------------------------
 
 
-# Built once: an alias of a wide table costs ~1 ms of CPU to build its column proxies.
-_OWING = sessions.alias("owing")
+def _state(row: Record | None) -> SessionState | None:
+    return None if row is None else SessionState.of(row._mapping)
 
 
-def _outstanding_debt(plate_key: Any) -> Any:
-    return (
-        select(func.coalesce(func.sum(_OWING.c.fee - _OWING.c.paid_amount), 0))
-        .where(_OWING.c.plate_key == plate_key, _OWING.c.debt_status == "outstanding")
-        .scalar_subquery()
-    )
-
-
-async def insert_session(session: AsyncSession, **values: Any) -> Record | None:
-    """The new session with `outstanding_debt` (what the plate owes from earlier sessions),
-    or None when the plate already has an open one at the lot."""
-    row: Record | None = (
-        await session.execute(
-            insert(sessions)
-            .values(**values)
-            .on_conflict_do_nothing(
-                index_elements=[sessions.c.lot_id, sessions.c.plate_key],
-                index_where=text("status <> 'closed'"),  # literal: must match the index
-            )
-            .returning(sessions, _outstanding_debt(values["plate_key"]).label("outstanding_debt"))
-        )
-    ).first()
-    return row
-
-
-async def plate_at_lot(session: AsyncSession, lot_id: str, plate_key: str) -> Record:
-    """The plate's registration (vehicle_id null if none) and its open session at the lot
-    (open_session_id null if none), in one round trip."""
-    open_session = (
-        select(sessions.c.session_id)
-        .where(
-            sessions.c.lot_id == lot_id,
-            sessions.c.plate_key == plate_key,
-            sessions.c.status != "closed",
-        )
-        .scalar_subquery()
-    )
-    probe = select(literal(plate_key).label("plate_key")).subquery("probe")
-    row: Record = (
-        await session.execute(
-            select(
-                open_session.label("open_session_id"),
-                vehicles.c.vehicle_id,
-                vehicles.c.wallet_account_id,
-                vehicles.c.vehicle_type,
-            )
-            .select_from(probe)
-            .outerjoin(vehicles, vehicles.c.plate_key == probe.c.plate_key)
-        )
-    ).one()
-    return row
+def _states(result: Result[Any]) -> list[SessionState]:
+    return [SessionState.of(row) for row in result.mappings()]
 
 
 async def get_session(
     session: AsyncSession, session_id: uuid.UUID, *, lock: bool = False
-) -> Record | None:
+) -> SessionState | None:
     query = select(sessions).where(sessions.c.session_id == session_id)
     if lock:
-        # The lanes' lock on the session (they hold no row lock: see lane decisions below).
+        # The lanes' lock on the session (they hold no row lock: see lane_sql.py).
         await session.execute(
             text("SELECT pg_advisory_xact_lock(session_lock(:id))"), {"id": session_id}
         )
         query = query.with_for_update()
-    return (await session.execute(query)).first()
+    return _state((await session.execute(query)).first())
 
 
 async def open_session_for_plate(
     session: AsyncSession, lot_id: str, plate_key: str
-) -> Record | None:
+) -> SessionState | None:
     query = select(sessions).where(
         sessions.c.lot_id == lot_id,
         sessions.c.plate_key == plate_key,
         sessions.c.status != "closed",
     )
-    return (await session.execute(query)).first()
+    return _state((await session.execute(query)).first())
 
 
-async def last_exit_for_plate(
-    session: AsyncSession, lot_id: str, plate_key: str, since: datetime
-) -> Record | None:
-    return (
-        await session.execute(
-            select(sessions)
-            .where(
-                sessions.c.lot_id == lot_id,
-                sessions.c.plate_key == plate_key,
-                sessions.c.status == "closed",
-                sessions.c.exit_recorded_at >= since,
-            )
-            .order_by(sessions.c.exit_recorded_at.desc())
-            .limit(1)
-        )
-    ).first()
-
-
-async def update_session(session: AsyncSession, session_id: uuid.UUID, **values: Any) -> Record:
-    row: Record = (
-        await session.execute(
-            update(sessions)
-            .where(sessions.c.session_id == session_id)
-            .values(**values, updated_at=func.now())
-            .returning(sessions)
-        )
-    ).one()
-    return row
-
-
-async def outstanding_debt(session: AsyncSession, plate_key: str) -> int:
-    return int(await session.scalar(select(_outstanding_debt(plate_key))) or 0)
+async def update_session(session: AsyncSession, session_id: uuid.UUID, **values: Any) -> None:
+    await session.execute(
+        update(sessions)
+        .where(sessions.c.session_id == session_id)
+        .values(**values, updated_at=func.now())
+    )
 
 
 async def closed_session_ids_of_plate(
@@ -168,7 +93,7 @@ async def list_sessions(
     status: str | None,
     needs_review: bool | None,
     limit: int,
-) -> Sequence[Record]:
+) -> list[SessionState]:
     query = select(sessions).order_by(sessions.c.entry_at.desc()).limit(limit)
     if lot_id is not None:
         query = query.where(sessions.c.lot_id == lot_id)
@@ -177,7 +102,7 @@ async def list_sessions(
     if needs_review is not None:
         reviewed = func.cardinality(sessions.c.review_reasons) > 0
         query = query.where(reviewed if needs_review else ~reviewed)
-    return (await session.execute(query)).all()
+    return _states(await session.execute(query))
 
 
 async def open_counts(session: AsyncSession) -> Sequence[Record]:
@@ -191,9 +116,9 @@ async def open_counts(session: AsyncSession) -> Sequence[Record]:
     ).all()
 
 
-async def debts_due(session: AsyncSession, now: datetime, limit: int) -> Sequence[Record]:
+async def debts_due(session: AsyncSession, now: datetime, limit: int) -> list[SessionState]:
     """Debts to retry now, locked so that two replicas never collect the same one."""
-    return (
+    return _states(
         await session.execute(
             select(sessions)
             .where(
@@ -204,204 +129,179 @@ async def debts_due(session: AsyncSession, now: datetime, limit: int) -> Sequenc
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-    ).all()
+    )
 
 
-async def holds_to_release(session: AsyncSession, limit: int) -> Sequence[Record]:
+async def holds_to_release(session: AsyncSession, limit: int) -> list[SessionState]:
     """Closed sessions whose hold could not be voided when payments was unreachable."""
-    return (
+    return _states(
         await session.execute(
             select(sessions)
             .where(sessions.c.hold_status == "release_pending")
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-    ).all()
+    )
 
 
 async def sessions_exited_between(
     session: AsyncSession, lot_id: str, since: datetime, until: datetime
-) -> Sequence[Record]:
-    return (
-        await session.execute(
-            select(sessions)
-            .where(
-                sessions.c.lot_id == lot_id,
-                sessions.c.exit_at >= since,
-                sessions.c.exit_at < until,
-            )
-            .order_by(sessions.c.exit_at)
-        )
-    ).all()
+) -> list[SessionState]:
+    query = _of_lot_between(sessions, sessions.c.exit_at, lot_id, since, until)
+    return _states(await session.execute(query.order_by(sessions.c.exit_at)))
+
+
+def _of_lot_between(
+    table: Table, moment: ColumnElement[datetime], lot_id: str, since: datetime, until: datetime
+) -> Select[Any]:
+    """A lot's rows of `table` whose `moment` lies in [since, until)."""
+    return select(table).where(table.c.lot_id == lot_id, moment >= since, moment < until)
 
 
 # Money seen for sessions ------------------------------------------------------------------------
 
 
-async def record_payment(session: AsyncSession, **values: Any) -> bool:
-    """True the first time this transfer is recorded."""
-    inserted = await session.execute(
-        insert(session_payments)
-        .values(**values)
-        .on_conflict_do_nothing()
-        .returning(session_payments.c.transfer_id)
+async def record_payment(session: AsyncSession, **values: Any) -> None:
+    """Once per transfer: a transfer seen again is not recorded again."""
+    await session.execute(insert(session_payments).values(**values).on_conflict_do_nothing())
+
+
+async def payment_recorded(session: AsyncSession, transfer_id: uuid.UUID) -> bool:
+    found = await session.scalar(
+        select(session_payments.c.transfer_id).where(session_payments.c.transfer_id == transfer_id)
     )
-    return inserted.first() is not None
+    return found is not None
+
+
+async def _rows_where_in(
+    session: AsyncSession, query: Select[Any], column: Any, values: Sequence[uuid.UUID]
+) -> Sequence[Record]:
+    """The rows of `query` whose `column` is one of `values` (none asked, none read)."""
+    return await _rows(session, query.where(column.in_(values))) if values else []
+
+
+async def _rows(session: AsyncSession, query: Select[Any]) -> Sequence[Record]:
+    rows: Sequence[Record] = (await session.execute(query)).all()
+    return rows
 
 
 async def payments_of_sessions(
     session: AsyncSession, session_ids: Sequence[uuid.UUID]
-) -> Sequence[Record]:
-    if not session_ids:
-        return []
-    return (
-        await session.execute(
-            select(session_payments).where(session_payments.c.session_id.in_(session_ids))
-        )
-    ).all()
+) -> list[PaymentSeen]:
+    rows = await _rows_where_in(
+        session, select(session_payments), session_payments.c.session_id, session_ids
+    )
+    return [PaymentSeen(**row._mapping) for row in rows]
 
 
 async def payments_by_transfer(
     session: AsyncSession, transfer_ids: Sequence[uuid.UUID]
 ) -> Sequence[Record]:
-    if not transfer_ids:
-        return []
-    return (
-        await session.execute(
-            select(session_payments).where(session_payments.c.transfer_id.in_(transfer_ids))
-        )
-    ).all()
+    return await _rows_where_in(
+        session, select(session_payments), session_payments.c.transfer_id, transfer_ids
+    )
 
 
 async def session_payments_between(
     session: AsyncSession, lot_id: str, since: datetime, until: datetime
-) -> Sequence[Record]:
-    return (
-        await session.execute(
-            select(session_payments).where(
-                session_payments.c.lot_id == lot_id,
-                session_payments.c.posted_at >= since,
-                session_payments.c.posted_at < until,
-            )
-        )
-    ).all()
+) -> list[PaymentSeen]:
+    moment = session_payments.c.posted_at
+    query = _of_lot_between(session_payments, moment, lot_id, since, until)
+    return [PaymentSeen(**row._mapping) for row in await _rows(session, query)]
 
 
 async def ledger_transfers_between(
     session: AsyncSession, lot_id: str, since: datetime, until: datetime
 ) -> Sequence[Record]:
-    return (
-        await session.execute(
-            select(ledger_transfers)
-            .where(
-                ledger_transfers.c.lot_id == lot_id,
-                ledger_transfers.c.posted_at >= since,
-                ledger_transfers.c.posted_at < until,
-            )
-            .order_by(ledger_transfers.c.posted_at)
-        )
-    ).all()
+    moment = ledger_transfers.c.posted_at
+    query = _of_lot_between(ledger_transfers, moment, lot_id, since, until)
+    return await _rows(session, query.order_by(moment))
 
 
 async def sessions_of_requests(
     session: AsyncSession, payment_request_ids: Sequence[uuid.UUID]
 ) -> Sequence[Record]:
-    if not payment_request_ids:
-        return []
-    return (
-        await session.execute(
-            select(sessions.c.session_id, sessions.c.payment_request_id).where(
-                sessions.c.payment_request_id.in_(payment_request_ids)
-            )
-        )
-    ).all()
+    return await _rows_where_in(
+        session,
+        select(sessions.c.session_id, sessions.c.payment_request_id),
+        sessions.c.payment_request_id,
+        payment_request_ids,
+    )
 
 
 # Overrides and disputes -------------------------------------------------------------------------
 
 
-async def insert_override(session: AsyncSession, **values: Any) -> Record:
-    row: Record = (
-        await session.execute(insert(overrides).values(**values).returning(overrides))
-    ).one()
-    return row
+async def insert_override(session: AsyncSession, **values: Any) -> Override:
+    row = (await session.execute(insert(overrides).values(**values).returning(overrides))).one()
+    return Override(**row._mapping)
 
 
-async def get_override(session: AsyncSession, override_id: uuid.UUID) -> Record | None:
-    return (
-        await session.execute(select(overrides).where(overrides.c.override_id == override_id))
-    ).first()
+async def get_override(session: AsyncSession, override_id: uuid.UUID) -> Override | None:
+    query = select(overrides).where(overrides.c.override_id == override_id)
+    row = (await session.execute(query)).first()
+    return None if row is None else Override(**row._mapping)
 
 
 async def overrides_of_sessions(
     session: AsyncSession, session_ids: Sequence[uuid.UUID]
-) -> Sequence[Record]:
-    if not session_ids:
-        return []
-    return (
-        await session.execute(select(overrides).where(overrides.c.session_id.in_(session_ids)))
-    ).all()
+) -> list[Override]:
+    rows = await _rows_where_in(session, select(overrides), overrides.c.session_id, session_ids)
+    return [Override(**row._mapping) for row in rows]
 
 
 async def overrides_between(
     session: AsyncSession, lot_id: str, since: datetime, until: datetime
-) -> Sequence[Record]:
-    return (
-        await session.execute(
-            select(overrides)
-            .where(
-                overrides.c.lot_id == lot_id,
-                overrides.c.created_at >= since,
-                overrides.c.created_at < until,
-            )
-            .order_by(overrides.c.created_at)
-        )
-    ).all()
+) -> list[Override]:
+    moment = overrides.c.created_at
+    query = _of_lot_between(overrides, moment, lot_id, since, until)
+    return [Override(**row._mapping) for row in await _rows(session, query.order_by(moment))]
 
 
-async def insert_dispute(session: AsyncSession, **values: Any) -> Record | None:
+def _dispute(row: Record | None) -> Dispute | None:
+    return None if row is None else Dispute(**row._mapping)
+
+
+async def insert_dispute(session: AsyncSession, **values: Any) -> Dispute | None:
     """The new dispute, or None when the session already has an open one."""
-    row: Record | None = (
-        await session.execute(
-            insert(disputes)
-            .values(**values)
-            .on_conflict_do_nothing(
-                index_elements=[disputes.c.session_id], index_where=text("status = 'open'")
+    return _dispute(
+        (
+            await session.execute(
+                insert(disputes)
+                .values(**values)
+                .on_conflict_do_nothing(
+                    index_elements=[disputes.c.session_id], index_where=text("status = 'open'")
+                )
+                .returning(disputes)
             )
-            .returning(disputes)
-        )
-    ).first()
-    return row
+        ).first()
+    )
 
 
 async def get_dispute(
     session: AsyncSession, dispute_id: uuid.UUID, *, lock: bool = False
-) -> Record | None:
+) -> Dispute | None:
     query = select(disputes).where(disputes.c.dispute_id == dispute_id)
     if lock:
         query = query.with_for_update()
-    return (await session.execute(query)).first()
+    return _dispute((await session.execute(query)).first())
 
 
-async def disputes_of_session(session: AsyncSession, session_id: uuid.UUID) -> Sequence[Record]:
-    return (
-        await session.execute(
-            select(disputes)
-            .where(disputes.c.session_id == session_id)
-            .order_by(disputes.c.created_at)
-        )
-    ).all()
+async def disputes_of_session(session: AsyncSession, session_id: uuid.UUID) -> list[Dispute]:
+    query = select(disputes).where(disputes.c.session_id == session_id)
+    rows = await _rows(session, query.order_by(disputes.c.created_at))
+    return [Dispute(**row._mapping) for row in rows]
 
 
-async def list_disputes(session: AsyncSession, status: str | None, limit: int) -> Sequence[Record]:
+async def list_disputes(session: AsyncSession, status: str | None, limit: int) -> list[Dispute]:
     query = select(disputes).order_by(disputes.c.created_at).limit(limit)
     if status is not None:
         query = query.where(disputes.c.status == status)
-    return (await session.execute(query)).all()
+    return [Dispute(**row._mapping) for row in await _rows(session, query)]
 
 
-async def update_dispute(session: AsyncSession, dispute_id: uuid.UUID, **values: Any) -> Record:
-    row: Record = (
+async def update_dispute(session: AsyncSession, dispute_id: uuid.UUID, **values: Any) -> Dispute:
+    row = (
         await session.execute(
             update(disputes)
             .where(disputes.c.dispute_id == dispute_id)
@@ -409,4 +309,4 @@ async def update_dispute(session: AsyncSession, dispute_id: uuid.UUID, **values:
             .returning(disputes)
         )
     ).one()
-    return row
+    return Dispute(**row._mapping)

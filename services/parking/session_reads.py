@@ -8,13 +8,14 @@ from services.parking import session_queries
 from services.parking.context import Device
 from services.parking.lots import price_lines
 from services.parking.schemas import DebtStatus, EntryMethod, SessionRead, SessionStatus, Settlement
+from services.parking.session_state import SessionState
 from services.parking.settlement import session_row
 from services.parking.tariffs import VehicleType
-from services.parking.work import SessionRow, Work
+from services.parking.work import Work
 from shared.errors import Forbidden
 
 
-def session_read(row: SessionRow) -> SessionRead:
+def session_read(row: SessionState) -> SessionRead:
     return SessionRead(
         session_id=row.session_id,
         lot_id=row.lot_id,

@@ -21,7 +21,7 @@ from typing import Any
 from services.parking import events, plates, session_queries, tokens
 from services.parking.context import Device, Parking
 from services.parking.lots import price_lines
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable, Posted
+from services.parking.payments import Posted
 from services.parking.schemas import (
     DebtStatus,
     ExitDecision,
@@ -30,11 +30,14 @@ from services.parking.schemas import (
     SessionStatus,
     Settlement,
 )
+from services.parking.session_state import SessionState
 from services.parking.tariffs import TariffError, VehicleType, price_session
 from services.parking.tokens import ReceiptScope
-from services.parking.work import SessionRow, Steps, Work
+from services.parking.work import UnitOfWork, Work
 from shared.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unprocessable
+from shared.events import OCCUPANCY_TOPIC, SESSION_CLOSED, SESSION_PAYMENT_REQUIRED, SESSIONS_TOPIC
 from shared.ids import utcnow
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 
@@ -48,12 +51,12 @@ SETTLED_REASONS = {
 }
 
 
-def masked_plate(row: SessionRow) -> str:
+def masked_plate(row: SessionState) -> str:
     return plates.normalise(row.plate).masked()
 
 
 async def price_exit(
-    work: Steps, row: SessionRow, entry_at: datetime, exit_at: datetime
+    work: UnitOfWork, row: SessionState, entry_at: datetime, exit_at: datetime
 ) -> tuple[int, dict[str, Any]]:
     vehicle_type = VehicleType(row.vehicle_type)
     try:
@@ -76,12 +79,12 @@ class WalletOutcome:
     hold_status: str | None
 
 
-async def take_from_wallet(context: Parking, row: SessionRow, amount: int) -> WalletOutcome:
+async def take_from_wallet(context: Parking, row: SessionState, amount: int) -> WalletOutcome:
     """Capture the entry hold for `amount`, or charge the wallet; PaymentsUnavailable escapes."""
     payments = context.payments
     hold_status = row.hold_status
     if row.hold_id is not None and hold_status == "held":
-        if amount <= row.hold_amount:
+        if row.hold_amount is not None and amount <= row.hold_amount:
             try:
                 hold = await payments.capture_hold(
                     row.hold_id, amount, key=f"parking-capture:{row.session_id}:{amount}"
@@ -101,7 +104,7 @@ async def take_from_wallet(context: Parking, row: SessionRow, amount: int) -> Wa
                 hold_status = "lapsed"
     try:
         posted = await payments.charge(
-            account_id=row.wallet_account_id,
+            account_id=row.wallet,
             amount=amount,
             lot_id=row.lot_id,
             key=f"parking-charge:{row.session_id}:{amount}",
@@ -113,7 +116,7 @@ async def take_from_wallet(context: Parking, row: SessionRow, amount: int) -> Wa
     return WalletOutcome(posted, "charge", hold_status)
 
 
-async def release_hold(work: Steps, row: SessionRow) -> str | None:
+async def release_hold(work: UnitOfWork, row: SessionState) -> str | None:
     """Give a hold back (nothing to pay from it); retried later if payments is away."""
     status: str | None = row.hold_status
     if row.hold_id is None or status not in ("held", "release_pending"):
@@ -128,8 +131,8 @@ async def release_hold(work: Steps, row: SessionRow) -> str | None:
 
 
 async def settle_exit(
-    work: Steps, row: SessionRow, fee: int, pending: dict[str, Any], *, offline: bool
-) -> SessionRow:
+    work: UnitOfWork, row: SessionState, fee: int, pending: dict[str, Any], *, offline: bool
+) -> SessionState:
     """Collect the fee of a session at its exit. `pending` (the exit's own values) is written
     with the outcome in one update; returns the updated row."""
     if fee == 0:
@@ -141,7 +144,7 @@ async def settle_exit(
         except PaymentsUnavailable as error:
             return await _fallback(work, row, pending, reason=str(error))
         if outcome.posted is not None:
-            await work.record_payment(row, outcome.posted, outcome.kind, None)
+            work.record_payment(row, outcome.posted, outcome.kind, None)
             return await close_session(
                 work,
                 row,
@@ -163,7 +166,7 @@ async def settle_exit(
         )
     except (PaymentsUnavailable, PaymentsRefused) as error:
         return await _fallback(work, row, pending, reason=str(error))
-    row = await work.update_session(
+    row = work.update_session(
         row,
         status=SessionStatus.awaiting_payment.value,
         payment_request_id=request.payment_request_id,
@@ -173,11 +176,11 @@ async def settle_exit(
         payment_requested_at=work.now,
         **pending,
     )
-    await work.publish(
-        events.SESSIONS_TOPIC,
+    work.publish(
+        SESSIONS_TOPIC,
         str(row.session_id),
         events.session_event(
-            events.SESSION_PAYMENT_REQUIRED,
+            SESSION_PAYMENT_REQUIRED,
             row.session_id,
             {
                 "lot_id": row.lot_id,
@@ -192,8 +195,8 @@ async def settle_exit(
 
 
 async def _fallback(
-    work: Steps, row: SessionRow, pending: dict[str, Any], *, reason: str
-) -> SessionRow:
+    work: UnitOfWork, row: SessionState, pending: dict[str, Any], *, reason: str
+) -> SessionState:
     """Payments cannot settle now: let the vehicle out and bill the plate, or ask to retry."""
     if not work.context.settings.fallback_enabled:
         raise ServiceUnavailable(
@@ -203,7 +206,7 @@ async def _fallback(
     return await close_as_debt(work, row, **pending)
 
 
-async def close_as_debt(work: Steps, row: SessionRow, **pending: Any) -> SessionRow:
+async def close_as_debt(work: UnitOfWork, row: SessionState, **pending: Any) -> SessionState:
     # Collected by the debt worker: a wallet is retried, otherwise a VietQR is prepared for
     # the receipt unless one exists already (the barrier's).
     needs_work = row.wallet_account_id is not None or row.payment_request_id is None
@@ -218,8 +221,8 @@ async def close_as_debt(work: Steps, row: SessionRow, **pending: Any) -> Session
 
 
 async def close_session(
-    work: Steps,
-    row: SessionRow,
+    work: UnitOfWork,
+    row: SessionState,
     settlement: Settlement,
     *,
     paid: int = 0,
@@ -227,10 +230,10 @@ async def close_session(
     debt_status: DebtStatus | None = None,
     debt_next_attempt_at: datetime | None = None,
     **pending: Any,
-) -> SessionRow:
+) -> SessionState:
     vehicle_type = VehicleType(row.vehicle_type)
     count = await work.release_place(row.lot_id, vehicle_type)
-    row = await work.update_session(
+    row = work.update_session(
         row,
         status=SessionStatus.closed.value,
         settlement=settlement.value,
@@ -241,13 +244,13 @@ async def close_session(
         closed_at=work.now,
         **pending,
     )
-    await work.publish(
-        events.SESSIONS_TOPIC,
+    work.publish(
+        SESSIONS_TOPIC,
         str(row.session_id),
-        events.session_event(events.SESSION_CLOSED, row.session_id, _closed_data(row)),
+        events.session_event(SESSION_CLOSED, row.session_id, _closed_data(row)),
     )
-    await work.publish(
-        events.OCCUPANCY_TOPIC,
+    work.publish(
+        OCCUPANCY_TOPIC,
         row.lot_id,
         events.occupancy_changed(
             row.lot_id,
@@ -255,13 +258,13 @@ async def close_session(
             count,
             change=-1,
             session_id=row.session_id,
-            at=row.exit_at,
+            at=row.left_at,
         ),
     )
     return row
 
 
-def _closed_data(row: SessionRow) -> dict[str, Any]:
+def _closed_data(row: SessionState) -> dict[str, Any]:
     priced = row.priced or {}
     return {
         "lot_id": row.lot_id,
@@ -269,7 +272,7 @@ def _closed_data(row: SessionRow) -> dict[str, Any]:
         "vehicle_type": row.vehicle_type,
         "plate": masked_plate(row),
         "entry_at": row.entry_at.isoformat(),
-        "exit_at": row.exit_at.isoformat(),
+        "exit_at": row.left_at.isoformat(),
         "offline": row.exit_offline,
         "fee": row.fee,
         "currency": "VND",
@@ -284,7 +287,7 @@ def _closed_data(row: SessionRow) -> dict[str, Any]:
     }
 
 
-def amount_owed(row: SessionRow) -> int:
+def amount_owed(row: SessionState) -> int:
     if row.debt_status != DebtStatus.outstanding.value or row.fee is None:
         return 0
     return max(int(row.fee) - int(row.paid_amount), 0)
@@ -299,7 +302,7 @@ def receipt_code(context: Parking, session_id: uuid.UUID) -> str:
     return tokens.receipt_code(context.settings.token_secret.get_secret_value(), session_id)
 
 
-def payment_qr(row: SessionRow) -> PaymentQR | None:
+def payment_qr(row: SessionState) -> PaymentQR | None:
     if row.payment_request_id is None or row.payment_qr is None:
         return None
     return PaymentQR(
@@ -310,7 +313,7 @@ def payment_qr(row: SessionRow) -> PaymentQR | None:
     )
 
 
-def exit_decision(context: Parking, row: SessionRow) -> ExitDecision:
+def exit_decision(context: Parking, row: SessionState) -> ExitDecision:
     status = SessionStatus(row.status)
     if status is SessionStatus.open:
         raise Conflict(
@@ -319,7 +322,7 @@ def exit_decision(context: Parking, row: SessionRow) -> ExitDecision:
     settlement = Settlement(row.settlement) if row.settlement else None
     waiting = status is SessionStatus.awaiting_payment
     fallback_after = (
-        row.payment_requested_at + context.settings.payment_wait
+        row.qr_shown_at + context.settings.payment_wait
         if waiting and context.settings.fallback_enabled
         else None
     )
@@ -347,7 +350,7 @@ def exit_decision(context: Parking, row: SessionRow) -> ExitDecision:
     )
 
 
-async def session_row(work: Work, session_id: uuid.UUID, *, lock: bool = False) -> SessionRow:
+async def session_row(work: Work, session_id: uuid.UUID, *, lock: bool = False) -> SessionState:
     row = await session_queries.get_session(work.session, session_id, lock=lock)
     if row is None:
         raise NotFound(f"No session {session_id}.", code="session_not_found")
@@ -373,7 +376,7 @@ async def fallback_exit(work: Work, device: Device, session_id: uuid.UUID) -> Ex
         raise Conflict("The vehicle has no exit decision to fall back from.", code="not_at_exit")
     if not context.settings.fallback_enabled:
         raise Conflict("The fallback is disabled for this service.", code="fallback_disabled")
-    allowed_at = row.payment_requested_at + context.settings.payment_wait
+    allowed_at = row.qr_shown_at + context.settings.payment_wait
     if work.now < allowed_at:
         raise Conflict(
             f"Keep showing the VietQR until {allowed_at.isoformat()}.",

@@ -339,22 +339,16 @@ class _TariffBook:
 
 
 @dataclass(frozen=True, slots=True)
-class _Segment:
-    """A part of the session with one tariff in force and one side of the day window."""
+class _Span:
+    """A part of the session on one side of the day window: a segment (one tariff in force)
+    or a stretch (segments joined: a night, or one day's daytime)."""
 
     start: datetime
     end: datetime
     is_day: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Stretch:
-    start: datetime
-    end: datetime
-    is_day: bool
-
-
-def _segments(book: _TariffBook, entry_at: datetime, exit_at: datetime) -> list[_Segment]:
+def _segments(book: _TariffBook, entry_at: datetime, exit_at: datetime) -> list[_Span]:
     segments = []
     start = entry_at
     while start < exit_at:
@@ -363,7 +357,7 @@ def _segments(book: _TariffBook, entry_at: datetime, exit_at: datetime) -> list[
         change = book.next_change_after(start)
         if change is not None:
             end = min(end, _local(change))
-        segments.append(_Segment(start, end, tariff.is_day(start)))
+        segments.append(_Span(start, end, tariff.is_day(start)))
         start = end
     return segments
 
@@ -378,8 +372,8 @@ def _next_window_boundary(tariff: Tariff, at: datetime) -> datetime:
     return min(boundary for boundary in boundaries if boundary > at)
 
 
-def _stretches(segments: Sequence[_Segment]) -> list[_Stretch]:
-    stretches: list[_Stretch] = []
+def _stretches(segments: Sequence[_Span]) -> list[_Span]:
+    stretches: list[_Span] = []
     for segment in segments:
         previous = stretches[-1] if stretches else None
         if (
@@ -387,13 +381,13 @@ def _stretches(segments: Sequence[_Segment]) -> list[_Stretch]:
             and previous.is_day == segment.is_day
             and (not segment.is_day or previous.start.date() == segment.start.date())
         ):
-            stretches[-1] = _Stretch(previous.start, segment.end, previous.is_day)
+            stretches[-1] = _Span(previous.start, segment.end, previous.is_day)
         else:
-            stretches.append(_Stretch(segment.start, segment.end, segment.is_day))
+            stretches.append(segment)
     return stretches
 
 
-def _day_charges(book: _TariffBook, stretch: _Stretch) -> Iterator[PriceLine]:
+def _day_charges(book: _TariffBook, stretch: _Span) -> Iterator[PriceLine]:
     opening = book.require(stretch.start)
     block = timedelta(minutes=opening.first_block_minutes)
     yield PriceLine(
@@ -432,7 +426,7 @@ def _day_charges(book: _TariffBook, stretch: _Stretch) -> Iterator[PriceLine]:
         )
 
 
-def _night_charge(book: _TariffBook, stretch: _Stretch) -> PriceLine:
+def _night_charge(book: _TariffBook, stretch: _Span) -> PriceLine:
     tariff = book.require(stretch.start)
     return PriceLine(
         kind=ChargeKind.NIGHT_TURN,

@@ -9,12 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.parking import plates, repository, tokens
 from services.parking.context import Parking
-from services.parking.payments import PaymentsRefused, PaymentsUnavailable
 from services.parking.repository import Record
 from services.parking.schemas import VehicleCreate, VehicleRead
 from services.parking.tariffs import VehicleType
 from shared.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from shared.ids import new_id
+from shared.payments_client import PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.parking")
 

@@ -1,20 +1,23 @@
-"""The units of work a session rule writes through: one transaction, or one lane decision.
+"""The unit of work every session rule writes through, and the two boundaries that commit it.
 
-`Work` is a request's or a consumer's transaction; `LaneWork` a lane decision written with its
-answer in one statement. Never a commit in the rules: the caller's transaction holds the
-session row, its outbox events and the idempotency record together. What cannot be rolled back
-with it (a Redis place taken, a wallet hold placed) is registered with `Undo` and reverted by
-the caller if the transaction fails.
+A rule (entry and exit at a lane, settlement, disputes, overrides, refunds, background tasks)
+reads a `SessionState`, asks its `UnitOfWork` for the next one (`update_session`), records the
+payments it saw and the events it publishes, and never writes: the boundary does, once the rule
+is done. `Work` writes them in a request's or a consumer's transaction (`flush`, before the
+commit); `LaneWork` writes them with the lane's answer in one statement (`answer`, one commit).
+What cannot be rolled back with them (a Redis place taken, a wallet hold placed) is registered
+with `Undo` and reverted by the boundary if the unit fails.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import SimpleNamespace
-from typing import Any, TypeAlias
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,11 +28,11 @@ from services.parking.context import Parking
 from services.parking.occupancy import Count, Replayed
 from services.parking.occupancy import Occupancy as OccupancyCounters
 from services.parking.payments import Posted
-from services.parking.repository import Record
+from services.parking.session_state import SessionState
 from services.parking.tariffs import VehicleType
 from shared.devicesigning import replayed
 from shared.events import Event
-from shared.idempotency import IdempotencyKeyInFlight, IdempotencyKeyReused, IdempotentRequest
+from shared.idempotency import IdempotentRequest, guarded_answer
 from shared.ids import utcnow
 from shared.outbox import add_event
 
@@ -57,52 +60,6 @@ class Undo:
         self._steps.clear()
 
 
-# A session as read: a SQLAlchemy row (Work), or the state a lane decision builds (LaneWork).
-SessionRow: TypeAlias = Record | SimpleNamespace
-
-
-@dataclass
-class Work:
-    """One transaction (a request's or a consumer's) and what it needs; writes at once."""
-
-    session: AsyncSession
-    context: Parking
-    undo: Undo = field(default_factory=Undo)
-    now: datetime = field(default_factory=utcnow)
-
-    async def update_session(self, row: SessionRow, **values: Any) -> SessionRow:
-        return await session_queries.update_session(self.session, row.session_id, **values)
-
-    async def publish(self, topic: str, key: str, event: Event) -> None:
-        await add_event(self.session, repository.outbox, topic, key, event)
-
-    async def record_payment(
-        self, row: SessionRow, posted: Posted, kind: str, reference: str | None
-    ) -> bool:
-        return await session_queries.record_payment(
-            self.session,
-            transfer_id=posted.transfer_id,
-            session_id=row.session_id,
-            lot_id=row.lot_id,
-            kind=kind,
-            amount=posted.amount if kind != "refund" else -posted.amount,
-            reference=reference,
-            posted_at=posted.posted_at,
-        )
-
-    async def outstanding_debt(self, plate_key: str) -> int:
-        return await session_queries.outstanding_debt(self.session, plate_key)
-
-    async def release_place(self, lot_id: str, vehicle_type: VehicleType) -> Count:
-        occupancy = self.context.occupancy
-        count = await occupancy.release(lot_id, vehicle_type)
-        self.undo.add(lambda: occupancy.restore(lot_id, vehicle_type))
-        return count
-
-    async def keep_place(self) -> None:
-        """Nothing was released ahead (see LaneWork.release_ahead)."""
-
-
 @dataclass
 class PendingNonce:
     """A lane request's device nonce (shared.devicesigning), claimed once before anything is
@@ -125,37 +82,83 @@ class PendingNonce:
         self.claimed = True
 
 
-@dataclass
-class LaneWork:
-    """One lane decision (an entry or an exit): a plain asyncpg connection in autocommit, its
-    Idempotency-Key, its device nonce and what it will write. Changes to the session, the
-    payment seen and the outbox events are kept until `answer`, which writes them with the
-    answer in one statement (one commit); its reads are one statement too (the key's claim
-    with the lookups, under session-level locks let go after the answer)."""
+@dataclass(frozen=True, slots=True)
+class SessionPayment:
+    """Money seen for a session (a capture, a charge, a VietQR, a refund), recorded once."""
 
-    connection: Any  # asyncpg.Connection, in autocommit
+    session_id: uuid.UUID
+    lot_id: str
+    posted: Posted
+    kind: str
+    reference: str | None
+
+    @property
+    def amount(self) -> int:  # signed, as session_payments keeps it: refunds are negative
+        return -self.posted.amount if self.kind == "refund" else self.posted.amount
+
+
+@dataclass(kw_only=True)
+class UnitOfWork:
+    """One session's changes: its next state, the payments seen and the events, kept until the
+    boundary writes them (`Work.flush`, `LaneWork.answer`); and the lot's places it moved."""
+
     context: Parking
-    request: IdempotentRequest
-    nonce: PendingNonce
     undo: Undo = field(default_factory=Undo)
     now: datetime = field(default_factory=utcnow)
+    nonce: PendingNonce | None = None  # a lane request's: claimed with the first Redis script
+    state: SessionState | None = None  # the session as it will be written
+    changed: dict[str, Any] = field(default_factory=dict)  # its columns that changed
+    payments: list[SessionPayment] = field(default_factory=list)
     events: list[tuple[str, str, Event]] = field(default_factory=list)
-    changed: SimpleNamespace | None = None  # the session as it will be written
-    payment: tuple[Posted, str, str | None] | None = None
-    debts: dict[str, int] = field(default_factory=dict)  # outstanding debt by plate key
     released: Count | None = None  # a place given back ahead of the settlement
     ahead: tuple[str, VehicleType] | None = None  # where it was given back
     kept: int = 0  # places released ahead and taken back
+
+    def update_session(self, state: SessionState, **values: Any) -> SessionState:
+        """The next state of the session; written by the boundary with the unit."""
+        assert self.state is None or state is self.state, "a change of the latest state"
+        for name, value in values.items():
+            if isinstance(value, datetime):  # as PostgreSQL gives it back
+                values[name] = value.astimezone(UTC)
+        self.changed.update(values)
+        self.state = state._replace(**values)
+        return self.state
+
+    def record_payment(
+        self, state: SessionState, posted: Posted, kind: str, reference: str | None
+    ) -> None:
+        assert self.state is None or state.session_id == self.state.session_id, "one session"
+        self.payments.append(
+            SessionPayment(state.session_id, state.lot_id, posted, kind, reference)
+        )
+
+    def publish(self, topic: str, key: str, event: Event) -> None:
+        self.events.append((topic, key, event))
+
+    def forget(self) -> None:
+        """Start afresh: the changes were written (the next unit is another session's)."""
+        self.state, self.changed, self.payments, self.events = None, {}, [], []
+
+    def _nonce_key(self) -> str | None:
+        return None if self.nonce is None else self.nonce.unclaimed()
+
+    def _nonce_claimed(self) -> None:
+        if self.nonce is not None:
+            self.nonce.claimed = True
+
+    def _replayed(self) -> Exception:
+        assert self.nonce is not None
+        return replayed(self.nonce.device_id)
 
     async def admit(self, lot_id: str, vehicle_type: VehicleType) -> Count:
         """Take a place (and claim the nonce in the same script)."""
         try:
             count = await self.context.occupancy.admit(
-                lot_id, vehicle_type, nonce_key=self.nonce.unclaimed()
+                lot_id, vehicle_type, nonce_key=self._nonce_key()
             )
         except Replayed:
-            raise replayed(self.nonce.device_id) from None
-        self.nonce.claimed = True
+            raise self._replayed() from None
+        self._nonce_claimed()
         return count
 
     async def release_place(self, lot_id: str, vehicle_type: VehicleType) -> Count:
@@ -167,10 +170,10 @@ class LaneWork:
     async def _release(self, lot_id: str, vehicle_type: VehicleType) -> Count:
         occupancy = self.context.occupancy
         try:
-            count = await occupancy.release(lot_id, vehicle_type, nonce_key=self.nonce.unclaimed())
+            count = await occupancy.release(lot_id, vehicle_type, nonce_key=self._nonce_key())
         except Replayed:
-            raise replayed(self.nonce.device_id) from None
-        self.nonce.claimed = True
+            raise self._replayed() from None
+        self._nonce_claimed()
         kept = self.kept
 
         async def restore() -> None:
@@ -191,26 +194,61 @@ class LaneWork:
             self.released, self.kept = None, self.kept + 1
             await self.context.occupancy.restore(*self.ahead)
 
-    async def update_session(self, row: SessionRow, **values: Any) -> SessionRow:
-        for name, value in values.items():
-            if isinstance(value, datetime):  # as PostgreSQL gives it back
-                values[name] = value.astimezone(UTC)
-        self.changed = SimpleNamespace(**{**vars(row), **values})
-        return self.changed
 
-    async def publish(self, topic: str, key: str, event: Event) -> None:
-        self.events.append((topic, key, event))
+@dataclass(kw_only=True)
+class Work(UnitOfWork):
+    """A unit of work in a request's or a consumer's transaction (`session`)."""
 
-    async def record_payment(
-        self,
-        row: SessionRow,  # noqa: ARG002  # the session the change is written to
-        posted: Posted,
-        kind: str,
-        reference: str | None,
-    ) -> bool:
-        assert kind != "refund", "lanes never refund"
-        self.payment = (posted, kind, reference)
-        return True
+    session: AsyncSession
+
+    async def flush(self) -> None:
+        """Write the unit's changes in the transaction, and start the next unit afresh."""
+        if self.state is not None and self.changed:
+            await session_queries.update_session(
+                self.session, self.state.session_id, **self.changed
+            )
+        for payment in self.payments:
+            await session_queries.record_payment(
+                self.session,
+                transfer_id=payment.posted.transfer_id,
+                session_id=payment.session_id,
+                lot_id=payment.lot_id,
+                kind=payment.kind,
+                amount=payment.amount,
+                reference=payment.reference,
+                posted_at=payment.posted.posted_at,
+            )
+        for topic, key, event in self.events:
+            await add_event(self.session, repository.outbox, topic, key, event)
+        self.forget()
+
+
+@asynccontextmanager
+async def transaction(context: Parking) -> AsyncIterator[Work]:
+    """A transaction and its unit of work: the changes are written before the commit, and what
+    cannot be rolled back is compensated when it fails."""
+    undo = Undo()
+    try:
+        async with context.db.transaction() as session:
+            work = Work(context=context, session=session, undo=undo)
+            yield work
+            await work.flush()
+    except BaseException:
+        await undo.run()
+        raise
+
+
+@dataclass(kw_only=True)
+class LaneWork(UnitOfWork):
+    """One lane decision (an entry or an exit): a plain asyncpg connection in autocommit and its
+    Idempotency-Key. `answer` writes the unit's changes with the answer in one statement (one
+    commit); its reads are one statement too (the key's claim with the lookups, under
+    session-level locks let go after the answer)."""
+
+    connection: Any  # asyncpg.Connection, in autocommit
+    request: IdempotentRequest
+    nonce: PendingNonce
+    debts: dict[str, int] = field(default_factory=dict)  # outstanding debt by plate key
 
     async def outstanding_debt(self, plate_key: str) -> int:
         if plate_key not in self.debts:
@@ -220,30 +258,15 @@ class LaneWork:
     async def fetchrow(self, query: str, *args: Any) -> Any:
         return await self.connection.fetchrow(query, *args)
 
-    def claim(self) -> tuple[int, str, str]:
-        """`lane_key`'s arguments: the key's advisory lock, its scope and the key."""
-        request = self.request
-        return request.lock_id, request.scope, request.key
+    def claim(self) -> tuple[int, str, str, str]:
+        """The first statement's first arguments: the key's lock, scope, key and fingerprint."""
+        return self.request.arguments()
 
     def claimed(self, row: Any) -> Response | None:
-        """The replay of the key's first answer, or None when this request is the first;
-        409 while the first is in progress, 422 when the key was used for another request."""
-        if row["stored_body"] is None:
-            if not row["claimed"]:
-                raise IdempotencyKeyInFlight(
-                    "A request with this Idempotency-Key is still being processed; retry later."
-                )
-            return None
-        if row["stored_fingerprint"] != self.request.fingerprint:
-            raise IdempotencyKeyReused(
-                "This Idempotency-Key was already used for a different request."
-            )
-        return Response(
-            row["stored_body"],
-            row["stored_status"],
-            media_type=row["stored_media_type"],
-            headers={"Idempotent-Replayed": "true"},
-        )
+        """The stored answer when the first statement found one (a replay), None when this
+        request is the first; 409 while the first is in progress, 422 for another request."""
+        stored = guarded_answer(row)
+        return None if stored is None else stored.response()
 
     async def answer(
         self, decision: BaseModel, *, inserted: dict[str, Any] | None = None
@@ -263,25 +286,25 @@ class LaneWork:
         )
         if inserted is not None:
             values = [inserted[name] for name in lane_sql.SESSION_COLUMNS]
-            written = await self.connection.fetchval(lane_sql.INSERT_SESSION, *write, *values)
-        elif self.changed is not None:
+            outcome = await self.connection.fetchrow(lane_sql.INSERT_SESSION, *write, *values)
+        elif self.state is not None:
+            assert len(self.payments) <= 1, "a lane decision sees one payment at most"
             payment: tuple[Any, ...] = (None, None, None, None, None)
-            if self.payment is not None:
-                posted, kind, reference = self.payment
-                payment = (posted.transfer_id, kind, posted.amount, reference, posted.posted_at)
-            written = await self.connection.fetchval(
+            for seen in self.payments:
+                posted = seen.posted
+                payment = (posted.transfer_id, seen.kind, seen.amount, seen.reference)
+                payment += (posted.posted_at,)
+            outcome = await self.connection.fetchrow(
                 lane_sql.UPDATE_SESSION,
                 *write,
-                self.changed.session_id,
-                *lane_sql.updatable_values(vars(self.changed)),
+                self.state.session_id,
+                *lane_sql.updatable_values(self.state),
                 *payment,
             )
         else:
-            written = await self.connection.fetchval(lane_sql.STORE_ANSWER, *write)
-        if not written:
+            outcome = await self.connection.fetchrow(lane_sql.STORE_ANSWER, *write)
+        stored = guarded_answer(outcome)
+        if stored is None:
             return None
         self.undo.forget()  # committed: nothing to compensate any more
-        return Response(body, 200, media_type="application/json")
-
-
-Steps: TypeAlias = Work | LaneWork  # what the settlement rules write through
+        return stored.response()

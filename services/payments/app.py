@@ -2,48 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from functools import partial
-
 from fastapi import FastAPI
 
-from services.payments import endpoints, repository
-from services.payments.service import holds
+from services.payments import endpoints, repository, tasks
 from services.payments.settings import PaymentsSettings
-from shared.app import HotRoute, Runtime, Worker, create_app, supervised
-from shared.db import Database
+from shared.app import Runtime, create_app, supervised
 from shared.idempotency import Idempotency
 from shared.outbox import OutboxRelay
-
-logger = logging.getLogger("citypass.payments")
-
-EXPIRY_BATCH = 100
-IDEMPOTENCY_PURGE_INTERVAL_S = 3600.0
-
-
-def hold_expiry(database: Database, settings: PaymentsSettings) -> Worker:
-    """Voids holds whose time is up, a batch per transaction, until none is left."""
-
-    async def run() -> None:
-        while True:
-            async with database.transaction() as session:
-                expired = await holds.expire_holds(session, EXPIRY_BATCH)
-            if expired:
-                logger.info("voided %d expired holds", expired)
-            if expired < EXPIRY_BATCH:
-                await asyncio.sleep(settings.hold_expiry_interval.total_seconds())
-
-    return run
-
-
-def idempotency_purge(store: Idempotency) -> Worker:
-    async def run() -> None:
-        while True:
-            await store.purge_expired()
-            await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL_S)
-
-    return run
 
 
 def build_app(settings: PaymentsSettings | None = None) -> FastAPI:
@@ -53,8 +18,8 @@ def build_app(settings: PaymentsSettings | None = None) -> FastAPI:
     idempotency = Idempotency(runtime.db, repository.idempotency_keys)
     runtime.workers += [
         supervised("outbox-relay", relay.run),
-        supervised("hold-expiry", hold_expiry(runtime.db, settings)),
-        supervised("idempotency-purge", idempotency_purge(idempotency)),
+        supervised("hold-expiry", tasks.hold_expiry(runtime.db, settings)),
+        supervised("idempotency-purge", idempotency.purge_forever),
     ]
     app = create_app(
         runtime,
@@ -66,16 +31,7 @@ def build_app(settings: PaymentsSettings | None = None) -> FastAPI:
             "except the bank webhook needs `Authorization: Bearer <service token>`; every "
             "money-moving POST needs an `Idempotency-Key`. Amounts are whole VND."
         ),
-        hot_routes=[
-            HotRoute("POST", path, partial(handler, runtime, settings))
-            for path, handler in (
-                ("/v1/charges", endpoints.hot_charge),
-                ("/v1/holds", endpoints.hot_hold),
-                ("/v1/payment-requests", endpoints.hot_parking_payment),
-                (endpoints.CAPTURE_PATH, endpoints.hot_capture),
-                (endpoints.VOID_PATH, endpoints.hot_void),
-            )
-        ],
+        hot_routes=endpoints.hot.bind(endpoints.Ledger(runtime.db, settings)),
     )
     app.state.settings = settings
     app.state.idempotency = idempotency

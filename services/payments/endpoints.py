@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 from starlette.types import Scope
 
 from services.payments import bank_signature, reconciliation
+from services.payments.auth import (
+    IdempotencyStoreDep,
+    SettingsDep,
+    bearer,
+    check_caller,
+    service_caller,
+)
 from services.payments.schemas import (
     AccountCreate,
     AccountRead,
@@ -36,7 +42,6 @@ from services.payments.schemas import (
     RefundCreate,
     RefundRead,
     TopupCreate,
-    problem_responses,
 )
 from services.payments.service import (
     accounts,
@@ -47,50 +52,13 @@ from services.payments.service import (
     payment_requests,
 )
 from services.payments.settings import PaymentsSettings
-from shared.app import Runtime, RuntimeDep
-from shared.errors import Unauthorized
+from shared.app import RuntimeDep
+from shared.auth import INVALID_TOKEN
+from shared.db import Database
+from shared.errors import Unauthorized, problems
 from shared.fields import Day
-from shared.idempotency import (
-    Idempotency,
-    IdempotencyDep,
-    IdempotentRequest,
-    header,
-    hot_idempotent_body,
-    hot_idempotent_path,
-)
-
-
-# Coroutines on purpose: FastAPI runs plain-function dependencies in a worker thread.
-async def payments_settings(request: Request) -> PaymentsSettings:
-    settings: PaymentsSettings = request.app.state.settings
-    return settings
-
-
-async def idempotency_store(request: Request) -> Idempotency:
-    store: Idempotency = request.app.state.idempotency
-    return store
-
-
-SettingsDep = Annotated[PaymentsSettings, Depends(payments_settings)]
-IdempotencyStoreDep = Annotated[Idempotency, Depends(idempotency_store)]
-
-bearer = HTTPBearer(auto_error=False, description="The payments service token (from settings)")
-
-
-async def service_caller(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    """Callers are CityPass services: one shared bearer token, compared in constant time."""
-    _check_token(settings, credentials.credentials if credentials else None)
-
-
-def _check_token(settings: PaymentsSettings, token: str | None) -> None:
-    expected = settings.service_token.get_secret_value().encode()
-    if not token or not hmac.compare_digest(token.encode(), expected):
-        raise Unauthorized(
-            "Send `Authorization: Bearer <payments service token>`.", code="invalid_service_token"
-        )
+from shared.hot import B, HotCall, HotRoute, HotRouter
+from shared.idempotency import Idempotency, IdempotencyDep, IdempotentRequest, header
 
 
 def _bearer_token(scope: Scope) -> str | None:
@@ -99,75 +67,156 @@ def _bearer_token(scope: Scope) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-# Hot routes (shared.app.HotRoutes): the money paths that parking and ticketing call per lane
-# decision or fare, answered in front of FastAPI, whose routing and dependencies cost more CPU
-# than the one statement they run. Same checks, in the same order, as the routes below, which
-# keep describing them in the OpenAPI.
-
-
-async def hot_charge(
-    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
-) -> Response:
-    _check_token(settings, _bearer_token(scope))
-    key, charge = hot_idempotent_body(scope, body, ChargeCreate)
-    return (await charges.charge(runtime.db, key, charge, settings)).response()
-
-
-async def hot_hold(
-    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
-) -> Response:
-    _check_token(settings, _bearer_token(scope))
-    key, hold = hot_idempotent_body(scope, body, HoldCreate)
-    return (await holds.place_hold(runtime.db, key, hold, settings)).response()
-
-
-async def hot_parking_payment(
-    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
-) -> Response:
-    _check_token(settings, _bearer_token(scope))
-    key, payment = hot_idempotent_body(scope, body, ParkingPaymentCreate)
-    return (
-        await payment_requests.request_parking_payment(runtime.db, key, payment, settings)
-    ).response()
-
-
-HOLD_PATH_TYPES = {"hold_id": TypeAdapter(uuid.UUID)}
-CAPTURE_PATH = "/v1/holds/{hold_id}/capture"
-VOID_PATH = "/v1/holds/{hold_id}/void"
-
-
-async def hot_capture(
-    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
-) -> Response:
-    _check_token(settings, _bearer_token(scope))
-    key, path, capture = hot_idempotent_path(
-        scope, body, CAPTURE_PATH, HOLD_PATH_TYPES, HoldCapture
-    )
-    assert capture is not None
-    return (
-        await holds.capture_hold(runtime.db, key, path["hold_id"], capture, settings)
-    ).response()
-
-
-async def hot_void(
-    runtime: Runtime, settings: PaymentsSettings, scope: Scope, body: bytes
-) -> Response:
-    _check_token(settings, _bearer_token(scope))
-    key, path, _ = hot_idempotent_path(scope, body, VOID_PATH, HOLD_PATH_TYPES)
-    return (await holds.void_hold(runtime.db, key, path["hold_id"])).response()
-
-
-UNAUTHORIZED = (401, "Missing or wrong service token")
 INVALID = (422, "Invalid body (`validation_error`) or a rule refused it; see `code`")
 IDEMPOTENCY = (
     (400, "Idempotency-Key header missing"),
     (409, "A request with this Idempotency-Key is still in progress"),
 )
 
+
+# Hot routes (shared.hot): the money paths that parking and ticketing call per lane decision or
+# fare, answered in front of FastAPI, whose routing and dependencies cost more CPU than the one
+# statement they run.
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """What the hot routes work with."""
+
+    db: Database
+    settings: PaymentsSettings
+
+    def authorized(self, route: HotRoute[B], scope: Scope, body: bytes) -> HotCall[B]:
+        """The service token (401), then the request as `route` declares it."""
+        check_caller(self.settings, _bearer_token(scope))
+        return route.call(scope, body)
+
+
+hot = HotRouter[Ledger](security=bearer, responses=problems(INVALID_TOKEN))
+HOLD_PATH = {"hold_id": uuid.UUID}
+
+
+@hot.post(
+    "/v1/charges",
+    body=ChargeCreate,
+    idempotent=True,
+    response_model=ChargeRead,
+    status_code=201,
+    tags=["charges"],
+    responses=problems(
+        (402, "`insufficient_funds`: the `shortfall` member says how many VND are missing"),
+        (409, "In progress (same Idempotency-Key), or `duplicate_transfer`"),
+        INVALID,
+        IDEMPOTENCY[0],
+    ),
+)
+async def create_charge(
+    ledger: Ledger, route: HotRoute[ChargeCreate], scope: Scope, body: bytes
+) -> Response:
+    """Debit a wallet and credit transit revenue, or a parking lot's revenue (`lot_id`).
+
+    Send an `Idempotency-Key` (one per fare or parking fee); retrying with it returns the
+    first answer byte for byte and never charges twice. A wallet short of funds answers 402
+    `insufficient_funds` with the `shortfall` in VND; nothing is posted then.
+    """
+    key, _, charge = ledger.authorized(route, scope, body)
+    return (await charges.charge(ledger.db, key, charge, ledger.settings)).response()
+
+
+@hot.post(
+    "/v1/holds",
+    body=HoldCreate,
+    idempotent=True,
+    response_model=HoldRead,
+    status_code=201,
+    tags=["holds"],
+    responses=problems(
+        (402, "`insufficient_funds`, with the `shortfall`"),
+        IDEMPOTENCY[1],
+        INVALID,
+        IDEMPOTENCY[0],
+    ),
+)
+async def place_hold(
+    ledger: Ledger, route: HotRoute[HoldCreate], scope: Scope, body: bytes
+) -> Response:
+    """Reserve funds of a wallet (e.g. at a parking entry) until captured, voided or expired.
+
+    The money moves to escrow at once; the wallet's balance no longer shows it. A hold not
+    settled before `expires_at` is voided automatically and the money goes back.
+    """
+    key, _, hold = ledger.authorized(route, scope, body)
+    return (await holds.place_hold(ledger.db, key, hold, ledger.settings)).response()
+
+
+@hot.post(
+    "/v1/holds/{hold_id}/capture",
+    body=HoldCapture,
+    path_types=HOLD_PATH,
+    idempotent=True,
+    response_model=HoldRead,
+    tags=["holds"],
+    responses=problems(
+        (404, "No such hold"),
+        (409, "`hold_not_pending` (already settled), `hold_expired`, or in progress"),
+        (422, "`capture_exceeds_hold`, or an invalid body"),
+        IDEMPOTENCY[0],
+    ),
+)
+async def capture_hold(
+    ledger: Ledger, route: HotRoute[HoldCapture], scope: Scope, body: bytes
+) -> Response:
+    """Take up to the held amount as revenue; the rest goes back to the wallet at once."""
+    key, path, capture = ledger.authorized(route, scope, body)
+    return (
+        await holds.capture_hold(ledger.db, key, path["hold_id"], capture, ledger.settings)
+    ).response()
+
+
+@hot.post(
+    "/v1/holds/{hold_id}/void",
+    path_types=HOLD_PATH,
+    idempotent=True,
+    response_model=HoldRead,
+    tags=["holds"],
+    responses=problems(
+        (404, "No such hold"), (409, "`hold_not_pending`, or in progress"), IDEMPOTENCY[0]
+    ),
+)
+async def void_hold(ledger: Ledger, route: HotRoute[None], scope: Scope, body: bytes) -> Response:
+    """Cancel a hold: all of it goes back to the wallet."""
+    key, path, _ = ledger.authorized(route, scope, body)
+    return (await holds.void_hold(ledger.db, key, path["hold_id"])).response()
+
+
+@hot.post(
+    "/v1/payment-requests",
+    body=ParkingPaymentCreate,
+    idempotent=True,
+    response_model=PaymentRequestRead,
+    status_code=201,
+    tags=["payment requests"],
+    responses=problems(INVALID, *IDEMPOTENCY),
+)
+async def request_parking_payment(
+    ledger: Ledger, route: HotRoute[ParkingPaymentCreate], scope: Scope, body: bytes
+) -> Response:
+    """A dynamic VietQR for an exact parking fee, paid by any bank app.
+
+    When the bank confirms it, the lot's revenue is credited and
+    `citypass.payments.payment_request.paid.v1` (with `parking_session_id`) is published on
+    `payments.ledger`.
+    """
+    key, _, payment = ledger.authorized(route, scope, body)
+    return (
+        await payment_requests.request_parking_payment(ledger.db, key, payment, ledger.settings)
+    ).response()
+
+
 router = APIRouter(
     prefix="/v1",
     dependencies=[Depends(service_caller)],
-    responses=problem_responses(UNAUTHORIZED),
+    responses=problems(INVALID_TOKEN),
 )
 bank_router = APIRouter(prefix="/v1/bank", tags=["bank"])
 
@@ -199,7 +248,7 @@ async def open_wallet(body: AccountCreate, rt: RuntimeDep) -> AccountRead:
     "/accounts/{account_id}",
     response_model=AccountRead,
     tags=["accounts"],
-    responses=problem_responses((404, "No such account")),
+    responses=problems((404, "No such account")),
 )
 async def get_account(account_id: uuid.UUID, rt: RuntimeDep) -> AccountRead:
     """An account and its available balance in VND (money on hold is not available)."""
@@ -210,58 +259,11 @@ async def get_account(account_id: uuid.UUID, rt: RuntimeDep) -> AccountRead:
 # Charges, holds, refunds ------------------------------------------------------------------------
 
 
-@router.post(
-    "/charges",
-    response_model=ChargeRead,
-    status_code=201,
-    tags=["charges"],
-    responses=problem_responses(
-        (402, "`insufficient_funds`: the `shortfall` member says how many VND are missing"),
-        (409, "In progress (same Idempotency-Key), or `duplicate_transfer`"),
-        INVALID,
-        IDEMPOTENCY[0],
-    ),
-)
-async def create_charge(
-    body: ChargeCreate, key: IdempotencyDep, rt: RuntimeDep, settings: SettingsDep
-) -> Response:
-    """Debit a wallet and credit transit revenue, or a parking lot's revenue (`lot_id`).
-
-    Send an `Idempotency-Key` (one per fare or parking fee); retrying with it returns the
-    first answer byte for byte and never charges twice. A wallet short of funds answers 402
-    `insufficient_funds` with the `shortfall` in VND; nothing is posted then.
-    """
-    return (await charges.charge(rt.db, key, body, settings)).response()
-
-
-@router.post(
-    "/holds",
-    response_model=HoldRead,
-    status_code=201,
-    tags=["holds"],
-    responses=problem_responses(
-        (402, "`insufficient_funds`, with the `shortfall`"),
-        IDEMPOTENCY[1],
-        INVALID,
-        IDEMPOTENCY[0],
-    ),
-)
-async def place_hold(
-    body: HoldCreate, key: IdempotencyDep, rt: RuntimeDep, settings: SettingsDep
-) -> Response:
-    """Reserve funds of a wallet (e.g. at a parking entry) until captured, voided or expired.
-
-    The money moves to escrow at once; the wallet's balance no longer shows it. A hold not
-    settled before `expires_at` is voided automatically and the money goes back.
-    """
-    return (await holds.place_hold(rt.db, key, body, settings)).response()
-
-
 @router.get(
     "/holds/{hold_id}",
     response_model=HoldRead,
     tags=["holds"],
-    responses=problem_responses((404, "No such hold")),
+    responses=problems((404, "No such hold")),
 )
 async def get_hold(hold_id: uuid.UUID, rt: RuntimeDep) -> HoldRead:
     """A hold and where its money went."""
@@ -270,46 +272,11 @@ async def get_hold(hold_id: uuid.UUID, rt: RuntimeDep) -> HoldRead:
 
 
 @router.post(
-    "/holds/{hold_id}/capture",
-    response_model=HoldRead,
-    tags=["holds"],
-    responses=problem_responses(
-        (404, "No such hold"),
-        (409, "`hold_not_pending` (already settled), `hold_expired`, or in progress"),
-        (422, "`capture_exceeds_hold`, or an invalid body"),
-        IDEMPOTENCY[0],
-    ),
-)
-async def capture_hold(
-    hold_id: uuid.UUID,
-    body: HoldCapture,
-    key: IdempotencyDep,
-    rt: RuntimeDep,
-    settings: SettingsDep,
-) -> Response:
-    """Take up to the held amount as revenue; the rest goes back to the wallet at once."""
-    return (await holds.capture_hold(rt.db, key, hold_id, body, settings)).response()
-
-
-@router.post(
-    "/holds/{hold_id}/void",
-    response_model=HoldRead,
-    tags=["holds"],
-    responses=problem_responses(
-        (404, "No such hold"), (409, "`hold_not_pending`, or in progress"), IDEMPOTENCY[0]
-    ),
-)
-async def void_hold(hold_id: uuid.UUID, key: IdempotencyDep, rt: RuntimeDep) -> Response:
-    """Cancel a hold: all of it goes back to the wallet."""
-    return (await holds.void_hold(rt.db, key, hold_id)).response()
-
-
-@router.post(
     "/refunds",
     response_model=RefundRead,
     status_code=201,
     tags=["refunds"],
-    responses=problem_responses(
+    responses=problems(
         (409, "`duplicate_transfer`, or in progress"),
         (422, "`unknown_charge`, `refund_exceeds_charge` (with `refundable`), or invalid body"),
         IDEMPOTENCY[0],
@@ -334,7 +301,7 @@ async def create_refund(
     response_model=PaymentRequestRead,
     status_code=201,
     tags=["top-ups"],
-    responses=problem_responses(INVALID, *IDEMPOTENCY),
+    responses=problems(INVALID, *IDEMPOTENCY),
 )
 async def request_topup(
     body: TopupCreate,
@@ -357,7 +324,7 @@ async def request_topup(
     "/topups/{topup_id}",
     response_model=PaymentRequestRead,
     tags=["top-ups"],
-    responses=problem_responses((404, "No such top-up")),
+    responses=problems((404, "No such top-up")),
 )
 async def get_topup(topup_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
     """A top-up and whether it is paid."""
@@ -382,30 +349,11 @@ async def topup_qr_png(topup_id: uuid.UUID, rt: RuntimeDep) -> Response:
     return Response(png, media_type="image/png")
 
 
-@router.post(
-    "/payment-requests",
-    response_model=PaymentRequestRead,
-    status_code=201,
-    tags=["payment requests"],
-    responses=problem_responses(INVALID, *IDEMPOTENCY),
-)
-async def request_parking_payment(
-    body: ParkingPaymentCreate, key: IdempotencyDep, rt: RuntimeDep, settings: SettingsDep
-) -> Response:
-    """A dynamic VietQR for an exact parking fee, paid by any bank app.
-
-    When the bank confirms it, the lot's revenue is credited and
-    `citypass.payments.payment_request.paid.v1` (with `parking_session_id`) is published on
-    `payments.ledger`.
-    """
-    return (await payment_requests.request_parking_payment(rt.db, key, body, settings)).response()
-
-
 @router.get(
     "/payment-requests/{request_id}",
     response_model=PaymentRequestRead,
     tags=["payment requests"],
-    responses=problem_responses((404, "No such payment request")),
+    responses=problems((404, "No such payment request")),
 )
 async def get_payment_request(request_id: uuid.UUID, rt: RuntimeDep) -> PaymentRequestRead:
     """A payment request (top-up or parking fee) and whether it is paid."""
@@ -495,7 +443,7 @@ async def reconciliation_report(
 @bank_router.post(
     "/notifications",
     response_model=BankNotificationResult,
-    responses=problem_responses(
+    responses=problems(
         (401, "`invalid_signature`: unsigned, wrongly signed or outside the 300 s window"),
         (422, "Not a valid notification"),
     ),

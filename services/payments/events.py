@@ -16,15 +16,9 @@ import uuid
 from typing import Any
 
 from services.payments.repository.journal import TransferDraft
-from shared.events import Event
+from shared.events import NOTIFICATION_UNMATCHED, PAYMENT_REQUEST_PAID, TRANSFER_POSTED, Event
 
-LEDGER_TOPIC = "payments.ledger"
-ALERTS_TOPIC = "ops.alerts"
 SOURCE = "/citypass/payments"
-
-TRANSFER_POSTED = "citypass.payments.transfer.posted.v1"
-PAYMENT_REQUEST_PAID = "citypass.payments.payment_request.paid.v1"
-NOTIFICATION_UNMATCHED = "citypass.payments.bank_notification.unmatched.v1"
 
 
 def _text(value: uuid.UUID | None) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
@@ -98,19 +98,6 @@ class RevenueTarget(StrictRequest):
         return self
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details; `code` is stable, extra members depend on the code."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    title: str
-    status: int
-    code: str
-    detail: str
-    instance: str | None = None
-
-
 # Accounts ---------------------------------------------------------------------------------------
 
 
@@ -158,6 +145,7 @@ class HoldCreate(RevenueTarget):
     expires_in_s: StrictInt | None = Field(
         default=None,
         gt=0,
+        le=10**9,  # ~31 years: past it no time type holds it (a 500); below, `hold_too_long`
         description="Seconds until the hold is voided automatically; the service default if null",
     )
 
@@ -364,12 +352,3 @@ class ReconciliationReport(BaseModel):
     revenue: list[RevenueLine]
     mismatches: list[Mismatch]
     ok: bool
-
-
-def problem_responses(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for problem+json answers."""
-    schema = Problem.model_json_schema()
-    return {
-        status: {"description": text, "content": {"application/problem+json": {"schema": schema}}}
-        for status, text in described
-    }

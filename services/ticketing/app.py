@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from services.ticketing import endpoints, tables, tasks, webapp
 from services.ticketing.credentials import KeyWrap
-from services.ticketing.payments import PaymentsClient
+from services.ticketing.payments import Payments
 from services.ticketing.service import issuer
 from services.ticketing.settings import TicketingSettings
 from shared.app import Runtime, create_app, supervised
@@ -45,7 +45,7 @@ Events go to Kafka topic `transit.tickets` through the outbox (see `services/tic
 def build_app(settings: TicketingSettings | None = None) -> FastAPI:
     settings = settings or TicketingSettings()
     runtime = Runtime("ticketing", settings, schema="ticketing")
-    payments = PaymentsClient(
+    payments = Payments(
         settings.payments_url,
         settings.payments_service_token.get_secret_value(),
         timeout_s=settings.payments_timeout_s,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.ticketing.settings import TicketingSettings
-from shared.errors import Forbidden, Unauthorized
+from shared.auth import check_token
+from shared.errors import Unauthorized
 
 ISSUER = "citypass-ticketing"
 AUDIENCE = "citypass-rider"
@@ -161,11 +161,8 @@ async def operator(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(operator_bearer)],
 ) -> None:
-    if credentials is None:
-        raise Unauthorized("Send `Authorization: Bearer <operator token>`.", code="missing_token")
-    expected = settings.operator_token.get_secret_value().encode()
-    if not hmac.compare_digest(credentials.credentials.encode(), expected):
-        raise Forbidden("Operators only.", code="operator_only")
+    token = credentials.credentials if credentials is not None else None
+    check_token(token, settings.operator_token, "ticketing operator token")
 
 
 CurrentRider = Annotated[Rider, Depends(current_rider)]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 from starlette.responses import Response
 
 from services.ticketing.auth import CurrentRider, SettingsDep, operator
 from services.ticketing.credentials import KeyWrap
 from services.ticketing.errors import RefreshTokenReused
-from services.ticketing.payments import PaymentsClient, PaymentsUnavailable
+from services.ticketing.payments import Payments
 from services.ticketing.schemas import (
     CategoryDecision,
     CategoryRequest,
@@ -35,36 +35,18 @@ from services.ticketing.schemas import (
     WalletRead,
 )
 from services.ticketing.service import devices, issuer, products, purchases, riders, tickets, wallet
-from shared.app import RuntimeDep
-from shared.errors import PROBLEM_MEDIA_TYPE, Unauthorized
+from shared.app import RuntimeDep, state
+from shared.auth import INVALID_TOKEN
+from shared.errors import Unauthorized, problems
 from shared.idempotency import IdempotencyDep
+from shared.payments_client import PaymentsUnavailable
 
 logger = logging.getLogger("citypass.ticketing")
 
 
-async def _payments(request: Request) -> PaymentsClient:
-    payments: PaymentsClient = request.app.state.payments
-    return payments
-
-
-async def _keywrap(request: Request) -> KeyWrap:
-    keywrap: KeyWrap = request.app.state.keywrap
-    return keywrap
-
-
-PaymentsDep = Annotated[PaymentsClient, Depends(_payments)]
-KeyWrapDep = Annotated[KeyWrap, Depends(_keywrap)]
+PaymentsDep = Annotated[Payments, state("payments")]
+KeyWrapDep = Annotated[KeyWrap, state("keywrap")]
 ProductCode = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Z0-9-]+$")]
-
-
-def problems(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
-    return {
-        status: {
-            "description": text,
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-        }
-        for status, text in described
-    }
 
 
 UNAUTHENTICATED = (401, "No, expired or invalid access token")
@@ -75,7 +57,7 @@ admin_router = APIRouter(
     prefix="/v1/admin",
     tags=["operators"],
     dependencies=[Depends(operator)],
-    responses=problems((401, "No operator token"), (403, "Not the operator token")),
+    responses=problems(INVALID_TOKEN),
 )
 
 

@@ -29,16 +29,17 @@ from typing import Any
 from services.ticketing.credentials import b64url, unix
 from services.ticketing.repository import Record
 from services.ticketing.schemas import IssuerKeyRead
-from shared.events import Event
+from shared.events import (
+    DEVICE_REGISTERED,
+    DEVICE_REVOKED,
+    ISSUER_KEYS_CHANGED,
+    TICKET_ISSUED,
+    TICKET_REVOKED,
+    Event,
+)
 
-TOPIC = "transit.tickets"
 SOURCE = "/citypass/ticketing"
 
-TICKET_ISSUED = "citypass.transit.ticket.issued.v1"
-TICKET_REVOKED = "citypass.transit.ticket.revoked.v1"
-DEVICE_REGISTERED = "citypass.transit.device.registered.v1"
-DEVICE_REVOKED = "citypass.transit.device.revoked.v1"
-ISSUER_KEYS_CHANGED = "citypass.transit.issuer_keys.changed.v1"
 ISSUER_KEYS_SUBJECT = "issuer-keys"
 
 

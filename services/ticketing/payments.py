@@ -2,7 +2,8 @@
 
 Every money-moving call carries an Idempotency-Key derived from the ticketing object it
 serves, so any retry (by the rider, the endpoint or the purchase worker) is the same call.
-Failures come back as problems: 503 `payments_unavailable` when payments cannot answer.
+Failures come back as problems: 503 `payments_unavailable` (shared.payments_client) when
+payments cannot answer, or the problems below.
 """
 
 from __future__ import annotations
@@ -12,21 +13,19 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
-import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.errors import NotFound, ProblemError, ServiceUnavailable
-from shared.http import service_client
+from shared.errors import NotFound, ProblemError
+from shared.payments_client import PaymentsClient, PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.ticketing.payments")
 
 
-class PaymentsUnavailable(ServiceUnavailable):
-    code, title = "payments_unavailable", "Payments unavailable"
-
-
 class InsufficientFunds(ProblemError):
     status, code, title = 402, "insufficient_funds", "Insufficient funds"
+
+
+BUSY = "Payments is still processing this payment; retry shortly."
 
 
 class PaymentsBusy(ProblemError):
@@ -82,13 +81,11 @@ class Topup(_Answer):
     paid_at: datetime | None
 
 
-class PaymentsClient:
-    def __init__(self, base_url: str, service_token: str, *, timeout_s: float) -> None:
-        self.http = service_client(base_url, timeout_s=timeout_s)
-        self.http.headers["Authorization"] = f"Bearer {service_token}"
+class Payments(PaymentsClient):
+    """The calls ticketing makes."""
 
-    async def close(self) -> None:
-        await self.http.aclose()
+    def __init__(self, base_url: str, service_token: str, *, timeout_s: float) -> None:
+        super().__init__(base_url, service_token, timeout_s=timeout_s, caller="ticketing")
 
     async def open_wallet(self, rider_id: uuid.UUID) -> Account:
         """Payments returns the same wallet when it is opened again for the same owner."""
@@ -129,41 +126,28 @@ class PaymentsClient:
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, *, key: str | None = None
     ) -> dict[str, Any]:
-        headers = {"Idempotency-Key": key} if key else {}
+        """`call`, its refusals as the problems ticketing answers with."""
         try:
-            response = await self.http.request(method, path, json=body, headers=headers)
-        except httpx.HTTPError as error:
-            logger.warning("payments %s %s failed: %r", method, path, error)
+            return await self.call(method, path, body, key=key)
+        except PaymentsUnavailable as unavailable:
+            if unavailable.in_progress:
+                raise PaymentsBusy(BUSY) from None
+            raise
+        except PaymentsRefused as refused:
+            detail, code = refused.detail, refused.code
+            if refused.status == 402:
+                raise InsufficientFunds(detail, shortfall=refused.body.get("shortfall")) from None
+            if refused.status == 404:
+                raise NotFound(detail, code=code) from None
+            if refused.status == 409 and code == "duplicate_transfer":
+                raise DuplicateTransfer(detail) from None
+            if refused.status == 409:
+                raise PaymentsBusy(BUSY) from None
+            if refused.status in (400, 422):
+                raise PaymentRefused(detail, code=code) from None
             raise PaymentsUnavailable(
-                "The payments service did not answer; nothing was lost, retry later."
+                f"The payments service answered {refused.status}; retry later."
             ) from None
-        answer = _json(response)
-        if response.is_success:
-            return answer
-        code = str(answer.get("code", "unknown"))
-        detail = str(answer.get("detail", response.reason_phrase))
-        status = response.status_code
-        if status == 402:
-            raise InsufficientFunds(detail, shortfall=answer.get("shortfall"))
-        if status == 404:
-            raise NotFound(detail, code=code)
-        if status == 409 and code == "duplicate_transfer":
-            raise DuplicateTransfer(detail)
-        if status == 409:
-            raise PaymentsBusy("Payments is still processing this payment; retry shortly.")
-        if status in (400, 422):
-            raise PaymentRefused(detail, code=code)
-        if status in (401, 403):
-            logger.error("payments refuses ticketing's service token (%s): check settings", code)
-        raise PaymentsUnavailable(f"The payments service answered {status}; retry later.")
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        answer = response.json()
-    except ValueError:
-        return {}
-    return answer if isinstance(answer, dict) else {}
 
 
 def _parse(model: type[AnswerT], answer: dict[str, Any]) -> AnswerT:

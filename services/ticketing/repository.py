@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 
-from sqlalchemy import DateTime, case, delete, func, literal, select, text, update
+from sqlalchemy import DateTime, Table, case, delete, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Row, RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -78,13 +78,28 @@ async def insert_rider(session: AsyncSession, **values: Any) -> Record | None:
     return row
 
 
-async def get_rider(
-    session: AsyncSession, rider_id: uuid.UUID, *, lock: bool = False
+async def _by_id(
+    session: AsyncSession,
+    table: Table,
+    row_id: uuid.UUID,
+    *,
+    rider_id: uuid.UUID | None = None,
+    lock: bool = False,
 ) -> Record | None:
-    statement = select(riders).where(riders.c.id == rider_id)
+    """A row by id; with `rider_id` only that rider's own (someone else's is indistinguishable
+    from a missing one); `lock` takes it FOR UPDATE."""
+    statement = select(table).where(table.c.id == row_id)
+    if rider_id is not None:
+        statement = statement.where(table.c.rider_id == rider_id)
     if lock:
         statement = statement.with_for_update()
     return (await session.execute(statement)).first()
+
+
+async def get_rider(
+    session: AsyncSession, rider_id: uuid.UUID, *, lock: bool = False
+) -> Record | None:
+    return await _by_id(session, riders, rider_id, lock=lock)
 
 
 async def get_rider_by_phone(session: AsyncSession, phone: str) -> Record | None:
@@ -219,18 +234,24 @@ async def insert_device(session: AsyncSession, **values: Any) -> Record:
     return row
 
 
-async def revoke_device(
-    session: AsyncSession, device_id: uuid.UUID, at: datetime, reason: str
+async def _revoke(
+    session: AsyncSession, table: Table, row_id: uuid.UUID, at: datetime, reason: str
 ) -> Record:
     row: Record = (
         await session.execute(
-            update(devices)
-            .where(devices.c.id == device_id)
+            update(table)
+            .where(table.c.id == row_id)
             .values(status="revoked", revoked_at=at, revoke_reason=reason)
-            .returning(devices)
+            .returning(table)
         )
     ).one()
     return row
+
+
+async def revoke_device(
+    session: AsyncSession, device_id: uuid.UUID, at: datetime, reason: str
+) -> Record:
+    return await _revoke(session, devices, device_id, at, reason)
 
 
 async def list_devices(session: AsyncSession, rider_id: uuid.UUID) -> Sequence[Record]:
@@ -246,11 +267,7 @@ async def list_devices(session: AsyncSession, rider_id: uuid.UUID) -> Sequence[R
 async def get_device(
     session: AsyncSession, rider_id: uuid.UUID, device_id: uuid.UUID, *, lock: bool = False
 ) -> Record | None:
-    """Only the rider's own device: someone else's is indistinguishable from a missing one."""
-    statement = select(devices).where(devices.c.id == device_id, devices.c.rider_id == rider_id)
-    if lock:
-        statement = statement.with_for_update()
-    return (await session.execute(statement)).first()
+    return await _by_id(session, devices, device_id, rider_id=rider_id, lock=lock)
 
 
 async def last_credential_expiry(session: AsyncSession, device_id: uuid.UUID) -> datetime | None:
@@ -295,12 +312,7 @@ async def get_purchase(
     rider_id: uuid.UUID | None = None,
     lock: bool = False,
 ) -> Record | None:
-    statement = select(purchases).where(purchases.c.id == purchase_id)
-    if rider_id is not None:
-        statement = statement.where(purchases.c.rider_id == rider_id)
-    if lock:
-        statement = statement.with_for_update()
-    return (await session.execute(statement)).first()
+    return await _by_id(session, purchases, purchase_id, rider_id=rider_id, lock=lock)
 
 
 async def update_purchase(session: AsyncSession, purchase_id: uuid.UUID, **values: Any) -> Record:
@@ -386,12 +398,7 @@ async def get_ticket(
     rider_id: uuid.UUID | None = None,
     lock: bool = False,
 ) -> Record | None:
-    statement = select(tickets).where(tickets.c.id == ticket_id)
-    if rider_id is not None:
-        statement = statement.where(tickets.c.rider_id == rider_id)
-    if lock:
-        statement = statement.with_for_update()
-    return (await session.execute(statement)).first()
+    return await _by_id(session, tickets, ticket_id, rider_id=rider_id, lock=lock)
 
 
 async def get_ticket_of_purchase(session: AsyncSession, purchase_id: uuid.UUID) -> Record | None:
@@ -425,15 +432,7 @@ async def live_ticket_ids(session: AsyncSession, rider_id: uuid.UUID, now: datet
 async def revoke_ticket(
     session: AsyncSession, ticket_id: uuid.UUID, at: datetime, reason: str
 ) -> Record:
-    row: Record = (
-        await session.execute(
-            update(tickets)
-            .where(tickets.c.id == ticket_id)
-            .values(status="revoked", revoked_at=at, revoke_reason=reason)
-            .returning(tickets)
-        )
-    ).one()
-    return row
+    return await _revoke(session, tickets, ticket_id, at, reason)
 
 
 # Issuer keys and credentials --------------------------------------------------------------------

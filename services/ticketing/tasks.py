@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.ticketing.payments import PaymentsClient
+from services.ticketing.payments import Payments
 from services.ticketing.service import issuer, purchases
 from services.ticketing.settings import TicketingSettings
 from shared.app import Worker
@@ -15,7 +15,7 @@ logger = logging.getLogger("citypass.ticketing.tasks")
 
 
 def purchase_reconciler(
-    database: Database, payments: PaymentsClient, settings: TicketingSettings
+    database: Database, payments: Payments, settings: TicketingSettings
 ) -> Worker:
     """Resolves purchases left pending (payments down, a lost answer, a crash): see
     `purchases.reconcile_purchases`. Replicas share the work through SKIP LOCKED."""

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
-from functools import partial
 
 from fastapi import FastAPI
 
-from services.validation import endpoints, events, repository, scripts
+from services.validation import endpoints, repository, scripts
 from services.validation.memory import Memory, VerifiedSignatures
 from services.validation.outbox import Outbox
 from services.validation.service import Validator
 from services.validation.settings import ValidationSettings
-from services.validation.workers import Workers
-from shared.app import HotRoute, Runtime, create_app, supervised
+from services.validation.tasks import Workers
+from shared.app import Runtime, create_app, supervised
+from shared.events import LEDGER_TOPIC, TICKETS_TOPIC, VALIDATIONS_TOPIC
 from shared.kafka import Consumer
 
 DESCRIPTION = """\
@@ -52,7 +52,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     consumers = [
         Consumer(
             bootstrap,
-            [events.TICKETS_TOPIC],
+            [TICKETS_TOPIC],
             f"validation-deny-{settings.instance_id}",  # every process needs every entry
             workers.on_ticket_event,
             publisher=runtime.publisher,
@@ -61,14 +61,14 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     fare_consumers = [
         Consumer(
             bootstrap,
-            [events.VALIDATIONS_TOPIC],
+            [VALIDATIONS_TOPIC],
             "validation-fares",
             workers.on_validation_event,
             publisher=runtime.publisher,
         ),
         Consumer(
             bootstrap,
-            [events.LEDGER_TOPIC],
+            [LEDGER_TOPIC],
             "validation-topups",
             workers.on_ledger_event,
             publisher=runtime.publisher,
@@ -109,7 +109,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         title="CityPass validation",
         description=DESCRIPTION,
         on_start=[start],
-        hot_routes=[HotRoute("POST", "/v1/validations", partial(endpoints.decide, validator))],
+        hot_routes=endpoints.hot.bind(validator),
     )
     app.state.settings = settings
     app.state.validator = validator

@@ -2,70 +2,45 @@
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 
 from services.validation.rules import GatePlace
 from services.validation.service import Validator
 from services.validation.settings import ValidationSettings
+from shared.app import state
+from shared.auth import check_token
 from shared.devicesigning import (
     SIGNATURE_HEADER,
     DeviceAuthError,
     SignedRequest,
     request_target,
+    signature_scheme,
     signing_headers,
     verify_request,
 )
-from shared.errors import Unauthorized
 
-
-async def current_validator(request: Request) -> Validator:
-    validator: Validator = request.app.state.validator
-    return validator
-
-
-async def current_settings(request: Request) -> ValidationSettings:
-    settings: ValidationSettings = request.app.state.settings
-    return settings
-
-
-ValidatorDep = Annotated[Validator, Depends(current_validator)]
-SettingsDep = Annotated[ValidationSettings, Depends(current_settings)]
+ValidatorDep = Annotated[Validator, state("validator")]
+SettingsDep = Annotated[ValidationSettings, state("settings")]
 
 admin_bearer = HTTPBearer(
     auto_error=False,
     scheme_name="adminToken",
     description="The operator token from `VALIDATION_ADMIN_TOKEN`.",
 )
-gate_signature = APIKeyHeader(
-    name=SIGNATURE_HEADER,
-    auto_error=False,
-    scheme_name="gateSignature",
-    description=(
-        "Every gate request is signed with the gate's secret: send `X-Device-Id`, "
-        "`X-Device-Timestamp` (unix s), `X-Device-Nonce` (16-64 of [A-Za-z0-9_-], never "
-        'reused) and `X-Device-Signature` = hex HMAC-SHA256(secret, "CP-DEVICE-HMAC-SHA256\\n'
-        'METHOD\\nPATH?QUERY\\nTIMESTAMP\\nNONCE\\nhex SHA-256(body)"). Refusals are 401 '
-        "problems: `unsigned_request`, `malformed_device_headers`, `unknown_device`, "
-        "`bad_signature`, `device_disabled`, `stale_request` (> 60 s off), `replayed_request`."
-    ),
-)
+gate_signature = signature_scheme(SIGNATURE_HEADER, "gateSignature")
 
 
 async def operator(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(admin_bearer)],
 ) -> None:
-    expected = settings.admin_token.get_secret_value().encode()
-    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
-        raise Unauthorized(
-            "Send `Authorization: Bearer <validation admin token>`.", code="invalid_admin_token"
-        )
+    token = credentials.credentials if credentials is not None else None
+    check_token(token, settings.admin_token, "validation admin token")
 
 
 @dataclass(frozen=True, slots=True)

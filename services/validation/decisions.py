@@ -29,7 +29,7 @@ from services.validation.rules import (
     max_trip_fare,
     trip_fare,
 )
-from shared.events import Event
+from shared.events import ALERTS_TOPIC, VALIDATIONS_TOPIC, Event
 from shared.logging import request_id_var
 
 Record = tuple[str, str, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
@@ -166,7 +166,7 @@ def decision_records(ctx: dict[str, Any], reply: str) -> list[Record]:
     accepted = body["decision"] == Decision.accept.value
     out = [
         record(
-            events.VALIDATIONS_TOPIC,
+            VALIDATIONS_TOPIC,
             key,
             events.validation(data, accepted=accepted, at=ctx["now"], request_id=ctx["rid"]),
         )
@@ -185,7 +185,7 @@ def auto_closed_record(
 ) -> Record:
     fare = max_trip_fare(trip.station) if kind == TicketKind.stored_value.value else 0
     return record(
-        events.VALIDATIONS_TOPIC,
+        VALIDATIONS_TOPIC,
         ticket_id,
         events.trip_auto_closed(
             ticket_id=ticket_id,
@@ -251,7 +251,7 @@ def upload_records(ctx: dict[str, Any], reply: str) -> list[Record]:
             uses.append({"gate_id": other_gate, "validation_id": other_vid})
         out.append(
             record(
-                events.ALERTS_TOPIC,
+                ALERTS_TOPIC,
                 ticket_id,
                 events.duplicate_use(
                     ticket_id=ticket_id,
@@ -293,7 +293,7 @@ def upload_records(ctx: dict[str, Any], reply: str) -> list[Record]:
     }
     out.append(
         record(
-            events.VALIDATIONS_TOPIC,
+            VALIDATIONS_TOPIC,
             ticket_id or ctx["gate"],
             events.validation(data, accepted=accepted, at=ctx["now"], request_id=ctx["rid"]),
         )

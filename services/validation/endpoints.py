@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Path, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from fastapi import APIRouter, Path
 from redis.exceptions import RedisError
 from starlette.responses import Response
 from starlette.types import Scope
@@ -20,6 +18,7 @@ from services.validation.auth import (
     SettingsDep,
     ValidatorDep,
     authenticate,
+    gate_signature,
 )
 from services.validation.schemas import (
     BundleKeyRead,
@@ -40,22 +39,23 @@ from services.validation.schemas import (
 )
 from services.validation.service import Validator
 from shared.app import RuntimeDep
+from shared.auth import INVALID_TOKEN
 from shared.devicesigning import claim_nonce
-from shared.errors import Forbidden, ServiceUnavailable
+from shared.errors import Forbidden, ServiceUnavailable, problems
+from shared.hot import HotRoute, HotRouter
 
 GateId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9-]+$")]
 Kid = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[!-~]+$")]
 
-Responses = dict[int | str, dict[str, Any]]
-UNAUTHORIZED_GATE: Responses = {401: {"description": "Not signed by an enabled gate; see `code`"}}
-UNAUTHORIZED_ADMIN: Responses = {401: {"description": "Missing or wrong admin token"}}
-GATE_MISMATCH: Responses = {403: {"description": "`gate_mismatch`: the body names another gate"}}
+UNAUTHORIZED_GATE = problems((401, "Not signed by an enabled gate; see `code`"))
+UNAUTHORIZED_ADMIN = problems(INVALID_TOKEN)
+GATE_MISMATCH = problems((403, "`gate_mismatch`: the body names another gate"))
 
 network = APIRouter(prefix="/v1", tags=["network"])
 gates = APIRouter(prefix="/v1", tags=["gates"])
 keys = APIRouter(prefix="/v1", tags=["issuer keys"])
 decisions = APIRouter(prefix="/v1", tags=["validations"])
-routers = (decisions, network, gates, keys)  # the gate's hot path is matched first
+routers = (decisions, network, gates, keys)
 
 
 def _same_gate(gate: str, signed_by: str) -> None:
@@ -179,17 +179,14 @@ async def put_issuer_key(kid: Kid, body: IssuerKeyPut, validator: ValidatorDep) 
     return await service.put_issuer_key(validator.redis, validator.memory, kid, body)
 
 
-VALIDATION_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": ValidationCreate.model_json_schema()}},
-    },
-    "security": [{"gateSignature": []}],
-}
+# The gate decision is a hot route (shared.hot): FastAPI's routing and dependency machinery
+# cost more than the decision itself.
+hot = HotRouter[Validator](tags=["validations"], security=gate_signature)
 
 
-@decisions.post(
-    "/validations",
+@hot.post(
+    "/v1/validations",
+    body=ValidationCreate,
     response_model=ValidationRead,
     responses={
         **UNAUTHORIZED_GATE,
@@ -204,9 +201,10 @@ VALIDATION_OPENAPI: dict[str, Any] = {
             "offline from its bundle (`Retry-After` says when to try online again)"
         },
     },
-    openapi_extra=VALIDATION_OPENAPI,
 )
-async def validate(request: Request) -> Response:
+async def validate(
+    validator: Validator, route: HotRoute[ValidationCreate], scope: Scope, body: bytes
+) -> Response:
     """Decide on a scanned dynamic QR: open the gate (`accept`) or not (`reject`).
 
     Signed by the gate (see the `gateSignature` scheme). The answer comes from memory and one
@@ -221,18 +219,8 @@ async def validate(request: Request) -> Response:
     Metro gates with direction `both` treat the tap as an exit when the rider's trip is open.
     Stored-value riders' fares (`fare`) are charged afterwards; the gate never waits for it.
     """
-    return await decide(request.app.state.validator, request.scope, await request.body())
-
-
-async def decide(validator: Validator, scope: Scope, body: bytes) -> Response:
-    """The gate decision, served as a hot route (shared.app.HotRoutes) in front of FastAPI:
-    its routing and dependency machinery cost more than the decision itself."""
     gate = authenticate(scope, body, validator)
-    try:
-        command = ValidationCreate.model_validate_json(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False)
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    command = route.command(body)
     _same_gate(command.gate_id, gate.request.device_id)
     try:
         decided = await validator.validate(gate.request, gate.place, command.qr, command.scanned_at)

@@ -37,30 +37,93 @@ Consumes
 from __future__ import annotations
 
 import functools
+import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from shared.events import Event, new_event_id
+from pydantic import StrictInt, StrictStr
+
+from shared.events import (
+    DUPLICATE_USE,
+    FARE_SETTLED,
+    FARE_UNPAID,
+    TRIP_AUTO_CLOSED,
+    UPLOAD_TOO_LATE,
+    VALIDATION_ACCEPTED,
+    VALIDATION_REJECTED,
+    Consumed,
+    Event,
+    Lenient,
+    new_event_id,
+)
 
 SOURCE = "/citypass/validation"
-VALIDATIONS_TOPIC = "transit.validations"
-TICKETS_TOPIC = "transit.tickets"
-ALERTS_TOPIC = "ops.alerts"
-LEDGER_TOPIC = "payments.ledger"
 
-VALIDATION_ACCEPTED = "citypass.transit.validation.accepted.v1"
-VALIDATION_REJECTED = "citypass.transit.validation.rejected.v1"
-TRIP_AUTO_CLOSED = "citypass.transit.trip.auto_closed.v1"
-FARE_UNPAID = "citypass.transit.fare.unpaid.v1"
-FARE_SETTLED = "citypass.transit.fare.settled.v1"
-DUPLICATE_USE = "citypass.transit.validation.duplicate_use.v1"
-UPLOAD_TOO_LATE = "citypass.transit.validation.upload_too_late.v1"
 
-TICKET_ISSUED = "citypass.transit.ticket.issued.v1"
-TICKET_REVOKED = "citypass.transit.ticket.revoked.v1"
-DEVICE_REVOKED = "citypass.transit.device.revoked.v1"
-ISSUER_KEYS_CHANGED = "citypass.transit.issuer_keys.changed.v1"
-TRANSFER_POSTED = "citypass.payments.transfer.posted.v1"
+Text = Annotated[StrictStr | None, Lenient]
+Moment = Annotated[int | float | str | None, Lenient]  # unix seconds, or ISO 8601 (see unix())
+TicketId = Annotated[uuid.UUID | None, Lenient]
+
+
+class TicketIssued(Consumed):
+    """`citypass.transit.ticket.issued.v1`: the ticket registry and the products."""
+
+    ticket_id: TicketId = None
+    kind: Text = None
+    rides: Annotated[StrictInt | None, Lenient] = None
+    credential_product: Text = None  # the short code a credential carries
+    product_code: Text = None
+    wallet_account_id: Text = None
+    rider_wallet_account_id: Text = None  # older events
+    valid_until_unix: Moment = None
+    valid_until: Moment = None
+
+
+class TicketRevoked(Consumed):
+    """`citypass.transit.ticket.revoked.v1`: denied until the ticket's validity ends."""
+
+    ticket_id: TicketId = None
+    valid_until_unix: Moment = None
+    valid_until: Moment = None
+
+
+class DeviceRevoked(Consumed):
+    """`citypass.transit.device.revoked.v1`: its credentials are denied until `deny_until`."""
+
+    device_key_fingerprint: Text = None
+    device_public_key: Text = None  # older events: the fingerprint is computed from it
+    deny_until: Moment = None
+
+
+class FareNews(Consumed):
+    """`citypass.transit.fare.unpaid.v1` / `.settled.v1`: the ticket's deny entry."""
+
+    ticket_id: TicketId = None
+
+
+class TripEntry(Consumed):
+    validation_id: str
+
+
+class Decided(Consumed):
+    """`validation.accepted.v1` and `trip.auto_closed.v1` as the fare worker reads them."""
+
+    ticket_id: str
+    validation_id: str
+    kind: str | None = None
+    action: str | None = None
+    station: str | None = None
+    decided_at: int | float | str | None = None  # unix seconds, or ISO 8601 in older events
+    entry: TripEntry | None = None  # an exit's entry
+    fare: StrictInt | None = None
+    wallet_account_id: str | None = None
+
+
+class TransferPosted(Consumed):
+    """`citypass.payments.transfer.posted.v1`: a top-up retries the wallet's unpaid fares."""
+
+    kind: str | None = None
+    wallet_account_id: str | None = None
 
 
 @functools.lru_cache(maxsize=1024)  # a decision formats three times that are mostly the same

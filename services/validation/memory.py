@@ -1,7 +1,7 @@
 """What a validation process keeps in memory so the gate path needs no lookup: gates and their
 secrets, issuer keys with a cache of verified credentials, learned product rules, the deny list.
 
-All of it is rebuilt from Redis whenever `cp:{network}:state-version` moves (see workers.py) and
+All of it is rebuilt from Redis whenever `cp:{network}:state-version` moves (see tasks.py) and
 patched in place by the consumers as events arrive, so every process converges within a second.
 """
 

@@ -55,6 +55,7 @@ from services.validation.settings import ValidationSettings
 from services.validation.timing import Tolerances
 from shared.devicesigning import SignedRequest, new_secret, replayed
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.events import ALERTS_TOPIC
 from shared.network import BUS_ROUTES, LINES
 from shared.redis import PipelinedRedis
 from shared.ticketcodec import TicketCodecError, parse_dynamic_qr, verify_dynamic_qr
@@ -412,7 +413,7 @@ class Validator:
         if not self.tolerances.accepts_upload(qr.at, now):
             # Its markers may be gone: counting it could admit or charge a QR twice.
             await self.outbox.emit(
-                events.ALERTS_TOPIC,
+                ALERTS_TOPIC,
                 ticket_id,
                 events.upload_too_late(
                     gate_id=gate.gate_id,

@@ -30,7 +30,7 @@ from services.parking.occupancy import Count
 from services.parking.tariffs import VehicleType
 from services.payments import events as payments_events
 from services.validation import events as validation_events
-from shared.events import Event
+from shared.events import SESSION_CLOSED, Event
 from shared.network import LINES, min_travel_seconds
 from tests.operator.conftest import validation_event
 
@@ -295,7 +295,7 @@ def unpaid(when: float) -> Event:
 
 def parking_closed(settlement: str, when: float) -> Event:
     event = parking_events.session_event(
-        parking_events.SESSION_CLOSED,
+        SESSION_CLOSED,
         uuid.uuid4(),
         {"lot_id": "HK-01", "plate": "30A-***.12", "fee": 25_000, "settlement": settlement},
     )

@@ -20,6 +20,7 @@ from services.operator.projection import TOPICS
 from services.operator.repository import seen_key
 from services.operator.schemas import Role
 from services.parking import events as parking_events
+from shared.events import SESSION_OPENED
 from shared.kafka import Publisher
 from tests.operator.conftest import (
     Console,
@@ -245,7 +246,7 @@ class TestEventSearch:
         mine = validation_event(station="3-06", gate_id=gate, ticket_id=ticket_id)
         other = validation_event(station="3-06", gate_id=gate)
         entered = parking_events.session_event(
-            parking_events.SESSION_OPENED,
+            SESSION_OPENED,
             uuid.uuid4(),
             {"lot_id": "BD-02", "plate": plate, "vehicle_type": "motorbike"},
         )

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from citypass.servers import LocalServers
-from services.operator.projection import ALERT_ACKNOWLEDGED, ALERT_RAISED, Bucket, hanoi_day
+from services.operator.projection import Bucket, hanoi_day
 from services.operator.repository import bucket_key, seen_key
 from services.operator.tasks import EventSink
 from services.parking import events as parking_events
@@ -25,7 +25,7 @@ from services.payments import events as payments_events
 from services.payments.repository.balances import Leg
 from services.payments.repository.journal import TransferDraft
 from services.validation import events as validation_events
-from shared.events import Event
+from shared.events import ALERT_ACKNOWLEDGED, ALERT_RAISED, Event
 from shared.kafka import DEAD_LETTER_TOPIC, Publisher
 from tests.operator.conftest import (
     Console,

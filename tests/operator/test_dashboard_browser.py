@@ -43,11 +43,18 @@ from services.payments import events as payments_events
 from services.payments.repository.balances import Leg
 from services.payments.repository.journal import TransferDraft
 from services.ticketing import events as ticketing_events
-from services.validation import events as validation_events
 from services.validation.app import build_app as build_validation_app
 from services.validation.settings import IssuerKeyConfig, ValidationSettings
 from shared.devicesigning import DeviceSigner
-from shared.events import Event
+from shared.events import (
+    OCCUPANCY_CHANGED,
+    SESSION_OPENED,
+    TICKET_ISSUED,
+    TICKETS_TOPIC,
+    VALIDATION_ACCEPTED,
+    VALIDATION_REJECTED,
+    Event,
+)
 from shared.kafka import Publisher, ensure_topics
 from shared.network import LINES
 from shared.ticketcodec import (
@@ -347,7 +354,7 @@ def morning_traffic(now: float) -> list[tuple[str, str, Event]]:
         product = rng.choice(["METRO-DAY", "METRO-MONTH", "METRO-SINGLE", "BUS-MONTH-ALL"])
         ticket_id = str(uuid.uuid4())
         issued = Event(
-            type=ticketing_events.TICKET_ISSUED,
+            type=TICKET_ISSUED,
             source=ticketing_events.SOURCE,
             subject=ticket_id,
             data={
@@ -357,7 +364,7 @@ def morning_traffic(now: float) -> list[tuple[str, str, Event]]:
                 "price_vnd": 40_000,
             },
         )
-        out.append((ticketing_events.TOPIC, ticket_id, _at(issued, rng.uniform(hanoi_start, now))))
+        out.append((TICKETS_TOPIC, ticket_id, _at(issued, rng.uniform(hanoi_start, now))))
 
     hk01, bd01 = list(LOTS)[:2]  # the other two lots had no traffic
     occupancy = {
@@ -371,7 +378,7 @@ def morning_traffic(now: float) -> list[tuple[str, str, Event]]:
         session = uuid.uuid4()
         plate = f"{rng.choice(['29', '30', '51'])}{rng.choice('ABCFGH')}-***.{rng.randint(10, 99)}"
         opened = parking_events.session_event(
-            parking_events.SESSION_OPENED,
+            SESSION_OPENED,
             session,
             {
                 "lot_id": lot,
@@ -633,13 +640,13 @@ def expected_stations(sent: list[Event], minute: int, day: str) -> dict[str, lis
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for event in sent:
         if event.type not in (
-            validation_events.VALIDATION_ACCEPTED,
-            validation_events.VALIDATION_REJECTED,
+            VALIDATION_ACCEPTED,
+            VALIDATION_REJECTED,
         ):
             continue
         at = parse_time(event.data["decided_at"])
         assert at is not None
-        rejected = 2 if event.type == validation_events.VALIDATION_REJECTED else 0
+        rejected = 2 if event.type == VALIDATION_REJECTED else 0
         row = counts[str(event.data["station"])]
         row[rejected] += int(at // 60) == minute
         row[rejected + 1] += hanoi_day(at) == day
@@ -654,8 +661,8 @@ def expected_gates(
     last: dict[str, float] = {}
     for event in sent:
         if event.type in (
-            validation_events.VALIDATION_ACCEPTED,
-            validation_events.VALIDATION_REJECTED,
+            VALIDATION_ACCEPTED,
+            VALIDATION_REJECTED,
         ):
             at = parse_time(event.data["decided_at"])
             assert at is not None
@@ -684,7 +691,7 @@ async def check_counts(browser: Browser, sent: list[Event], validation: str, par
     free = {
         f"{e.data['lot_id']}|{e.data['vehicle_type']}": e.data["free"]
         for e in sent
-        if e.type == parking_events.OCCUPANCY_CHANGED
+        if e.type == OCCUPANCY_CHANGED
     }
     lots: dict[str, int | None] = {}
     for lot in listed_lots:

@@ -222,6 +222,21 @@ class TestDeviceSignatures:
         assert response.json()["code"] == "bad_signature"
 
 
+class TestAdminToken:
+    async def test_a_missing_or_wrong_admin_token_is_401_invalid_token(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        lot = await create_lot(http)
+        wrong = {"Authorization": "Bearer not-the-admin-token"}
+        refused = [
+            await http.get("/v1/sessions", params={"lot_id": lot.lot_id}),
+            await http.get("/v1/sessions", params={"lot_id": lot.lot_id}, headers=wrong),
+            await http.get(f"/v1/sessions/{uuid.uuid4()}", headers=wrong),  # device or admin
+        ]
+        for response in refused:
+            assert (response.status_code, response.json()["code"]) == (401, "invalid_token")
+
+
 class TestIdempotency:
     async def test_a_retried_entry_returns_the_first_decision_and_counts_once(
         self, http: httpx.AsyncClient

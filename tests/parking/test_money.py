@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from citypass.servers import free_port
 from services.parking.context import Parking
-from services.parking.payments import PaymentsClient
+from services.parking.payments import Payments
 from services.parking.tariffs import DEFAULT_TARIFFS, HANOI_TZ, VehicleType, price_session
 from tests.parking.conftest import (
     ADMIN,
@@ -179,7 +179,7 @@ class TestFallback:
         await enter(http, lot, now() - timedelta(hours=1), plate_read=plate_read(plate))
         context: Parking = app.state.parking
         reachable = context.payments
-        context.payments = PaymentsClient(f"http://127.0.0.1:{free_port()}", "token", 0.5)
+        context.payments = Payments(f"http://127.0.0.1:{free_port()}", "token", 0.5)
         try:
             decision = (await leave(http, lot, now(), plate_read=plate_read(plate))).json()
         finally:
@@ -259,6 +259,7 @@ class TestDisputes:
         receipt = await receipt_of(http, decision)
         assert receipt["fee"] == corrected
         assert receipt["refunded_amount"] == charged - corrected
+        assert datetime.fromisoformat(receipt["entry_at"]) == claimed_entry
 
     async def test_a_rejected_dispute_changes_nothing(
         self, http: httpx.AsyncClient, payments: httpx.AsyncClient, payments_url: str

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from services.parking.context import tariff_of, tariff_row
 from services.parking.tariffs import (
     DEFAULT_TARIFFS,
     HANOI_TZ,
@@ -542,3 +543,11 @@ class TestPricingProperties:
         with_copy = price_session(entry, exit_at, CAR, (*tariffs, copy), lot_id=lot_id)
 
         assert with_copy.total == original.total
+
+
+class TestTariffRows:
+    def test_a_tariff_and_its_row_round_trip(self) -> None:
+        for tariff in DEFAULT_TARIFFS:
+            row = tariff_row(tariff)
+            assert (row["tariff_id"], row["vehicle_type"]) == (tariff.id, tariff.vehicle_type.value)
+            assert tariff_of(row) == tariff

@@ -247,7 +247,28 @@ class TestAuthentication:
         response = await anonymous.get(f"/v1/accounts/{uuid.uuid4()}", headers=headers)
 
         assert response.status_code == 401
-        assert response.json()["code"] == "invalid_service_token"
+        assert response.json()["code"] == "invalid_token"
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/v1/charges",
+            "/v1/holds",
+            "/v1/payment-requests",
+            f"/v1/holds/{uuid.uuid4()}/capture",
+            f"/v1/holds/{uuid.uuid4()}/void",
+        ],
+    )
+    async def test_the_hot_money_paths_check_the_same_token(
+        self, anonymous: httpx.AsyncClient, path: str
+    ) -> None:
+        """Served in front of FastAPI (shared.hot), through the one check in payments/auth.py."""
+        headers = {"Authorization": "Bearer wrong-token", "Idempotency-Key": new_key()}
+
+        response = await anonymous.post(path, json={}, headers=headers)
+
+        assert response.status_code == 401
+        assert response.json()["code"] == "invalid_token"
 
     def test_production_refuses_the_development_secrets(self) -> None:
         with pytest.raises(ValueError, match="placeholder"):

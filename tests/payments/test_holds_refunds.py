@@ -168,6 +168,16 @@ class TestHolds:
         assert response.status_code == 402
         assert response.json()["shortfall"] == 20_000
 
+    async def test_an_expiry_no_time_type_holds_is_422_not_a_failure(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        wallet = await open_wallet(http, "vehicle_wallet")
+
+        response = await place_hold(http, wallet["id"], 10_000, expires_in_s=23311409987605962752)
+
+        assert (response.status_code, response.json()["code"]) == (422, "validation_error")
+        assert [e["loc"] for e in response.json()["errors"]] == [["body", "expires_in_s"]]
+
     async def test_unknown_hold_is_404(self, http: httpx.AsyncClient) -> None:
         response = await capture(http, str(uuid.uuid4()), 1_000)
 

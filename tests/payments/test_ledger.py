@@ -13,10 +13,10 @@ from sqlalchemy.exc import DBAPIError
 
 from citypass.cli import main as citypass
 from citypass.servers import LocalServers
-from services.payments.events import LEDGER_TOPIC, TRANSFER_POSTED
 from services.payments.repository.balances import system_account_id
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
+from shared.events import LEDGER_TOPIC, TRANSFER_POSTED
 from tests.payments.conftest import charge, fund_wallet, new_key, open_wallet
 from tests.support import read_events
 

@@ -13,10 +13,9 @@ import pytest
 
 from citypass.bank import signed_headers
 from citypass.servers import LocalServers
-from services.payments.events import ALERTS_TOPIC, LEDGER_TOPIC
 from services.payments.repository.balances import system_account_id
 from services.payments.settings import PaymentsSettings
-from shared.events import Event
+from shared.events import ALERTS_TOPIC, LEDGER_TOPIC, Event
 from shared.qrimage import decode_png
 from shared.vietqr import decode
 from tests.payments.conftest import (

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
 import pytest
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, FastAPI, Request, Security
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, SecretStr, ValidationError
 from sqlalchemy import text
 from starlette.responses import Response
@@ -21,9 +22,11 @@ from services.payments.app import build_app as build_payments
 from services.payments.settings import PaymentsSettings
 from services.validation.app import build_app as build_validation
 from services.validation.settings import ValidationSettings
-from shared.app import HotRoute, Runtime, create_app
+from shared.app import Runtime, create_app
 from shared.db import Database, is_unavailable
-from shared.errors import Unprocessable
+from shared.errors import PROBLEM_CONTENT, Unprocessable
+from shared.hot import HotRoute, HotRouter, ServedRoute
+from shared.idempotency import IdempotencyDep
 from shared.settings import ServiceSettings
 from tests.conftest import AppClient
 
@@ -124,16 +127,28 @@ class Order(BaseModel):
     count: int
 
 
-async def hot_order(_scope: Scope, body: bytes) -> Response:
-    try:
-        order = Order.model_validate_json(body)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
+hot = HotRouter[str](tags=["orders"], max_body_bytes=64)
+
+
+@hot.post("/v1/orders", body=Order, response_model=Order)
+async def hot_order(shop: str, route: HotRoute[Order], _scope: Scope, body: bytes) -> Response:
+    order = route.command(body)
     if order.item == "boom":
         raise RuntimeError("secret internal state")
     if order.count > 9:
         raise Unprocessable("Too many.", code="too_many", limit=9)
-    return Response(orjson.dumps({"ordered": order.count}), media_type="application/json")
+    return Response(
+        orjson.dumps({"ordered": order.count, "shop": shop}), media_type="application/json"
+    )
+
+
+def app_with_hot_routes(
+    servers: LocalServers, router: APIRouter, hot_routes: list[ServedRoute]
+) -> FastAPI:
+    settings = ServiceSettings(environment="test", kafka_bootstrap_servers=servers.kafka_bootstrap)
+    return create_app(
+        Runtime("hot-test", settings), [router], title="t", description="", hot_routes=hot_routes
+    )
 
 
 class TestHotRoutes:
@@ -141,16 +156,7 @@ class TestHotRoutes:
 
     @pytest.fixture
     def app(self, servers: LocalServers) -> FastAPI:
-        settings = ServiceSettings(
-            environment="test", kafka_bootstrap_servers=servers.kafka_bootstrap
-        )
-        return create_app(
-            Runtime("hot-test", settings),
-            [failing_router],
-            title="t",
-            description="",
-            hot_routes=[HotRoute("POST", "/v1/orders", hot_order, max_body_bytes=64)],
-        )
+        return app_with_hot_routes(servers, failing_router, hot.bind("corner shop"))
 
     async def test_answers_with_request_id_and_metrics(
         self, app: FastAPI, app_client: AppClient
@@ -162,10 +168,25 @@ class TestHotRoutes:
             fallthrough = await http.get("/healthz")
             metrics = (await http.get("/metrics")).text
         assert ok.status_code == 200
-        assert ok.json() == {"ordered": 2}
+        assert ok.json() == {"ordered": 2, "shop": "corner shop"}
         assert ok.headers["x-request-id"] == "r-1"
         assert fallthrough.status_code == 200
         assert 'route="/v1/orders",service="hot-test",status="200"' in metrics
+
+    async def test_another_method_or_a_trailing_slash_is_answered_as_on_any_route(
+        self, app: FastAPI, app_client: AppClient
+    ) -> None:
+        async with app_client(app) as http:
+            wrong_method = await http.get("/v1/orders")
+            slash = await http.post("/v1/orders/", content=b'{"item":"tea","count":2}')
+        assert (wrong_method.status_code, wrong_method.json()["code"]) == (
+            405,
+            "method_not_allowed",
+        )
+        assert (slash.status_code, slash.headers["location"]) == (
+            307,
+            "http://testserver/v1/orders",
+        )
 
     async def test_errors_are_problems(self, app: FastAPI, app_client: AppClient) -> None:
         async with app_client(app) as http:
@@ -174,7 +195,7 @@ class TestHotRoutes:
             too_big = await http.post("/v1/orders", content=b"x" * 65)
             failed = await http.post("/v1/orders", content=b'{"item":"boom","count":1}')
         assert (invalid.status_code, invalid.json()["code"]) == (422, "validation_error")
-        assert invalid.json()["errors"][0]["loc"] == ["count"]
+        assert invalid.json()["errors"][0]["loc"] == ["body", "count"]
         assert (refused.status_code, refused.json()["code"]) == (422, "too_many")
         assert refused.json()["limit"] == 9
         assert (too_big.status_code, too_big.json()["code"]) == (413, "payload_too_large")
@@ -183,6 +204,99 @@ class TestHotRoutes:
         for response in (invalid, refused, too_big, failed):
             assert response.headers["content-type"] == "application/problem+json"
             assert response.headers["x-request-id"]
+
+
+# One operation declared twice, as a hot route and as a FastAPI route: the two must look the same
+# from outside, in the OpenAPI and in every refusal.
+
+orders_bearer = HTTPBearer(auto_error=False, description="The shop's token")
+ORDER_RESPONSES: dict[int | str, dict[str, Any]] = {409: {"description": "`sold_out`"}}
+orders = HotRouter[None](tags=["orders"], security=orders_bearer)
+
+
+@orders.post(
+    "/hot/orders/{order_id}",
+    body=Order,
+    path_types={"order_id": uuid.UUID},
+    idempotent=True,
+    response_model=Order,
+    status_code=201,
+    responses=ORDER_RESPONSES,
+)
+async def place_order(
+    _context: None, route: HotRoute[Order], scope: Scope, body: bytes
+) -> Response:
+    """Place an order; retries with the same Idempotency-Key are answered once."""
+    _, _, order = route.call(scope, body)
+    return Response(order.model_dump_json(), 201, media_type="application/json")
+
+
+fastapi_orders = APIRouter(tags=["orders"])
+
+
+@fastapi_orders.post(
+    "/fastapi/orders/{order_id}",
+    response_model=Order,
+    status_code=201,
+    responses=ORDER_RESPONSES,
+    dependencies=[Security(orders_bearer)],
+)
+async def place_order_twin(order_id: uuid.UUID, body: Order, _key: IdempotencyDep) -> Order:
+    """Place an order; retries with the same Idempotency-Key are answered once."""
+    return body
+
+
+class TestHotRouteDeclaration:
+    """A hot route's OpenAPI operation and its refusals are those of the same FastAPI route."""
+
+    @pytest.fixture
+    def app(self, servers: LocalServers) -> FastAPI:
+        return app_with_hot_routes(servers, fastapi_orders, orders.bind(None))
+
+    def test_its_openapi_operation_is_the_fastapi_routes(self, app: FastAPI) -> None:
+        paths = app.openapi()["paths"]
+        hot_operation = paths["/hot/orders/{order_id}"]["post"]
+        twin = paths["/fastapi/orders/{order_id}"]["post"]
+        for operation in (hot_operation, twin):
+            del operation["operationId"], operation["summary"]
+        assert hot_operation == twin
+        assert hot_operation["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Order"
+        }
+        assert {(p["in"], p["name"], p["required"]) for p in hot_operation["parameters"]} == {
+            ("path", "order_id", True),
+            ("header", "Idempotency-Key", True),
+        }
+        assert hot_operation["security"] == [{"HTTPBearer": []}]
+        assert hot_operation["description"].startswith("Place an order")
+        assert hot_operation["responses"]["409"]["content"] == PROBLEM_CONTENT
+        assert hot_operation["responses"]["422"]["content"] == PROBLEM_CONTENT
+
+    @pytest.mark.parametrize(
+        ("order_id", "key", "body"),
+        [
+            (str(uuid.uuid4()), "k-1", b'{"item": "tea"}'),
+            (str(uuid.uuid4()), "k-2", b'{"item": 7, "count": "many"}'),
+            (str(uuid.uuid4()), "k-3", b'{"item": "tea", '),
+            (str(uuid.uuid4()), "k-4", b""),
+            ("not-a-uuid", "k" * 256, b'{"count": 1}'),
+            (str(uuid.uuid4()), None, b'{"item": "tea", "count": 1}'),
+        ],
+        ids=["missing field", "wrong types", "not json", "empty", "key path and body", "no key"],
+    )
+    async def test_it_refuses_as_fastapi_does(
+        self, app: FastAPI, app_client: AppClient, order_id: str, key: str | None, body: bytes
+    ) -> None:
+        headers = {"Content-Type": "application/json", **({"Idempotency-Key": key} if key else {})}
+        async with app_client(app) as http:
+            hot_answer = await http.post(f"/hot/orders/{order_id}", content=body, headers=headers)
+            twin = await http.post(f"/fastapi/orders/{order_id}", content=body, headers=headers)
+        assert hot_answer.status_code == twin.status_code
+        assert hot_answer.headers["content-type"] == "application/problem+json"
+        problems = [answer.json() for answer in (hot_answer, twin)]
+        for problem in problems:
+            del problem["instance"]
+        assert problems[0] == problems[1]
 
 
 class TestSettings:

@@ -15,7 +15,14 @@ from starlette.responses import Response
 
 from citypass.servers import LocalServers
 from shared.app import Runtime, RuntimeDep, create_app
-from shared.idempotency import Idempotency, IdempotencyDep, idempotency_keys_table
+from shared.idempotency import (
+    GUARD_FUNCTIONS,
+    OUTCOME_TYPE,
+    Idempotency,
+    IdempotencyDep,
+    idempotency_keys_table,
+)
+from shared.migrations import KIT, function_directory
 from shared.settings import ServiceSettings
 
 SCHEMA = "kit_idempotency_test"
@@ -66,6 +73,11 @@ async def client(servers: LocalServers) -> AsyncIterator[httpx.AsyncClient]:
         await connection.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
         await connection.execute(text(f"CREATE SCHEMA {SCHEMA}"))
         await connection.run_sync(metadata.create_all)
+        await connection.execute(text(f"SET LOCAL search_path = {SCHEMA}"))
+        await connection.execute(text(OUTCOME_TYPE))
+        for name in GUARD_FUNCTIONS:
+            sql = (function_directory(KIT) / f"{name}.sql").read_text()
+            await connection.exec_driver_sql(sql)
     app: FastAPI = create_app(runtime, [router], title="kit test", description="")
     async with (
         app.router.lifespan_context(app),

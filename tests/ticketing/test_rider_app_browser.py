@@ -39,10 +39,10 @@ from services.ticketing.settings import TicketingSettings
 from services.ticketing.webapp import DIST_DIR
 from services.validation import repository as validation_repository
 from services.validation.app import build_app as build_validation_app
-from services.validation.events import TICKETS_TOPIC
 from services.validation.service import Validator
 from shared import qrimage, vietqr
 from shared.db import Database
+from shared.events import TICKETS_TOPIC
 from shared.kafka import Publisher
 from shared.ticketcodec import parse_dynamic_qr
 from tests.cdp import INSTALL_HINT, Browser, chromium_path

@@ -272,7 +272,9 @@ class TestCategories:
     ) -> None:
         rider = await sign_up(http, category="merit")
         url = f"/v1/admin/riders/{rider.id}/category"
-        assert (await http.post(url, json={"approve": True})).status_code == 401
+        missing = await http.post(url, json={"approve": True})
         as_rider = await http.post(url, json={"approve": True}, headers=rider.auth)
-        assert as_rider.status_code == 403
+        # The same refusal as the other services' admin tokens (was 403 `operator_only`).
+        for refused in (missing, as_rider):
+            assert (refused.status_code, refused.json()["code"]) == (401, "invalid_token")
         assert (await http.get("/v1/me", headers=rider.auth)).json()["category"] == "regular"

@@ -25,7 +25,7 @@ from services.validation import repository
 from services.validation.app import build_app
 from services.validation.service import Validator
 from services.validation.settings import IssuerKeyConfig, ValidationSettings
-from services.validation.workers import Workers
+from services.validation.tasks import Workers
 from shared.devicesigning import DeviceSigner
 from shared.events import Event
 from shared.kafka import Publisher

@@ -133,6 +133,29 @@ class TestMalformedRequests:
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["code"] == "validation_error"
 
+    @pytest.mark.parametrize(
+        ("body", "error"),
+        [
+            (
+                b"{not json",
+                {"loc": ["body", "1"], "msg": "JSON decode error", "type": "json_invalid"},
+            ),
+            (b"", {"loc": ["body"], "msg": "Field required", "type": "missing"}),
+        ],
+        ids=["not_json", "empty"],
+    )
+    async def test_an_unreadable_body_is_refused_as_on_every_other_route(
+        self, http: httpx.AsyncClient, gate: Gate, body: bytes, error: dict[str, object]
+    ) -> None:
+        response = await http.post(
+            "/v1/validations",
+            content=body,
+            headers=gate.headers("POST", "/v1/validations", body),
+        )
+
+        assert response.status_code == 422
+        assert response.json()["errors"] == [error]
+
     async def test_scan_time_far_from_now_is_replaced_by_the_server_clock(
         self, http: httpx.AsyncClient, gate: Gate
     ) -> None:

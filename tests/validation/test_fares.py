@@ -9,7 +9,7 @@ import httpx
 from citypass.servers import LocalServers
 from services.validation import repository
 from services.validation.service import Validator
-from services.validation.workers import Workers
+from services.validation.tasks import Workers
 from shared.kafka import Publisher
 from shared.network import metro_fare, metro_max_fare
 from tests.support import committed_past, read_events, wait_until

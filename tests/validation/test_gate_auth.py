@@ -135,8 +135,8 @@ class TestOperators:
         missing = await http.post("/v1/gates", json=body)
         wrong = await http.post("/v1/gates", json=body, headers={"Authorization": "Bearer nope"})
 
-        assert (missing.status_code, problem_code(missing)) == (401, "invalid_admin_token")
-        assert (wrong.status_code, problem_code(wrong)) == (401, "invalid_admin_token")
+        assert (missing.status_code, problem_code(missing)) == (401, "invalid_token")
+        assert (wrong.status_code, problem_code(wrong)) == (401, "invalid_token")
 
     async def test_gate_needs_a_known_station_or_route(self, http: httpx.AsyncClient) -> None:
         for body in (

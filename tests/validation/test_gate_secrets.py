@@ -132,7 +132,7 @@ class TestReadingTheSecret:
 
         response = await http.get(secret_path(gate))
 
-        assert (response.status_code, problem_code(response)) == (401, "invalid_admin_token")
+        assert (response.status_code, problem_code(response)) == (401, "invalid_token")
 
     async def test_unknown_gate_has_no_secret(self, http: httpx.AsyncClient) -> None:
         response = await http.get("/v1/gates/NO-SUCH-GATE/secret", headers=ADMIN)

@@ -15,7 +15,7 @@ from services.validation.rules import (
     line_allowed,
     trip_fare,
 )
-from services.validation.workers import key_records
+from services.validation.tasks import key_records
 
 KEY = base64.urlsafe_b64encode(bytes(range(32))).rstrip(b"=").decode()
 

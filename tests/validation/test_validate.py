@@ -15,7 +15,7 @@ from citypass.servers import LocalServers
 from services.validation import repository
 from services.validation.app import build_app
 from services.validation.service import Validator
-from services.validation.workers import Workers
+from services.validation.tasks import Workers
 from shared.events import Event
 from shared.kafka import Publisher
 from shared.qrimage import decode_png, render_png

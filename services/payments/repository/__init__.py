@@ -2,8 +2,8 @@
 
 Lock order, to keep concurrent money movements free of deadlocks: first the business row
 (hold, original charge, payment request), then wallets (by id), then system accounts in the
-order holds → bank clearing → revenue → suspense. `journal.post_transfer` follows it by locking
-the wallet leg first whichever side it is on.
+order holds → bank clearing → revenue → suspense. The posting engine (`post_transfer`,
+services/payments/sql/) follows it by taking the wallet leg first whichever side it is on.
 """
 
 from __future__ import annotations

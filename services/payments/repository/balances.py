@@ -50,14 +50,6 @@ async def get_account(session: AsyncSession, account_id: uuid.UUID) -> Record | 
     ).first()
 
 
-async def get_accounts(session: AsyncSession, account_ids: Sequence[uuid.UUID]) -> list[Record]:
-    return list(
-        (
-            await session.execute(select(*ACCOUNT_COLUMNS).where(accounts.c.id.in_(account_ids)))
-        ).all()
-    )
-
-
 async def lock_accounts(session: AsyncSession, account_ids: Sequence[uuid.UUID]) -> None:
     """Row locks in id order, so two transactions never wait for each other in a cycle."""
     await session.execute(

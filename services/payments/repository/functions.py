@@ -11,29 +11,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeAlias
 
-import orjson
-
 from services.payments.repository.balances import SystemAccount
-from services.payments.repository.journal import TransferDraft
+from services.payments.repository.journal import OutboxEvent, TransferDraft
 from shared.db import Database, UniqueViolation
-from shared.events import Event
 from shared.idempotency import IdempotentRequest
 
 Outcome: TypeAlias = Mapping[str, Any]  # an idempotent_outcome (see migration payments_0002)
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    """An event as the outbox row stores it."""
-
-    id: str
-    headers: str  # JSON [[name, value], …]
-    payload: bytes
-
-    @classmethod
-    def of(cls, event: Event) -> OutboxEvent:
-        headers = [[name, value.decode()] for name, value in event.headers()]
-        return cls(event.id, orjson.dumps(headers).decode(), event.value())
 
 
 def _once(function: str, arity: int) -> str:
@@ -133,13 +116,20 @@ class PostedDraft:
     event: OutboxEvent
 
 
+def _posting(posted: PostedDraft | None) -> tuple[object, ...]:
+    """A transfer's id and event as the *_once functions take them (all NULL without one)."""
+    if posted is None:
+        return None, None, None, None
+    return posted.draft.id, posted.event.id, posted.event.headers, posted.event.payload
+
+
 async def capture_hold_once(
     db: Database,
     key: IdempotentRequest,
     hold_id: uuid.UUID,
     amount: int,
-    capture: PostedDraft | None,
     revenue: SystemAccount | None,
+    capture: PostedDraft | None,
     release: PostedDraft | None,
     topic: str,
     event_key: str | None,
@@ -151,18 +141,12 @@ async def capture_hold_once(
         *key.arguments(),
         hold_id,
         amount,
-        capture and capture.draft.id,
         revenue and revenue.id,
         revenue and revenue.code,
         revenue and revenue.kind,
         revenue and revenue.shard,
-        capture and capture.event.id,
-        capture and capture.event.headers,
-        capture and capture.event.payload,
-        release and release.draft.id,
-        release and release.event.id,
-        release and release.event.headers,
-        release and release.event.payload,
+        *_posting(capture),
+        *_posting(release),
         topic,
         event_key,
         template,
@@ -183,10 +167,7 @@ async def void_hold_once(
         _VOID_HOLD_ONCE,
         *key.arguments(),
         hold_id,
-        release and release.draft.id,
-        release and release.event.id,
-        release and release.event.headers,
-        release and release.event.payload,
+        *_posting(release),
         topic,
         event_key,
         template,

@@ -30,6 +30,7 @@ from services.payments.service.accounts import (
 from services.payments.service.payment_requests import find_reference
 from services.payments.service.posting import post
 from services.payments.settings import PaymentsSettings
+from shared.events import ALERTS_TOPIC, LEDGER_TOPIC
 from shared.ids import new_id
 from shared.outbox import add_event
 
@@ -156,7 +157,7 @@ async def _settle_payment_request(
     await add_event(
         session,
         outbox,
-        events.LEDGER_TOPIC,
+        LEDGER_TOPIC,
         events.ledger_key(draft),
         events.payment_request_paid(
             payment_request_id=request.id,
@@ -196,7 +197,7 @@ async def _park_in_suspense(
     await add_event(
         session,
         outbox,
-        events.ALERTS_TOPIC,
+        ALERTS_TOPIC,
         notification.transaction_id,
         events.notification_unmatched(
             bank_transaction_id=notification.transaction_id,

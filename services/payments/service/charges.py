@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.payments import events
 from services.payments.repository import functions, journal
 from services.payments.repository.balances import Leg
-from services.payments.repository.functions import OutboxEvent
 from services.payments.repository.journal import TransferDraft
 from services.payments.schemas import (
     ChargeCreate,
@@ -23,10 +21,10 @@ from services.payments.service.accounts import (
     shard_of,
 )
 from services.payments.service.errors import RefundExceedsCharge, UnknownCharge
-from services.payments.service.posting import post, refusal_of
+from services.payments.service.posting import answer_of, ledger_event, post
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
-from shared.idempotency import IdempotentRequest, StoredAnswer, guarded_answer, response_template
+from shared.idempotency import IdempotentRequest, StoredAnswer, response_template
 from shared.ids import new_id
 
 REFUNDABLE_KINDS = (TransferKind.charge.value, TransferKind.capture.value)
@@ -60,20 +58,8 @@ async def charge(
         lot_id=request.lot_id,
         revenue_account_id=revenue.id,
     )
-    outcome = await functions.charge_once(
-        db,
-        key,
-        draft,
-        revenue,
-        events.LEDGER_TOPIC,
-        events.ledger_key(draft),
-        OutboxEvent.of(events.transfer_posted(draft)),
-        template,
-    )
-    answer = guarded_answer(outcome)
-    if answer is None:
-        raise refusal_of(outcome, draft)
-    return answer
+    outcome = await functions.charge_once(db, key, draft, revenue, *ledger_event(draft), template)
+    return answer_of(outcome, draft)
 
 
 # Refunds ----------------------------------------------------------------------------------------

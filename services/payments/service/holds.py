@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.payments import events
 from services.payments.repository import Record, balances, functions, hold_rows
 from services.payments.repository.balances import Leg
-from services.payments.repository.functions import OutboxEvent, Outcome, PostedDraft
+from services.payments.repository.functions import Outcome, PostedDraft
 from services.payments.repository.hold_rows import HoldTerms
-from services.payments.repository.journal import PostedTransfer, TransferDraft
+from services.payments.repository.journal import OutboxEvent, PostedTransfer, TransferDraft
 from services.payments.schemas import (
     HoldCapture,
     HoldCreate,
@@ -36,10 +36,11 @@ from services.payments.service.errors import (
     HoldTooLong,
     LedgerCorrupted,
 )
-from services.payments.service.posting import post, refusal_of
+from services.payments.service.posting import answer_of, ledger_event, post
 from services.payments.settings import PaymentsSettings
 from shared.db import Database
 from shared.errors import ProblemError
+from shared.events import LEDGER_TOPIC
 from shared.idempotency import (
     IdempotentRequest,
     StoredAnswer,
@@ -120,20 +121,9 @@ async def place_hold(
         settled_at=None,
     )
     outcome = await functions.place_hold_once(
-        db,
-        key,
-        draft,
-        ttl,
-        escrow,
-        events.LEDGER_TOPIC,
-        events.ledger_key(draft),
-        OutboxEvent.of(events.transfer_posted(draft)),
-        template,
+        db, key, draft, ttl, escrow, *ledger_event(draft), template
     )
-    answer = guarded_answer(outcome)
-    if answer is None:
-        raise refusal_of(outcome, draft)
-    return answer
+    return answer_of(outcome, draft)
 
 
 async def get_hold(session: AsyncSession, hold_id: uuid.UUID) -> HoldRead:
@@ -264,10 +254,10 @@ async def capture_hold(
         key,
         hold_id,
         request.amount,
-        capture,
         revenue,
+        capture,
         release,
-        events.LEDGER_TOPIC,
+        LEDGER_TOPIC,
         event_key,
         template,
     )
@@ -286,7 +276,7 @@ async def void_hold(db: Database, key: IdempotentRequest, hold_id: uuid.UUID) ->
         event_key = events.ledger_key(release.draft)
         template = _settled_template(hold, HoldStatus.voided, 0, None, release.draft.id)
     outcome = await functions.void_hold_once(
-        db, key, hold_id, release, events.LEDGER_TOPIC, event_key, template
+        db, key, hold_id, release, LEDGER_TOPIC, event_key, template
     )
     answer = guarded_answer(outcome)
     if answer is None:

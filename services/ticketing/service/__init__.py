@@ -1,6 +1,6 @@
 """Ticketing rules, one module per sub-domain, and the clock and ids they share. No SQL here
 (see repository.py), no HTTP (see endpoints.py; payments is reached through
-`payments.PaymentsClient`).
+`payments.Payments`).
 
 Most functions run inside the caller's transaction and never commit. The purchase saga and the
 wallet helpers cannot: a payment is an HTTP call that must sit *between* two commits (the

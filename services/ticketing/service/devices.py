@@ -14,6 +14,7 @@ from services.ticketing.schemas import DeviceCreate, DeviceRead, DeviceStatus
 from services.ticketing.service import riders
 from services.ticketing.settings import TicketingSettings
 from shared.errors import Conflict, NotFound, Unprocessable
+from shared.events import TICKETS_TOPIC
 from shared.ids import new_id, utcnow
 from shared.outbox import add_event
 
@@ -42,7 +43,7 @@ async def _revoke_device(
     await add_event(
         session,
         tables.outbox,
-        events.TOPIC,
+        TICKETS_TOPIC,
         str(device.rider_id),
         events.device_revoked(
             revoked,
@@ -104,7 +105,7 @@ async def register_device(
     await add_event(
         session,
         tables.outbox,
-        events.TOPIC,
+        TICKETS_TOPIC,
         str(rider_id),
         events.device_registered(
             device, ticket_ids=await repository.live_ticket_ids(session, rider_id, now)

@@ -23,6 +23,7 @@ from services.ticketing.service import tickets
 from services.ticketing.settings import TicketingSettings
 from shared import ticketcodec
 from shared.errors import Conflict
+from shared.events import TICKETS_TOPIC
 from shared.ids import new_id, utcnow
 from shared.outbox import add_event
 
@@ -71,7 +72,7 @@ async def ensure_issuer_key(session: AsyncSession, keywrap: KeyWrap) -> Record:
     await add_event(
         session,
         tables.outbox,
-        events.TOPIC,
+        TICKETS_TOPIC,
         events.ISSUER_KEYS_SUBJECT,
         events.issuer_keys_changed((await key_set(session)).keys),
     )
@@ -97,7 +98,7 @@ async def rotate_issuer_key(session: AsyncSession, keywrap: KeyWrap) -> KeySet:
     await add_event(
         session,
         tables.outbox,
-        events.TOPIC,
+        TICKETS_TOPIC,
         events.ISSUER_KEYS_SUBJECT,
         events.issuer_keys_changed(keys.keys),
     )
@@ -112,7 +113,7 @@ async def retire_issuer_keys(session: AsyncSession) -> list[str]:
         await add_event(
             session,
             tables.outbox,
-            events.TOPIC,
+            TICKETS_TOPIC,
             events.ISSUER_KEYS_SUBJECT,
             events.issuer_keys_changed(keys.keys),
         )

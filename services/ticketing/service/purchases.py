@@ -13,9 +13,8 @@ from services.ticketing.payments import (
     DuplicateTransfer,
     InsufficientFunds,
     PaymentRefused,
+    Payments,
     PaymentsBusy,
-    PaymentsClient,
-    PaymentsUnavailable,
 )
 from services.ticketing.repository import Record
 from services.ticketing.schemas import (
@@ -33,10 +32,12 @@ from services.ticketing.settings import TicketingSettings
 from shared import ticketcodec
 from shared.db import Database
 from shared.errors import Conflict, Forbidden, NotFound, ProblemError, Unprocessable
+from shared.events import TICKETS_TOPIC
 from shared.idempotency import IdempotencyKeyReused, IdempotentRequest
 from shared.ids import new_id, utcnow
 from shared.network import BUS_ROUTES, LINES
 from shared.outbox import add_event
+from shared.payments_client import PaymentsUnavailable
 
 logger = logging.getLogger("citypass.ticketing")
 
@@ -187,7 +188,7 @@ async def _record_purchase(
 
 async def place_purchase(
     db: Database,
-    payments: PaymentsClient,
+    payments: Payments,
     settings: TicketingSettings,
     rider_id: uuid.UUID,
     body: PurchaseCreate,
@@ -218,7 +219,7 @@ async def place_purchase(
 
 async def advance_purchase(
     db: Database,
-    payments: PaymentsClient,
+    payments: Payments,
     settings: TicketingSettings,
     purchase: Record,
     *,
@@ -273,7 +274,7 @@ async def _reopen(
     )
 
 
-async def _charge(db: Database, payments: PaymentsClient, purchase: Record) -> uuid.UUID:
+async def _charge(db: Database, payments: Payments, purchase: Record) -> uuid.UUID:
     try:
         charge = await payments.charge(
             account_id=purchase.wallet_account_id,
@@ -351,7 +352,7 @@ async def _settle(
     await add_event(
         session,
         tables.outbox,
-        events.TOPIC,
+        TICKETS_TOPIC,
         str(ticket.id),
         events.ticket_issued(
             ticket,
@@ -372,7 +373,7 @@ async def _settle(
     )
 
 
-async def _compensate(db: Database, payments: PaymentsClient, purchase: Record) -> PurchaseRead:
+async def _compensate(db: Database, payments: Payments, purchase: Record) -> PurchaseRead:
     """Refund whatever was charged for a purchase that gets no ticket, then cancel it."""
     refund_id: uuid.UUID | None = None
     if purchase.price_vnd > 0:
@@ -397,9 +398,7 @@ async def _compensate(db: Database, payments: PaymentsClient, purchase: Record) 
         return await purchase_read(session, locked)
 
 
-async def reconcile_purchases(
-    db: Database, payments: PaymentsClient, settings: TicketingSettings
-) -> int:
+async def reconcile_purchases(db: Database, payments: Payments, settings: TicketingSettings) -> int:
     """One pass of the purchase worker: every unresolved purchase that is due moves on.
 
     Forward when it can (charge → ticket): the charge is idempotent, so a charge that went

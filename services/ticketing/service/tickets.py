@@ -12,6 +12,7 @@ from services.ticketing.repository import Record
 from services.ticketing.schemas import Mode, ProductKind, RiderCategory, TicketRead, TicketStatus
 from services.ticketing.service import LIST_LIMIT
 from shared.errors import NotFound
+from shared.events import TICKETS_TOPIC
 from shared.ids import utcnow
 from shared.outbox import add_event
 
@@ -70,7 +71,7 @@ async def revoke_ticket(session: AsyncSession, ticket_id: uuid.UUID, reason: str
     await add_event(
         session,
         tables.outbox,
-        events.TOPIC,
+        TICKETS_TOPIC,
         str(ticket_id),
         events.ticket_revoked(
             revoked, device_key_fingerprint=None if device is None else device.fingerprint

@@ -6,14 +6,14 @@ import hashlib
 import uuid
 
 from services.ticketing import repository
-from services.ticketing.payments import PaymentsClient
+from services.ticketing.payments import Payments
 from services.ticketing.schemas import TopupRead, WalletRead
 from services.ticketing.service import riders
 from shared.db import Database
 from shared.errors import NotFound
 
 
-async def ensure_wallet(db: Database, payments: PaymentsClient, rider_id: uuid.UUID) -> uuid.UUID:
+async def ensure_wallet(db: Database, payments: Payments, rider_id: uuid.UUID) -> uuid.UUID:
     """The rider's payments wallet, opened on first need (owns its transactions)."""
     async with db.transaction() as session:
         rider = await riders.rider_row(session, rider_id)
@@ -26,7 +26,7 @@ async def ensure_wallet(db: Database, payments: PaymentsClient, rider_id: uuid.U
     return account.id
 
 
-async def wallet(db: Database, payments: PaymentsClient, rider_id: uuid.UUID) -> WalletRead:
+async def wallet(db: Database, payments: Payments, rider_id: uuid.UUID) -> WalletRead:
     account = await payments.account(await ensure_wallet(db, payments, rider_id))
     return WalletRead(account_id=account.id, balance=account.balance)
 
@@ -36,7 +36,7 @@ def _topup_read(topup: object) -> TopupRead:
 
 
 async def create_topup(
-    db: Database, payments: PaymentsClient, rider_id: uuid.UUID, amount: int, key: str
+    db: Database, payments: Payments, rider_id: uuid.UUID, amount: int, key: str
 ) -> TopupRead:
     wallet_id = await ensure_wallet(db, payments, rider_id)
     # Scoped to the rider and of fixed length, whatever the rider's own key looks like.
@@ -48,7 +48,7 @@ async def create_topup(
 
 
 async def get_topup(
-    db: Database, payments: PaymentsClient, rider_id: uuid.UUID, topup_id: uuid.UUID
+    db: Database, payments: Payments, rider_id: uuid.UUID, topup_id: uuid.UUID
 ) -> TopupRead:
     async with db.transaction() as session:
         rider = await riders.rider_row(session, rider_id)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-from shared.migrations import create_kit_tables
+from shared.migrations import create_kit_tables, drop_functions, install_functions
 
 revision = "payments_0001"
 down_revision = None
@@ -39,46 +39,9 @@ ACCOUNT_KINDS = (
 )
 TRANSFER_KINDS = ("charge", "hold", "capture", "release", "refund", "topup", "payment", "suspense")
 
-LEDGER_STATEMENTS = (
-    """
-    CREATE FUNCTION ledger_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        RAISE EXCEPTION 'the ledger is append-only: % on % refused', TG_OP, TG_TABLE_NAME
-            USING ERRCODE = 'restrict_violation';
-    END
-    $$
-    """,
-    # Runs at commit for every new transfer and posting: a transfer that does not move the
-    # same amount out of its debit account and into its credit account never commits.
-    """
-    CREATE FUNCTION assert_transfer_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
-    DECLARE
-        checked_id uuid;
-        legs bigint;
-        total bigint;
-        matching bigint;
-    BEGIN
-        IF TG_TABLE_NAME = 'transfers' THEN
-            checked_id := NEW.id;
-        ELSE
-            checked_id := NEW.transfer_id;
-        END IF;
-        SELECT count(*),
-               coalesce(sum(p.amount), 0),
-               count(*) FILTER (
-                   WHERE (p.account_id = t.debit_account_id AND p.amount = -t.amount)
-                      OR (p.account_id = t.credit_account_id AND p.amount = t.amount))
-          INTO legs, total, matching
-          FROM transfers t JOIN postings p ON p.transfer_id = t.id
-         WHERE t.id = checked_id;
-        IF legs <> 2 OR total <> 0 OR matching <> 2 THEN
-            RAISE EXCEPTION 'transfer % is not balanced (% legs, sum %)', checked_id, legs, total
-                USING ERRCODE = 'check_violation';
-        END IF;
-        RETURN NULL;
-    END
-    $$
-    """,
+# The functions' text is in services/payments/sql/ (see shared.migrations).
+LEDGER_FUNCTIONS = ("ledger_is_append_only", "assert_transfer_balanced")
+LEDGER_TRIGGERS = (
     """
     CREATE TRIGGER transfers_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON transfers
         FOR EACH STATEMENT EXECUTE FUNCTION ledger_is_append_only()
@@ -264,7 +227,8 @@ def upgrade() -> None:
         ),
     )
     op.create_index("bank_notifications_by_received_at", "bank_notifications", ["received_at"])
-    for statement in LEDGER_STATEMENTS:
+    install_functions("payments", *LEDGER_FUNCTIONS)
+    for statement in LEDGER_TRIGGERS:
         op.execute(statement)
     accounts = sa.table(
         "accounts",
@@ -297,5 +261,4 @@ def downgrade() -> None:
         "accounts",
     ):
         op.drop_table(table)
-    op.execute("DROP FUNCTION assert_transfer_balanced()")
-    op.execute("DROP FUNCTION ledger_is_append_only()")
+    drop_functions(*LEDGER_FUNCTIONS)

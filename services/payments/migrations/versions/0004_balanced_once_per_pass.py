@@ -14,11 +14,7 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
-from alembic import op
+from shared.migrations import install_functions
 
 revision = "payments_0004"
 down_revision = "payments_0003"
@@ -26,26 +22,9 @@ branch_labels = None
 depends_on = None
 
 
-def _payments_0003() -> ModuleType:
-    """payments_0003's module (migration files are loaded by path, not as a package)."""
-    path = Path(__file__).with_name("0003_balanced_once.py")
-    spec = importlib.util.spec_from_file_location("payments_0003", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_PAYMENTS_0003 = _payments_0003()
-CHECK_ONCE_PER_PASS: str = _PAYMENTS_0003.balance_check(
-    "checked_id::text || '@' || statement_timestamp()::text"
-)
-
-
 def upgrade() -> None:
-    op.execute(CHECK_ONCE_PER_PASS)
+    install_functions("payments", "assert_transfer_balanced")
 
 
 def downgrade() -> None:
-    op.execute(_PAYMENTS_0003.CHECK_ONCE)
+    """Nothing to undo: the function keeps its current text (see shared.migrations)."""

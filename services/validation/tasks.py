@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 import orjson
 from aiokafka import ConsumerRecord
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -34,11 +34,24 @@ from services.validation.rules import Reason, TicketKind, device_fingerprint
 from services.validation.schemas import IssuerKeyStatus
 from services.validation.service import TICKET_LIFETIME_MARGIN_S
 from services.validation.settings import ValidationSettings
-from shared.events import Event
+from shared.events import (
+    DEVICE_REVOKED,
+    FARE_SETTLED,
+    FARE_UNPAID,
+    ISSUER_KEYS_CHANGED,
+    TICKET_ISSUED,
+    TICKET_REVOKED,
+    TICKETS_TOPIC,
+    TRANSFER_POSTED,
+    TRIP_AUTO_CLOSED,
+    VALIDATION_ACCEPTED,
+    Event,
+)
 from shared.health import raise_if_cancelled
 from shared.http import service_client
+from shared.payments_client import PaymentsClient, PaymentsRefused, PaymentsUnavailable
 
-logger = logging.getLogger("citypass.validation.workers")
+logger = logging.getLogger("citypass.validation.tasks")
 
 UNPAID_RECHECK_S = 600.0
 DENY_CLEANUP_S = 600.0
@@ -63,13 +76,6 @@ def unix(value: Any) -> int | None:
         except ValueError:
             return None
     return None
-
-
-def ticket_uuid(value: Any) -> str | None:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        return None
 
 
 def key_records(payload: Any) -> dict[str, dict[str, Any]]:
@@ -109,7 +115,12 @@ class Workers:
         self.memory = memory
         self.outbox = outbox
         self.max_trip_s = int(settings.max_trip.total_seconds())
-        self._payments: httpx.AsyncClient | None = None
+        self.payments = PaymentsClient(
+            settings.payments_url,
+            settings.payments_token.get_secret_value(),
+            timeout_s=settings.payments_timeout_s,
+            caller="validation",
+        )
         self._failing: set[str] = set()
         self._keys_changed = asyncio.Event()  # ticketing said so: ask it now
 
@@ -180,31 +191,37 @@ class Workers:
     # transit.tickets: registry, products, deny list ----------------------------------------
 
     async def on_ticket_event(self, event: Event, _record: ConsumerRecord) -> None:
-        data = event.data
-        if event.type == events.TICKET_ISSUED:
-            await self._ticket_issued(data)
-        elif event.type == events.TICKET_REVOKED:
-            if ticket_id := ticket_uuid(data.get("ticket_id")):
-                until = unix(data.get("valid_until_unix")) or unix(data.get("valid_until"))
-                await self._deny(f"ticket:{ticket_id}", Reason.revoked_ticket, until)
-        elif event.type == events.DEVICE_REVOKED:
-            fingerprint = data.get("device_key_fingerprint")
-            if not isinstance(fingerprint, str) and isinstance(data.get("device_public_key"), str):
-                fingerprint = device_fingerprint(decode_public_key(data["device_public_key"]))
-            if isinstance(fingerprint, str) and fingerprint:
-                until = unix(data.get("deny_until"))
+        if event.type == TICKET_ISSUED:
+            await self._ticket_issued(events.TicketIssued.model_validate(event.data))
+        elif event.type == TICKET_REVOKED:
+            revoked = events.TicketRevoked.model_validate(event.data)
+            if revoked.ticket_id is not None:
+                until = unix(revoked.valid_until_unix) or unix(revoked.valid_until)
+                await self._deny(f"ticket:{revoked.ticket_id}", Reason.revoked_ticket, until)
+        elif event.type == DEVICE_REVOKED:
+            device = events.DeviceRevoked.model_validate(event.data)
+            fingerprint = device.device_key_fingerprint
+            if fingerprint is None and device.device_public_key is not None:
+                fingerprint = device_fingerprint(decode_public_key(device.device_public_key))
+            if fingerprint:
+                until = unix(device.deny_until)
                 await self._deny(f"device:{fingerprint.lower()}", Reason.revoked_device, until)
-        elif event.type == events.ISSUER_KEYS_CHANGED:
+        elif event.type == ISSUER_KEYS_CHANGED:
             await self._issuer_keys_changed(event)
-        elif event.type == events.FARE_UNPAID:
-            if ticket_id := ticket_uuid(data.get("ticket_id")):
-                current = self.memory.deny_tickets.get(ticket_id)
-                if current is None or current.reason is Reason.insufficient_balance:
-                    await self._deny(f"ticket:{ticket_id}", Reason.insufficient_balance, None)
-        elif event.type == events.FARE_SETTLED and (
-            ticket_id := ticket_uuid(data.get("ticket_id"))
-        ):
-            entry = f"ticket:{ticket_id}"
+        elif event.type in (FARE_UNPAID, FARE_SETTLED):
+            fare = events.FareNews.model_validate(event.data)
+            if fare.ticket_id is not None:
+                await self._fare_news(event.type, str(fare.ticket_id))
+
+    async def _fare_news(self, kind: str, ticket_id: str) -> None:
+        """An unpaid fare denies the ticket (unless it is denied for more); a settled one lifts
+        that denial."""
+        entry = f"ticket:{ticket_id}"
+        if kind == FARE_UNPAID:
+            current = self.memory.deny_tickets.get(ticket_id)
+            if current is None or current.reason is Reason.insufficient_balance:
+                await self._deny(entry, Reason.insufficient_balance, None)
+        else:
             await repository.lift(self.redis, entry, Reason.insufficient_balance.value)
             self.memory.lift_entry(entry, Reason.insufficient_balance)
 
@@ -223,28 +240,26 @@ class Workers:
         if await repository.replace_issuer_keys(self.redis, TICKETING_SOURCE, records, as_of):
             self.memory.apply(await repository.load_state(self.redis), int(time.time()))
 
-    async def _ticket_issued(self, data: dict[str, Any]) -> None:
-        ticket_id = ticket_uuid(data.get("ticket_id"))
+    async def _ticket_issued(self, issued: events.TicketIssued) -> None:
         try:
-            kind = TicketKind(str(data.get("kind")))
+            kind = TicketKind(str(issued.kind))
         except ValueError:
-            logger.warning("ticket %s has unknown kind %r", ticket_id, data.get("kind"))
+            logger.warning("ticket %s has unknown kind %r", issued.ticket_id, issued.kind)
             return
-        if ticket_id is None:
+        if issued.ticket_id is None:
             return
-        rides = data.get("rides")
-        rides = rides if isinstance(rides, int) and not isinstance(rides, bool) else None
+        ticket_id, rides = str(issued.ticket_id), issued.rides
         # Credentials carry a short product code (every byte of the QR counts).
-        product = data.get("credential_product") or data.get("product_code")
-        wallet = data.get("wallet_account_id") or data.get("rider_wallet_account_id")
+        product = issued.credential_product or issued.product_code
+        wallet = issued.wallet_account_id or issued.rider_wallet_account_id
         fields = {"kind": kind.value, "rides": str(-1 if rides is None else rides)}
-        if isinstance(product, str):
+        if product is not None:
             fields["product"] = product
-        if isinstance(wallet, str) and wallet:
+        if wallet:
             fields["wallet"] = wallet
         valid_until = (
-            unix(data.get("valid_until_unix"))
-            or unix(data.get("valid_until"))
+            unix(issued.valid_until_unix)
+            or unix(issued.valid_until)
             or int(time.time()) + 400 * 86_400
         )
         await repository.save_ticket(
@@ -263,68 +278,56 @@ class Workers:
     # transit.validations: fares and open trips ---------------------------------------------
 
     async def on_validation_event(self, event: Event, _record: ConsumerRecord) -> None:
-        data = event.data
-        ticket_id = data.get("ticket_id")
-        if not isinstance(ticket_id, str):
+        if event.type not in (VALIDATION_ACCEPTED, TRIP_AUTO_CLOSED):
             return
-        stored_value = data.get("kind") == TicketKind.stored_value
-        if event.type == events.VALIDATION_ACCEPTED:
-            vid = str(data["validation_id"])
-            entry = data.get("entry")
+        try:
+            decided = events.Decided.model_validate(event.data)
+        except ValidationError as unreadable:
+            logger.warning("validation event %s unreadable: %s", event.id, unreadable)
+            return
+        ticket_id, vid = decided.ticket_id, decided.validation_id
+        stored_value = decided.kind == TicketKind.stored_value
+        if event.type == VALIDATION_ACCEPTED:
             # Only a stored-value trip costs something when left open; the others close at
             # the rider's next tap (or expire with the ticket) without the sweeper.
-            if stored_value and data.get("action") == "entry" and data.get("station"):
-                entered = unix(data.get("decided_at")) or int(time.time())
+            if stored_value and decided.action == "entry" and decided.station:
+                entered = unix(decided.decided_at) or int(time.time())
                 await repository.index_open_trip(
                     self.redis, ticket_id, vid, entered + self.max_trip_s
                 )
-            if stored_value and data.get("action") == "exit" and isinstance(entry, dict):
-                await repository.unindex_trip(self.redis, ticket_id, str(entry["validation_id"]))
-        elif event.type == events.TRIP_AUTO_CLOSED:
-            vid = str(data["validation_id"])
-            await repository.unindex_trip(self.redis, ticket_id, vid)
+            if stored_value and decided.action == "exit" and decided.entry is not None:
+                await repository.unindex_trip(self.redis, ticket_id, decided.entry.validation_id)
         else:
-            return
-        fare = data.get("fare")
-        if isinstance(fare, int) and fare > 0 and stored_value:
-            await self.charge_fare(ticket_id, data.get("wallet_account_id"), fare, vid)
-
-    def payments(self) -> httpx.AsyncClient:
-        if self._payments is None:
-            self._payments = service_client(
-                self.settings.payments_url, timeout_s=self.settings.payments_timeout_s
-            )
-            token = self.settings.payments_token.get_secret_value()
-            self._payments.headers["Authorization"] = f"Bearer {token}"
-        return self._payments
+            await repository.unindex_trip(self.redis, ticket_id, vid)
+        if decided.fare is not None and decided.fare > 0 and stored_value:
+            await self.charge_fare(ticket_id, decided.wallet_account_id, decided.fare, vid)
 
     async def close(self) -> None:
-        if self._payments is not None:
-            await self._payments.aclose()
+        await self.payments.close()
 
-    async def _post_charge(self, body: bytes, validation_id: str) -> tuple[int, dict[str, Any]]:
-        """POST /v1/charges until payments gives a definite answer (transient errors retried)."""
+    async def _post_charge(self, body: dict[str, Any], validation_id: str) -> Charged:
+        """POST /v1/charges until payments gives a definite answer (transient errors retried):
+        the charge's answer, or payments' refusal."""
         delay = 0.2
         while True:
             raise_if_cancelled()
             try:
-                response = await self.payments().post(
-                    "/v1/charges",
-                    content=body,
-                    headers={"Idempotency-Key": validation_id, "Content-Type": "application/json"},
-                )
-                payload = response.json() if response.content else {}
-                in_flight = response.status_code == 409 and payload.get("code") != (
-                    "duplicate_transfer"
-                )
-                if response.status_code < 500 and not in_flight and response.status_code != 401:
-                    self._recovered("payments")
-                    return response.status_code, payload
-                self._log_failure("payments", RuntimeError(f"HTTP {response.status_code}"))
-            except (httpx.HTTPError, ValueError) as exc:
-                self._log_failure("payments", exc)
+                answer = await self.payments.call("POST", "/v1/charges", body, key=validation_id)
+            except PaymentsRefused as refused:
+                self._recovered("payments")
+                return refused
+            except PaymentsUnavailable as unavailable:
+                self._log_failure("payments", unavailable)
+            else:
+                self._recovered("payments")
+                return answer
             await asyncio.sleep(delay)
             delay = min(FARE_RETRY_MAX_S, delay * 2)
+
+    async def _save_balance(self, ticket_id: str, charged: Charged) -> None:
+        answer = charged.body if isinstance(charged, PaymentsRefused) else charged
+        if isinstance(answer.get("balance"), int):
+            await repository.save_balance(self.redis, ticket_id, answer["balance"])
 
     async def charge_fare(
         self, ticket_id: str, wallet: Any, amount: int, validation_id: str
@@ -334,43 +337,42 @@ class Workers:
         account = account or await repository.ticket_wallet(self.redis, ticket_id)
         if account is None:
             raise FareError(f"no wallet is known for ticket {ticket_id} (ticket.issued missing?)")
-        body = orjson.dumps(
-            {
-                "account_id": account,
-                "amount": amount,
-                "source": "transit",
-                "transfer_id": validation_id,
-            }
-        )
-        status, payload = await self._post_charge(body, validation_id)
-        if status in (200, 201) or (status == 409 and payload.get("code") == "duplicate_transfer"):
-            if isinstance(payload.get("balance"), int):
-                await repository.save_balance(self.redis, ticket_id, payload["balance"])
+        body = {
+            "account_id": account,
+            "amount": amount,
+            "source": "transit",
+            "transfer_id": validation_id,
+        }
+        charged = await self._post_charge(body, validation_id)
+        if _paid(charged):
+            await self._save_balance(ticket_id, charged)
             return
-        if status == 402:
-            unpaid = orjson.dumps({"ticket_id": ticket_id, "body": body.decode()})
+        assert isinstance(charged, PaymentsRefused)
+        if charged.status == 402:
+            unpaid = orjson.dumps({"ticket_id": ticket_id, "body": orjson.dumps(body).decode()})
             await repository.record_unpaid(self.redis, account, validation_id, unpaid)
             await self.outbox.emit(
-                events.TICKETS_TOPIC,
+                TICKETS_TOPIC,
                 ticket_id,
                 events.fare_unpaid(
                     ticket_id=ticket_id,
                     wallet_account_id=account,
                     validation_id=validation_id,
                     amount=amount,
-                    shortfall=payload.get("shortfall"),
+                    shortfall=charged.body.get("shortfall"),
                 ),
             )
             return
-        raise FareError(f"payments refused fare {validation_id}: {status} {payload.get('code')}")
+        raise FareError(f"payments refused fare {validation_id}: {charged}")
 
     # payments.ledger: top-ups settle unpaid fares ---------------------------------------------
 
     async def on_ledger_event(self, event: Event, _record: ConsumerRecord) -> None:
-        data = event.data
-        wallet = data.get("wallet_account_id")
-        if event.type == events.TRANSFER_POSTED and data.get("kind") == "topup" and wallet:
-            await self.settle_wallet(str(wallet))
+        if event.type != TRANSFER_POSTED:
+            return
+        posted = events.TransferPosted.model_validate(event.data)
+        if posted.kind == "topup" and posted.wallet_account_id:
+            await self.settle_wallet(posted.wallet_account_id)
 
     async def settle_wallet(self, wallet: str) -> None:
         unpaid = await repository.unpaid_fares(self.redis, wallet)
@@ -379,18 +381,17 @@ class Workers:
         for validation_id, raw in sorted(unpaid.items()):
             record = orjson.loads(raw)
             ticket_id = record["ticket_id"]
-            status, payload = await self._post_charge(record["body"].encode(), validation_id)
-            if status in (200, 201) or payload.get("code") == "duplicate_transfer":
+            charged = await self._post_charge(orjson.loads(record["body"]), validation_id)
+            if _paid(charged):
                 await repository.settle_unpaid(self.redis, wallet, validation_id)
-                if isinstance(payload.get("balance"), int):
-                    await repository.save_balance(self.redis, ticket_id, payload["balance"])
+                await self._save_balance(ticket_id, charged)
                 settled[ticket_id].append(validation_id)
             else:
                 still_unpaid.add(ticket_id)
         for ticket_id, validation_ids in settled.items():
             if ticket_id not in still_unpaid:
                 await self.outbox.emit(
-                    events.TICKETS_TOPIC,
+                    TICKETS_TOPIC,
                     ticket_id,
                     events.fare_settled(
                         ticket_id=ticket_id, wallet_account_id=wallet, validation_ids=validation_ids
@@ -441,3 +442,11 @@ class Workers:
                 closed += 1
             await repository.unindex_trip(self.redis, ticket_id, entry_vid)
         return closed
+
+
+Charged = dict[str, Any] | PaymentsRefused  # the charge's answer, or payments' refusal
+
+
+def _paid(charged: Charged) -> bool:
+    """Charged now, or earlier (the same transfer id is already in the ledger)."""
+    return not isinstance(charged, PaymentsRefused) or charged.code == "duplicate_transfer"
