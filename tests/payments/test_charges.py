@@ -255,8 +255,8 @@ class TestAuthentication:
             "/v1/charges",
             "/v1/holds",
             "/v1/payment-requests",
-            f"/v1/holds/{uuid.uuid4()}/capture",
-            f"/v1/holds/{uuid.uuid4()}/void",
+            "/v1/holds/00000000-0000-7000-8000-000000000001/capture",
+            "/v1/holds/00000000-0000-7000-8000-000000000001/void",
         ],
     )
     async def test_the_hot_money_paths_check_the_same_token(

@@ -5,14 +5,15 @@ in that order and with a fresh snapshot (a PL/pgSQL statement sees what committe
 ran): a plain SELECT taking the lock would read the key with the snapshot of its start and
 could miss the answer of a first request that committed in between.
 
+(That first claim, `lane_claim`, was replaced by `lane_key` in parking_0004 and has no file:
+only the latest revision carries function text, see shared.migrations.)
+
 Revision ID: parking_0002
 Revises: parking_0001
 Create Date: 2026-11-23
 """
 
 from __future__ import annotations
-
-from alembic import op
 
 revision = "parking_0002"
 down_revision = "parking_0001"
@@ -21,27 +22,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute(
-        """
-        CREATE FUNCTION lane_claim(p_lock bigint, p_scope text, p_key text)
-        RETURNS TABLE (
-            claimed boolean, fingerprint text, status_code integer, media_type text, body bytea
-        )
-        LANGUAGE plpgsql VOLATILE AS $$
-        BEGIN
-            IF NOT pg_try_advisory_xact_lock(p_lock) THEN
-                RETURN QUERY SELECT false, NULL::text, NULL::integer, NULL::text, NULL::bytea;
-                RETURN;
-            END IF;
-            RETURN QUERY
-                SELECT true, k.fingerprint::text, k.status_code, k.media_type::text, k.body
-                  FROM (SELECT 1) AS one
-                  LEFT JOIN idempotency_keys k ON k.scope = p_scope AND k.key = p_key;
-        END
-        $$
-        """
-    )
+    """Nothing to do: parking_0004 installs its successor."""
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION lane_claim(bigint, text, text)")
+    """Nothing to undo."""
