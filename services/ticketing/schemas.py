@@ -6,7 +6,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
@@ -133,6 +133,20 @@ class ProductRead(BaseModel):
     credential_code: str = Field(
         description="Short code carried in the signed credential (the QR has little room)"
     )
+
+
+class NetworkVersionRead(BaseModel):
+    id: uuid.UUID
+    effective_from: datetime = Field(description="The instant it takes effect (UTC)")
+    sha256: str = Field(description="Hex digest of the feed's zip as served by `.../feed`")
+    imported_at: datetime
+    summary: dict[str, Any] = Field(
+        description="What the feed holds: `feed_version`, `currency`, `timezone` and row counts"
+    )
+
+
+class NetworkVersionList(BaseModel):
+    versions: list[NetworkVersionRead] = Field(description="Oldest effective first")
 
 
 # Riders and sessions ----------------------------------------------------------------------------

@@ -1,0 +1,173 @@
+"""Network and fare versions through ticketing's API on real servers: import (good and every
+kind of bad), the feed back out, a version switching prices at its instant, and NetworkSync
+(what the other services run) against this ticketing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import uuid
+import zipfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.ticketing.seed import FIRST_VERSION_FROM
+from shared.db import Database
+from shared.fares.feed import HANOI, read_feed
+from shared.fares.versions import NetworkSync
+from tests.fares.support import edited, hanoi_copy
+from tests.fares.test_roundtrip import every_price
+from tests.ticketing.conftest import OPERATOR, new_key, publish, scalar, with_product, zipped
+
+
+async def version_count(ticketing_db: Database) -> int:
+    return int(await scalar(ticketing_db, "SELECT count(*) FROM network_versions"))
+
+
+async def product_price(http: httpx.AsyncClient, code: str) -> int:
+    response = await http.get(f"/v1/products/{code}")
+    assert response.status_code == 200, response.text
+    price: int = response.json()["price_vnd"]
+    return price
+
+
+def dearer_metro_day(target: Path, price: int) -> Path:
+    feed = hanoi_copy(target)
+    path = feed / "fare_products.txt"
+    path.write_text(path.read_text(encoding="utf-8").replace(",40000,VND", f",{price},VND"))
+    return feed
+
+
+@pytest.fixture
+async def hanoi_back(http: httpx.AsyncClient) -> Any:
+    """Hanoi's feed in force again after a test that published another one."""
+    yield
+    assert (await publish(http, zipped(HANOI))).status_code == 201
+
+
+class TestImport:
+    async def test_a_good_feed_is_stored_and_listed(
+        self, http: httpx.AsyncClient, ticketing_db: Database, hanoi_back: None
+    ) -> None:
+        start = datetime.now(UTC) + timedelta(days=400)
+        response = await publish(http, zipped(HANOI), effective_from=start)
+        assert response.status_code == 201, response.text
+        version = response.json()
+        assert datetime.fromisoformat(version["effective_from"]) == start
+        assert version["summary"]["feed_version"] == "hanoi-2026.12"
+        assert version["summary"]["currency"] == "VND"
+        assert version["summary"]["products_on_sale"] == 16
+        listing = (await http.get("/v1/network/versions")).json()["versions"]
+        assert listing[-1]["id"] == version["id"]
+        assert [v["effective_from"] for v in listing] == sorted(
+            v["effective_from"] for v in listing
+        )
+        feed = await http.get(f"/v1/network/versions/{version['id']}/feed")
+        assert feed.headers["content-type"] == "application/zip"
+        assert hashlib.sha256(feed.content).hexdigest() == version["sha256"]
+
+    async def test_the_same_feed_at_the_same_instant_is_the_same_version(
+        self, http: httpx.AsyncClient, ticketing_db: Database, hanoi_back: None
+    ) -> None:
+        start = datetime.now(UTC) + timedelta(days=500, microseconds=7)
+        first = await publish(http, zipped(HANOI), effective_from=start)
+        count = await version_count(ticketing_db)
+        again = await publish(http, zipped(HANOI), effective_from=start)
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert again.json()["id"] == first.json()["id"]
+        assert await version_count(ticketing_db) == count
+        other = with_product(hanoi_copy(Path(f"/tmp/{uuid.uuid4()}")), "TEST-OTHER", 1_000)
+        taken = await publish(http, zipped(other), effective_from=start)
+        assert (taken.status_code, taken.json()["code"]) == (409, "effective_from_taken")
+
+    async def test_a_retry_with_the_same_key_replays_the_first_answer(
+        self, http: httpx.AsyncClient, ticketing_db: Database, hanoi_back: None
+    ) -> None:
+        headers = {**OPERATOR, "Idempotency-Key": new_key(), "Content-Type": "application/zip"}
+        body = zipped(HANOI)
+        first = await http.post("/v1/network/versions", content=body, headers=headers)
+        count = await version_count(ticketing_db)
+        again = await http.post("/v1/network/versions", content=body, headers=headers)
+        assert first.status_code == again.status_code == 201
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json() == first.json()
+        assert await version_count(ticketing_db) == count
+
+    async def test_a_version_cannot_start_in_the_past(
+        self, http: httpx.AsyncClient, ticketing_db: Database
+    ) -> None:
+        count = await version_count(ticketing_db)
+        past = datetime.now(UTC) - timedelta(minutes=5)
+        response = await publish(http, zipped(HANOI), effective_from=past)
+        assert response.status_code == 409
+        assert response.json()["code"] == "effective_from_in_past"
+        assert await version_count(ticketing_db) == count
+
+    async def test_only_operators_import(self, http: httpx.AsyncClient) -> None:
+        headers = {"Idempotency-Key": new_key(), "Content-Type": "application/zip"}
+        response = await http.post("/v1/network/versions", content=zipped(HANOI), headers=headers)
+        assert response.status_code == 401
+        wrong = {**headers, "Authorization": "Bearer not-the-operator"}
+        response = await http.post("/v1/network/versions", content=zipped(HANOI), headers=wrong)
+        assert response.status_code == 403
+
+
+def bad_feeds(root: Path) -> dict[str, tuple[bytes, tuple[str, int, str]]]:
+    """Every kind of bad feed, with one problem (file, line, field) it must be refused for."""
+    rules = (HANOI / "fare_leg_rules.txt").read_text(encoding="utf-8")
+    overlap = rules + "bus,bus_short,,,,,BUS-SINGLE-MEDIUM,0\n"
+    latin = hanoi_copy(root / "latin")
+    stops = (latin / "stops.txt").read_bytes()
+    (latin / "stops.txt").write_bytes(stops.replace("Cát".encode(), b"C\xe1t"))
+    return {
+        "missing file": (
+            zipped(hanoi_copy(root / "missing", fare_leg_rules="")),
+            ("fare_leg_rules.txt", 0, ""),
+        ),
+        "dangling reference": (
+            zipped(edited(root / "dangling", "route_networks", "metro,3", "metro,3X")),
+            ("route_networks.txt", 3, "route_id"),
+        ),
+        "overlapping leg rules": (
+            zipped(hanoi_copy(root / "overlap", fare_leg_rules=overlap)),
+            ("fare_leg_rules.txt", len(rules.splitlines()) + 1, "fare_product_id"),
+        ),
+        "negative amount": (
+            zipped(edited(root / "negative", "fare_products", ",40000,VND", ",-40000,VND")),
+            ("fare_products.txt", 47, "amount"),
+        ),
+        "bad date": (
+            zipped(edited(root / "date", "calendar", "20271231", "20270230")),
+            ("calendar.txt", 2, "end_date"),
+        ),
+        "another currency": (
+            zipped(edited(root / "currency", "citypass_fare_caps", ",VND", ",USD")),
+            ("citypass_fare_caps.txt", 2, "currency"),
+        ),
+        "not a zip": (b"stop_id,stop_name\n2A-01,Cat Linh\n", ("", 0, "")),
+        "not UTF-8": (zipped(latin), ("stops.txt", 0, "")),
+    }
+
+
+class TestBadFeeds:
+    async def test_every_kind_is_refused_with_its_problems_and_nothing_stored(
+        self, http: httpx.AsyncClient, ticketing_db: Database, tmp_path: Path
+    ) -> None:
+        count = await version_count(ticketing_db)
+        listing = (await http.get("/v1/network/versions")).json()
+        for kind, (body, (file, line, field)) in bad_feeds(tmp_path).items():
+            response = await publish(http, body)
+            assert response.status_code == 422, kind
+            assert response.headers["content-type"] == "application/problem+json", kind
+            problem = response.json()
+            assert problem["code"] == "invalid_feed", kind
+            found = {(p["file"], p["line"], p["field"]) for p in problem["problems"]}
+            assert (file, line, field) in found, (kind, problem["problems"])
+            assert all(p["message"] for p in problem["problems"]), kind
+        assert await version_count(ticketing_db) == count
+        assert (await http.get("/v1/network/versions")).json() == listing
