@@ -4,11 +4,9 @@ kind of bad), the feed back out, a version switching prices at its instant, and 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import io
 import uuid
-import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,13 +14,27 @@ from typing import Any
 import httpx
 import pytest
 
-from services.ticketing.seed import FIRST_VERSION_FROM
+from citypass.servers import LocalServers
 from shared.db import Database
 from shared.fares.feed import HANOI, read_feed
 from shared.fares.versions import NetworkSync
 from tests.fares.support import edited, hanoi_copy
 from tests.fares.test_roundtrip import every_price
-from tests.ticketing.conftest import OPERATOR, new_key, publish, scalar, with_product, zipped
+from tests.support import ServiceProcess, running_service, wait_until
+from tests.ticketing.conftest import (
+    OPERATOR,
+    OPERATOR_TOKEN,
+    PAYMENTS_TOKEN,
+    balance,
+    buy,
+    fund,
+    new_key,
+    publish,
+    scalar,
+    sign_up,
+    with_product,
+    zipped,
+)
 
 
 async def version_count(ticketing_db: Database) -> int:
@@ -41,6 +53,23 @@ def dearer_metro_day(target: Path, price: int) -> Path:
     path = feed / "fare_products.txt"
     path.write_text(path.read_text(encoding="utf-8").replace(",40000,VND", f",{price},VND"))
     return feed
+
+
+@pytest.fixture(scope="module")
+def ticketing_process(
+    migrated: LocalServers, service_env: dict[str, str], payments_process: ServiceProcess
+) -> Iterator[ServiceProcess]:
+    """A second ticketing replica, as its own process, reading the version list every 0.2 s."""
+    env = {
+        **service_env,
+        "TICKETING_PAYMENTS_URL": payments_process.url,
+        "TICKETING_PAYMENTS_SERVICE_TOKEN": PAYMENTS_TOKEN,
+        "TICKETING_OPERATOR_TOKEN": OPERATOR_TOKEN,
+        "TICKETING_NETWORK_REFRESH_INTERVAL": "PT0.2S",
+    }
+    log_path = migrated.log_dir / "ticketing-tests-network-replica.log"
+    with running_service("ticketing", env, log_path) as process:
+        yield process
 
 
 @pytest.fixture
@@ -171,3 +200,122 @@ class TestBadFeeds:
             assert all(p["message"] for p in problem["problems"]), kind
         assert await version_count(ticketing_db) == count
         assert (await http.get("/v1/network/versions")).json() == listing
+
+
+class TestRoundTrip:
+    async def test_the_feed_exported_and_imported_again_prices_the_same(
+        self, http: httpx.AsyncClient, hanoi_back: None
+    ) -> None:
+        listing = (await http.get("/v1/network/versions")).json()["versions"]
+        now = datetime.now(UTC)
+        in_force = [v for v in listing if datetime.fromisoformat(v["effective_from"]) <= now][-1]
+        exported = (await http.get(f"/v1/network/versions/{in_force['id']}/feed")).content
+        assert every_price(read_feed(exported)) == every_price(read_feed(HANOI))
+        again = await publish(http, exported)
+        assert again.status_code == 201, again.text
+        assert again.json()["sha256"] == in_force["sha256"] == hashlib.sha256(exported).hexdigest()
+        products = (await http.get("/v1/products")).json()
+        assert {p["code"]: p["price_vnd"] for p in products}["METRO-DAY"] == 40_000
+
+
+class TestVersionSwitch:
+    async def test_a_version_published_ahead_prices_from_its_start_without_restart(
+        self,
+        http: httpx.AsyncClient,
+        payments_http: httpx.AsyncClient,
+        ticketing_process: ServiceProcess,
+        tmp_path: Path,
+        hanoi_back: None,
+    ) -> None:
+        """Both replicas: this one (which took the import) and a ticketing process that only
+        reads the table every 0.2 s."""
+        start = datetime.now(UTC) + timedelta(seconds=4)
+        dearer = zipped(dearer_metro_day(tmp_path / "dearer", 45_000))
+        assert (await publish(http, dearer, effective_from=start)).status_code == 201
+        async with httpx.AsyncClient(base_url=ticketing_process.url) as other:
+            assert await product_price(http, "METRO-DAY") == 40_000
+            assert await product_price(other, "METRO-DAY") == 40_000
+
+            async def switched() -> bool:
+                return await product_price(http, "METRO-DAY") == 45_000
+
+            await wait_until(switched, timeout_s=20)
+            assert datetime.now(UTC) >= start
+            assert await product_price(other, "METRO-DAY") == 45_000
+        rider = await sign_up(http)
+        await fund(http, payments_http, rider, 100_000)
+        bought = await buy(http, rider, "METRO-DAY")
+        assert bought.status_code == 201, bought.text
+        assert bought.json()["price_vnd"] == 45_000
+        assert await balance(http, rider) == 55_000
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Every request's path, and (when `tamper`) a feed whose last byte was changed."""
+
+    def __init__(self, tamper: bool = False) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.paths: list[str] = []
+        self.tamper = tamper
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        response = await self.inner.handle_async_request(request)
+        if not (self.tamper and request.url.path.endswith("/feed")):
+            return response
+        body = await response.aread()
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            content=body[:-1] + bytes([body[-1] ^ 1]),
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class TestNetworkSync:
+    """What validation, the fare worker and operator run, against a ticketing process."""
+
+    async def test_a_new_version_is_fetched_once_and_an_unchanged_list_costs_one_get(
+        self,
+        http: httpx.AsyncClient,
+        ticketing_process: ServiceProcess,
+        tmp_path: Path,
+        hanoi_back: None,
+    ) -> None:
+        transport = CountingTransport()
+        changes: list[int] = []
+        async with httpx.AsyncClient(base_url=ticketing_process.url, transport=transport) as client:
+            sync = NetworkSync(client, currency="VND", on_change=lambda v: changes.append(len(v)))
+            held = await sync.refresh()
+            assert transport.paths[0] == "/v1/network/versions"
+            assert len(transport.paths) == 1 + len(held)  # the list, then each feed once
+            assert held.at(datetime.now(UTC)).feed.products
+            transport.paths.clear()
+            assert await sync.refresh() is held
+            assert transport.paths == ["/v1/network/versions"]
+
+            start = datetime.now(UTC) + timedelta(days=600)
+            dearer = zipped(dearer_metro_day(tmp_path / "dearer", 50_000))
+            created = (await publish(http, dearer, effective_from=start)).json()
+            transport.paths.clear()
+            now_held = await sync.refresh()
+            assert transport.paths == [
+                "/v1/network/versions",
+                f"/v1/network/versions/{created['id']}/feed",
+            ]
+            assert now_held.at(start).id == created["id"]
+            day_pass = next(p for p in now_held.at(start).feed.products if p.code == "METRO-DAY")
+            assert day_pass.price == 50_000
+            assert changes == [len(held), len(held) + 1]
+
+    async def test_a_feed_that_does_not_match_its_digest_is_refused(
+        self, ticketing_process: ServiceProcess
+    ) -> None:
+        transport = CountingTransport(tamper=True)
+        async with httpx.AsyncClient(base_url=ticketing_process.url, transport=transport) as client:
+            sync = NetworkSync(client, currency="VND")
+            with pytest.raises(ValueError, match="digest mismatch"):
+                await sync.refresh()
+            assert len(sync.versions) == 0
