@@ -4,6 +4,7 @@ kind of bad), the feed back out, a version switching prices at its instant, and 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from citypass import cli
 from citypass.servers import LocalServers
 from shared.db import Database
 from shared.fares.feed import HANOI, read_feed
@@ -319,3 +321,90 @@ class TestNetworkSync:
             with pytest.raises(ValueError, match="digest mismatch"):
                 await sync.refresh()
             assert len(sync.versions) == 0
+
+
+class TestCommandLine:
+    async def run(self, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(cli.main, ["network", *argv])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    async def test_import_list_and_export_round_trip(
+        self,
+        capsys: pytest.CaptureFixture[str],
+        ticketing_process: ServiceProcess,
+        tmp_path: Path,
+        hanoi_back: None,
+    ) -> None:
+        url = ["--url", ticketing_process.url]
+        start = (datetime.now(UTC) + timedelta(days=700)).isoformat()
+        dearer = dearer_metro_day(tmp_path / "dearer", 42_000)
+        code, out, err = await self.run(
+            capsys,
+            *url,
+            "import",
+            str(dearer),
+            "--effective-from",
+            start,
+            "--token",
+            OPERATOR_TOKEN,
+        )
+        assert code == 0, err
+        version_id = out.split()[1]
+        code, out, _ = await self.run(capsys, *url, "versions")
+        assert version_id in out.splitlines()[-1]
+        assert sum(line.startswith("*") for line in out.splitlines()) == 1  # one in force
+
+        code, _, err = await self.run(
+            capsys, *url, "export", str(tmp_path / "out"), "--version", version_id
+        )
+        assert code == 0, err
+        code, _, err = await self.run(
+            capsys, *url, "export", str(tmp_path / "out.zip"), "--version", version_id
+        )
+        assert code == 0, err
+        exported = read_feed(tmp_path / "out")
+        assert every_price(exported) == every_price(read_feed(dearer))
+        day_pass = next(p for p in exported.products if p.code == "METRO-DAY")
+        assert day_pass.price == 42_000
+        async with httpx.AsyncClient(base_url=ticketing_process.url) as client:
+            listing = (await client.get("/v1/network/versions")).json()["versions"]
+        sha = next(v["sha256"] for v in listing if v["id"] == version_id)
+        assert hashlib.sha256((tmp_path / "out.zip").read_bytes()).hexdigest() == sha
+
+        # The exported directory imported again (at another instant) is the same feed.
+        later = (datetime.now(UTC) + timedelta(days=701)).isoformat()
+        code, out, err = await self.run(
+            capsys,
+            *url,
+            "import",
+            str(tmp_path / "out"),
+            "--effective-from",
+            later,
+            "--token",
+            OPERATOR_TOKEN,
+        )
+        assert code == 0, err
+        assert f"sha256 {sha}" in out
+
+    async def test_a_bad_feed_prints_its_problems_one_a_line(
+        self,
+        capsys: pytest.CaptureFixture[str],
+        ticketing_process: ServiceProcess,
+        ticketing_db: Database,
+        tmp_path: Path,
+    ) -> None:
+        count = await version_count(ticketing_db)
+        feed = edited(tmp_path / "bad", "fare_products", ",40000,VND", ",-40000,VND")
+        text = (feed / "fare_leg_rules.txt").read_text(encoding="utf-8")
+        (feed / "fare_leg_rules.txt").write_text(text.replace(",metro,2A-01,", ",metro9,2A-01,", 1))
+        code, _, err = await self.run(
+            capsys, "--url", ticketing_process.url, "import", str(feed), "--token", OPERATOR_TOKEN
+        )
+        assert code == 1
+        lines = err.splitlines()
+        assert lines[0].startswith("invalid_feed: ")
+        assert "fare_products.txt:47: amount: '-40000' is negative" in lines[1:]
+        assert any(line.startswith("fare_leg_rules.txt:2: network_id: ") for line in lines[1:])
+        assert await version_count(ticketing_db) == count
