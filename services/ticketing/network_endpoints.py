@@ -25,7 +25,9 @@ from shared.ids import utcnow
 router = APIRouter(prefix="/v1/network", tags=["network"])
 
 ZIP = "application/zip"
-ZIP_BODY = {"content": {ZIP: {"schema": {"type": "string", "format": "binary"}}}}
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+ZIP_BODY = {"content": {ZIP: BINARY}}
+UPLOAD = {"content": {ZIP: BINARY, "application/octet-stream": BINARY}}  # the same zip
 
 
 @router.post(
@@ -33,7 +35,7 @@ ZIP_BODY = {"content": {ZIP: {"schema": {"type": "string", "format": "binary"}}}
     response_model=NetworkVersionRead,
     status_code=201,
     dependencies=[Depends(operator)],
-    openapi_extra={"requestBody": {"required": True, **ZIP_BODY}},
+    openapi_extra={"requestBody": {"required": True, **UPLOAD}},
     responses={
         200: {
             "description": "This feed already takes effect at this instant",
