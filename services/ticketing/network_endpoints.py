@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from services.ticketing.auth import SettingsDep, operator
 from services.ticketing.endpoints import NetworkDep, problems
-from services.ticketing.schemas import NetworkVersionList, NetworkVersionRead
+from services.ticketing.schemas import NetworkRead, NetworkVersionList, NetworkVersionRead
 from services.ticketing.service import network as versions
 from services.ticketing.tables import idempotency_keys
 from shared.app import RuntimeDep
@@ -101,6 +101,13 @@ async def import_version(
         answer = await call.respond(201 if created else 200, version)
     await network.refresh()
     return answer
+
+
+@router.get("", response_model=NetworkRead, responses=problems((503, "`network_not_loaded`")))
+async def network_in_force(network: NetworkDep) -> NetworkRead:
+    """The network in force now, for a rider's app: operators, lines (with their mode) and
+    stations (with the lines that call there). The same data as the version's GTFS feed."""
+    return versions.network_read(network.versions.current())
 
 
 @router.get("/versions", response_model=NetworkVersionList)

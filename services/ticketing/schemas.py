@@ -149,6 +149,38 @@ class NetworkVersionList(BaseModel):
     versions: list[NetworkVersionRead] = Field(description="Oldest effective first")
 
 
+class NetworkOperator(BaseModel):
+    id: str
+    name: str
+    url: str
+
+
+class NetworkLine(BaseModel):
+    id: str = Field(description="The line or route code gates and tickets use (`2A`, `32`)")
+    name: str
+    mode: Mode | None = Field(description="`metro`, `bus`, or null for another GTFS route type")
+    operator_id: str
+
+
+class NetworkStation(BaseModel):
+    id: str = Field(description="The station or stop code (`2A-05`)")
+    name: str
+    lat: float | None
+    lon: float | None
+    lines: list[str] = Field(description="Lines or routes that call here")
+
+
+class NetworkRead(BaseModel):
+    version_id: uuid.UUID
+    effective_from: datetime
+    feed_version: str
+    currency: str
+    timezone: str = Field(description="The fare day's time zone (`agency_timezone`)")
+    operators: list[NetworkOperator]
+    lines: list[NetworkLine]
+    stations: list[NetworkStation]
+
+
 # Riders and sessions ----------------------------------------------------------------------------
 
 

@@ -17,6 +17,8 @@ import pytest
 
 from citypass import cli
 from citypass.servers import LocalServers
+from services.ticketing.seed import FIRST_VERSION_FROM, seed
+from services.ticketing.settings import TicketingSettings
 from shared.db import Database
 from shared.fares.feed import HANOI, read_feed
 from shared.fares.versions import NetworkSync
@@ -408,3 +410,43 @@ class TestCommandLine:
         assert "fare_products.txt:47: amount: '-40000' is negative" in lines[1:]
         assert any(line.startswith("fare_leg_rules.txt:2: network_id: ") for line in lines[1:])
         assert await version_count(ticketing_db) == count
+
+
+class TestSeed:
+    async def test_hanoi_is_the_first_version_and_a_second_seed_keeps_the_versions(
+        self, http: httpx.AsyncClient, ticketing_db: Database, migrated: LocalServers
+    ) -> None:
+        first = (await http.get("/v1/network/versions")).json()["versions"][0]
+        assert datetime.fromisoformat(first["effective_from"]) == FIRST_VERSION_FROM
+        assert first["summary"]["feed_version"] == "hanoi-2026.12"
+        count = await version_count(ticketing_db)
+        settings = TicketingSettings(database_url=migrated.database_url)
+        assert await seed(settings) == "network versions kept"
+        assert await version_count(ticketing_db) == count
+
+    async def test_an_unknown_version_has_no_feed(self, http: httpx.AsyncClient) -> None:
+        response = await http.get(f"/v1/network/versions/{uuid.uuid4()}/feed")
+        assert response.status_code == 404
+        assert response.json()["code"] == "network_version_not_found"
+
+
+class TestNetworkInForce:
+    async def test_the_rider_app_gets_lines_and_stations_of_the_version_in_force(
+        self, http: httpx.AsyncClient
+    ) -> None:
+        response = await http.get("/v1/network")
+        assert response.status_code == 200, response.text
+        network = response.json()
+        assert (network["currency"], network["timezone"]) == ("VND", "Asia/Ho_Chi_Minh")
+        lines = {line["id"]: line["mode"] for line in network["lines"]}
+        assert lines == {
+            "2A": "metro",
+            "3": "metro",
+            "01": "bus",
+            "09": "bus",
+            "32": "bus",
+            "86": "bus",
+        }
+        stations = {s["id"]: (s["name"], s["lines"]) for s in network["stations"]}
+        assert stations["2A-01"] == ("Cát Linh", ["2A"])
+        assert sum(lines_ == ["2A"] for _, lines_ in stations.values()) == 12

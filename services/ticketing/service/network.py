@@ -15,12 +15,20 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.ticketing import repository
-from services.ticketing.schemas import NetworkVersionList, NetworkVersionRead
+from services.ticketing.schemas import (
+    NetworkLine,
+    NetworkOperator,
+    NetworkRead,
+    NetworkStation,
+    NetworkVersionList,
+    NetworkVersionRead,
+)
+from services.ticketing.service.products import ROUTE_MODES
 from shared.db import Database
 from shared.errors import NotFound, ProblemError
 from shared.fares.feed import Feed, feed_zip, read_feed
 from shared.fares.reader import Table
-from shared.fares.versions import NetworkSync, VersionListing, feed_digest
+from shared.fares.versions import NetworkSync, NetworkVersion, VersionListing, feed_digest
 from shared.ids import new_id
 
 SUMMARY_FILES = {
@@ -181,3 +189,47 @@ async def seed_version(
         summary=feed.summary,
     )
     return True
+
+
+def network_read(version: NetworkVersion) -> NetworkRead:
+    """What a rider's app shows of the version in force: operators, lines and stations."""
+    tables = version.feed.tables
+    route_of_trip = {row.get("trip_id"): row.get("route_id") for row in tables["trips.txt"].rows}
+    lines_at: dict[str, list[str]] = {}
+    for row in tables["stop_times.txt"].rows:
+        route = route_of_trip.get(row.get("trip_id"), "")
+        calling = lines_at.setdefault(row.get("stop_id"), [])
+        if route not in calling:
+            calling.append(route)
+    return NetworkRead(
+        version_id=uuid.UUID(version.id),
+        effective_from=version.effective_from,
+        feed_version=summary(version.feed)["feed_version"],
+        currency=version.feed.currency,
+        timezone=str(version.feed.tariff.timezone),
+        operators=[
+            NetworkOperator(
+                id=row.get("agency_id"), name=row.get("agency_name"), url=row.get("agency_url")
+            )
+            for row in tables["agency.txt"].rows
+        ],
+        lines=[
+            NetworkLine(
+                id=row.get("route_id"),
+                name=row.get("route_long_name") or row.get("route_short_name"),
+                mode=ROUTE_MODES.get(row.get("route_type")),
+                operator_id=row.get("agency_id"),
+            )
+            for row in tables["routes.txt"].rows
+        ],
+        stations=[
+            NetworkStation(
+                id=row.get("stop_id"),
+                name=row.get("stop_name"),
+                lat=float(row.get("stop_lat")) if row.get("stop_lat") else None,
+                lon=float(row.get("stop_lon")) if row.get("stop_lon") else None,
+                lines=lines_at.get(row.get("stop_id"), []),
+            )
+            for row in tables["stops.txt"].rows
+        ],
+    )
