@@ -112,37 +112,33 @@ async def import_version(
                 "choose another instant.",
                 version_id=str(taken.id),
             )
-        return await get_version(session, taken.id), False
+        return version_read(taken), False
     if effective_from < now - tolerance:
         raise EffectiveFromInPast(
             f"effective_from {effective_from.isoformat()} is in the past: what happened since "
             "was priced by the version then in force. Give a future instant (or none: now).",
         )
-    await repository.insert_network_version(
-        session,
+    return await _insert(session, feed, effective_from, now), True
+
+
+async def _insert(
+    session: AsyncSession, feed: PreparedFeed, effective_from: datetime, now: datetime
+) -> NetworkVersionRead:
+    version = NetworkVersionRead(
         id=new_id(),
         effective_from=effective_from,
         sha256=feed.sha256,
         imported_at=now,
-        feed=feed.data,
         summary=feed.summary,
     )
-    created = await repository.network_version_at(session, effective_from)
-    assert created is not None
-    return await get_version(session, created.id), True
+    await repository.insert_network_version(session, feed=feed.data, **version.model_dump())
+    return version
 
 
 async def list_versions(session: AsyncSession) -> NetworkVersionList:
     return NetworkVersionList(
         versions=[version_read(row) for row in await repository.list_network_versions(session)]
     )
-
-
-async def get_version(session: AsyncSession, version_id: uuid.UUID) -> NetworkVersionRead:
-    for row in await repository.list_network_versions(session):
-        if row.id == version_id:
-            return version_read(row)
-    raise NotFound(f"No network version {version_id}.", code="network_version_not_found")
 
 
 async def version_feed(session: AsyncSession, version_id: uuid.UUID) -> bytes:
@@ -179,15 +175,7 @@ async def seed_version(
     await repository.lock_network_versions(session)
     if await repository.list_network_versions(session):
         return False
-    await repository.insert_network_version(
-        session,
-        id=new_id(),
-        effective_from=effective_from,
-        sha256=feed.sha256,
-        imported_at=now,
-        feed=feed.data,
-        summary=feed.summary,
-    )
+    await _insert(session, feed, effective_from, now)
     return True
 
 

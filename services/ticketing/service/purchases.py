@@ -96,11 +96,11 @@ def _check_sellable(rider: Record, product: ProductRead, body: PurchaseCreate, f
 
 def _sellable_product(network: NetworkSync, rider: Record, body: PurchaseCreate) -> ProductRead:
     """The product as the network version in force sells it now."""
-    now = utcnow()
-    product = products.find_product(network.versions, body.product_code, now)
+    now, versions = utcnow(), network.versions
+    product = products.find_product(versions, body.product_code, now)
     if product is None:
         raise Unprocessable(f"No product {body.product_code}.", code="unknown_product")
-    _check_sellable(rider, product, body, network.versions.feed_at(now))
+    _check_sellable(rider, product, body, versions.feed_at(now))
     return product
 
 
