@@ -1,4 +1,5 @@
-"""`citypass`: the platform's command line (local stack, bank sandbox, rider and gate tools)."""
+"""`citypass`: the platform's command line (local stack, bank sandbox, rider and gate tools,
+network versions)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ COMMAND_MODULES = (
     "citypass.rider",
     "citypass.gate",
     "citypass.parking",
+    "citypass.network",
 )
 
 

@@ -8,6 +8,7 @@ status, content type and schema. CI runs 30 examples per operation; the hardenin
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -34,6 +35,7 @@ from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
 from citypass.stack import SERVICES, ServiceSpec
 from services.parking.settings import ParkingSettings
 from services.payments.settings import PaymentsSettings
+from services.ticketing.seed import seed as seed_ticketing
 from services.ticketing.settings import TicketingSettings
 from services.validation.settings import ValidationSettings
 from shared.devicesigning import DeviceSigner
@@ -67,7 +69,9 @@ class LiveService:
 def live_services(
     migrated: LocalServers, service_env: dict[str, str]
 ) -> Iterator[dict[str, LiveService]]:
-    """Each service as a real process on a free port, by name."""
+    """Each service as a real process on a free port, by name; ticketing with its first network
+    version, as `make run` seeds it."""
+    asyncio.run(seed_ticketing(TicketingSettings(database_url=migrated.database_url)))
     ports = {spec.name: free_port() for spec in SERVICES}
     env = {**os.environ, **service_env}
     for spec in SERVICES:

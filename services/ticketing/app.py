@@ -6,10 +6,10 @@ import logging
 
 from fastapi import FastAPI
 
-from services.ticketing import endpoints, tables, tasks, webapp
+from services.ticketing import endpoints, network_endpoints, tables, tasks, webapp
 from services.ticketing.credentials import KeyWrap
 from services.ticketing.payments import Payments
-from services.ticketing.service import issuer
+from services.ticketing.service import issuer, network
 from services.ticketing.settings import TicketingSettings
 from shared.app import Runtime, create_app, supervised
 from shared.outbox import OutboxRelay
@@ -33,7 +33,10 @@ a device key and never renders a rider's QR, so the QR keeps working offline.
 retiring keys are valid; a retired key's credentials must be refused).
 
 **Operators** (`Authorization: Bearer <TICKETING_OPERATOR_TOKEN>`) approve concession
-categories, revoke tickets and rotate the issuer key under `/v1/admin`.
+categories, revoke tickets and rotate the issuer key under `/v1/admin`, and import the
+network and its fares (a GTFS + GTFS-Fares v2 feed) as versions that take effect at a given
+instant (`POST /v1/network/versions`). Products and prices are those of the version in force;
+the versions and their feeds are public (`GET /v1/network/versions`).
 
 **The rider web app** (`/app/`, built by `make app`) does all of the above in a phone's browser:
 its device key is a non-extractable WebCrypto Ed25519 key, and it signs the dynamic QR offline.
@@ -53,11 +56,14 @@ def build_app(settings: TicketingSettings | None = None) -> FastAPI:
     runtime.on_stop.append(payments.close)
     keywrap = KeyWrap(settings.issuer_key_encryption_key.get_secret_value())
     relay = OutboxRelay("ticketing", runtime.db, tables.outbox, runtime.publisher)
+    versions = network.network_sync(runtime.db, settings.currency)
     runtime.workers += [
         supervised("outbox-relay", relay.run),
         supervised(
-            "purchase-reconciler", tasks.purchase_reconciler(runtime.db, payments, settings)
+            "purchase-reconciler",
+            tasks.purchase_reconciler(runtime.db, payments, settings, versions),
         ),
+        supervised("network-refresh", tasks.network_refresh(versions, settings)),
         supervised("key-retirement", tasks.key_retirement(runtime.db, settings)),
     ]
 
@@ -67,13 +73,19 @@ def build_app(settings: TicketingSettings | None = None) -> FastAPI:
             keywrap.unwrap(key.kid, key.private_key_wrapped)  # a wrong KEK shows at start-up
         logger.info("issuer key %s is active", key.kid)
 
+    async def load_network() -> None:
+        loaded = await versions.refresh()
+        if not loaded:
+            logger.warning("no network version yet: import one (citypass network import FEED)")
+
     app = create_app(
         runtime,
-        [endpoints.router, endpoints.admin_router, webapp.router()],
+        [endpoints.router, endpoints.admin_router, network_endpoints.router, webapp.router()],
         title="CityPass ticketing",
         description=DESCRIPTION,
-        on_start=[ensure_issuer_key],
+        on_start=[ensure_issuer_key, load_network],
     )
     app.state.payments = payments
     app.state.keywrap = keywrap
+    app.state.network = versions
     return app

@@ -38,7 +38,9 @@ from services.ticketing.service import devices, issuer, products, purchases, rid
 from shared.app import RuntimeDep, state
 from shared.auth import INVALID_TOKEN
 from shared.errors import Unauthorized, problems
+from shared.fares.versions import NetworkSync
 from shared.idempotency import IdempotencyDep
+from shared.ids import utcnow
 from shared.payments_client import PaymentsUnavailable
 
 logger = logging.getLogger("citypass.ticketing")
@@ -46,11 +48,13 @@ logger = logging.getLogger("citypass.ticketing")
 
 PaymentsDep = Annotated[Payments, state("payments")]
 KeyWrapDep = Annotated[KeyWrap, state("keywrap")]
+NetworkDep = Annotated[NetworkSync, state("network")]
 ProductCode = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Z0-9-]+$")]
 
 
 UNAUTHENTICATED = (401, "No, expired or invalid access token")
 PAYMENTS_DOWN = (503, "`payments_unavailable`: payments did not answer; retry later")
+NO_NETWORK = (503, "`network_not_loaded`: no network version is in force yet")
 
 router = APIRouter(prefix="/v1")
 admin_router = APIRouter(
@@ -64,23 +68,27 @@ admin_router = APIRouter(
 # Products and keys ------------------------------------------------------------------------------
 
 
-@router.get("/products", response_model=list[ProductRead], tags=["products"])
-async def list_products(rt: RuntimeDep) -> list[ProductRead]:
-    """Every fare product on sale, with prices in VND and who may buy it."""
-    async with rt.db.transaction() as session:
-        return await products.list_products(session)
+@router.get(
+    "/products",
+    response_model=list[ProductRead],
+    tags=["products"],
+    responses=problems(NO_NETWORK),
+)
+async def list_products(network: NetworkDep) -> list[ProductRead]:
+    """Every fare product on sale now, with prices in VND and who may buy it: those of the
+    network version in force (`GET /v1/network/versions`)."""
+    return products.catalogue(network.versions, utcnow())
 
 
 @router.get(
     "/products/{code}",
     response_model=ProductRead,
     tags=["products"],
-    responses=problems((404, "`product_not_found`")),
+    responses=problems((404, "`product_not_found`"), NO_NETWORK),
 )
-async def get_product(code: ProductCode, rt: RuntimeDep) -> ProductRead:
-    """One fare product."""
-    async with rt.db.transaction() as session:
-        return await products.get_product(session, code)
+async def get_product(code: ProductCode, network: NetworkDep) -> ProductRead:
+    """One fare product, as the network version in force sells it."""
+    return products.get_product(network.versions, code, utcnow())
 
 
 @router.get("/keys", response_model=KeySet, tags=["credentials"])
@@ -313,7 +321,8 @@ async def revoke_device(device_id: uuid.UUID, rider: CurrentRider, rt: RuntimeDe
         (
             503,
             "`payments_unavailable`: the purchase (`purchase_id`) stays pending and is "
-            "completed or cancelled automatically; retry with the same Idempotency-Key",
+            "completed or cancelled automatically; retry with the same Idempotency-Key; "
+            "or `network_not_loaded` (no network version in force: nothing recorded)",
         ),
     ),
 )
@@ -324,6 +333,7 @@ async def purchase(
     rt: RuntimeDep,
     settings: SettingsDep,
     payments: PaymentsDep,
+    network: NetworkDep,
 ) -> Response:
     """Buy a fare product, paid from the rider's wallet; answers with the issued ticket.
 
@@ -342,7 +352,7 @@ async def purchase(
     # The purchase row, keyed by (rider, key), is the idempotency record: the kit's one-transaction
     # `Idempotency.call` would hold a connection and a lock across the payment call.
     result, replayed = await purchases.place_purchase(
-        rt.db, payments, settings, rider.id, body, key
+        rt.db, payments, settings, network, rider.id, body, key
     )
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return Response(result.model_dump_json(), 201, headers, media_type="application/json")

@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 
 from sqlalchemy import DateTime, Table, case, delete, func, literal, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Row, RowMapping
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.ticketing.tables import (
@@ -22,7 +22,7 @@ from services.ticketing.tables import (
     devices,
     issuer_keys,
     login_failures,
-    products,
+    network_versions,
     purchases,
     refresh_tokens,
     riders,
@@ -35,31 +35,36 @@ Record: TypeAlias = Row[Any]
 ISSUER_KEYS_LOCK = 0x7469636B6574  # advisory lock id: key creation and rotation, one at a time
 
 
-# Products ---------------------------------------------------------------------------------------
+# Network versions -------------------------------------------------------------------------------
 
 
-async def upsert_products(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    statement = insert(products).values(list(rows))
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[products.c.code],
-            set_={c.name: statement.excluded[c.name] for c in products.c if c.name != "code"},
-        )
-    )
+_VERSION_COLUMNS = [c for c in network_versions.c if c.name != "feed"]
 
 
-async def list_products(session: AsyncSession) -> Sequence[RowMapping]:
-    return (await session.execute(select(products).order_by(products.c.code))).mappings().all()
+async def insert_network_version(session: AsyncSession, **values: Any) -> None:
+    await session.execute(network_versions.insert().values(**values))
 
 
-async def get_product(session: AsyncSession, code: str) -> RowMapping | None:
-    return (
-        (await session.execute(select(products).where(products.c.code == code))).mappings().first()
-    )
+async def list_network_versions(session: AsyncSession) -> Sequence[Record]:
+    """Every version without its feed, by the instant it takes effect."""
+    statement = select(*_VERSION_COLUMNS).order_by(network_versions.c.effective_from)
+    return (await session.execute(statement)).all()
 
 
-async def delete_product(session: AsyncSession, code: str) -> None:
-    await session.execute(products.delete().where(products.c.code == code))
+async def network_version_at(session: AsyncSession, effective_from: datetime) -> Record | None:
+    statement = select(*_VERSION_COLUMNS).where(network_versions.c.effective_from == effective_from)
+    return (await session.execute(statement)).first()
+
+
+async def network_feed(session: AsyncSession, version_id: uuid.UUID) -> bytes | None:
+    statement = select(network_versions.c.feed).where(network_versions.c.id == version_id)
+    feed: bytes | None = await session.scalar(statement)
+    return feed
+
+
+async def lock_network_versions(session: AsyncSession) -> None:
+    """Imports one at a time: the instant checks and the insert see every earlier import."""
+    await session.execute(text("LOCK TABLE network_versions IN SHARE ROW EXCLUSIVE MODE"))
 
 
 # Riders and refresh tokens ----------------------------------------------------------------------

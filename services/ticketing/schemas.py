@@ -6,7 +6,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
@@ -133,6 +133,52 @@ class ProductRead(BaseModel):
     credential_code: str = Field(
         description="Short code carried in the signed credential (the QR has little room)"
     )
+
+
+class NetworkVersionRead(BaseModel):
+    id: uuid.UUID
+    effective_from: datetime = Field(description="The instant it takes effect (UTC)")
+    sha256: str = Field(description="Hex digest of the feed's zip as served by `.../feed`")
+    imported_at: datetime
+    summary: dict[str, Any] = Field(
+        description="What the feed holds: `feed_version`, `currency`, `timezone` and row counts"
+    )
+
+
+class NetworkVersionList(BaseModel):
+    versions: list[NetworkVersionRead] = Field(description="Oldest effective first")
+
+
+class NetworkOperator(BaseModel):
+    id: str
+    name: str
+    url: str
+
+
+class NetworkLine(BaseModel):
+    id: str = Field(description="The line or route code gates and tickets use (`2A`, `32`)")
+    name: str
+    mode: Mode | None = Field(description="`metro`, `bus`, or null for another GTFS route type")
+    operator_id: str
+
+
+class NetworkStation(BaseModel):
+    id: str = Field(description="The station or stop code (`2A-05`)")
+    name: str
+    lat: float | None
+    lon: float | None
+    lines: list[str] = Field(description="Lines or routes that call here")
+
+
+class NetworkRead(BaseModel):
+    version_id: uuid.UUID
+    effective_from: datetime
+    feed_version: str
+    currency: str
+    timezone: str = Field(description="The fare day's time zone (`agency_timezone`)")
+    operators: list[NetworkOperator]
+    lines: list[NetworkLine]
+    stations: list[NetworkStation]
 
 
 # Riders and sessions ----------------------------------------------------------------------------

@@ -45,6 +45,14 @@ class TicketingSettings(ServiceSettings):
     # Unresolved this long (payments down all along): cancelled, and refunded if it was charged.
     purchase_abandon_after: timedelta = timedelta(hours=1)
     reconcile_interval: timedelta = timedelta(seconds=5)
+    # The platform's currency (ISO 4217): a feed priced in another one is refused at import.
+    currency: str = Field(default="VND", pattern=r"^[A-Z]{3}$")
+    # How often each replica reads the version list (a version imported through another
+    # replica is priced here after at most this long; one published ahead needs no refresh).
+    network_refresh_interval: timedelta = timedelta(seconds=5)
+    # An import may start this far in the past (clocks differ), not further: the minutes
+    # before it were priced already by the version then in force.
+    network_backdate_tolerance: timedelta = timedelta(seconds=60)
 
     @model_validator(mode="after")
     def _margin_inside_ttl(self) -> Self:

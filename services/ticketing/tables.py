@@ -18,7 +18,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from shared.idempotency import idempotency_keys_table
 from shared.inbox import processed_events_table
@@ -29,22 +29,16 @@ outbox = outbox_table(metadata)
 idempotency_keys = idempotency_keys_table(metadata)
 processed_events = processed_events_table(metadata)
 
-products = Table(
-    "products",
+# Every imported GTFS feed (a canonical zip) with the instant it takes effect; never updated.
+network_versions = Table(
+    "network_versions",
     metadata,
-    Column("code", String(40), primary_key=True),
-    Column("name_vi", String(120), nullable=False),
-    Column("name_en", String(120), nullable=False),
-    Column("mode", String(10), nullable=False),
-    Column("kind", String(20), nullable=False),
-    Column("price_vnd", Integer, nullable=False),
-    Column("categories", ARRAY(String(20)), nullable=False),
-    Column("validity_days", Integer),
-    Column("rides", Integer),
-    Column("lines", ARRAY(String(10)), nullable=False),
-    Column("distance_priced", Boolean, nullable=False),
-    Column("line_choice", Boolean, nullable=False, server_default="false"),
-    Column("credential_code", String(8), nullable=False, unique=True),
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("effective_from", DateTime(timezone=True), nullable=False, unique=True),
+    Column("sha256", String(64), nullable=False),
+    Column("imported_at", DateTime(timezone=True), nullable=False),
+    Column("feed", LargeBinary, nullable=False),
+    Column("summary", JSONB, nullable=False),
 )
 
 riders = Table(

@@ -10,19 +10,20 @@ from services.ticketing.service import issuer, purchases
 from services.ticketing.settings import TicketingSettings
 from shared.app import Worker
 from shared.db import Database
+from shared.fares.versions import NetworkSync
 
 logger = logging.getLogger("citypass.ticketing.tasks")
 
 
 def purchase_reconciler(
-    database: Database, payments: Payments, settings: TicketingSettings
+    database: Database, payments: Payments, settings: TicketingSettings, network: NetworkSync
 ) -> Worker:
     """Resolves purchases left pending (payments down, a lost answer, a crash): see
     `purchases.reconcile_purchases`. Replicas share the work through SKIP LOCKED."""
 
     async def run() -> None:
         while True:
-            claimed = await purchases.reconcile_purchases(database, payments, settings)
+            claimed = await purchases.reconcile_purchases(database, payments, settings, network)
             if claimed < purchases.RECONCILE_BATCH:
                 await asyncio.sleep(settings.reconcile_interval.total_seconds())
 
@@ -39,5 +40,17 @@ def key_retirement(database: Database, settings: TicketingSettings) -> Worker:
             if retired:
                 logger.info("issuer keys retired: %s", ", ".join(retired))
             await asyncio.sleep(settings.key_retirement_interval.total_seconds())
+
+    return run
+
+
+def network_refresh(network: NetworkSync, settings: TicketingSettings) -> Worker:
+    """Reads the version list (one small query) and loads the feeds it has not seen: a version
+    imported through another replica is priced here from its start, within the interval."""
+
+    async def run() -> None:
+        while True:
+            await asyncio.sleep(settings.network_refresh_interval.total_seconds())
+            await network.refresh()
 
     return run

@@ -140,15 +140,24 @@ def feed_files(feed: Feed) -> dict[str, bytes]:
     return files
 
 
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so that one feed always zips to the same bytes
+
+
+def feed_zip(feed: Feed) -> bytes:
+    """The feed as a canonical zip: same tables, same bytes (and so the same sha256)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in feed_files(feed).items():
+            archive.writestr(zipfile.ZipInfo(name, ZIP_TIME), data, zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
 def export_feed(feed: Feed, target: Path) -> Path:
     """Write the feed as a directory, or as a zip when `target` ends in .zip."""
-    files = feed_files(feed)
     if target.suffix == ".zip":
-        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name, data in files.items():
-                archive.writestr(name, data)
+        target.write_bytes(feed_zip(feed))
     else:
         target.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
+        for name, data in feed_files(feed).items():
             (target / name).write_bytes(data)
     return target

@@ -74,14 +74,29 @@ def read_tables(source: Path | str | bytes) -> dict[str, Table]:
     texts: dict[str, bytes] = {}
     if isinstance(source, bytes) or (Path(source).is_file()):
         opened = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
-        with zipfile.ZipFile(opened) as archive:
-            for info in archive.infolist():
-                name = info.filename.rsplit("/", 1)[-1]
-                if name.endswith(".txt") and not info.is_dir():
-                    texts[name] = archive.read(info)
+        try:
+            with zipfile.ZipFile(opened) as archive:
+                for info in archive.infolist():
+                    name = info.filename.rsplit("/", 1)[-1]
+                    if name.endswith(".txt") and not info.is_dir():
+                        texts[name] = archive.read(info)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as error:
+            raise FeedRejected(
+                [Problem("", 0, "", f"not a readable zip archive: {error}")]
+            ) from None
     else:
         for path in sorted(Path(source).glob("*.txt")):
             texts[path.name] = path.read_bytes()
+    undecodable = []
+    for name, data in texts.items():
+        try:
+            data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            undecodable.append(
+                Problem(name, 0, "", f"not UTF-8 text ({error.reason} at byte {error.start})")
+            )
+    if undecodable:
+        raise FeedRejected(undecodable)
     return {name: _table(name, data) for name, data in texts.items()}
 
 

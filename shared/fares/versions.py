@@ -18,11 +18,13 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import httpx
 
 from shared.errors import ProblemError
 from shared.fares.feed import Feed, read_feed
+from shared.fares.reader import FeedRejected
 
 log = logging.getLogger(__name__)
 
@@ -96,30 +98,57 @@ def parse_listing(payload: object) -> list[VersionListing]:
     ]
 
 
+class VersionSource(Protocol):
+    """Where a process's versions come from: ticketing over HTTP, or ticketing's own table."""
+
+    async def listing(self) -> list[VersionListing]: ...
+
+    async def feed(self, version_id: str) -> bytes: ...
+
+
+class TicketingVersions:
+    """Ticketing's public API: `GET /v1/network/versions` and `.../{id}/feed`."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    async def listing(self) -> list[VersionListing]:
+        response = await self._http.get("/v1/network/versions")
+        response.raise_for_status()
+        return parse_listing(response.json())
+
+    async def feed(self, version_id: str) -> bytes:
+        response = await self._http.get(f"/v1/network/versions/{version_id}/feed")
+        response.raise_for_status()
+        return response.content
+
+
 class NetworkSync:
     """Keeps a process's `NetworkVersions` equal to ticketing's list.
 
     A feed is downloaded once per version and checked against its digest and by `read_feed`
     (the same rules as at import); the versions already held are kept, so a refresh that finds
-    nothing new costs one small GET. A version ticketing no longer lists is dropped.
+    nothing new costs one small GET. A version ticketing no longer lists is dropped. `source`
+    is an HTTP client on ticketing's base URL, or any `VersionSource` (ticketing reads its
+    own table).
     """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        source: httpx.AsyncClient | VersionSource,
         *,
         currency: str,
         on_change: Callable[[NetworkVersions], Awaitable[None] | None] | None = None,
     ) -> None:
-        self._http = http
+        self._source = (
+            TicketingVersions(source) if isinstance(source, httpx.AsyncClient) else source
+        )
         self._currency = currency
         self._on_change = on_change
         self.versions = NetworkVersions()
 
     async def refresh(self) -> NetworkVersions:
-        response = await self._http.get("/v1/network/versions")
-        response.raise_for_status()
-        listing = parse_listing(response.json())
+        listing = await self._source.listing()
         held = {v.id: v for v in self.versions}
         fresh: list[NetworkVersion] = []
         for item in listing:
@@ -127,9 +156,7 @@ class NetworkSync:
             if known is not None and known.sha256 == item.sha256:
                 fresh.append(known)
                 continue
-            feed_response = await self._http.get(f"/v1/network/versions/{item.id}/feed")
-            feed_response.raise_for_status()
-            data = feed_response.content
+            data = await self._source.feed(item.id)
             if feed_digest(data) != item.sha256:
                 raise ValueError(f"network version {item.id}: feed digest mismatch")
             feed = await asyncio.to_thread(read_feed, data, currency=self._currency)
@@ -148,6 +175,6 @@ class NetworkSync:
         while True:
             try:
                 await self.refresh()
-            except (httpx.HTTPError, ValueError) as error:
+            except (httpx.HTTPError, ValueError, FeedRejected) as error:
                 log.warning("network versions not refreshed: %s", error)
             await asyncio.sleep(interval_s)

@@ -37,6 +37,19 @@ class TestGoodFeeds:
 
 
 class TestRefused:
+    def test_bytes_that_are_not_a_zip(self) -> None:
+        (problem,) = refusal(b"stop_id,stop_name\n")
+        assert (problem.file, problem.line) == ("", 0)
+        assert problem.message.startswith("not a readable zip archive")
+
+    def test_a_file_that_is_not_utf8(self, tmp_path: Path) -> None:
+        feed = hanoi_copy(tmp_path)
+        stops = (feed / "stops.txt").read_bytes()
+        (feed / "stops.txt").write_bytes(stops.replace("Cát".encode(), b"C\xe1t"))
+        (problem,) = refusal(feed)
+        assert (problem.file, problem.line, problem.field) == ("stops.txt", 0, "")
+        assert problem.message.startswith("not UTF-8 text")
+
     def test_missing_file(self, tmp_path: Path) -> None:
         problems = refusal(hanoi_copy(tmp_path, fare_leg_rules=""))
         assert ("fare_leg_rules.txt", 0, "") in where(problems)

@@ -1,7 +1,7 @@
 """Hanoi's feed prices exactly what the Python tables price today (pure: no servers).
 
-This test is what lets the Python tables (shared/network.py, services/ticketing/fares.py) go:
-every station pair, every bus route and every product on sale must agree.
+This test is what lets the Python tables (shared/network.py) go: every station pair and every
+bus route must agree. The products are fixed expectations: what the Python catalogue sold.
 """
 
 from __future__ import annotations
@@ -13,16 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from services.ticketing import fares
 from services.validation.rules import bus_fare, trip_fare
-from shared.fares.feed import HANOI
+from shared.fares.feed import HANOI, ProductSpec
 from shared.fares.tariff import Leg
 from shared.network import BUS_ROUTES, LINES, STATIONS
 from tests.fares.support import TUESDAY_8AM, hanoi
 
 FEED = hanoi()
 PAYING = ("regular", "student", "worker")
+CONCESSION = ("student", "worker")
+FREE = ("elderly", "child", "merit", "disabled", "poor_household")
 RUN_VALIDATOR = "import sys; from gtfs_validator.cli import main; sys.exit(main())"
+
+
+def _by_code() -> dict[str, ProductSpec]:
+    return {spec.code: spec for spec in FEED.products}
 
 
 def metro_leg(entry: str, exit_: str) -> Leg:
@@ -44,22 +49,47 @@ class TestPricesMatchToday:
             assert FEED.tariff.price_leg(leg, category).amount == bus_fare(route.code)
 
     def test_every_product_on_sale(self) -> None:
-        feed = {spec.code: spec for spec in FEED.products}
-        for product in fares.catalogue():
-            spec = feed.pop(product.code)
-            assert spec.name_vi == product.name_vi
-            assert spec.name_en == product.name_en
-            assert spec.kind == product.kind.value
-            assert spec.mode == product.mode.value
-            assert spec.price == product.price_vnd
-            assert list(spec.categories) == [c.value for c in product.categories]
-            assert spec.validity_days == product.validity_days
-            assert spec.rides == product.rides
-            assert list(spec.lines) == product.lines
-            assert spec.distance_priced == product.distance_priced
-            assert spec.line_choice == product.line_choice
-            assert spec.credential_code == product.credential_code
-        assert set(feed) == {"BUSMETRO-MONTH", "BUSMETRO-MONTH-C"}  # the new combined pass
+        """What ticketing sold from its Python catalogue before, plus the combined pass."""
+        on_sale = {
+            spec.code: (spec.kind, spec.mode, spec.price, spec.categories, spec.credential_code)
+            for spec in FEED.products
+        }
+        assert on_sale == {
+            "BUS-SINGLE-SHORT": ("single", "bus", 8_000, PAYING, "BSS"),
+            "BUS-SINGLE-MEDIUM": ("single", "bus", 10_000, PAYING, "BSM"),
+            "BUS-SINGLE-EXPRESS": ("single", "bus", 20_000, PAYING, "BSX"),
+            "BUS-MONTH-ROUTE": ("pass", "bus", 140_000, ("regular",), "BMR"),
+            "BUS-MONTH-ROUTE-C": ("pass", "bus", 70_000, CONCESSION, "BMRC"),
+            "BUS-MONTH-ALL": ("pass", "bus", 280_000, ("regular",), "BMA"),
+            "BUS-MONTH-ALL-C": ("pass", "bus", 140_000, CONCESSION, "BMAC"),
+            "METRO-SINGLE": ("single", "metro", 0, PAYING, "MS"),
+            "METRO-DAY": ("pass", "metro", 40_000, PAYING, "MD"),
+            "METRO-WEEK": ("pass", "metro", 160_000, PAYING, "MW"),
+            "METRO-MONTH": ("pass", "metro", 280_000, ("regular",), "MM"),
+            "METRO-MONTH-C": ("pass", "metro", 140_000, CONCESSION, "MMC"),
+            "STORED-VALUE": ("stored_value", "any", 0, PAYING, "SV"),
+            "FREE-PASS": ("pass", "any", 0, FREE, "FP"),
+            "BUSMETRO-MONTH": ("pass", "any", 470_000, ("regular",), "BMM"),
+            "BUSMETRO-MONTH-C": ("pass", "any", 235_000, CONCESSION, "BMMC"),
+        }
+
+    def test_product_terms(self) -> None:
+        terms = {
+            spec.code: (spec.validity_days, spec.rides, spec.lines, spec.distance_priced)
+            for spec in FEED.products
+        }
+        assert terms["BUS-SINGLE-SHORT"] == (1, 1, ("09",), False)
+        assert terms["BUS-SINGLE-MEDIUM"] == (1, 1, ("01", "32"), False)
+        assert terms["BUS-SINGLE-EXPRESS"] == (1, 1, ("86",), False)
+        assert terms["METRO-SINGLE"] == (1, 1, (), True)
+        assert terms["METRO-WEEK"] == (7, None, (), False)
+        assert terms["STORED-VALUE"] == (365, None, (), True)
+        assert {code for code, spec in _by_code().items() if spec.line_choice} == {
+            "BUS-MONTH-ROUTE",
+            "BUS-MONTH-ROUTE-C",
+        }
+        assert _by_code()["METRO-DAY"].name_en == "Metro day pass"
+        assert _by_code()["METRO-DAY"].name_vi == "Vé ngày metro"
 
     def test_stations_and_distances(self) -> None:
         stops = FEED.stops_on_routes

@@ -6,10 +6,13 @@ stop and restart it; ticketing talks to it over HTTP exactly as in production.
 
 from __future__ import annotations
 
+import io
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,9 +23,12 @@ from sqlalchemy import text
 from citypass.servers import LocalServers
 from services.ticketing.app import build_app
 from services.ticketing.credentials import b64url
-from services.ticketing.service import products
+from services.ticketing.seed import FIRST_VERSION_FROM
+from services.ticketing.service import network
 from services.ticketing.settings import TicketingSettings
 from shared.db import Database
+from shared.fares.feed import HANOI
+from shared.ids import utcnow
 from shared.ticketcodec import generate_device_key, public_key_bytes
 from tests.conftest import AppClient
 from tests.support import (
@@ -85,8 +91,9 @@ def settings(configured: None, payments_process: ServiceProcess) -> TicketingSet
 @pytest.fixture(scope="session")
 async def ticketing_db(migrated: LocalServers) -> AsyncIterator[Database]:
     database = Database(migrated.database_url, "ticketing", pool_size=2)
+    hanoi = network.prepare_feed(HANOI, "VND")
     async with database.transaction() as session:
-        await products.seed_products(session)
+        await network.seed_version(session, hanoi, FIRST_VERSION_FROM, utcnow())
     yield database
     await database.close()
 
@@ -222,3 +229,34 @@ async def balance(http: httpx.AsyncClient, rider: RiderAccount) -> int:
 async def scalar(database: Database, sql: str, **params: Any) -> Any:
     async with database.transaction() as session:
         return await session.scalar(text(sql), params)
+
+
+def zipped(feed: Path) -> bytes:
+    """A feed directory as the zip an operator uploads."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(feed.glob("*.txt")):
+            archive.write(path, path.name)
+    return buffer.getvalue()
+
+
+def with_product(feed: Path, code: str, price: int, *, credential_code: str = "") -> Path:
+    """Adds a metro day-pass-like product on sale for regular riders to a feed directory."""
+    with (feed / "fare_products.txt").open("a", encoding="utf-8") as out:
+        out.write(f"{code},Thử {code},regular,,{price},VND\n")
+    with (feed / "citypass_products.txt").open("a", encoding="utf-8") as out:
+        out.write(f"{code},Test {code},pass,metro,1,,0,0,,{credential_code or code[-6:]}\n")
+    return feed
+
+
+async def publish(
+    http: httpx.AsyncClient, feed: bytes, *, effective_from: datetime | None = None
+) -> httpx.Response:
+    """POST /v1/network/versions as an operator: the feed from `effective_from` (default now)."""
+    params = {} if effective_from is None else {"effective_from": effective_from.isoformat()}
+    return await http.post(
+        "/v1/network/versions",
+        content=feed,
+        params=params,
+        headers={**OPERATOR, "Idempotency-Key": new_key(), "Content-Type": "application/zip"},
+    )

@@ -1,4 +1,4 @@
-"""Fare products and credential contents as data (pure: no servers)."""
+"""Fare products from the network version in force, and credential contents (pure: no servers)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,23 @@ from typing import Any
 
 import pytest
 
-from services.ticketing import credentials, fares
+from services.ticketing import credentials
 from services.ticketing.schemas import Mode, ProductRead, PurchaseCreate, RiderCategory
-from services.ticketing.service import purchases
+from services.ticketing.service import products, purchases
 from shared import ticketcodec
 from shared.errors import Unprocessable
-from shared.network import BUS_ROUTES, LINES
+from shared.fares.feed import read_feed
+from shared.fares.versions import NetworkVersion, NetworkVersions, NoNetwork
 
-CATALOGUE = fares.catalogue()
+FEED = read_feed()
+VERSIONS = NetworkVersions([NetworkVersion("hanoi", datetime(2000, 1, 1, tzinfo=UTC), "", FEED)])
+CATALOGUE = products.catalogue(VERSIONS, datetime.now(UTC))
 
 
 def longest_choice(product: ProductRead) -> list[str]:
     if not product.line_choice:
         return list(product.lines)
-    codes = [line.code for line in LINES] + [route.code for route in BUS_ROUTES]
-    return [max(codes, key=len)]
+    return [max(products.line_choices(FEED, product.mode), key=len)]
 
 
 class TestCatalogue:
@@ -52,10 +54,14 @@ class TestCatalogue:
         assert free.price_vnd == 0
         assert RiderCategory.regular not in free.categories
 
-    def test_a_bus_band_without_routes_sells_no_single_ticket(self) -> None:
-        bands = {route.fare_band for route in BUS_ROUTES}
-        singles = {p.code for p in CATALOGUE if p.code.startswith("BUS-SINGLE-")}
-        assert singles == {f"BUS-SINGLE-{band.upper()}" for band in bands}
+    def test_one_line_products_choose_among_the_routes_of_their_mode(self) -> None:
+        assert products.line_choices(FEED, Mode.metro) == {"2A", "3"}
+        assert products.line_choices(FEED, Mode.bus) == {"01", "09", "32", "86"}
+
+    def test_no_version_in_force_is_a_503(self) -> None:
+        with pytest.raises(NoNetwork) as refused:
+            products.catalogue(NetworkVersions(), datetime.now(UTC))
+        assert (refused.value.status, refused.value.code) == (503, "network_not_loaded")
 
 
 class TestCredentialContents:
@@ -84,5 +90,7 @@ class TestCredentialContents:
         product = CATALOGUE[0].model_copy(update={"credential_code": "X" * 30})
         rider: Any = SimpleNamespace(category=product.categories[0].value)
         with pytest.raises(Unprocessable) as refused:
-            purchases._check_sellable(rider, product, PurchaseCreate(product_code=product.code))
+            purchases._check_sellable(
+                rider, product, PurchaseCreate(product_code=product.code), FEED
+            )
         assert refused.value.code == "product_not_issuable"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,8 @@ from services.ticketing import repository
 from services.ticketing.payments import Payments, PaymentsBusy
 from services.ticketing.settings import TicketingSettings
 from shared.db import Database
+from shared.fares.feed import HANOI
+from tests.fares.support import hanoi_copy
 from tests.support import ServiceProcess, read_events, wait_until
 from tests.ticketing.conftest import (
     OPERATOR,
@@ -27,9 +30,12 @@ from tests.ticketing.conftest import (
     buy,
     fund,
     new_key,
+    publish,
     register_device,
     scalar,
     sign_up,
+    with_product,
+    zipped,
 )
 
 
@@ -452,29 +458,12 @@ class TestRecovery:
         payments_process: ServiceProcess,
         ticketing_db: Database,
         ledger_db: Database,
+        tmp_path: Path,
     ) -> None:
+        """On sale in one network version, gone from the next one before the ticket is issued."""
         code = f"TEST-{uuid.uuid4().hex[:8].upper()}"
-        async with ticketing_db.transaction() as session:
-            await repository.upsert_products(
-                session,
-                [
-                    {
-                        "code": code,
-                        "name_vi": "Thử",
-                        "name_en": "Test pass",
-                        "mode": "metro",
-                        "kind": "pass",
-                        "price_vnd": 25_000,
-                        "categories": ["regular"],
-                        "validity_days": 1,
-                        "rides": None,
-                        "lines": [],
-                        "distance_priced": False,
-                        "line_choice": False,
-                        "credential_code": code[-6:],
-                    }
-                ],
-            )
+        on_sale = with_product(hanoi_copy(tmp_path / "on-sale"), code, 25_000)
+        assert (await publish(http, zipped(on_sale))).status_code == 201
         rider = await sign_up(http)
         await fund(http, payments_http, rider, 100_000)
         # The worker must not resolve it (and issue the ticket) before the product is gone.
@@ -483,8 +472,7 @@ class TestRecovery:
             ticketing_db, rider, code, 25_000, next_attempt_at=later
         )
         await charge_as_ticketing_did(payments_process, rider, purchase_id, 25_000)
-        async with ticketing_db.transaction() as session:
-            await repository.delete_product(session, code)
+        assert (await publish(http, zipped(HANOI))).status_code == 201
 
         async def cancelled() -> bool:
             return bool((await purchase_status(http, rider, purchase_id))["status"] == "cancelled")

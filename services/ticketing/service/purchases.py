@@ -19,7 +19,6 @@ from services.ticketing.payments import (
 from services.ticketing.repository import Record
 from services.ticketing.schemas import (
     CategoryStatus,
-    Mode,
     ProductRead,
     PurchaseCreate,
     PurchaseRead,
@@ -27,15 +26,16 @@ from services.ticketing.schemas import (
     RiderCategory,
     TicketStatus,
 )
-from services.ticketing.service import LIST_LIMIT, riders, tickets, wallet
+from services.ticketing.service import LIST_LIMIT, products, riders, tickets, wallet
 from services.ticketing.settings import TicketingSettings
 from shared import ticketcodec
 from shared.db import Database
 from shared.errors import Conflict, Forbidden, NotFound, ProblemError, Unprocessable
 from shared.events import TICKETS_TOPIC
+from shared.fares.feed import Feed
+from shared.fares.versions import NetworkSync
 from shared.idempotency import IdempotencyKeyReused, IdempotentRequest
 from shared.ids import new_id, utcnow
-from shared.network import BUS_ROUTES, LINES
 from shared.outbox import add_event
 from shared.payments_client import PaymentsUnavailable
 
@@ -52,7 +52,7 @@ def _ticket_lines(product: ProductRead, line: str | None) -> list[str]:
     return [line] if line is not None else list(product.lines)
 
 
-def _check_sellable(rider: Record, product: ProductRead, body: PurchaseCreate) -> None:
+def _check_sellable(rider: Record, product: ProductRead, body: PurchaseCreate, feed: Feed) -> None:
     """Refuse what the rider may not buy, before anything is recorded or charged."""
     if RiderCategory(rider.category) not in product.categories:
         pending = (
@@ -66,7 +66,7 @@ def _check_sellable(rider: Record, product: ProductRead, body: PurchaseCreate) -
             code="category_not_eligible",
         )
     if product.line_choice:
-        choices = _line_choices(product.mode)
+        choices = products.line_choices(feed, product.mode)
         if body.line is None or body.line not in choices:
             raise Unprocessable(
                 f"{product.code} is valid on one line or route: give `line`, one of "
@@ -95,20 +95,13 @@ def _check_sellable(rider: Record, product: ProductRead, body: PurchaseCreate) -
         ) from None
 
 
-def _line_choices(mode: Mode) -> set[str]:
-    metro = {line.code for line in LINES}
-    bus = {route.code for route in BUS_ROUTES}
-    return {Mode.metro: metro, Mode.bus: bus, Mode.any: metro | bus}[mode]
-
-
-async def _sellable_product(
-    session: AsyncSession, rider: Record, body: PurchaseCreate
-) -> ProductRead:
-    row = await repository.get_product(session, body.product_code)
-    if row is None:
+def _sellable_product(network: NetworkSync, rider: Record, body: PurchaseCreate) -> ProductRead:
+    """The product as the network version in force sells it now."""
+    now, versions = utcnow(), network.versions
+    product = products.find_product(versions, body.product_code, now)
+    if product is None:
         raise Unprocessable(f"No product {body.product_code}.", code="unknown_product")
-    product = ProductRead.model_validate(dict(row))
-    _check_sellable(rider, product, body)
+    _check_sellable(rider, product, body, versions.feed_at(now))
     return product
 
 
@@ -149,22 +142,25 @@ async def get_purchase(
     return await purchase_read(session, purchase)
 
 
-async def _wallet_missing(session: AsyncSession, rider_id: uuid.UUID, body: PurchaseCreate) -> bool:
+async def _wallet_missing(
+    session: AsyncSession, network: NetworkSync, rider_id: uuid.UUID, body: PurchaseCreate
+) -> bool:
     """Checks the sale first (bad input records nothing and opens nothing)."""
     rider = await riders.rider_row(session, rider_id)
-    product = await _sellable_product(session, rider, body)
+    product = _sellable_product(network, rider, body)
     return _needs_wallet(product) and rider.wallet_account_id is None
 
 
 async def _record_purchase(
     session: AsyncSession,
     settings: TicketingSettings,
+    network: NetworkSync,
     rider_id: uuid.UUID,
     body: PurchaseCreate,
     request: IdempotentRequest,
 ) -> Record | None:
     rider = await riders.rider_row(session, rider_id, lock=True)
-    product = await _sellable_product(session, rider, body)
+    product = _sellable_product(network, rider, body)
     if _needs_wallet(product) and rider.wallet_account_id is None:
         raise Conflict("The rider's wallet is not open yet; retry.", code="wallet_not_open")
     now = utcnow()
@@ -190,6 +186,7 @@ async def place_purchase(
     db: Database,
     payments: Payments,
     settings: TicketingSettings,
+    network: NetworkSync,
     rider_id: uuid.UUID,
     body: PurchaseCreate,
     request: IdempotentRequest,
@@ -202,25 +199,27 @@ async def place_purchase(
     """
     async with db.transaction() as session:
         existing = await repository.get_purchase_by_key(session, rider_id, request.key)
-        open_wallet = existing is None and await _wallet_missing(session, rider_id, body)
+        open_wallet = existing is None and await _wallet_missing(session, network, rider_id, body)
     if open_wallet:
         await wallet.ensure_wallet(db, payments, rider_id)
     if existing is None:
         async with db.transaction() as session:
-            existing = await _record_purchase(session, settings, rider_id, body, request)
+            existing = await _record_purchase(session, settings, network, rider_id, body, request)
     assert existing is not None
     if existing.fingerprint != request.fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was already used for a different purchase."
         )
     replay = existing.status == PurchaseStatus.completed.value
-    return await advance_purchase(db, payments, settings, existing, retry_failed=True), replay
+    outcome = await advance_purchase(db, payments, settings, network, existing, retry_failed=True)
+    return outcome, replay
 
 
 async def advance_purchase(
     db: Database,
     payments: Payments,
     settings: TicketingSettings,
+    network: NetworkSync,
     purchase: Record,
     *,
     retry_failed: bool = False,
@@ -252,7 +251,7 @@ async def advance_purchase(
     if purchase.price_vnd > 0 and charge_id is None:
         charge_id = await _charge(db, payments, purchase)
     async with db.transaction() as session:
-        settled = await _settle(session, purchase.id, charge_id)
+        settled = await _settle(session, network, purchase.id, charge_id)
         if settled.status != PurchaseStatus.cancelling.value:
             return await purchase_read(session, settled)
     return await _compensate(db, payments, settled)
@@ -311,15 +310,16 @@ async def _charge(db: Database, payments: Payments, purchase: Record) -> uuid.UU
 
 
 async def _settle(
-    session: AsyncSession, purchase_id: uuid.UUID, charge_id: uuid.UUID | None
+    session: AsyncSession, network: NetworkSync, purchase_id: uuid.UUID, charge_id: uuid.UUID | None
 ) -> Record:
-    """Issue the ticket of a paid (or free) purchase, once; or mark it for a refund."""
+    """Issue the ticket of a paid (or free) purchase, once; or mark it for a refund. The price
+    was fixed at the sale; the ticket's terms are those of the version in force now."""
     purchase = await repository.get_purchase(session, purchase_id, lock=True)
     assert purchase is not None
     if purchase.status != PurchaseStatus.pending.value:
         return purchase
-    row = await repository.get_product(session, purchase.product_code)
-    if row is None:  # withdrawn between the sale and the payment: give the money back
+    product = products.find_product(network.versions, purchase.product_code, utcnow())
+    if product is None:  # withdrawn between the sale and the payment: give the money back
         return await repository.update_purchase(
             session,
             purchase_id,
@@ -328,7 +328,6 @@ async def _settle(
             failure_code="product_withdrawn",
             next_attempt_at=utcnow(),
         )
-    product = ProductRead.model_validate(dict(row))
     now = utcnow().replace(microsecond=0)
     lines = _ticket_lines(product, purchase.line)
     ticket = await repository.insert_ticket(
@@ -398,7 +397,9 @@ async def _compensate(db: Database, payments: Payments, purchase: Record) -> Pur
         return await purchase_read(session, locked)
 
 
-async def reconcile_purchases(db: Database, payments: Payments, settings: TicketingSettings) -> int:
+async def reconcile_purchases(
+    db: Database, payments: Payments, settings: TicketingSettings, network: NetworkSync
+) -> int:
     """One pass of the purchase worker: every unresolved purchase that is due moves on.
 
     Forward when it can (charge → ticket): the charge is idempotent, so a charge that went
@@ -422,7 +423,7 @@ async def reconcile_purchases(db: Database, payments: Payments, settings: Ticket
                 and purchase.created_at < now - settings.purchase_abandon_after
             ):
                 purchase = await _abandon(db, purchase.id)
-            outcome = await advance_purchase(db, payments, settings, purchase)
+            outcome = await advance_purchase(db, payments, settings, network, purchase)
             logger.info(
                 "purchase %s resolved: %s",
                 purchase.id,
