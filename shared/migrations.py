@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 from alembic import command
 from alembic.config import Config
@@ -42,6 +44,18 @@ def alembic_config(service: str, database_url: str) -> Config:
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     config.attributes["service"] = service
     return config
+
+
+def migration(service: str, name: str) -> ModuleType:
+    """Another migration of `service` as a module (Alembic loads them by path, not as a
+    package): for a downgrade that must rebuild what an earlier revision created."""
+    path = ROOT / "services" / service / "migrations" / "versions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{service}_{name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def service_metadata(service: str) -> MetaData:

@@ -24,8 +24,8 @@ def _at(name: str, *, nullable: bool = True) -> sa.Column[object]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
-def upgrade() -> None:
-    create_kit_tables()
+def create_products_table() -> None:
+    """The product catalogue, until ticketing_0003 made it the feed's (its downgrade calls this)."""
     op.create_table(
         "products",
         sa.Column("code", sa.String(40), primary_key=True),
@@ -43,6 +43,11 @@ def upgrade() -> None:
         sa.Column("credential_code", sa.String(8), nullable=False, unique=True),
         sa.CheckConstraint("price_vnd >= 0", name="price_not_negative"),
     )
+
+
+def upgrade() -> None:
+    create_kit_tables()
+    create_products_table()
     op.create_table(
         "riders",
         sa.Column("id", UUID(as_uuid=True), primary_key=True),

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
+from shared.migrations import migration
+
 revision = "ticketing_0003"
 down_revision = "ticketing_0002"
 branch_labels = None
@@ -32,21 +34,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.create_table(
-        "products",
-        sa.Column("code", sa.String(40), primary_key=True),
-        sa.Column("name_vi", sa.String(120), nullable=False),
-        sa.Column("name_en", sa.String(120), nullable=False),
-        sa.Column("mode", sa.String(10), nullable=False),
-        sa.Column("kind", sa.String(20), nullable=False),
-        sa.Column("price_vnd", sa.Integer, nullable=False),
-        sa.Column("categories", sa.ARRAY(sa.String(20)), nullable=False),
-        sa.Column("validity_days", sa.Integer),
-        sa.Column("rides", sa.Integer),
-        sa.Column("lines", sa.ARRAY(sa.String(10)), nullable=False),
-        sa.Column("distance_priced", sa.Boolean, nullable=False),
-        sa.Column("line_choice", sa.Boolean, nullable=False, server_default="false"),
-        sa.Column("credential_code", sa.String(8), nullable=False, unique=True),
-        sa.CheckConstraint("price_vnd >= 0", name="price_not_negative"),
-    )
+    migration("ticketing", "0001_initial").create_products_table()
     op.drop_table("network_versions")
