@@ -1,16 +1,20 @@
-"""Demo data for validation: gates at every metro station and on a few bus routes."""
+"""Demo data for validation: gates at every station and bus route of the network in force."""
 
 from __future__ import annotations
 
-from services.validation import service
+from services.validation import network, service
 from services.validation.settings import ValidationSettings
 from shared import redis as redis_kit
 
 
 async def seed(settings: ValidationSettings) -> str:
+    networks = network.Networks()
+    await network.load_once(
+        networks, settings.ticketing_url, settings.network_feed, settings.currency
+    )
     redis = redis_kit.connect(settings.redis_url)
     try:
-        count = await service.seed_gates(redis)
+        count = await service.seed_gates(redis, networks.held)
     finally:
         await redis.aclose()
     return f"{count} gates"

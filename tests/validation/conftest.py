@@ -23,11 +23,15 @@ from fastapi import FastAPI
 from citypass.servers import LocalServers
 from services.validation import repository
 from services.validation.app import build_app
+from services.validation.network import GateNetworks, GateVersion
+from services.validation.rules import FareTable
 from services.validation.service import Validator
 from services.validation.settings import IssuerKeyConfig, ValidationSettings
 from services.validation.tasks import Workers
 from shared.devicesigning import DeviceSigner
 from shared.events import Event
+from shared.fares.feed import HANOI, read_feed
+from shared.fares.lines import NetworkMap
 from shared.kafka import Publisher
 from shared.ticketcodec import Credential as CodecCredential
 from shared.ticketcodec import (
@@ -47,6 +51,10 @@ ISSUER_KID = "t1"
 ISSUER_KEY = Ed25519PrivateKey.generate()  # what ticketing would hold; here the tests issue
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DAY = 86_400
+HANOI_FEED = read_feed(HANOI)
+# Hanoi's fares as the gates hold them (the tests' version is in force since the epoch).
+HANOI_FARES = FareTable.from_feed("hanoi", 0, HANOI_FEED, int(time.time()))
+HANOI_NETWORKS = GateNetworks([GateVersion(HANOI_FARES, NetworkMap.of(HANOI_FEED))])
 
 
 def b64(raw: bytes) -> str:
@@ -63,6 +71,7 @@ def validation_settings(tmp: Path, **overrides: Any) -> ValidationSettings:
         "admin_token": ADMIN_TOKEN,
         "issuer_keys": [issuer_config()],
         "ticketing_url": None,
+        "network_feed": HANOI,
         "payments_token": PAYMENTS_TOKEN,
         "kafka_send_timeout_s": 2.0,
         "dependency_timeout_s": 2.0,
