@@ -55,6 +55,7 @@ from shared.events import (
     VALIDATION_REJECTED,
     Event,
 )
+from shared.fares.feed import HANOI as HANOI_FEED
 from shared.kafka import Publisher, ensure_topics
 from shared.network import LINES
 from shared.ticketcodec import (
@@ -140,6 +141,7 @@ async def validation(own_kafka: LocalServers) -> AsyncIterator[str]:
             )
         ],
         ticketing_url=None,
+        network_feed=HANOI_FEED,
         instance_id=f"browser-{uuid.uuid4().hex[:10]}",
         # Its fare worker would join the validation tests' consumer group and take their events.
         run_fare_worker=False,
