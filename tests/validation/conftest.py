@@ -5,9 +5,11 @@ for issuer keys, tickets, dynamic QRs, gates and the ticket events ticketing wil
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import time
 import uuid
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+from starlette.responses import Response
 
 from citypass.servers import LocalServers
 from services.validation import repository
@@ -32,6 +35,7 @@ from shared.devicesigning import DeviceSigner
 from shared.events import Event
 from shared.fares.feed import HANOI, read_feed
 from shared.fares.lines import NetworkMap
+from shared.fares.versions import feed_digest
 from shared.kafka import Publisher
 from shared.ticketcodec import Credential as CodecCredential
 from shared.ticketcodec import (
@@ -79,6 +83,46 @@ def validation_settings(tmp: Path, **overrides: Any) -> ValidationSettings:
         **overrides,
     }
     return ValidationSettings(**values)
+
+
+# Ticketing's network versions, as its `GET /v1/network/versions` and `.../{id}/feed` serve them
+
+
+def feed_zip(directory: Path = HANOI) -> bytes:
+    """A feed directory as the zip ticketing stores and serves."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(directory.glob("*.txt")):
+            archive.writestr(path.name, path.read_bytes())
+    return buffer.getvalue()
+
+
+@dataclass
+class PublishedVersions:
+    """What a ticketing test double publishes: (id, effective_from, zip) per version."""
+
+    versions: list[tuple[str, datetime, bytes]] = field(default_factory=list)
+
+    def publish(self, effective_from: datetime, data: bytes) -> str:
+        version_id = str(uuid.uuid4())
+        self.versions.append((version_id, effective_from, data))
+        return version_id
+
+    def route(self, app: FastAPI) -> None:
+        async def listing() -> dict[str, list[dict[str, str]]]:
+            return {
+                "versions": [
+                    {"id": v, "effective_from": at.isoformat(), "sha256": feed_digest(data)}
+                    for v, at, data in sorted(self.versions, key=lambda item: item[1])
+                ]
+            }
+
+        async def feed(version_id: str) -> Response:
+            data = next(d for v, _, d in self.versions if v == version_id)
+            return Response(data, media_type="application/zip")
+
+        app.add_api_route("/v1/network/versions", listing)
+        app.add_api_route("/v1/network/versions/{version_id}/feed", feed)
 
 
 # Tickets and dynamic QRs, made the way ticketing and the rider's phone make them ---------------
