@@ -56,8 +56,9 @@ from shared.events import (
     Event,
 )
 from shared.fares.feed import HANOI as HANOI_FEED
+from shared.fares.feed import read_feed
+from shared.fares.lines import NetworkMap
 from shared.kafka import Publisher, ensure_topics
-from shared.network import LINES
 from shared.ticketcodec import (
     Credential,
     RiderCategory,
@@ -78,6 +79,7 @@ from tests.operator.conftest import (
 )
 from tests.support import running_service
 
+LINES = NetworkMap.of(read_feed(HANOI_FEED)).lines
 VALIDATION_ADMIN = "browser-test-validation-admin-token"
 PARKING_ADMIN = "browser-test-parking-admin-token"
 RUN = uuid.uuid4().hex[:4].upper()
