@@ -108,6 +108,10 @@ class TestVersionSwitch:
             )
             bus = await provision_gate(first, route="09")
             offline_bus = await provision_gate(first, route="09")
+            await wait_until(
+                lambda: all(bus.gate_id in r.memory.places for r in replicas),
+                what="the gate, in both replicas",
+            )
             ticket = await stored_value(publisher, validator)
             late = await stored_value(publisher, validator)
             signed, public_key = await fetch_bundle(first, offline_bus)
