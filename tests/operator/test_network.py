@@ -26,7 +26,7 @@ from tests.operator.conftest import (
     serve,
     validation_event,
 )
-from tests.validation.conftest import PublishedVersions, feed_zip
+from tests.validation.conftest import PublishedVersions, hanoi_zip
 
 VALIDATIONS = "transit.validations"
 SWITCH = time.time() - 2 * 3600
@@ -37,10 +37,10 @@ async def synced_console(
     servers: LocalServers, operator_redis: Redis, tmp_path: Path
 ) -> AsyncIterator[Console]:
     published = PublishedVersions()
-    published.publish(datetime.fromtimestamp(0, UTC), feed_zip())
+    published.publish(datetime.fromtimestamp(0, UTC), hanoi_zip())
     # From SWITCH on 2A-12 (Yên Nghĩa) is 130 km down the line: 2A-01 → 2A-12 takes 3 h 15.
     longer = edited(tmp_path, "stop_times", "2A-12,12,13\n", "2A-12,12,130\n")
-    published.publish(datetime.fromtimestamp(SWITCH, UTC), feed_zip(longer))
+    published.publish(datetime.fromtimestamp(SWITCH, UTC), hanoi_zip(longer))
     ticketing = FastAPI()
     published.route(ticketing)
     async with serve(ticketing) as url:

@@ -5,11 +5,9 @@ for issuer keys, tickets, dynamic QRs, gates and the ticket events ticketing wil
 from __future__ import annotations
 
 import base64
-import io
 import itertools
 import time
 import uuid
-import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +31,7 @@ from services.validation.settings import IssuerKeyConfig, ValidationSettings
 from services.validation.tasks import Workers
 from shared.devicesigning import DeviceSigner
 from shared.events import Event
-from shared.fares.feed import HANOI, read_feed
+from shared.fares.feed import HANOI, feed_zip, read_feed
 from shared.fares.lines import NetworkMap
 from shared.fares.versions import feed_digest
 from shared.kafka import Publisher
@@ -88,13 +86,9 @@ def validation_settings(tmp: Path, **overrides: Any) -> ValidationSettings:
 # Ticketing's network versions, as its `GET /v1/network/versions` and `.../{id}/feed` serve them
 
 
-def feed_zip(directory: Path = HANOI) -> bytes:
-    """A feed directory as the zip ticketing stores and serves."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(directory.glob("*.txt")):
-            archive.writestr(path.name, path.read_bytes())
-    return buffer.getvalue()
+def hanoi_zip(directory: Path = HANOI) -> bytes:
+    """A feed directory as the canonical zip ticketing stores and serves."""
+    return feed_zip(read_feed(directory))
 
 
 @dataclass

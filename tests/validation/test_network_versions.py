@@ -36,7 +36,7 @@ from tests.validation.conftest import (
     HANOI_FEED,
     PublishedVersions,
     Ticket,
-    feed_zip,
+    hanoi_zip,
     make_ticket,
     provision_gate,
     scan,
@@ -72,7 +72,7 @@ async def stored_value(publisher: Publisher, validator: Validator) -> Ticket:
 async def ticketing() -> AsyncIterator[tuple[str, PublishedVersions]]:
     """A ticketing double serving the two network endpoints from real feed zips."""
     published = PublishedVersions()
-    published.publish(datetime.fromtimestamp(0, UTC), feed_zip())
+    published.publish(datetime.fromtimestamp(0, UTC), hanoi_zip())
     app = FastAPI()
     published.route(app)
     async with serve(app) as url:
@@ -99,7 +99,7 @@ class TestVersionSwitch:
         async with app_client(one) as first, app_client(two) as second:
             switch_at = int(time.time()) + SWITCH_IN_S
             published.publish(
-                datetime.fromtimestamp(switch_at, UTC), feed_zip(dearer_short_bus(tmp_path))
+                datetime.fromtimestamp(switch_at, UTC), hanoi_zip(dearer_short_bus(tmp_path))
             )
             replicas: list[Validator] = [one.state.validator, two.state.validator]
             await wait_until(
@@ -147,9 +147,9 @@ class TestBundle:
         url, published = ticketing
         now = int(time.time())
         published.publish(
-            datetime.fromtimestamp(now + 3600, UTC), feed_zip(dearer_short_bus(tmp_path))
+            datetime.fromtimestamp(now + 3600, UTC), hanoi_zip(dearer_short_bus(tmp_path))
         )
-        published.publish(datetime.fromtimestamp(now + 30 * 3600, UTC), feed_zip())
+        published.publish(datetime.fromtimestamp(now + 30 * 3600, UTC), hanoi_zip())
         settings = validation_settings(tmp_path, ticketing_url=url, network_feed=None)
         async with app_client(build_app(settings)) as http:
             gate = await provision_gate(http, route="09")

@@ -29,7 +29,7 @@ from tests.validation.conftest import (
     PublishedVersions,
     b64,
     device_fingerprint,
-    feed_zip,
+    hanoi_zip,
     issuer_config,
     make_ticket,
     provision_gate,
@@ -337,7 +337,7 @@ class TestSignatures:
         ticketing = FastAPI()
         ticketing.add_api_route("/v1/keys", keys)
         network = PublishedVersions()
-        network.publish(datetime.fromtimestamp(0, UTC), feed_zip())
+        network.publish(datetime.fromtimestamp(0, UTC), hanoi_zip())
         network.route(ticketing)
         async with serve(ticketing) as ticketing_url:
             settings = validation_settings(
