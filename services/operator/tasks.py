@@ -68,10 +68,8 @@ class EventSink:
         settings: OperatorSettings,
         network: OperatorNetwork,
     ) -> None:
-        self.redis = redis
-        self.network = network
-        self.publisher = publisher
-        self.settings = settings
+        self.redis, self.publisher, self.settings = redis, publisher, settings
+        self.network = network  # the versions in force at each fact's time
         self.thresholds: Thresholds = thresholds(settings)
         self.seen_ttl_s = int(settings.dedup_ttl.total_seconds())
         self.consumer = Consumer(
