@@ -21,6 +21,7 @@ Exit code: 0 accepted (or done), 1 rejected, 2 could not decide (or failed).
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import sys
 import time
@@ -44,6 +45,7 @@ from services.validation.rules import (
     Decision,
     DenyEntry,
     Direction,
+    FareTable,
     GatePlace,
     ProductRule,
     Reason,
@@ -85,6 +87,7 @@ class OfflineResult:
     message_en: str
     ticket_id: str | None
     remaining_rides: int | None
+    fare: int | None = None  # a stored-value bus boarding: the route's fare, by the version then
 
 
 @dataclass
@@ -158,6 +161,20 @@ class OfflineValidator:
         self.max_trip_s = int(rules["max_trip_s"])
         self.passback_s = int(rules["bus_passback_s"])
         self.valid_until = int(bundle["valid_until"])
+        fares = sorted(
+            (FareTable.from_bundle(table) for table in bundle["fares"]),
+            key=lambda table: table.effective_from,
+        )
+        self.fares = fares
+        self._fare_starts = [table.effective_from for table in fares]
+
+    def fares_at(self, now: int) -> FareTable:
+        """The network version in force at `now`: the bundle carries each one that starts
+        before it expires, so the gate switches at the right second without the network."""
+        index = bisect.bisect_right(self._fare_starts, now)
+        if index == 0:
+            raise GateError("the bundle holds no network version in force now; fetch a new one")
+        return self.fares[index - 1]
 
     @classmethod
     def from_signed(
@@ -172,7 +189,7 @@ class OfflineValidator:
         validation_id = str(uuid_utils.uuid7())
         ticket_id: str | None = None
         detail: str | None = None
-        action, rides_left = Action.none, None
+        action, rides_left, fare = Action.none, None, None
         try:
             qr = parse_dynamic_qr(text)
             ticket_id = str(qr.credential.ticket_id)
@@ -185,7 +202,11 @@ class OfflineValidator:
             reason, detail = codec_reason(error), error.code
         else:
             reason, action, rides_left = self._rules(qr.credential, qr.at, qr.counter, clock)
-        vi, en = display(reason, action, rides_left=rides_left)
+            kind = self.products.get(qr.credential.product, DEFAULT_PRODUCT).kind
+            boarded = reason is Reason.ok and action is Action.tap and self.gate.route is not None
+            if boarded and kind is TicketKind.stored_value and self.gate.route is not None:
+                fare = self.fares_at(clock).bus_fare(self.gate.route)
+        vi, en = display(reason, action, rides_left=rides_left, fare=fare)
         result = OfflineResult(
             validation_id=validation_id,
             decision=Decision.accept if reason is Reason.ok else Decision.reject,
@@ -196,6 +217,7 @@ class OfflineValidator:
             message_en=en,
             ticket_id=ticket_id,
             remaining_rides=rides_left,
+            fare=fare,
         )
         self.state.queue.append(
             {
@@ -225,6 +247,7 @@ class OfflineValidator:
         refused = static_verdict(
             credential,
             self.gate,
+            self.fares_at(now).line_of(self.gate.station),
             now,
             self.deny_tickets,
             self.deny_devices,

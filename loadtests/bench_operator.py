@@ -53,10 +53,13 @@ from services.operator.schemas import Role
 from services.validation import events as validation_events
 from shared import redis as redis_kit
 from shared.events import VALIDATIONS_TOPIC, Event
+from shared.fares.feed import HANOI, read_feed
+from shared.fares.lines import NetworkMap
 from shared.kafka import Publisher, ensure_topics
-from shared.network import STATIONS
 
 BATCH_INTERVAL_S = 0.02
+
+STATIONS = NetworkMap.of(read_feed(HANOI)).stations  # Hanoi's, as the console reads them
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,8 @@ async def local_stack(extra_env: dict[str, str] | None = None) -> AsyncIterator[
                 "OPERATOR_KAFKA_BOOTSTRAP_SERVERS": servers.kafka_bootstrap,
                 "OPERATOR_METRICS_URLS": "{}",
                 "OPERATOR_LOG_LEVEL": "WARNING",
+                "OPERATOR_TICKETING_URL": "",
+                "OPERATOR_NETWORK_FEED": str(HANOI),
                 **(extra_env or {}),
             }
             password = secrets.token_urlsafe(16)

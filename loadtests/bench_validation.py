@@ -57,6 +57,7 @@ from loadtests.stack import wait_ready
 from services.validation.memory import decode_public_key
 from shared.devicesigning import DeviceSigner
 from shared.events import TICKET_ISSUED, TICKETS_TOPIC, Event
+from shared.fares.feed import HANOI
 from shared.http import KeepAliveClient, KeepAliveConnection
 from shared.kafka import Publisher
 from shared.ticketcodec import (
@@ -455,6 +456,7 @@ async def local_run(args: argparse.Namespace) -> dict[str, float]:
                 "VALIDATION_KAFKA_BOOTSTRAP_SERVERS": servers.kafka_bootstrap,
                 "VALIDATION_ADMIN_TOKEN": token,
                 "VALIDATION_TICKETING_URL": "",
+                "VALIDATION_NETWORK_FEED": str(HANOI),
                 "VALIDATION_LOG_LEVEL": "WARNING",
             }
             gate_env = {

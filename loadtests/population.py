@@ -27,7 +27,6 @@ from citypass.rider import RiderClient, RiderHome
 from loadtests.stack import bank_pays_topup
 from services.payments.settings import PaymentsSettings
 from services.validation.settings import ValidationSettings
-from shared.network import LINES
 
 DAY_PASS = "METRO-DAY"
 TOP_UP_VND = 100_000
@@ -96,15 +95,18 @@ def provision_gates(urls: Urls, run_id: str) -> list[dict[str, Any]]:
     with httpx.Client(
         base_url=urls.validation, timeout=10, headers={"Authorization": f"Bearer {token}"}
     ) as http:
-        line = next(line for line in LINES if line.code == "2A")
-        for station in line.stations:
+        lines = http.get("/v1/lines")  # the network version in force, from its feed
+        lines.raise_for_status()
+        line = next(line for line in lines.json() if line["code"] == "2A")
+        for station in line["stations"]:
+            code = station["code"]
             for direction in ("entry", "exit"):
-                gate_id = f"LT{run_id}-{station.code}-{direction[:2].upper()}"
+                gate_id = f"LT{run_id}-{code}-{direction[:2].upper()}"
                 response = http.post(
                     "/v1/gates",
                     json={
                         "gate_id": gate_id,
-                        "station": station.code,
+                        "station": code,
                         "direction": direction,
                     },
                 )
@@ -112,7 +114,7 @@ def provision_gates(urls: Urls, run_id: str) -> list[dict[str, Any]]:
                 gates.append(
                     {
                         "gate_id": gate_id,
-                        "station": station.code,
+                        "station": code,
                         "direction": direction,
                         "secret": response.json()["secret"],
                     }

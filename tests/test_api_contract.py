@@ -39,6 +39,7 @@ from services.ticketing.seed import seed as seed_ticketing
 from services.ticketing.settings import TicketingSettings
 from services.validation.settings import ValidationSettings
 from shared.devicesigning import DeviceSigner
+from shared.fares.feed import HANOI
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = int(os.environ.get("CITYPASS_CONTRACT_EXAMPLES", "30"))
@@ -77,6 +78,8 @@ def live_services(
     for spec in SERVICES:
         env[f"{spec.prefix}_PORT"] = str(ports[spec.name])
         env[f"{spec.prefix}_PAYMENTS_URL"] = f"http://127.0.0.1:{ports['payments']}"
+    for prefix in ("VALIDATION", "OPERATOR"):  # the network from Hanoi's feed, as a lab gate
+        env[f"{prefix}_TICKETING_URL"], env[f"{prefix}_NETWORK_FEED"] = "", str(HANOI)
     processes: list[ManagedProcess] = [
         spawn(
             spec.name,

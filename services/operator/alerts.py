@@ -30,7 +30,7 @@ from shared.events import (
     NOTIFICATION_UNMATCHED,
     OCCUPANCY_CHANGED,
 )
-from shared.network import STATIONS, min_travel_seconds
+from shared.fares.lines import NetworkMap
 
 ALERT_NAMESPACE = uuid.UUID("5b0e3c1e-7a51-4f7e-9d1c-0c17a9e0a7e1")
 TRAVEL_MEMORY_S = 3 * 3600  # longer than any trip between two stations
@@ -162,8 +162,28 @@ def _is_passback(fact: Fact) -> bool:
     return fact.rejected and fact.reason == "already_inside" and fact.ticket_id is not None
 
 
-def _travels(fact: Fact) -> bool:
-    return fact.accepted and fact.ticket_id is not None and fact.station in STATIONS
+METRO_SPEED_KMH = 40.0  # best case, dwell included: anything faster is impossible travel
+METRO_MIN_SEGMENT_S = 60
+
+
+def min_travel_seconds(network: NetworkMap, entry: str, exit_: str) -> int:
+    """The fastest a rider can get from one station to another, by the feed's distances
+    along the line (`shape_dist_traveled`); across lines, one segment."""
+    if entry == exit_:
+        return 0
+    km = network.distance_km(entry, exit_)
+    if km is None:
+        return METRO_MIN_SEGMENT_S
+    return max(METRO_MIN_SEGMENT_S, int(km / METRO_SPEED_KMH * 3600))
+
+
+def _travels(fact: Fact, network: NetworkMap | None) -> bool:
+    return (
+        fact.accepted
+        and fact.ticket_id is not None
+        and network is not None
+        and fact.station in network.stations
+    )
 
 
 def windows(fact: Fact, th: Thresholds) -> list[Window]:
@@ -177,13 +197,13 @@ def windows(fact: Fact, th: Thresholds) -> list[Window]:
     return found
 
 
-def memory_keys(fact: Fact) -> list[str]:
+def memory_keys(fact: Fact, network: NetworkMap | None) -> list[str]:
     keys = []
     if _is_replay(fact):
         keys.append(_cooldown(Rule.replay_burst, str(fact.gate_id)))
     if _is_passback(fact):
         keys.append(_cooldown(Rule.passback, str(fact.ticket_id)))
-    if _travels(fact):
+    if _travels(fact, network):
         keys += [
             _ticket_memory(str(fact.ticket_id)),
             _cooldown(Rule.impossible_travel, str(fact.ticket_id)),
@@ -196,9 +216,14 @@ def memory_keys(fact: Fact) -> list[str]:
 
 
 def evaluate(
-    fact: Fact, counts: Mapping[str, int], memory: Mapping[str, str], th: Thresholds
+    fact: Fact,
+    counts: Mapping[str, int],
+    memory: Mapping[str, str],
+    th: Thresholds,
+    network: NetworkMap | None,
 ) -> Verdict:
-    """The alerts `fact` raises, given its windows' counts (this fact included) and memory."""
+    """The alerts `fact` raises, given its windows' counts (this fact included) and memory;
+    `network`: the version in force at the fact's time (None: no travel rule)."""
     verdict = Verdict()
     if _is_replay(fact):
         _threshold(
@@ -240,8 +265,8 @@ def evaluate(
             th.payment_failure_window_s,
             "{count} payments failed within {window} s",
         )
-    if _travels(fact):
-        _impossible_travel(verdict, fact, memory, th)
+    if network is not None and _travels(fact, network):
+        _impossible_travel(verdict, fact, memory, th, network)
     if fact.type in (OCCUPANCY_CHANGED, ENTRY_REFUSED) and fact.lot_id:
         _lot_full(verdict, fact, memory, th)
     return verdict
@@ -280,7 +305,11 @@ def _threshold(
 
 
 def _impossible_travel(
-    verdict: Verdict, fact: Fact, memory: Mapping[str, str], th: Thresholds
+    verdict: Verdict,
+    fact: Fact,
+    memory: Mapping[str, str],
+    th: Thresholds,
+    network: NetworkMap,
 ) -> None:
     ticket = str(fact.ticket_id)
     station = str(fact.station)
@@ -294,9 +323,9 @@ def _impossible_travel(
     before_at = float(before_at_text) if before_at_text else fact.at
     if fact.at >= before_at:
         verdict.remember[key] = (here, TRAVEL_MEMORY_S)
-    if before_station == station or before_station not in STATIONS:
+    if before_station == station or before_station not in network.stations:
         return
-    needed = min_travel_seconds(before_station, station)
+    needed = min_travel_seconds(network, before_station, station)
     took = abs(fact.at - before_at)
     cooldown = _cooldown(Rule.impossible_travel, ticket)
     if took + th.impossible_travel_slack_s >= needed or cooldown in memory:

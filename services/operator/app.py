@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from functools import partial
 
 import orjson
 from fastapi import FastAPI
 
 from services.operator import endpoints, repository, service
 from services.operator.live import Broadcaster
+from services.operator.network import OperatorNetwork
 from services.operator.settings import OperatorSettings
 from services.operator.tasks import EventSink, InventoryWatch, PipelineMonitor
 from shared.app import Runtime, create_app, supervised
@@ -30,12 +33,13 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
     settings = settings or OperatorSettings()
     runtime = Runtime("operator", settings, uses_redis=True)
     redis = runtime.kv
-    sink = EventSink(redis, runtime.publisher, settings)
+    network = OperatorNetwork()
+    sink = EventSink(redis, runtime.publisher, settings, network)
     monitor = PipelineMonitor(redis, settings)
     passwords = service.Passwords(settings.password_threads)
 
     async def summary() -> bytes:
-        board = await service.dashboard(redis, settings, time.time())
+        board = await service.dashboard(redis, settings, network, time.time())
         return orjson.dumps(board.model_dump(mode="json"))
 
     broadcaster = Broadcaster(
@@ -51,9 +55,15 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
         supervised("inventory-watch", InventoryWatch(redis, settings).run),
         supervised("live-stream", broadcaster.run),
     ]
+    if settings.ticketing_url:
+        interval_s = settings.network_refresh.total_seconds()
+        follow = partial(network.follow, settings.ticketing_url, settings.currency, interval_s)
+        runtime.workers.append(supervised("network-versions", follow))
 
     async def start() -> None:
         await repository.load_scripts(redis)
+        if not settings.ticketing_url and settings.network_feed is not None:
+            await asyncio.to_thread(network.local, settings.network_feed, settings.currency)
 
     async def stop() -> None:
         sink.stop()
@@ -69,6 +79,7 @@ def build_app(settings: OperatorSettings | None = None) -> FastAPI:
         on_start=[start],
     )
     app.state.broadcaster = broadcaster
+    app.state.network = network
     app.state.sink = sink
     app.state.monitor = monitor
     app.state.passwords = passwords

@@ -18,6 +18,7 @@ from services.operator.auth import (
     StreamSession,
 )
 from services.operator.live import Broadcaster
+from services.operator.network import OperatorNetwork
 from services.operator.schemas import (
     AlertRead,
     AlertStatus,
@@ -139,13 +140,16 @@ async def stream(
 
 
 @api.get("/dashboard", response_model=DashboardRead, responses=UNAUTHORIZED)
-async def dashboard(_: CurrentOperator, rt: RuntimeDep, settings: SettingsDep) -> DashboardRead:
+async def dashboard(
+    _: CurrentOperator, request: Request, rt: RuntimeDep, settings: SettingsDep
+) -> DashboardRead:
     """Validations per minute per station, rejection reasons, gates, lots, today's revenue.
 
     Per-minute counts cover the last 30 minutes, rejection reasons the last 3 hours in
     10-minute buckets; "today" is the Hanoi calendar day (UTC+7).
     """
-    return await service.dashboard(rt.kv, settings, time.time())
+    network: OperatorNetwork = request.app.state.network
+    return await service.dashboard(rt.kv, settings, network, time.time())
 
 
 @api.get("/events", response_model=list[TailEntryRead], responses=UNAUTHORIZED)

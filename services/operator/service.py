@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from services.operator import events, repository
 from services.operator.alerts import Thresholds
 from services.operator.inventory import Listing
+from services.operator.network import OperatorNetwork
 from services.operator.projection import HANOI, hanoi_day, read_fact, tail_entry, updates
 from services.operator.schemas import (
     AlertRead,
@@ -49,8 +50,8 @@ from services.operator.schemas import (
 from services.operator.settings import OperatorSettings
 from shared.errors import NotFound, ProblemError, Unauthorized
 from shared.events import ALERTS_TOPIC
+from shared.fares.lines import NetworkMap
 from shared.kafka import Publisher
-from shared.network import BUS_ROUTES, LINES, STATIONS
 from shared.ratelimit import Counted, RateLimit, count_attempt, succeeded
 
 logger = logging.getLogger("citypass.operator")
@@ -60,7 +61,6 @@ hasher = PasswordHasher()
 _DUMMY_HASH = hasher.hash("not-a-real-password")
 CHART_MINUTES = 30
 REASON_BUCKETS = 18  # 3 hours of 10-minute buckets
-ROUTE_NAMES = {route.code: route.name for route in BUS_ROUTES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,17 +206,22 @@ def _moment(unix_s: float) -> datetime:
     return datetime.fromtimestamp(unix_s, UTC)
 
 
-def _place_name(place: str) -> tuple[str, str | None]:
-    if place in STATIONS:
-        station = STATIONS[place]
+def _place_name(network: NetworkMap | None, place: str) -> tuple[str, str | None]:
+    station = network.stations.get(place) if network is not None else None
+    if station is not None:
         return station.name, station.line
     if place.startswith("bus:"):
         route = place.removeprefix("bus:")
-        return f"Bus {route} · {ROUTE_NAMES.get(route, route)}", None
+        names = {r.code: r.name for r in network.bus_routes} if network is not None else {}
+        return f"Bus {route} · {names.get(route, route)}", None
     return place, None
 
 
-async def dashboard(redis: Redis, settings: OperatorSettings, now: float) -> DashboardRead:
+async def dashboard(
+    redis: Redis, settings: OperatorSettings, networks: OperatorNetwork, now: float
+) -> DashboardRead:
+    """`networks`: stations, lines and names of the version in force (none: by their code)."""
+    network = networks.at(now)
     minute = int(now // 60)
     minutes = list(range(minute - CHART_MINUTES + 1, minute + 1))
     ten = int(now // 600)
@@ -230,7 +235,8 @@ async def dashboard(redis: Redis, settings: OperatorSettings, now: float) -> Das
     )
     today = data.day
 
-    places = [s.code for line in LINES for s in line.stations]
+    lines = network.lines if network is not None else ()
+    places = [s.code for line in lines for s in line.stations]
     for counts in (today, *data.minutes):
         for name in counts:
             kind, _, rest = name.partition("|")
@@ -239,7 +245,7 @@ async def dashboard(redis: Redis, settings: OperatorSettings, now: float) -> Das
                 places.append(place)
     stations = []
     for place in places:
-        name, line = _place_name(place)
+        name, line = _place_name(network, place)
         stations.append(
             StationRead(
                 place=place,
@@ -264,7 +270,7 @@ async def dashboard(redis: Redis, settings: OperatorSettings, now: float) -> Das
         key=lambda r: (-today.get(f"r|{r}", 0), r),
     )
     gates, gate_summary = gate_board(
-        data.gates, data.listed_gates, now, settings.gate_silent_after.total_seconds()
+        data.gates, data.listed_gates, now, settings.gate_silent_after.total_seconds(), network
     )
     lots, lot_summary = lot_board(data.lots, data.listed_lots)
     return DashboardRead(
@@ -318,7 +324,11 @@ async def dashboard(redis: Redis, settings: OperatorSettings, now: float) -> Das
 
 
 def gate_board(
-    reported: dict[str, dict[str, Any]], listed: Listing, now: float, silent_s: float
+    reported: dict[str, dict[str, Any]],
+    listed: Listing,
+    now: float,
+    silent_s: float,
+    network: NetworkMap | None,
 ) -> tuple[list[GateStatusRead], GateSummaryRead]:
     """Every provisioned gate and every gate that reported, each in exactly one state."""
     provisioned = {gate.gate_id: gate for gate in listed.gates}
@@ -340,7 +350,7 @@ def gate_board(
             GateStatusRead(
                 gate_id=gate_id,
                 station=station,
-                line=STATIONS[station].line if station in STATIONS else None,
+                line=_place_name(network, station)[1] if station else None,
                 route=route,
                 state=state,
                 provisioned=known is not None,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -88,6 +89,14 @@ class OperatorSettings(ServiceSettings):
     payment_failure_count: int = Field(default=10, ge=1)
     payment_failure_window: timedelta = timedelta(minutes=5)
     alert_cooldown: timedelta = timedelta(minutes=10)  # one alert per rule and subject
+
+    # The network (stations, lines, distances for impossible travel): ticketing's versions,
+    # polled this often (`GET /v1/network/versions`). Without it, `network_feed` (a GTFS
+    # directory or zip) is the only version; with neither, places show by their code.
+    ticketing_url: str | None = "http://127.0.0.1:8001"
+    network_refresh: timedelta = timedelta(seconds=5)
+    network_feed: Path | None = None
+    currency: str = Field(default="VND", pattern=r"^[A-Z]{3}$")  # a feed in another is refused
 
     # What is provisioned, from its owners' public read APIs (validation `GET /v1/gates`, parking
     # `GET /v1/lots`): the dashboard lists every gate and lot, also those that never reported.

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from services.operator import alerts, events, inventory, pipeline, repository
 from services.operator.alerts import GateSeen, Thresholds, Verdict
+from services.operator.network import OperatorNetwork
 from services.operator.projection import (
     TOPICS,
     EventRefused,
@@ -60,10 +61,15 @@ ALERTS_RAISED = Counter(
 class EventSink:
     """The consumer's handler: facts → alert rules → aggregates and tail, once per event."""
 
-    def __init__(self, redis: Redis, publisher: Publisher, settings: OperatorSettings) -> None:
-        self.redis = redis
-        self.publisher = publisher
-        self.settings = settings
+    def __init__(
+        self,
+        redis: Redis,
+        publisher: Publisher,
+        settings: OperatorSettings,
+        network: OperatorNetwork,
+    ) -> None:
+        self.redis, self.publisher, self.settings = redis, publisher, settings
+        self.network = network  # the versions in force at each fact's time
         self.thresholds: Thresholds = thresholds(settings)
         self.seen_ttl_s = int(settings.dedup_ttl.total_seconds())
         self.consumer = Consumer(
@@ -87,8 +93,9 @@ class EventSink:
         if fact.at < now - self.seen_ttl_s:
             EVENTS.labels(topic, "stale").inc()  # older than every aggregate shown (and dedup)
             return
+        network = self.network.at(fact.at)  # the version in force when it happened
         windows = alerts.windows(fact, self.thresholds)
-        memory = alerts.memory_keys(fact)
+        memory = alerts.memory_keys(fact, network)
         verdict = Verdict()
         if windows or memory:
             inputs = await repository.rule_inputs(
@@ -97,7 +104,7 @@ class EventSink:
             if inputs.seen:
                 EVENTS.labels(topic, "duplicate").inc()
                 return
-            verdict = alerts.evaluate(fact, inputs.counts, inputs.memory, self.thresholds)
+            verdict = alerts.evaluate(fact, inputs.counts, inputs.memory, self.thresholds, network)
             await self.publish_alerts(verdict.alerts)
         # What the rules remember lands with the event, atomically: a redelivery after a crash
         # before this point evaluates the event again and republishes the same alert ids.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from fastapi import FastAPI
 
-from services.validation import endpoints, repository, scripts
+from services.validation import decisions, endpoints, network, repository, scripts
 from services.validation.memory import Memory, VerifiedSignatures
+from services.validation.network import Networks
 from services.validation.outbox import Outbox
 from services.validation.service import Validator
 from services.validation.settings import ValidationSettings
@@ -37,16 +39,18 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     runtime = Runtime("validation", settings, uses_redis=True)
     redis = runtime.kv
     memory = Memory(VerifiedSignatures(settings.credential_cache_size))
+    networks = Networks()
     outbox = Outbox(
         redis,
         runtime.publisher,
         settings.instance_id,
+        builders=decisions.builders(networks),
         batch_size=settings.relay_batch_size,
         retry_interval_s=settings.relay_retry_interval.total_seconds(),
         claim_after_s=settings.relay_claim_after.total_seconds(),
         standby=settings.relay_standby,
     )
-    validator = Validator(settings, redis, memory, outbox)
+    validator = Validator(settings, redis, memory, outbox, networks)
     workers = Workers(settings, redis, memory, outbox)
     bootstrap = settings.kafka_bootstrap_servers
     consumers = [
@@ -80,6 +84,16 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         supervised("issuer-keys", workers.poll_issuer_keys),
         supervised("deny-list-clean-up", workers.drop_expired_revocations),
     ]
+    if settings.ticketing_url:
+        interval_s = settings.network_refresh.total_seconds()
+        follow = partial(
+            network.follow_ticketing,
+            networks,
+            settings.ticketing_url,
+            settings.currency,
+            interval_s,
+        )
+        runtime.workers.append(supervised("network-versions", follow))
     if settings.run_fare_worker:
         consumers += fare_consumers
         runtime.workers += [
@@ -93,6 +107,9 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         await scripts.load_scripts(redis)
         await outbox.start()
         await workers.load_configured_keys()
+        await network.load_once(
+            networks, settings.ticketing_url, settings.network_feed, settings.currency
+        )
         memory.apply(await repository.load_state(redis), int(time.time()))
 
     async def stop() -> None:

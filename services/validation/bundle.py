@@ -1,9 +1,11 @@
 """Offline gate bundles: what a gate needs to decide without the network, signed by the service.
 
 The payload is JSON (format `citypass-gate-bundle/1`): the gate itself, usable issuer public
-keys, the deny list, product rules, fare rules and the QR/trip settings, `issued_at` and
-`valid_until` (unix seconds). The signature is Ed25519 over the exact payload bytes; gates check
-it against the key published at `GET /v1/gate-bundle/key` and refuse an expired bundle.
+keys, the deny list, product rules, the fare tables (rules.FareTable) of the network version
+in force and of every one starting before the bundle expires, each with its `effective_from`,
+and the QR/trip settings, `issued_at` and `valid_until` (unix seconds). The signature is
+Ed25519 over the exact payload bytes; gates check it against the key published at
+`GET /v1/gate-bundle/key` and refuse an expired bundle.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from services.validation.memory import Memory, b64url
-from services.validation.rules import fare_rules
+from services.validation.network import GateNetworks
 from services.validation.schemas import BundleKeyRead, GateBundleRead, GateRead
 from services.validation.settings import ValidationSettings
 
@@ -67,12 +69,19 @@ class BundleSigner:
         )
 
 
-def build(memory: Memory, gate: GateRead, settings: ValidationSettings, now: int) -> dict[str, Any]:
+def build(
+    memory: Memory,
+    networks: GateNetworks,
+    gate: GateRead,
+    settings: ValidationSettings,
+    now: int,
+) -> dict[str, Any]:
+    valid_until = now + int(settings.bundle_ttl.total_seconds())
     return {
         "format": FORMAT,
         "gate": gate.model_dump(mode="json"),
         "issued_at": now,
-        "valid_until": now + int(settings.bundle_ttl.total_seconds()),
+        "valid_until": valid_until,
         "issuer_keys": [
             {"kid": k.kid, "public_key": b64url(k.public_key), "not_after": k.not_after}
             for k in sorted(memory.issuer_keys.values(), key=lambda k: k.kid)
@@ -86,7 +95,7 @@ def build(memory: Memory, gate: GateRead, settings: ValidationSettings, now: int
             code: {"kind": rule.kind.value, "rides": rule.rides}
             for code, rule in memory.products.items()
         },
-        "fares": fare_rules(),
+        "fares": [fares.bundled() for fares in networks.spanning(now, valid_until)],
         "rules": {
             "qr_window_s": int(settings.qr_window.total_seconds()),
             "qr_skew_s": int(settings.qr_skew.total_seconds()),

@@ -11,8 +11,10 @@ times with the same id and bytes (consumers deduplicate on the id).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import orjson
 
@@ -21,13 +23,11 @@ from services.validation.repository import StateOutcome, Trip, parse_outcome
 from services.validation.rules import (
     Action,
     Decision,
+    FareTable,
     GatePlace,
     Reason,
     TicketKind,
-    bus_fare,
     display,
-    max_trip_fare,
-    trip_fare,
 )
 from shared.events import ALERTS_TOPIC, VALIDATIONS_TOPIC, Event
 from shared.logging import request_id_var
@@ -46,7 +46,12 @@ _OUTCOME_REASONS = {
 
 
 def context(
-    validation_id: str, now: int, scanned: float, gate: GatePlace, **fields: Any
+    validation_id: str,
+    now: int,
+    scanned: float,
+    gate: GatePlace,
+    fares: FareTable,
+    **fields: Any,
 ) -> dict[str, Any]:
     """What a decision's answer and events need besides the script's reply (the script stores
     it with the reply); the code's fields stay None until it could be read."""
@@ -56,7 +61,7 @@ def context(
         "scanned": scanned,
         "gate": gate.gate_id,
         "station": gate.station,
-        "line": gate.line,
+        "line": fares.line_of(gate.station),
         "route": gate.route,
         "ticket": None,
         "product": None,
@@ -89,6 +94,7 @@ def trip_data(trip: Trip) -> dict[str, Any]:
 
 
 def fare_of(
+    fares: FareTable,
     accepted: bool,
     kind: str | None,
     action: Action,
@@ -97,13 +103,14 @@ def fare_of(
     route: str | None,
 ) -> int | None:
     """A stored-value ticket pays at a metro exit (by distance) and at a bus tap (by route);
-    passes and single rides pay nothing at the gate."""
+    passes and single rides pay nothing at the gate. `fares`: the version in force at the
+    decision's time."""
     if not accepted or kind != TicketKind.stored_value.value:
         return None
     if action is Action.exit and closed is not None and station:
-        return trip_fare(closed.station, station)
+        return fares.trip_fare(closed.station, station)
     if action is Action.tap and route:
-        return bus_fare(route)
+        return fares.bus_fare(route)
     return None
 
 
@@ -111,13 +118,14 @@ def reason_of(state: StateOutcome) -> Reason:
     return _OUTCOME_REASONS.get(state.outcome) or Reason(state.outcome)
 
 
-def answer(ctx: dict[str, Any], state: StateOutcome) -> dict[str, Any]:
-    """The gate's answer (the event's data adds to it: `event_data`)."""
+def answer(ctx: dict[str, Any], state: StateOutcome, fares: FareTable) -> dict[str, Any]:
+    """The gate's answer (the event's data adds to it: `event_data`); `fares` is the version
+    in force at `ctx["now"]`, the decision's time."""
     reason = reason_of(state)
     accepted = reason is Reason.ok
     action = Action(state.action) if accepted and state.action else Action.none
     fare = fare_of(
-        accepted, state.kind or None, action, state.closed_trip, ctx["station"], ctx["route"]
+        fares, accepted, state.kind or None, action, state.closed_trip, ctx["station"], ctx["route"]
     )
     message_vi, message_en = display(reason, action, rides_left=state.rides_left, fare=fare)
     body: dict[str, Any] = {
@@ -158,9 +166,10 @@ def event_data(ctx: dict[str, Any], state: StateOutcome, body: dict[str, Any]) -
     }
 
 
-def decision_records(ctx: dict[str, Any], reply: str) -> list[Record]:
+def decision_records(networks: FaresAt, ctx: dict[str, Any], reply: str) -> list[Record]:
     state = parse_outcome(reply)
-    body = answer(ctx, state)
+    fares = networks.at(ctx["now"])
+    body = answer(ctx, state, fares)
     data = event_data(ctx, state, body)
     key = ctx["ticket"] or ctx["gate"]
     accepted = body["decision"] == Decision.accept.value
@@ -174,16 +183,16 @@ def decision_records(ctx: dict[str, Any], reply: str) -> list[Record]:
     if state.auto_closed_trip is not None:
         out.append(
             auto_closed_record(
-                ctx["ticket"], state.auto_closed_trip, state.kind, state.wallet, ctx["now"]
+                fares, ctx["ticket"], state.auto_closed_trip, state.kind, state.wallet, ctx["now"]
             )
         )
     return out
 
 
 def auto_closed_record(
-    ticket_id: str, trip: Trip, kind: str, wallet: str | None, closed_at: int
+    fares: FareTable, ticket_id: str, trip: Trip, kind: str, wallet: str | None, closed_at: int
 ) -> Record:
-    fare = max_trip_fare(trip.station) if kind == TicketKind.stored_value.value else 0
+    fare = fares.max_trip_fare(trip.station) if kind == TicketKind.stored_value.value else 0
     return record(
         VALIDATIONS_TOPIC,
         ticket_id,
@@ -201,11 +210,12 @@ def auto_closed_record(
     )
 
 
-def closed_records(ctx: dict[str, Any], reply: str) -> list[Record]:
+def closed_records(networks: FaresAt, ctx: dict[str, Any], reply: str) -> list[Record]:
     """The sweeper closed a trip left open."""
     station, at, kind, wallet = reply.split("|")
     trip = Trip(ctx["vid"], station, int(at))
-    return [auto_closed_record(ctx["ticket"], trip, kind, wallet or None, ctx["now"])]
+    fares = networks.at(ctx["now"])
+    return [auto_closed_record(fares, ctx["ticket"], trip, kind, wallet or None, ctx["now"])]
 
 
 # Offline decisions uploaded later -------------------------------------------------------------
@@ -223,13 +233,16 @@ class UploadOutcome:
     other_uses: list[str]
 
 
-def upload_outcome(ctx: dict[str, Any], reply: list[str]) -> UploadOutcome:
+def upload_outcome(ctx: dict[str, Any], reply: list[str], fares: FareTable) -> UploadOutcome:
+    """`fares`: the version in force when the gate scanned the code (`ctx["scanned"]`)."""
     accepted = ctx["decision"] == Decision.accept.value
     kind = reply[1] if len(reply) > 1 else None
     closed = Trip(reply[3], reply[4], int(reply[5])) if len(reply) > 5 and reply[3] else None
     others = reply[6:]
     return UploadOutcome(
-        fare=fare_of(accepted, kind, Action(ctx["action"]), closed, ctx["station"], ctx["route"]),
+        fare=fare_of(
+            fares, accepted, kind, Action(ctx["action"]), closed, ctx["station"], ctx["route"]
+        ),
         conflict=accepted and bool(others),
         kind=kind,
         wallet=(reply[2] or None) if len(reply) > 2 else None,
@@ -238,8 +251,8 @@ def upload_outcome(ctx: dict[str, Any], reply: list[str]) -> UploadOutcome:
     )
 
 
-def upload_records(ctx: dict[str, Any], reply: str) -> list[Record]:
-    outcome = upload_outcome(ctx, orjson.loads(reply))
+def upload_records(networks: FaresAt, ctx: dict[str, Any], reply: str) -> list[Record]:
+    outcome = upload_outcome(ctx, orjson.loads(reply), networks.at(ctx["scanned"]))
     accepted = ctx["decision"] == Decision.accept.value
     out: list[Record] = []
     ticket_id = ctx["ticket"]
@@ -301,8 +314,15 @@ def upload_records(ctx: dict[str, Any], reply: str) -> list[Record]:
     return out
 
 
-BUILDERS = {
-    "decision": decision_records,
-    "closed": closed_records,
-    "upload": upload_records,
-}
+class FaresAt(Protocol):
+    def at(self, when: float) -> FareTable: ...
+
+
+def builders(networks: FaresAt) -> dict[str, Callable[[dict[str, Any], str], list[Record]]]:
+    """How the relay rebuilds each kind of stream entry, pricing by the version in force at
+    the decision's time (never by the one in force when the relay gets to it)."""
+    return {
+        "decision": partial(decision_records, networks),
+        "closed": partial(closed_records, networks),
+        "upload": partial(upload_records, networks),
+    }

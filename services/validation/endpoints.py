@@ -65,16 +65,20 @@ def _same_gate(gate: str, signed_by: str) -> None:
         )
 
 
-@network.get("/lines", response_model=list[LineRead])
-async def list_lines() -> list[LineRead]:
-    """Metro lines with their stations in order and distances (km) used for fares."""
-    return service.lines()
+NO_NETWORK = problems((503, "`network_not_loaded`: no network version is in force"))
 
 
-@network.get("/bus-routes", response_model=list[BusRouteRead])
-async def list_bus_routes() -> list[BusRouteRead]:
-    """Bus routes with their length and fare band."""
-    return service.bus_routes()
+@network.get("/lines", response_model=list[LineRead], responses=NO_NETWORK)
+async def list_lines(validator: ValidatorDep) -> list[LineRead]:
+    """Metro lines of the network version in force, with their stations in order and their
+    distances (km) along the line."""
+    return service.lines(validator.networks.held)
+
+
+@network.get("/bus-routes", response_model=list[BusRouteRead], responses=NO_NETWORK)
+async def list_bus_routes(validator: ValidatorDep) -> list[BusRouteRead]:
+    """Bus routes of the network version in force, with their length and fare network."""
+    return service.bus_routes(validator.networks.held)
 
 
 @gates.get("/gates", response_model=list[GateRead])
@@ -94,7 +98,11 @@ async def get_gate(gate_id: GateId, rt: RuntimeDep) -> GateRead:
     response_model=GateProvisioned,
     status_code=201,
     dependencies=[OperatorDep],
-    responses={**UNAUTHORIZED_ADMIN, 409: {"description": "`gate_exists`"}},
+    responses={
+        **UNAUTHORIZED_ADMIN,
+        409: {"description": "`gate_exists`"},
+        422: {"description": "`validation_error`: unknown to every network version held"},
+    },
 )
 async def provision_gate(body: GateCreate, validator: ValidatorDep) -> GateProvisioned:
     """Provision a metro gate (a station and a direction) or a bus validator (a route).
@@ -103,7 +111,9 @@ async def provision_gate(body: GateCreate, validator: ValidatorDep) -> GateProvi
     request with it. `GET /v1/gates/{gate_id}/secret` reads it again (it never changes it);
     `POST /v1/gates/{gate_id}/secret:rotate` replaces it.
     """
-    return await service.provision_gate(validator.redis, validator.memory, body)
+    return await service.provision_gate(
+        validator.redis, validator.memory, validator.networks.held, body
+    )
 
 
 @gates.patch(
@@ -198,7 +208,8 @@ hot = HotRouter[Validator](tags=["validations"], security=gate_signature)
         },
         503: {
             "description": "`state_unavailable`: Redis is unreachable; the gate should decide "
-            "offline from its bundle (`Retry-After` says when to try online again)"
+            "offline from its bundle (`Retry-After` says when to try online again); "
+            "`network_not_loaded`: no network version in force yet"
         },
     },
 )
@@ -267,14 +278,18 @@ async def gate_bundle(
     gate: GateDevice, validator: ValidatorDep, settings: SettingsDep
 ) -> GateBundleRead:
     """The signed bundle a gate needs to decide offline: issuer keys, deny list, products,
-    fare rules and timings, valid until `valid_until` (fetch a new one well before).
+    fare tables and timings, valid until `valid_until` (fetch a new one well before). `fares`
+    lists the network version in force and every one starting before `valid_until`, each
+    with its `effective_from`: the gate prices by the one in force at each scan.
 
     Verify `signature` (Ed25519 over the decoded `payload` bytes) with the key published at
     `GET /v1/gate-bundle/key` before using it.
     """
     await claim_nonce(validator.redis, gate.request, ttl_s=validator.tolerances.nonce_ttl_s)
     record = validator.memory.gates[gate.place.gate_id]
-    payload = bundle.build(validator.memory, record, settings, int(time.time()))
+    payload = bundle.build(
+        validator.memory, validator.networks.held, record, settings, int(time.time())
+    )
     return (await validator.bundle_signer()).sign(payload)
 
 

@@ -31,8 +31,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from services.validation import streams
-from services.validation.decisions import BUILDERS, Record
+from services.validation.decisions import Record
 from shared.events import Event
+from shared.fares.versions import NoNetwork
 from shared.health import raise_if_cancelled
 from shared.kafka import Publisher
 from shared.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST
@@ -84,8 +85,8 @@ class Outbox:
         batch_size: int,
         retry_interval_s: float,
         claim_after_s: float,
+        builders: Mapping[str, Builder],
         standby: bool = False,
-        builders: Mapping[str, Builder] = BUILDERS,
     ) -> None:
         self.redis = redis
         self.publisher = publisher
@@ -133,7 +134,8 @@ class Outbox:
                 # since are still in the streams, and a group created at 0 reads them all.
                 logger.warning("relay group missing; created again")
                 await self.start()
-            except (KafkaError, TimeoutError, OSError, RedisError) as exc:
+            except (KafkaError, TimeoutError, OSError, RedisError, NoNetwork) as exc:
+                # NoNetwork: no version loaded yet to price decisions; they wait in Redis.
                 self._own_pending = True
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()

@@ -13,19 +13,12 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
+from shared.fares.feed import Feed
+from shared.fares.lines import NetworkMap
+from shared.fares.tariff import Leg, NoFare
 from shared.memo import AtomicMemo
-from shared.network import (
-    BUS_ROUTES,
-    METRO_BASE_FARE,
-    METRO_BASE_KM,
-    METRO_FARE_PER_KM,
-    METRO_MAX_FARE,
-    STATIONS,
-    bus_single_fare,
-    metro_fare,
-    metro_max_fare,
-)
 from shared.ticketcodec import Credential, TicketCodecError
 
 
@@ -77,8 +70,6 @@ class TicketKind(StrEnum):
 
 
 WILDCARD_LINES = frozenset({"*", "ALL"})
-BUS_ROUTE_CODES = frozenset(route.code for route in BUS_ROUTES)
-ROUTE_FARE_BAND = {route.code: route.fare_band for route in BUS_ROUTES}
 
 _CODEC_REASONS: dict[str, Reason] = {
     "unknown_key": Reason.unknown_key,
@@ -102,10 +93,6 @@ class GatePlace:
     route: str | None
     direction: Direction
     products: tuple[str, ...] = ()
-
-    @property
-    def line(self) -> str | None:
-        return STATIONS[self.station].line if self.station in STATIONS else None
 
     @property
     def script_action(self) -> str:
@@ -152,14 +139,15 @@ def ticket_text(ticket_id: uuid.UUID) -> str:
     return _ticket_texts(ticket_id.int)
 
 
-def line_allowed(lines: tuple[str, ...], gate: GatePlace) -> bool:
-    """`*`/`ALL` is every line and route, `METRO`/`BUS` every line or route of that mode."""
+def line_allowed(lines: tuple[str, ...], gate: GatePlace, line: str | None) -> bool:
+    """`*`/`ALL` is every line and route, `METRO`/`BUS` every line or route of that mode;
+    `line` is the gate's station's line in the network version in force."""
     for code in lines:
         if code in WILDCARD_LINES:
             return True
         if gate.route is not None and (code == gate.route or code == "BUS"):
             return True
-        if gate.station is not None and (code == gate.line or code == "METRO"):
+        if gate.station is not None and (code == line or code == "METRO"):
             return True
     return False
 
@@ -172,6 +160,7 @@ def product_allowed(product: str, gate: GatePlace) -> bool:
 def static_verdict(
     credential: Credential,
     gate: GatePlace,
+    line: str | None,
     now: int,
     deny_tickets: Mapping[str, DenyEntry],
     deny_devices: Mapping[str, DenyEntry],
@@ -187,42 +176,119 @@ def static_verdict(
         return Reason.ticket_expired
     if not product_allowed(credential.product, gate):
         return Reason.gate_not_allowed
-    if not line_allowed(credential.lines, gate):
+    if not line_allowed(credential.lines, gate, line):
         return Reason.wrong_line
     return None
 
 
-def trip_fare(entry_station: str, exit_station: str) -> int:
-    """Distance fare; a trip that cannot be measured on one line pays the larger line maximum."""
-    entry, exit_ = STATIONS.get(entry_station), STATIONS.get(exit_station)
-    if entry is None or exit_ is None:
-        return METRO_MAX_FARE
-    if entry.line != exit_.line:
-        return max(metro_max_fare(entry.line), metro_max_fare(exit_.line))
-    return metro_fare(entry_station, exit_station)
+@dataclass(frozen=True, slots=True)
+class FareTable:
+    """One network version as the gate rules need it, precomputed so that a decision only looks
+    up dicts: the line of each station, the fare of every metro trip between two stations and
+    of a bus boarding on each route, for a rider of the feed's default category. Built from the
+    feed by the service, and from the bundle by an offline gate (`bundled`, `from_bundle`).
 
+    The fares are priced at one instant of the version (`priced_at`): fares that vary by the
+    time of day (timeframes) are charged by the fare worker, not shown by the gate.
+    """
 
-def max_trip_fare(entry_station: str) -> int:
-    station = STATIONS.get(entry_station)
-    return metro_max_fare(station.line) if station is not None else METRO_MAX_FARE
+    version: str
+    effective_from: int  # unix seconds
+    lines: dict[str, str]  # station → line
+    metro: dict[str, dict[str, int]]  # entry station → exit station → fare
+    unmeasured: int  # a trip the table does not price (the feed's fallback rule)
+    bus: dict[str, int]  # route → fare
+    max_from: dict[str, int]  # station → the highest fare between two stations of its line
 
+    @classmethod
+    def build(
+        cls,
+        version: str,
+        effective_from: int,
+        lines: dict[str, str],
+        metro: dict[str, dict[str, int]],
+        unmeasured: int,
+        bus: dict[str, int],
+    ) -> FareTable:
+        line_max: dict[str, int] = {}
+        for entry, exits in metro.items():
+            line = lines.get(entry)
+            for exit_, fare in exits.items():
+                if line is not None and lines.get(exit_) == line:
+                    line_max[line] = max(fare, line_max.get(line, 0))
+        max_from = {entry: line_max.get(line, unmeasured) for entry, line in lines.items()}
+        return cls(version, effective_from, lines, metro, unmeasured, bus, max_from)
 
-def bus_fare(route: str) -> int:
-    return bus_single_fare(ROUTE_FARE_BAND[route])
+    @classmethod
+    def from_feed(cls, version: str, effective_from: int, feed: Feed, priced_at: int) -> FareTable:
+        network = NetworkMap.of(feed)
+        tariff = feed.tariff
+        category = next(
+            (
+                row.get("rider_category_id")
+                for row in feed.tables["rider_categories.txt"].rows
+                if row.get("is_default_fare_category") == "1"
+            ),
+            "",
+        )
 
+        def price(route: str, entry: str = "", exit_: str = "") -> int | None:
+            leg = Leg("gate", route, priced_at, priced_at, entry, exit_)
+            try:
+                return tariff.price_leg(leg, category).amount
+            except NoFare:
+                return None
 
-def fare_rules() -> dict[str, object]:
-    """The fare table as data, for offline gate bundles."""
-    return {
-        "metro": {
-            "base_fare": METRO_BASE_FARE,
-            "base_km": METRO_BASE_KM,
-            "per_km": METRO_FARE_PER_KM,
-            "max_fare": METRO_MAX_FARE,
-            "stations": {code: [s.line, s.km] for code, s in STATIONS.items()},
-        },
-        "bus": {code: bus_fare(code) for code in sorted(BUS_ROUTE_CODES)},
-    }
+        lines = {code: station.line for code, station in network.stations.items()}
+        metro: dict[str, dict[str, int]] = {}
+        for entry, line in lines.items():
+            exits = {exit_: price(line, entry, exit_) for exit_ in lines}
+            metro[entry] = {exit_: fare for exit_, fare in exits.items() if fare is not None}
+        fallback = price(network.lines[0].code) if network.lines else None
+        known = [fare for exits in metro.values() for fare in exits.values()]
+        unmeasured = fallback if fallback is not None else max(known, default=0)
+        bus = {
+            route.code: fare
+            for route in network.bus_routes
+            if (fare := price(route.code)) is not None
+        }
+        return cls.build(version, effective_from, lines, metro, unmeasured, bus)
+
+    def line_of(self, station: str | None) -> str | None:
+        return None if station is None else self.lines.get(station)
+
+    def trip_fare(self, entry: str, exit_: str) -> int:
+        exits = self.metro.get(entry)
+        return self.unmeasured if exits is None else exits.get(exit_, self.unmeasured)
+
+    def max_trip_fare(self, entry: str) -> int:
+        """What a trip left open pays: the highest fare on its entry station's line."""
+        return self.max_from.get(entry, self.unmeasured)
+
+    def bus_fare(self, route: str) -> int:
+        return self.bus.get(route, 0)
+
+    def bundled(self) -> dict[str, Any]:
+        """As an offline gate bundle carries it (`from_bundle` reads it back)."""
+        return {
+            "version": self.version,
+            "effective_from": self.effective_from,
+            "lines": self.lines,
+            "metro": self.metro,
+            "unmeasured": self.unmeasured,
+            "bus": self.bus,
+        }
+
+    @classmethod
+    def from_bundle(cls, data: Mapping[str, Any]) -> FareTable:
+        return cls.build(
+            str(data["version"]),
+            int(data["effective_from"]),
+            dict(data["lines"]),
+            {entry: dict(exits) for entry, exits in data["metro"].items()},
+            int(data["unmeasured"]),
+            dict(data["bus"]),
+        )
 
 
 _MESSAGES: dict[Reason, tuple[str, str]] = {

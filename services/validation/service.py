@@ -24,10 +24,12 @@ from services.validation.memory import (
     decode_private_key,
     decode_public_key,
 )
+from services.validation.network import GateNetworks, Networks
 from services.validation.outbox import Outbox
 from services.validation.rules import (
     Decision,
     Direction,
+    FareTable,
     GatePlace,
     Reason,
     codec_reason,
@@ -56,7 +58,6 @@ from services.validation.timing import Tolerances
 from shared.devicesigning import SignedRequest, new_secret, replayed
 from shared.errors import Conflict, NotFound, Unprocessable
 from shared.events import ALERTS_TOPIC
-from shared.network import BUS_ROUTES, LINES
 from shared.redis import PipelinedRedis
 from shared.ticketcodec import TicketCodecError, parse_dynamic_qr, verify_dynamic_qr
 
@@ -78,26 +79,27 @@ def count_decision(decision: str, reason: str, mode: str) -> None:
 TICKET_LIFETIME_MARGIN_S = 86_400  # per-ticket state outlives validity by a day (late exits)
 
 
-def lines() -> list[LineRead]:
+def lines(networks: GateNetworks) -> list[LineRead]:
     return [
         LineRead(
             code=line.code,
             name=line.name,
             stations=[StationRead(code=s.code, name=s.name, km=s.km) for s in line.stations],
         )
-        for line in LINES
+        for line in networks.current().map.lines
     ]
 
 
-def bus_routes() -> list[BusRouteRead]:
+def bus_routes(networks: GateNetworks) -> list[BusRouteRead]:
     return [
-        BusRouteRead(code=r.code, name=r.name, length_km=r.length_km, fare_band=r.fare_band)
-        for r in BUS_ROUTES
+        BusRouteRead(code=r.code, name=r.name, length_km=r.length_km, fare_band=r.network)
+        for r in networks.current().map.bus_routes
     ]
 
 
-def demo_gates() -> list[GateRead]:
+def demo_gates(networks: GateNetworks) -> list[GateRead]:
     """Two gates per metro station (entry and exit) and one validator per bus route."""
+    network = networks.current().map
     return [
         GateRead(
             gate_id=f"{s.code}-{d.value[:2].upper()}",
@@ -106,7 +108,7 @@ def demo_gates() -> list[GateRead]:
             direction=d,
             enabled=True,
         )
-        for line in LINES
+        for line in network.lines
         for s in line.stations
         for d in (Direction.entry, Direction.exit)
     ] + [
@@ -117,12 +119,12 @@ def demo_gates() -> list[GateRead]:
             direction=Direction.both,
             enabled=True,
         )
-        for r in BUS_ROUTES
+        for r in network.bus_routes
     ]
 
 
-async def seed_gates(redis: Redis) -> int:
-    gates = demo_gates()
+async def seed_gates(redis: Redis, networks: GateNetworks) -> int:
+    gates = demo_gates(networks)
     for gate in gates:
         await repository.seed_gate(redis, gate, new_secret())
     return len(gates)
@@ -135,7 +137,19 @@ async def get_gate(redis: Redis, gate_id: str) -> GateRead:
     return gate
 
 
-async def provision_gate(redis: Redis, memory: Memory, body: GateCreate) -> GateProvisioned:
+def check_place(networks: GateNetworks, body: GateCreate) -> None:
+    """A station or route of some network version held (one opening in a version published
+    ahead can have its gates before it opens)."""
+    if body.station is not None and body.station not in networks.stations:
+        raise Unprocessable(f"unknown station {body.station}", code="validation_error")
+    if body.route is not None and body.route not in networks.routes:
+        raise Unprocessable(f"unknown bus route {body.route}", code="validation_error")
+
+
+async def provision_gate(
+    redis: Redis, memory: Memory, networks: GateNetworks, body: GateCreate
+) -> GateProvisioned:
+    check_place(networks, body)
     gate = GateRead(
         gate_id=body.gate_id,
         station=body.station,
@@ -241,8 +255,10 @@ class Validator:
         redis: Redis,
         memory: Memory,
         outbox: Outbox,
+        networks: Networks,
     ) -> None:
         self.settings = settings
+        self.networks = networks
         self.redis = redis
         self.decision_redis = PipelinedRedis(settings.redis_url)  # the one hot round trip
         self.memory = memory
@@ -271,11 +287,12 @@ class Validator:
         self, signed: SignedRequest, gate: GatePlace, text: str, scanned_at: datetime
     ) -> dict[str, Any]:
         now = int(time.time())
+        fares = self.networks.at(now)  # no network in force: 503, nothing decided
         tolerances = self.tolerances
         # The gate's scan time counts when it is plausible (queued on a slow link); a gate clock
         # that is off by more than the scan lag is ignored for the server's.
         scanned = tolerances.scan_time(int(scanned_at.timestamp()), now)
-        ctx = decisions.context(str(uuid_utils.uuid7()), now, scanned, gate, detail=None)
+        ctx = decisions.context(str(uuid_utils.uuid7()), now, scanned, gate, fares, detail=None)
         try:
             qr = parse_dynamic_qr(text)
         except TicketCodecError as error:
@@ -288,7 +305,7 @@ class Validator:
                 pre=codec_reason(error).value,
             )
             state = await repository.validate(self.decision_redis, call, self.script_settings)
-            return self._answer(signed, ctx, state)
+            return self._answer(signed, ctx, state, fares)
 
         credential = qr.credential
         ticket_id = ticket_text(credential.ticket_id)
@@ -304,6 +321,7 @@ class Validator:
             post = static_verdict(
                 credential,
                 gate,
+                ctx["line"],
                 now,
                 self.memory.deny_tickets,
                 self.memory.deny_devices,
@@ -334,14 +352,18 @@ class Validator:
             marker_expires_at=tolerances.marker_expires_at(qr.at),
         )
         state = await repository.validate(self.decision_redis, call, self.script_settings)
-        return self._answer(signed, ctx, state)
+        return self._answer(signed, ctx, state, fares)
 
     def _answer(
-        self, signed: SignedRequest, ctx: dict[str, Any], state: repository.StateOutcome
+        self,
+        signed: SignedRequest,
+        ctx: dict[str, Any],
+        state: repository.StateOutcome,
+        fares: FareTable,
     ) -> dict[str, Any]:
         if state.outcome == "nonce_replayed":
             raise replayed(signed.device_id)
-        body = decisions.answer(ctx, state)
+        body = decisions.answer(ctx, state, fares)
         count_decision(body["decision"], body["reason"], "online")
         return body
 
@@ -366,12 +388,14 @@ class Validator:
         now = int(time.time())
         vid = str(item.validation_id)
         scanned = item.scanned_at.timestamp()
+        fares = self.networks.at(scanned)  # the version in force when the gate decided
         accepted = item.decision is Decision.accept
         ctx = decisions.context(
             vid,
             now,
             scanned,
             gate,
+            fares,
             decision=item.decision.value,
             reason=item.reason.value,
             action=item.action.value,
@@ -404,6 +428,7 @@ class Validator:
             server_reason = static_verdict(
                 credential,
                 gate,
+                ctx["line"],
                 int(scanned),
                 self.memory.deny_tickets,
                 self.memory.deny_devices,
@@ -467,7 +492,7 @@ class Validator:
                 conflict=False,
                 fare=None,
             )
-        outcome = decisions.upload_outcome(ctx, result)
+        outcome = decisions.upload_outcome(ctx, result, fares)
         count_decision(item.decision.value, item.reason.value, "offline")
         return BatchItemRead(
             validation_id=item.validation_id,

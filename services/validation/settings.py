@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
+from pathlib import Path
 from typing import Self
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
@@ -54,6 +55,13 @@ class ValidationSettings(ServiceSettings):
     ticketing_url: str | None = "http://127.0.0.1:8001"
     keys_refresh: timedelta = timedelta(seconds=60)
     issuer_keys: list[IssuerKeyConfig] = Field(default_factory=list)
+    # The network and its fares: ticketing's versions (`ticketing_url`), polled this often; a
+    # version published ahead applies at its start without a poll. Without `ticketing_url`
+    # (tests, a lab gate) this feed (a GTFS directory or zip) is the only version, in force
+    # since the epoch. With neither, decisions answer 503 `network_not_loaded`.
+    network_refresh: timedelta = timedelta(seconds=5)
+    network_feed: Path | None = None
+    currency: str = Field(default="VND", pattern=r"^[A-Z]{3}$")  # a feed in another is refused
     # How often in-memory gates, keys, products and the deny list are re-read from Redis.
     state_refresh: timedelta = timedelta(seconds=1)
     credential_cache_size: int = Field(default=200_000, ge=1)  # verified issuer signatures

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from shared.fares.feed import read_feed
 from shared.fares.ledger import Charge, RiderLedger
+from shared.fares.lines import NetworkMap
 from shared.fares.tariff import Leg, Tariff
-from shared.network import LINES
 from tests.fares.support import TUESDAY_8AM, hanoi, hanoi_copy
 
 TARIFF = hanoi().tariff
@@ -21,7 +21,7 @@ UNCAPPED = read_feed(
 ).tariff
 DAY_CAP, WEEK_CAP = 40_000, 160_000
 BUSES = ("01", "09", "32", "86")
-STATIONS = {line.code: [s.code for s in line.stations] for line in LINES}
+STATIONS = {line.code: [s.code for s in line.stations] for line in NetworkMap.of(hanoi()).lines}
 DAY_START = TUESDAY_8AM - 3 * 3600  # 05:00, Hanoi's first trains and buses
 HOUR = 3600
 

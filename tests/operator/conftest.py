@@ -33,6 +33,7 @@ from services.operator.settings import OperatorSettings
 from services.validation import events as validation_events
 from shared import redis as redis_kit
 from shared.events import Event
+from shared.fares.feed import HANOI
 from shared.kafka import Publisher
 from tests.support import group_lags
 
@@ -52,6 +53,8 @@ def operator_settings_for(servers: LocalServers, **changes: Any) -> OperatorSett
         "consumer_group": f"operator-test-{uuid.uuid4().hex[:12]}",
         "metrics_urls": {},
         "gates_url": None,  # nothing listens on the `make run` ports in tests
+        "ticketing_url": None,
+        "network_feed": HANOI,
         "lots_url": None,
         "inventory_poll_interval": timedelta(seconds=1),
         "pipeline_poll_interval": timedelta(seconds=1),

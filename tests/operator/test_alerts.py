@@ -19,6 +19,7 @@ from services.operator.alerts import (
     alert_from_fact,
     evaluate,
     memory_keys,
+    min_travel_seconds,
     silent_gates,
     windows,
 )
@@ -31,11 +32,13 @@ from services.parking.tariffs import VehicleType
 from services.payments import events as payments_events
 from services.validation import events as validation_events
 from shared.events import SESSION_CLOSED, Event
-from shared.network import LINES, min_travel_seconds
+from shared.fares.feed import read_feed
+from shared.fares.lines import NetworkMap
 from tests.operator.conftest import validation_event
 
 T0 = 1_795_000_000.0  # a Sunday morning in Hanoi, 2026
 TH = thresholds(OperatorSettings())
+HANOI = NetworkMap.of(read_feed())  # stations and distances from Hanoi's feed
 
 
 class Replay:
@@ -62,11 +65,11 @@ class Replay:
             )
         memory = {
             key: value
-            for key in memory_keys(fact)
+            for key in memory_keys(fact, HANOI)
             if (kept := self.memory.get(key)) and kept[1] > fact.at
             for value in (kept[0],)
         }
-        verdict = evaluate(fact, counts, memory, self.th)
+        verdict = evaluate(fact, counts, memory, self.th, HANOI)
         for key, (value, ttl) in verdict.remember.items():
             self.memory[key] = (value, fact.at + ttl)
         return verdict.alerts
@@ -137,7 +140,8 @@ class TestImpossibleTravel:
         assert alert.rule is Rule.impossible_travel
         assert alert.params["from_station"] == "2A-01"
         assert alert.params["to_station"] == "2A-12"
-        assert alert.params["min_seconds"] == min_travel_seconds("2A-01", "2A-12")
+        assert alert.params["min_seconds"] == min_travel_seconds(HANOI, "2A-01", "2A-12")
+        assert alert.params["min_seconds"] == 1_170  # 13 km along 2A in the feed, at 40 km/h
 
     def test_fires_across_lines_and_for_late_offline_uploads(self) -> None:
         ticket = str(uuid.uuid4())
@@ -157,7 +161,7 @@ class TestImpossibleTravel:
 
     def test_silent_for_real_trips_and_same_station_taps(self) -> None:
         ticket = str(uuid.uuid4())
-        needed = min_travel_seconds("2A-01", "2A-12")
+        needed = min_travel_seconds(HANOI, "2A-01", "2A-12")
         events = [
             validation_event(ticket_id=ticket, station="2A-01", gate_id="2A-01-EN", decided_at=T0),
             validation_event(
@@ -362,13 +366,13 @@ class TestNormalTraffic:
         """Riders entering and leaving at realistic speeds, a few benign rejections (expired
         QR, one retry while inside), the odd replay, some unpaid fares, lots filling up."""
         rng = random.Random(20261122)
-        stations = {line.code: [s.code for s in line.stations] for line in LINES}
+        stations = {line.code: [s.code for s in line.stations] for line in HANOI.lines}
         events: list[tuple[Event, str]] = []
         for rider in range(400):
             line = rng.choice(list(stations))
             entry, exit_ = rng.sample(stations[line], 2)
             start = T0 + rng.uniform(0, 3 * 3600)
-            ride = min_travel_seconds(entry, exit_) + rng.uniform(30, 600)
+            ride = min_travel_seconds(HANOI, entry, exit_) + rng.uniform(30, 600)
             ticket = str(uuid.uuid4())
             events.append(
                 (

@@ -55,8 +55,10 @@ from shared.events import (
     VALIDATION_REJECTED,
     Event,
 )
+from shared.fares.feed import HANOI as HANOI_FEED
+from shared.fares.feed import read_feed
+from shared.fares.lines import NetworkMap
 from shared.kafka import Publisher, ensure_topics
-from shared.network import LINES
 from shared.ticketcodec import (
     Credential,
     RiderCategory,
@@ -77,6 +79,7 @@ from tests.operator.conftest import (
 )
 from tests.support import running_service
 
+LINES = NetworkMap.of(read_feed(HANOI_FEED)).lines
 VALIDATION_ADMIN = "browser-test-validation-admin-token"
 PARKING_ADMIN = "browser-test-parking-admin-token"
 RUN = uuid.uuid4().hex[:4].upper()
@@ -140,6 +143,7 @@ async def validation(own_kafka: LocalServers) -> AsyncIterator[str]:
             )
         ],
         ticketing_url=None,
+        network_feed=HANOI_FEED,
         instance_id=f"browser-{uuid.uuid4().hex[:10]}",
         # Its fare worker would join the validation tests' consumer group and take their events.
         run_fare_worker=False,

@@ -19,15 +19,21 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
+from starlette.responses import Response
 
 from citypass.servers import LocalServers
 from services.validation import repository
 from services.validation.app import build_app
+from services.validation.network import GateNetworks, GateVersion
+from services.validation.rules import FareTable
 from services.validation.service import Validator
 from services.validation.settings import IssuerKeyConfig, ValidationSettings
 from services.validation.tasks import Workers
 from shared.devicesigning import DeviceSigner
 from shared.events import Event
+from shared.fares.feed import HANOI, feed_zip, read_feed
+from shared.fares.lines import NetworkMap
+from shared.fares.versions import feed_digest
 from shared.kafka import Publisher
 from shared.ticketcodec import Credential as CodecCredential
 from shared.ticketcodec import (
@@ -47,6 +53,10 @@ ISSUER_KID = "t1"
 ISSUER_KEY = Ed25519PrivateKey.generate()  # what ticketing would hold; here the tests issue
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 DAY = 86_400
+HANOI_FEED = read_feed(HANOI)
+# Hanoi's fares as the gates hold them (the tests' version is in force since the epoch).
+HANOI_FARES = FareTable.from_feed("hanoi", 0, HANOI_FEED, int(time.time()))
+HANOI_NETWORKS = GateNetworks([GateVersion(HANOI_FARES, NetworkMap.of(HANOI_FEED))])
 
 
 def b64(raw: bytes) -> str:
@@ -63,6 +73,7 @@ def validation_settings(tmp: Path, **overrides: Any) -> ValidationSettings:
         "admin_token": ADMIN_TOKEN,
         "issuer_keys": [issuer_config()],
         "ticketing_url": None,
+        "network_feed": HANOI,
         "payments_token": PAYMENTS_TOKEN,
         "kafka_send_timeout_s": 2.0,
         "dependency_timeout_s": 2.0,
@@ -70,6 +81,42 @@ def validation_settings(tmp: Path, **overrides: Any) -> ValidationSettings:
         **overrides,
     }
     return ValidationSettings(**values)
+
+
+# Ticketing's network versions, as its `GET /v1/network/versions` and `.../{id}/feed` serve them
+
+
+def hanoi_zip(directory: Path = HANOI) -> bytes:
+    """A feed directory as the canonical zip ticketing stores and serves."""
+    return feed_zip(read_feed(directory))
+
+
+@dataclass
+class PublishedVersions:
+    """What a ticketing test double publishes: (id, effective_from, zip) per version."""
+
+    versions: list[tuple[str, datetime, bytes]] = field(default_factory=list)
+
+    def publish(self, effective_from: datetime, data: bytes) -> str:
+        version_id = str(uuid.uuid4())
+        self.versions.append((version_id, effective_from, data))
+        return version_id
+
+    def route(self, app: FastAPI) -> None:
+        async def listing() -> dict[str, list[dict[str, str]]]:
+            return {
+                "versions": [
+                    {"id": v, "effective_from": at.isoformat(), "sha256": feed_digest(data)}
+                    for v, at, data in sorted(self.versions, key=lambda item: item[1])
+                ]
+            }
+
+        async def feed(version_id: str) -> Response:
+            data = next(d for v, _, d in self.versions if v == version_id)
+            return Response(data, media_type="application/zip")
+
+        app.add_api_route("/v1/network/versions", listing)
+        app.add_api_route("/v1/network/versions/{version_id}/feed", feed)
 
 
 # Tickets and dynamic QRs, made the way ticketing and the rider's phone make them ---------------

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from services.validation import decisions
 from services.validation.repository import parse_outcome
 from services.validation.rules import Direction, GatePlace
+from tests.validation.conftest import HANOI_FARES, HANOI_NETWORKS
 
 OUTCOMES = ("ok", "replayed", "no_rides_left", "already_inside", "not_inside", "qr_expired")
 GATES = (
@@ -24,7 +25,9 @@ GATES = (
 @st.composite
 def decided(draw: st.DrawFn) -> tuple[dict[str, object], str]:
     gate = draw(st.sampled_from(GATES))
-    ctx = decisions.context(str(uuid.uuid4()), 1_800_000_000, 1_799_999_990, gate, detail=None)
+    ctx = decisions.context(
+        str(uuid.uuid4()), 1_800_000_000, 1_799_999_990, gate, HANOI_FARES, detail=None
+    )
     ctx.update(ticket=str(uuid.uuid4()), product="METRO-DAY", category="regular")
     ctx.update(qr_at=1_799_999_985, counter=draw(st.integers(0, 10**6)))
     outcome = draw(st.sampled_from(OUTCOMES))
@@ -44,7 +47,7 @@ class TestOneSourceForAnswerAndEvent:
     def test_the_event_says_what_the_gate_heard(self, case: tuple[dict[str, object], str]) -> None:
         ctx, reply = case
         state = parse_outcome(reply)
-        body = decisions.answer(ctx, state)
+        body = decisions.answer(ctx, state, HANOI_FARES)
         data = decisions.event_data(ctx, state, body)
         assert {k: data[k] for k in body} == body
 
@@ -52,8 +55,8 @@ class TestOneSourceForAnswerAndEvent:
     def test_a_rebuilt_event_is_the_same_event(self, case: tuple[dict[str, object], str]) -> None:
         ctx, reply = case
         stored = orjson.dumps(ctx)  # what the script keeps in the stream
-        first = decisions.decision_records(orjson.loads(stored), reply)
-        again = decisions.decision_records(orjson.loads(stored), reply)
+        first = decisions.decision_records(HANOI_NETWORKS, orjson.loads(stored), reply)
+        again = decisions.decision_records(HANOI_NETWORKS, orjson.loads(stored), reply)
         assert first == again
         _, _, value, headers = first[0]
         assert dict(headers)["ce_id"].decode() == ctx["vid"]

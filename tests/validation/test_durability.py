@@ -27,6 +27,7 @@ from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
 from services.validation import outbox, streams
 from services.validation.app import build_app
 from services.validation.service import Validator
+from shared.fares.feed import HANOI
 from shared.redis import connect
 from tests.conftest import AppClient
 from tests.support import ROOT, read_events, wait_ready, wait_until
@@ -122,6 +123,7 @@ class TestProcessKilledWhileBrokerHangs:
             "VALIDATION_ADMIN_TOKEN": ADMIN_TOKEN,
             "VALIDATION_ISSUER_KEYS": orjson.dumps([issuer_config().model_dump()]).decode(),
             "VALIDATION_TICKETING_URL": "",
+            "VALIDATION_NETWORK_FEED": str(HANOI),
             "VALIDATION_RUN_FARE_WORKER": "false",
             "VALIDATION_RELAY_STANDBY": "true",
             "VALIDATION_KAFKA_SEND_TIMEOUT_S": "2",

@@ -11,9 +11,9 @@ from services.validation import repository
 from services.validation.service import Validator
 from services.validation.tasks import Workers
 from shared.kafka import Publisher
-from shared.network import metro_fare, metro_max_fare
 from tests.support import committed_past, read_events, wait_until
 from tests.validation.conftest import (
+    HANOI_FARES,
     balance,
     balance_is,
     open_wallet,
@@ -42,7 +42,7 @@ class TestDistanceFare:
         entered = await scan(http, entry, ticket.qr())
         exited = await scan(http, exit_, ticket.qr())
 
-        fare = metro_fare("2A-01", "2A-09")
+        fare = HANOI_FARES.trip_fare("2A-01", "2A-09")
         assert fare == 13_000  # 9.2 km: 8,000 for 5 km, then 1,000 per started km
         assert (entered["decision"], entered["fare"]) == ("accept", None)
         assert (exited["decision"], exited["action"], exited["fare"]) == ("accept", "exit", fare)
@@ -82,7 +82,7 @@ class TestDistanceFare:
         ticket = await stored_value_ticket(publisher, validator, wallet)
         gate = await provision_gate(http, station="3-01", direction="both")
         far = await provision_gate(http, station="3-08", direction="both")
-        fare = metro_fare("3-01", "3-08")
+        fare = HANOI_FARES.trip_fare("3-01", "3-08")
 
         assert (await scan(http, gate, ticket.qr()))["action"] == "entry"
         assert (await scan(http, far, ticket.qr()))["fare"] == fare
@@ -123,7 +123,7 @@ class TestTripsLeftOpen:
 
         assert closed >= 1
         await wait_until(
-            lambda: balance_is(payments, wallet, 30_000 - metro_max_fare("2A")),
+            lambda: balance_is(payments, wallet, 30_000 - HANOI_FARES.max_trip_fare("2A-05")),
             what="the maximum fare",
         )
         assert (await scan(http, gate, ticket.qr()))["action"] == "entry"  # the trip was closed
@@ -147,6 +147,6 @@ class TestTripsLeftOpen:
 
         assert (again["decision"], again["action"]) == ("accept", "entry")
         await wait_until(
-            lambda: balance_is(payments, wallet, 30_000 - metro_max_fare("3")),
+            lambda: balance_is(payments, wallet, 30_000 - HANOI_FARES.max_trip_fare("3-02")),
             what="the maximum fare of the abandoned trip",
         )

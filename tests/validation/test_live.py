@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from citypass.cli import main as citypass
 from citypass.servers import LocalServers, ManagedProcess, free_port, spawn
 from services.validation.app import build_app
+from shared.fares.feed import HANOI
 from shared.qrimage import render_png
 from tests.conftest import AppClient
 from tests.support import ROOT, wait_ready
@@ -63,6 +64,7 @@ def processes(
                 "VALIDATION_ADMIN_TOKEN": ADMIN_TOKEN,
                 "VALIDATION_ISSUER_KEYS": orjson.dumps([issuer_config().model_dump()]).decode(),
                 "VALIDATION_TICKETING_URL": "",
+                "VALIDATION_NETWORK_FEED": str(HANOI),
                 "VALIDATION_INSTANCE_ID": f"live-{name}-{uuid.uuid4().hex[:8]}",
             }
             process = spawn(

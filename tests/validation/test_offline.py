@@ -17,9 +17,9 @@ from services.validation.memory import decode_public_key
 from services.validation.service import Validator
 from shared.events import Event
 from shared.kafka import Publisher
-from shared.network import metro_fare
 from tests.support import read_events, wait_until
 from tests.validation.conftest import (
+    HANOI_FARES,
     Gate,
     balance_is,
     make_ticket,
@@ -83,7 +83,8 @@ class TestBundle:
         assert content["gate"]["gate_id"] == gate.gate_id
         assert "t1" in {k["kid"] for k in content["issuer_keys"]}
         assert content["deny"]["tickets"][revoked.id][0] == "revoked_ticket"
-        assert content["fares"]["metro"]["max_fare"] == 19_000
+        [in_force] = content["fares"]  # the tests' only version, in force since the epoch
+        assert in_force["metro"]["2A-01"]["2A-12"] == 16_000
 
     async def test_tampered_or_foreign_bundle_is_refused(self, http: httpx.AsyncClient) -> None:
         gate = await provision_gate(http, station="2A-12")
@@ -200,7 +201,7 @@ class TestOfflineDecisions:
         assert offline.decide(ticket.qr()).action == "exit"
         result = await upload(http, exit_, offline)
 
-        fare = metro_fare("2A-02", "2A-08")
+        fare = HANOI_FARES.trip_fare("2A-02", "2A-08")
         assert result["results"][0]["fare"] == fare
         await wait_until(
             lambda: balance_is(payments, wallet, 20_000 - fare), what="the offline exit fare"

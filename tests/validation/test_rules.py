@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import base64
 
+import orjson
 import pytest
 
 from services.validation.rules import (
     Action,
     Direction,
+    FareTable,
     GatePlace,
     Reason,
     display,
     line_allowed,
-    trip_fare,
 )
 from services.validation.tasks import key_records
+from tests.validation.conftest import HANOI_FARES
 
 KEY = base64.urlsafe_b64encode(bytes(range(32))).rstrip(b"=").decode()
 
@@ -91,16 +93,29 @@ class TestLines:
         ],
     )
     def test_scope(self, lines: tuple[str, ...], gate: GatePlace, allowed: bool) -> None:
-        assert line_allowed(lines, gate) is allowed
+        assert line_allowed(lines, gate, HANOI_FARES.line_of(gate.station)) is allowed
 
 
 class TestFares:
     def test_same_line_is_the_distance_fare(self) -> None:
-        assert trip_fare("2A-01", "2A-12") == 16_000  # 13 km: 8,000 + 8 × 1,000
-        assert trip_fare("2A-05", "2A-05") == 8_000
+        assert HANOI_FARES.trip_fare("2A-01", "2A-12") == 16_000  # 13 km: 8,000 + 8 × 1,000
+        assert HANOI_FARES.trip_fare("2A-05", "2A-05") == 8_000
+        assert HANOI_FARES.trip_fare("2A-01", "2A-09") == 13_000  # 9.2 km
 
-    def test_across_lines_is_the_larger_maximum(self) -> None:
-        assert trip_fare("2A-01", "3-08") == 16_000
+    def test_across_lines_or_unknown_is_the_feeds_fallback(self) -> None:
+        assert HANOI_FARES.trip_fare("2A-01", "3-08") == 16_000
+        assert HANOI_FARES.trip_fare("9Z-01", "2A-01") == 16_000
+
+    def test_a_trip_left_open_pays_its_lines_highest_fare(self) -> None:
+        assert HANOI_FARES.max_trip_fare("2A-05") == 16_000
+        assert HANOI_FARES.max_trip_fare("3-02") == 12_000  # 8.5 km end to end
+
+    def test_bus_fares_by_the_routes_network(self) -> None:
+        assert HANOI_FARES.bus == {"01": 10_000, "09": 8_000, "32": 10_000, "86": 20_000}
+
+    def test_a_bundle_carries_the_same_table(self) -> None:
+        bundled = orjson.loads(orjson.dumps(HANOI_FARES.bundled()))
+        assert FareTable.from_bundle(bundled) == HANOI_FARES
 
 
 class TestDisplay:

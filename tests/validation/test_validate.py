@@ -26,8 +26,10 @@ from tests.support import committed_past, read_events, wait_until
 from tests.validation.conftest import (
     ADMIN,
     ISSUER_KID,
+    PublishedVersions,
     b64,
     device_fingerprint,
+    hanoi_zip,
     issuer_config,
     make_ticket,
     provision_gate,
@@ -334,6 +336,9 @@ class TestSignatures:
 
         ticketing = FastAPI()
         ticketing.add_api_route("/v1/keys", keys)
+        network = PublishedVersions()
+        network.publish(datetime.fromtimestamp(0, UTC), hanoi_zip())
+        network.route(ticketing)
         async with serve(ticketing) as ticketing_url:
             settings = validation_settings(
                 tmp_path, ticketing_url=ticketing_url, keys_refresh=timedelta(hours=1)
