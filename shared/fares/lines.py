@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 from shared.fares.feed import Feed
 
-BUS_ROUTE_TYPES = frozenset({"3", "11"})
+RAIL_ROUTE_TYPES = frozenset({"0", "1", "2", "12"})  # tram, subway, rail, monorail: the metro's
+BUS_ROUTE_TYPES = frozenset({"3", "11"})  # bus, trolleybus
+
+
+def route_mode(route_type: str) -> str | None:
+    """`metro` or `bus`: which of the platform's products ride a GTFS route type."""
+    if route_type in RAIL_ROUTE_TYPES:
+        return "metro"
+    return "bus" if route_type in BUS_ROUTE_TYPES else None
 
 
 @dataclass(frozen=True, slots=True)

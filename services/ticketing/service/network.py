@@ -23,10 +23,10 @@ from services.ticketing.schemas import (
     NetworkVersionList,
     NetworkVersionRead,
 )
-from services.ticketing.service.products import ROUTE_MODES
 from shared.db import Database
 from shared.errors import NotFound, ProblemError
 from shared.fares.feed import Feed, feed_zip, read_feed
+from shared.fares.lines import route_mode
 from shared.fares.reader import Table
 from shared.fares.versions import NetworkSync, NetworkVersion, VersionListing, feed_digest
 from shared.ids import new_id
@@ -205,7 +205,7 @@ def network_read(version: NetworkVersion) -> NetworkRead:
             NetworkLine(
                 id=row.get("route_id"),
                 name=row.get("route_long_name") or row.get("route_short_name"),
-                mode=ROUTE_MODES.get(row.get("route_type")),
+                mode=route_mode(row.get("route_type")),
                 operator_id=row.get("agency_id"),
             )
             for row in tables["routes.txt"].rows

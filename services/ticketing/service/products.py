@@ -7,12 +7,8 @@ from datetime import datetime
 from services.ticketing.schemas import Mode, ProductRead
 from shared.errors import NotFound
 from shared.fares.feed import Feed, ProductSpec
+from shared.fares.lines import route_mode
 from shared.fares.versions import NetworkVersions
-
-# GTFS route_type: tram, subway, rail and monorail ride the metro's products; bus and trolleybus
-# the bus products.
-ROUTE_MODES = {"0": Mode.metro, "1": Mode.metro, "2": Mode.metro, "12": Mode.metro}
-ROUTE_MODES |= {"3": Mode.bus, "11": Mode.bus}
 
 
 def product_read(spec: ProductSpec) -> ProductRead:
@@ -56,5 +52,5 @@ def line_choices(feed: Feed, mode: Mode) -> set[str]:
     return {
         row.get("route_id")
         for row in feed.tables["routes.txt"].rows
-        if mode is Mode.any or ROUTE_MODES.get(row.get("route_type")) is mode
+        if mode is Mode.any or route_mode(row.get("route_type")) == mode
     }
