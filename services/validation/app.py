@@ -7,6 +7,7 @@ import time
 from fastapi import FastAPI
 
 from services.validation import endpoints, repository, scripts
+from services.validation.fare_worker import FareWorker, repository_versions
 from services.validation.memory import Memory, VerifiedSignatures
 from services.validation.outbox import Outbox
 from services.validation.service import Validator
@@ -48,6 +49,8 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     )
     validator = Validator(settings, redis, memory, outbox)
     workers = Workers(settings, redis, memory, outbox)
+    network = repository_versions()  # gate's NetworkVersions wiring replaces this at merge
+    fares = FareWorker(settings, redis, outbox, lambda: network)
     bootstrap = settings.kafka_bootstrap_servers
     consumers = [
         Consumer(
@@ -63,14 +66,14 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
             bootstrap,
             [VALIDATIONS_TOPIC],
             "validation-fares",
-            workers.on_validation_event,
+            fares.on_validation_event,
             publisher=runtime.publisher,
         ),
         Consumer(
             bootstrap,
             [LEDGER_TOPIC],
             "validation-topups",
-            workers.on_ledger_event,
+            fares.on_ledger_event,
             publisher=runtime.publisher,
         ),
     ]
@@ -84,7 +87,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         consumers += fare_consumers
         runtime.workers += [
             supervised("trip-sweeper", workers.sweep_trips),
-            supervised("unpaid-fares", workers.recheck_unpaid),
+            supervised("unpaid-fares", fares.recheck_unpaid),
         ]
     runtime.workers += [supervised(f"consumer-{c.group_id}", c.run) for c in consumers]
 
@@ -99,7 +102,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         for consumer in consumers:
             consumer.stop()
         await outbox.drain(timeout_s=2 * runtime.publisher.send_timeout_s)
-        await workers.close()
+        await fares.close()
         await validator.decision_redis.close()
 
     runtime.on_stop.append(stop)
@@ -114,5 +117,6 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.validator = validator
     app.state.workers = workers
+    app.state.fares = fares
     app.state.outbox = outbox
     return app
