@@ -41,7 +41,7 @@ from shared.fares.feed import Feed
 from shared.fares.ledger import Charge, RiderLedger
 from shared.fares.tariff import Leg, NoFare, Tariff
 from shared.fares.versions import NetworkVersions
-from shared.redis import key, text
+from shared.redis import PipelinedRedis, key, text
 
 logger = logging.getLogger("citypass.validation.fares")
 
@@ -194,8 +194,11 @@ class FareAccounts:
     """The fare accounts of stored-value tickets: Redis holds them, this process caches them
     (a save that finds another version reloads and prices again)."""
 
-    def __init__(self, redis: Redis, versions: Callable[[], NetworkVersions]) -> None:
+    def __init__(
+        self, redis: Redis, versions: Callable[[], NetworkVersions], hot: PipelinedRedis
+    ) -> None:
         self.redis = redis
+        self.hot = hot  # the save, once per leg: one write, one reply parse
         self.versions = versions
         self._cache: OrderedDict[str, Account] = OrderedDict()
         self._tariff_at: TariffAt | None = None
@@ -284,8 +287,8 @@ class FareAccounts:
             for name, value in sets.items():
                 args += [name, value]
             args += dropped
-            reply = await SAVE_ACCOUNT(
-                self.redis,
+            reply = await SAVE_ACCOUNT.pipelined(
+                self.hot,
                 [account_key(ticket_id), streams.events_key(streams.shard(ticket_id))],
                 args,
             )

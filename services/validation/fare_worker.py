@@ -45,6 +45,7 @@ from shared.fares.feed import HANOI, feed_files, read_feed
 from shared.fares.versions import NetworkVersion, NetworkVersions
 from shared.health import raise_if_cancelled
 from shared.payments_client import PaymentsClient, PaymentsRefused, PaymentsUnavailable
+from shared.redis import PipelinedRedis
 
 logger = logging.getLogger("citypass.validation.fare_worker")
 
@@ -85,7 +86,8 @@ class FareWorker:
         self.redis = redis
         self.outbox = outbox
         self.max_trip_s = int(settings.max_trip.total_seconds())
-        self.accounts = FareAccounts(redis, versions)
+        self.hot = PipelinedRedis(settings.redis_url)
+        self.accounts = FareAccounts(redis, versions, self.hot)
         self.versions = versions
         self.payments = PaymentsClient(
             settings.payments_url,
@@ -97,6 +99,7 @@ class FareWorker:
 
     async def close(self) -> None:
         await self.payments.close()
+        await self.hot.close()
 
     # transit.validations: legs and open trips ------------------------------------------------
 
