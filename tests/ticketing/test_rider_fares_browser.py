@@ -5,7 +5,7 @@ The rider buys a stored-value ticket; validation's fare worker prices three metr
 today from the feed (16,000 + 16,000 + 13,000 VND: the third reaches the 40,000 daily cap and
 5,000 of it is capped); ticketing relays the ticket's fare account to the page, which shows
 each leg's fare, what the cap took off, "capped today" and the progress toward both caps.
-Screenshot: test-artifacts/rider-app-fares-capped.png.
+`citypass rider fares` prints the same day. Screenshot: test-artifacts/rider-app-fares-capped.png.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import pytest
 from aiokafka import ConsumerRecord
 
 from citypass.servers import LocalServers, free_port
@@ -30,6 +31,7 @@ from tests.cdp import Browser
 from tests.operator.conftest import serve
 from tests.support import service_client
 from tests.ticketing.conftest import PAYMENTS_TOKEN, ServiceProcess, buy, fund, sign_up
+from tests.ticketing.test_cli import Terminal
 from tests.ticketing.test_rider_app_browser import (  # noqa: F401  (fixtures)
     VALIDATION_REDIS_DB,
     browser,
@@ -52,6 +54,8 @@ async def test_the_app_shows_a_capped_day(
     servers: LocalServers,
     artifacts: Path,
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     page = browser
     validation_port = free_port()
@@ -105,6 +109,18 @@ async def test_the_app_shows_a_capped_day(
         account: dict[str, Any] = relayed.json()
         assert (account["day_total"], account["capped_today"]) == (40_000, True)
         assert [leg["capped"] for leg in account["legs"]] == [0, 0, 5_000]
+        # The same day from the command line.
+        terminal = Terminal(capsys, tmp_path / "rider-home", ticketing)
+        monkeypatch.setenv("CITYPASS_RIDER_PASSWORD", rider.password)
+        await terminal.rider("login", "--phone", rider.phone, "--no-device")
+        printed = (await terminal.rider("fares")).splitlines()
+        assert "metro 2A 2A-01 → 2A-09" in printed[3]
+        assert printed[3].endswith("capped −5.000 VND"), printed
+        assert printed[4:] == [
+            "Today: 40.000 VND of the 40.000 VND cap (100 %)",
+            "This week: 40.000 VND of the 160.000 VND cap (25 %)",
+            "Capped today: your next rides today are free.",
+        ]
         other = await sign_up(http)
         refused = await http.get(f"/v1/me/tickets/{ticket_id}/fares", headers=other.auth)
         assert (refused.status_code, refused.json()["code"]) == (404, "ticket_not_found")

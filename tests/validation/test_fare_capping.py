@@ -300,3 +300,44 @@ def _json(body: dict[str, Any]) -> bytes:
     import orjson
 
     return orjson.dumps(body)
+
+
+class TestFareAccountRoute:
+    async def test_services_read_a_tickets_fare_day_with_their_token(
+        self,
+        http: Any,
+        fares: FareWorker,
+        publisher: Publisher,
+        validator: Validator,
+        payments: Any,
+    ) -> None:
+        ticket, wallet = await rider(publisher, validator, payments, 50_000)
+        await deliver(fares, accepted(ticket, wallet, Leg(str(uuid.uuid4()), "01", START, START)))
+        day = fare_day(fares, START).isoformat()
+        token = validator.settings.service_token.get_secret_value()
+
+        refused = await http.get(f"/v1/tickets/{ticket}/fares?day={day}")
+        assert (refused.status_code, refused.json()["code"]) == (401, "invalid_token")
+        wrong = await http.get(
+            f"/v1/tickets/{ticket}/fares", headers={"Authorization": "Bearer admin?"}
+        )
+        assert wrong.status_code == 401
+        bad_day = await http.get(
+            f"/v1/tickets/{ticket}/fares?day=yesterday",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert bad_day.status_code == 422
+        answer = await http.get(
+            f"/v1/tickets/{ticket}/fares?day={day}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200, answer.text
+        account = answer.json()
+        assert [(leg["route_id"], leg["fare"], leg["charged"]) for leg in account["legs"]] == [
+            ("01", 10_000, 10_000)
+        ]
+        assert (account["day_total"], account["day_cap"], account["week_cap"]) == (
+            10_000,
+            40_000,
+            160_000,
+        )
+        assert account["capped_today"] is False
