@@ -44,9 +44,7 @@ from shared.http import service_client
 
 logger = logging.getLogger("citypass.validation.tasks")
 
-UNPAID_RECHECK_S = 600.0
 DENY_CLEANUP_S = 600.0
-FARE_RETRY_MAX_S = 30.0
 TICKETING_SOURCE = "ticketing"
 SETTINGS_SOURCE = "settings"
 
