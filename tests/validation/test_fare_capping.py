@@ -8,6 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import date
+from pathlib import Path
 from typing import Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
@@ -264,36 +265,90 @@ class TestNeverTwice:
         ticket, wallet = await rider(publisher, validator, payments, 100_000)
         leg = Leg(str(uuid.uuid4()), "86", START, START)  # bus_express: 20,000
         event = accepted(ticket, wallet, leg)
-        decided = events.Decided.model_validate(event.data)
 
-        # A worker saves the leg with its posting, then dies before payments hears of it.
-        doomed = FareWorker(app.state.settings, validator.redis, app.state.outbox, fares.versions)
-        found = await doomed.accounts.apply(ticket, wallet, "regular", leg, event.id)
-        assert found is not None
-        assert found.charge.charged == 20_000
-        await doomed.close()
+        # A worker process saves the leg with its posting and is killed (SIGKILL) before
+        # payments hears of it.
+        settings = app.state.settings
+        await killed_worker(settings, event, "post")
         assert await postings(ledger_db, wallet) == []
-        assert await validator.redis.hlen(account_key(ticket)) > 0
+        pending = cast(dict[bytes, bytes], await validator.redis.hgetall(account_key(ticket)))
+        [posting_field] = [name for name in pending if name.startswith(b"p:")]
 
         # Kafka redelivers the event to another worker: the saved posting goes out, once.
         await deliver(fares, event)
         assert await postings(ledger_db, wallet) == [("charge", 20_000)]
+        assert posting_field not in await validator.redis.hgetall(account_key(ticket))
 
-        # Killed again, after payments charged but before the posting left the account.
-        posting = found.postings[0]
-        await validator.redis.hset(
-            account_key(ticket),
-            f"p:{posting.key}",
-            b'{"path": "/v1/charges", "body": ' + _json(posting.body) + b"}",
-        )
+        # Another leg; its worker is killed after payments charged it but before the posting
+        # left the account. The redelivery sends it again: payments posts it once.
+        second = accepted(ticket, wallet, Leg(str(uuid.uuid4()), "86", START + 7200, START + 7200))
+        await killed_worker(settings, second, "acknowledged")
+        assert await postings(ledger_db, wallet) == [("charge", 20_000), ("charge", 20_000)]
         fares.accounts.forget(ticket)
-        await deliver(fares, event)
+        await deliver(fares, second)
+        assert await postings(ledger_db, wallet) == [("charge", 20_000), ("charge", 20_000)]
+        assert not [n for n in await validator.redis.hgetall(account_key(ticket)) if n[:2] == b"p:"]
+        event = second
         # Two workers at once (a rebalance): both price it, one saves, payments posts once.
         other = FareWorker(app.state.settings, validator.redis, app.state.outbox, fares.versions)
         await asyncio.gather(deliver(fares, event), deliver(other, event))
         await other.close()
-        assert await postings(ledger_db, wallet) == [("charge", 20_000)]
-        assert decided.rider_category == "regular"
+        assert await postings(ledger_db, wallet) == [("charge", 20_000), ("charge", 20_000)]
+
+
+CHILD = """
+import asyncio, os, signal, sys
+from pathlib import Path
+import orjson
+from services.validation.fare_worker import FareWorker, repository_versions
+from shared import redis as redis_kit
+from shared.events import Event
+from tests.validation.conftest import validation_settings
+
+async def main() -> None:
+    given = orjson.loads(sys.argv[1])
+    settings = validation_settings(
+        Path(given["tmp"]), redis_url=given["redis"], payments_url=given["payments"]
+    )
+    versions = repository_versions()
+    worker = FareWorker(settings, redis_kit.connect(settings.redis_url), None, lambda: versions)
+
+    async def die(*args: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if given["die_at"] == "post":  # the account is saved; payments hears nothing
+        worker.post = die
+    else:  # payments has charged; the posting is still in the account
+        worker.accounts.acknowledged = die
+    event = Event(type=given["type"], source="/citypass/validation", subject=given["ticket"],
+                  data=given["data"], id=given["id"])
+    await worker.on_validation_event(event, None)
+
+asyncio.run(main())
+"""
+
+
+async def killed_worker(settings: Any, event: Event, die_at: str) -> None:
+    """A fare worker process handling `event`, killed with SIGKILL at `die_at`: `post` (the
+    account is saved, nothing sent) or `acknowledged` (payments answered, the account still
+    holds the posting)."""
+    import sys
+    import tempfile
+
+    given = {
+        "tmp": tempfile.mkdtemp(),
+        "redis": settings.redis_url,
+        "payments": settings.payments_url,
+        "die_at": die_at,
+        "type": event.type,
+        "ticket": event.subject,
+        "data": event.data,
+        "id": event.id,
+    }
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, _json(given).decode(), cwd=str(Path(__file__).parents[2])
+    )
+    assert await child.wait() == -9
 
 
 def _json(body: dict[str, Any]) -> bytes:
