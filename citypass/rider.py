@@ -235,6 +235,10 @@ class RiderClient:
     async def tickets(self) -> list[dict[str, Any]]:
         return await self._list("GET", "/v1/tickets")
 
+    async def fares(self, ticket_id: str, day: str | None = None) -> dict[str, Any]:
+        query = f"?day={day}" if day else ""
+        return await self._object("GET", f"/v1/me/tickets/{ticket_id}/fares{query}")
+
     # Credentials and the dynamic QR -----------------------------------------------------------
 
     async def credential(self, ticket_id: str, *, refresh: bool = False) -> dict[str, Any]:
@@ -393,6 +397,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     buy.add_argument("--line", help="line or bus route, for one-route products")
     buy.add_argument("--key", help="Idempotency-Key to reuse after a failed attempt")
     commands.add_parser("tickets", help="your tickets")
+    fares = commands.add_parser("fares", help="a stored-value ticket's fares of one day")
+    fares.add_argument("ticket", nargs="?", help="ticket id (default: your newest stored value)")
+    fares.add_argument("--day", help="fare day YYYY-MM-DD (Hanoi, from 04:00; default today)")
     refresh = commands.add_parser("refresh", help="fetch fresh credentials")
     refresh.add_argument("ticket", nargs="?", help="one ticket id (default: every live ticket)")
     qr = commands.add_parser("qr", help="show the current dynamic QR (made offline)")
@@ -510,6 +517,42 @@ def _print_tickets(tickets: list[dict[str, Any]]) -> None:
         )
 
 
+async def _fares(client: RiderClient, args: argparse.Namespace) -> None:
+    ticket_id = args.ticket
+    if ticket_id is None:
+        stored = [t for t in await client.tickets() if t["kind"] == "stored_value"]
+        if not stored:
+            raise RiderError("no_ticket", "no stored-value ticket: buy STORED-VALUE first")
+        ticket_id = max(stored, key=lambda t: t["created_at"])["id"]
+    account = await client.fares(ticket_id, args.day)
+    print(f"Fares of {account['fare_day']} (from 04:00 Hanoi time), ticket {ticket_id}:")
+    for leg in account["legs"]:
+        where = (
+            f"bus {leg['route_id']}"
+            if leg["from_stop"] is None
+            else f"metro {leg['route_id']} {leg['open_trip_entry'] or leg['from_stop']} → "
+            + ("no exit tap (whole line)" if leg["open_trip_entry"] else leg["to_stop"])
+        )
+        notes = [f"transfer −{_vnd(leg['transfer_discount'])}"] if leg["transfer_discount"] else []
+        notes += [f"capped −{_vnd(leg['capped'])}"] if leg["capped"] else []
+        print(
+            f"  {leg['departed_at'][11:16]}Z  {where:<34} fare {_vnd(leg['fare']):>11}  "
+            f"paid {_vnd(leg['charged']):>11}  {', '.join(notes)}".rstrip()
+        )
+    if not account["legs"]:
+        print("  no rides")
+    for name, total, cap in (
+        ("Today", account["day_total"], account["day_cap"]),
+        ("This week", account["week_total"], account["week_cap"]),
+    ):
+        shown = (
+            f"{_vnd(total)} of the {_vnd(cap)} cap ({total * 100 // cap} %)" if cap else _vnd(total)
+        )
+        print(f"{name}: {shown}")
+    if account["capped_today"]:
+        print("Capped today: your next rides today are free.")
+
+
 async def _run(args: argparse.Namespace, password: str) -> None:
     client = RiderClient(RiderHome.default(args.home), args.url)
     try:
@@ -521,6 +564,7 @@ async def _run(args: argparse.Namespace, password: str) -> None:
             "topup": lambda: _topup(client, args.amount),
             "buy": lambda: _buy(client, args),
             "qr": lambda: _show_qr(client, args),
+            "fares": lambda: _fares(client, args),
         }
         if command in handlers:
             await handlers[command]()

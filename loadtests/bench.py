@@ -17,7 +17,7 @@ from typing import Any
 
 import uvloop
 
-from loadtests import bench_charges, bench_operator, bench_parking, bench_validation
+from loadtests import bench_charges, bench_fares, bench_operator, bench_parking, bench_validation
 from loadtests.figures import cpu_times, steal_share, wait_for_quiet
 
 Section = tuple[str, Callable[[], Coroutine[Any, Any, dict[str, float]]]]
@@ -36,6 +36,7 @@ TARGETS: dict[tuple[str, str], tuple[str, float]] = {
     ("parking", "decisions_per_s"): ("≥", 200.0),
     ("parking", "p99_ms"): ("≤", 50.0),
     ("operator", "p99_s"): ("≤", 1.0),
+    ("fares", "worker_legs_per_s_of_cpu"): ("≥", 5000.0),
 }
 
 
@@ -86,6 +87,7 @@ def sections(only: set[str]) -> list[Section]:
         # The target rate is past this machine's capacity: also show a rate it can serve.
         ("parking-100/s", lambda: bench_parking.run(None, None, rate=100.0, seconds=20.0)),
         ("operator", lambda: bench_operator.run(events=3000, rate=200.0)),
+        ("fares", lambda: bench_fares.run()),
     ]
     return [s for s in everything if not only or s[0].split("-")[0] in only]
 

@@ -1,6 +1,7 @@
 """Fare engine benchmark: legs priced per second on one core, with transfer and cap state.
 
     python -m loadtests.bench_fares [--riders 3000] [--days 7] [--late 0.05] [--feed DIR]
+    python -m loadtests.bench_fares --worker [--riders 600]     # the fare worker on Valkey
 
 Pure Python, no servers: what a fare worker does per tap once the tap is decoded. Each rider
 (regular, student or worker, a `RiderLedger` each) rides a week of Hanoi commutes drawn from
@@ -9,17 +10,28 @@ hit the daily cap); a share of taps arrives late and out of order, as offline ga
 them, and is re-priced with its day. The process is pinned to one CPU. The target is ≥ 5,000
 legs/s; it prints legs/s for the first pass (cold caches) and for a second pass over fresh
 ledgers with warm lookups, which is the steady state of a long-running worker.
+
+`--worker` measures the fare worker itself (services/validation/fare_accounts.py) on a fresh
+Valkey: each leg is an accepted event's data read as the worker reads it, turned into its leg,
+priced into the ticket's fare account and saved with its postings and event by the
+compare-and-set script (one round trip). 64 tickets are in flight at once, each in tap
+order; the figure is the worker process's CPU per leg (Valkey's own CPU is not in it).
+Payments' HTTP call is not in it either (bench_charges measures payments).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import itertools
 import os
 import random
 import sys
+import tempfile
 import time
+import uuid
+from collections import defaultdict
 from pathlib import Path
 
 from shared.fares.feed import HANOI, Feed, read_feed
@@ -93,15 +105,117 @@ def price_all(feed: Feed, stream: list[tuple[int, Leg]], riders: int) -> tuple[f
     return elapsed, charged, transfers
 
 
+def accepted_data(leg: Leg, rider: int, wallet: str) -> tuple[str, dict[str, object]]:
+    """The event data a gate publishes for the tap that closes `leg` (see decisions.py)."""
+    from services.validation.events import iso
+
+    ticket = str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench-rider-{rider}"))
+    metro = bool(leg.from_stop)
+    entry = {
+        "validation_id": leg.leg_id,
+        "station": leg.from_stop,
+        "entered_at": iso(leg.departed_at),
+    }
+    return ticket, {
+        "validation_id": f"{leg.leg_id}-x" if metro else leg.leg_id,
+        "ticket_id": ticket,
+        "kind": "stored_value",
+        "action": "exit" if metro else "tap",
+        "station": leg.to_stop or None,
+        "line": leg.route_id if metro else None,
+        "route": None if metro else leg.route_id,
+        "rider_category": CATEGORIES[rider % len(CATEGORIES)],
+        "decided_at": iso(leg.arrived_at),
+        "wallet_account_id": wallet,
+        "entry": entry if metro else None,
+    }
+
+
+async def worker_pass(
+    feed: Feed, stream: list[tuple[int, Leg]], redis_url: str
+) -> tuple[float, float]:
+    """CPU seconds and wall seconds of the fare worker pricing `stream` into Valkey."""
+    from services.validation import events
+    from services.validation.fare_accounts import FareAccounts, leg_of
+    from shared import redis as redis_kit
+    from shared.events import VALIDATION_ACCEPTED
+    from shared.fares.versions import NetworkVersions
+
+    versions = NetworkVersions.only(feed, "hanoi")
+    redis = redis_kit.connect(redis_url)
+    hot = redis_kit.PipelinedRedis(redis_url)
+    accounts = FareAccounts(redis, lambda: versions, hot)
+    wallet = str(uuid.uuid4())
+    lanes: dict[int, list[tuple[str, dict[str, object]]]] = defaultdict(list)
+    for rider, leg in stream:
+        lanes[rider % 64].append(accepted_data(leg, rider, wallet))
+
+    async def lane(items: list[tuple[str, dict[str, object]]]) -> None:
+        for ticket, data in items:
+            decided = events.Decided.model_validate(data)
+            found = leg_of(VALIDATION_ACCEPTED, decided, versions.current().feed)
+            assert found is not None
+            await accounts.apply(
+                ticket, wallet, decided.rider_category, found[0], str(data["validation_id"])
+            )
+
+    gc.collect()
+    gc.freeze()
+    started, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(lane(items) for items in lanes.values()))
+    elapsed, wall = time.process_time() - started, time.perf_counter() - wall
+    gc.unfreeze()
+    await redis.aclose()
+    await hot.close()
+    return elapsed, wall
+
+
+async def run(riders: int = 600, days: int = 7, late: float = 0.05) -> dict[str, float]:
+    """`make bench`'s section: the pure engine (warm) and the fare worker on a fresh Valkey."""
+    from citypass.servers import LocalServers, free_port
+
+    feed = read_feed(HANOI)
+    stream = arrival_order(commutes(feed, riders, days), late)
+    price_all(feed, stream, riders)  # warm the lookups, as a running worker has them
+    engine, _, _ = price_all(feed, stream, riders)
+    with tempfile.TemporaryDirectory(prefix="citypass-bench-fares-") as tmp:
+        servers = LocalServers(Path(tmp), free_port(), free_port(), free_port())
+        servers.start_valkey()
+        try:
+            elapsed, wall = await worker_pass(feed, stream, servers.redis_url)
+        finally:
+            servers.stop()
+    return {
+        "engine_legs_per_s": len(stream) / engine,
+        "worker_legs_per_s_of_cpu": len(stream) / elapsed,
+        "worker_us_per_leg": elapsed / len(stream) * 1e6,
+        "worker_legs_per_s_wall": len(stream) / wall,
+    }
+
+
+def worker_main(riders: int, days: int, late: float) -> int:
+    figures = asyncio.run(run(riders, days, late))
+    print(
+        f"fare worker with Valkey state: {figures['worker_legs_per_s_of_cpu']:,.0f} legs/s of "
+        f"worker CPU ({figures['worker_us_per_leg']:.0f} µs/leg), "
+        f"{figures['worker_legs_per_s_wall']:,.0f} legs/s wall; "
+        f"engine alone {figures['engine_legs_per_s']:,.0f} legs/s"
+    )
+    return 0 if figures["worker_legs_per_s_of_cpu"] >= TARGET_LEGS_PER_S else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--riders", type=int, default=3000)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--late", type=float, default=0.05, help="share of taps arriving late")
     parser.add_argument("--feed", type=Path, default=HANOI)
+    parser.add_argument("--worker", action="store_true", help="the fare worker on Valkey")
     args = parser.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    if args.worker:
+        return worker_main(args.riders, args.days, args.late)
     feed = read_feed(args.feed)
     stream = arrival_order(commutes(feed, args.riders, args.days), args.late)
     late = sum(

@@ -40,6 +40,8 @@ VALIDATION_REJECTED = "citypass.transit.validation.rejected.v1"
 TRIP_AUTO_CLOSED = "citypass.transit.trip.auto_closed.v1"
 FARE_UNPAID = "citypass.transit.fare.unpaid.v1"
 FARE_SETTLED = "citypass.transit.fare.settled.v1"
+FARE_CHARGED = "citypass.transit.fare.charged.v1"
+FARE_REFUNDED = "citypass.transit.fare.refunded.v1"
 DUPLICATE_USE = "citypass.transit.validation.duplicate_use.v1"
 UPLOAD_TOO_LATE = "citypass.transit.validation.upload_too_late.v1"
 # payments, on payments.ledger and ops.alerts

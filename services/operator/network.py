@@ -13,17 +13,14 @@ import asyncio
 import bisect
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from shared.fares.feed import read_feed
 from shared.fares.lines import NetworkMap
-from shared.fares.versions import NetworkSync, NetworkVersion, NetworkVersions
+from shared.fares.versions import NetworkSync, NetworkVersions
 from shared.http import service_client
 
 logger = logging.getLogger("citypass.operator.network")
-
-EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +56,9 @@ class OperatorNetwork:
 
     def local(self, feed: Path, currency: str) -> None:
         """One version from a feed on disk, in force since the epoch (no ticketing)."""
-        version = NetworkVersion(
-            f"local:{feed.name}", EPOCH, "", read_feed(feed, currency=currency)
+        self.maps = maps_of(
+            NetworkVersions.only(read_feed(feed, currency=currency), f"local:{feed.name}")
         )
-        self.maps = maps_of(NetworkVersions([version]))
 
     async def follow(self, ticketing_url: str, currency: str, interval_s: float) -> None:
         """The supervised worker: ticketing's versions, polled every `interval_s`."""

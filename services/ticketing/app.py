@@ -6,7 +6,7 @@ import logging
 
 from fastapi import FastAPI
 
-from services.ticketing import endpoints, network_endpoints, tables, tasks, webapp
+from services.ticketing import endpoints, fare_relay, network_endpoints, tables, tasks, webapp
 from services.ticketing.credentials import KeyWrap
 from services.ticketing.payments import Payments
 from services.ticketing.service import issuer, network
@@ -80,7 +80,13 @@ def build_app(settings: TicketingSettings | None = None) -> FastAPI:
 
     app = create_app(
         runtime,
-        [endpoints.router, endpoints.admin_router, network_endpoints.router, webapp.router()],
+        [
+            endpoints.router,
+            fare_relay.router,
+            endpoints.admin_router,
+            network_endpoints.router,
+            webapp.router(),
+        ],
         title="CityPass ticketing",
         description=DESCRIPTION,
         on_start=[ensure_issuer_key, load_network],

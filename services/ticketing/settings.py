@@ -17,6 +17,9 @@ class TicketingSettings(ServiceSettings):
     # The bearer token payments expects from its callers (payments' PAYMENTS_SERVICE_TOKEN).
     payments_service_token: SecretStr = SecretStr("dev-only-payments-service-token")
     payments_timeout_s: float = Field(default=5.0, gt=0)
+    # Validation holds stored-value fare accounts; its VALIDATION_SERVICE_TOKEN.
+    validation_url: str = "http://127.0.0.1:8002"
+    validation_service_token: SecretStr = SecretStr("dev-only-validation-service-token")
     # Bearer token of the operators' back office for /v1/admin/*.
     operator_token: SecretStr = SecretStr("dev-only-ticketing-operator-token")
     # HS256 key of the riders' access tokens.

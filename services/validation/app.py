@@ -8,6 +8,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from services.validation import decisions, endpoints, network, repository, scripts
+from services.validation.fare_worker import FareWorker
 from services.validation.memory import Memory, VerifiedSignatures
 from services.validation.network import Networks
 from services.validation.outbox import Outbox
@@ -52,6 +53,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     )
     validator = Validator(settings, redis, memory, outbox, networks)
     workers = Workers(settings, redis, memory, outbox)
+    fares = FareWorker(settings, redis, outbox, lambda: networks.versions)
     bootstrap = settings.kafka_bootstrap_servers
     consumers = [
         Consumer(
@@ -67,14 +69,14 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
             bootstrap,
             [VALIDATIONS_TOPIC],
             "validation-fares",
-            workers.on_validation_event,
+            fares.on_validation_event,
             publisher=runtime.publisher,
         ),
         Consumer(
             bootstrap,
             [LEDGER_TOPIC],
             "validation-topups",
-            workers.on_ledger_event,
+            fares.on_ledger_event,
             publisher=runtime.publisher,
         ),
     ]
@@ -98,7 +100,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         consumers += fare_consumers
         runtime.workers += [
             supervised("trip-sweeper", workers.sweep_trips),
-            supervised("unpaid-fares", workers.recheck_unpaid),
+            supervised("unpaid-fares", fares.recheck_unpaid),
         ]
     runtime.workers += [supervised(f"consumer-{c.group_id}", c.run) for c in consumers]
 
@@ -116,7 +118,7 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
         for consumer in consumers:
             consumer.stop()
         await outbox.drain(timeout_s=2 * runtime.publisher.send_timeout_s)
-        await workers.close()
+        await fares.close()
         await validator.decision_redis.close()
 
     runtime.on_stop.append(stop)
@@ -131,5 +133,6 @@ def build_app(settings: ValidationSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.validator = validator
     app.state.workers = workers
+    app.state.fares = fares
     app.state.outbox = outbox
     return app

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 from starlette.types import Scope
 
-from services.validation import bundle, repository, service
+from services.validation import bundle, fare_endpoints, repository, service
 from services.validation.auth import (
     GateDevice,
     OperatorDep,
@@ -55,7 +55,7 @@ network = APIRouter(prefix="/v1", tags=["network"])
 gates = APIRouter(prefix="/v1", tags=["gates"])
 keys = APIRouter(prefix="/v1", tags=["issuer keys"])
 decisions = APIRouter(prefix="/v1", tags=["validations"])
-routers = (decisions, network, gates, keys)
+routers = (decisions, network, gates, keys, fare_endpoints.router)
 
 
 def _same_gate(gate: str, signed_by: str) -> None:

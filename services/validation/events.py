@@ -45,6 +45,8 @@ from pydantic import StrictInt, StrictStr
 
 from shared.events import (
     DUPLICATE_USE,
+    FARE_CHARGED,
+    FARE_REFUNDED,
     FARE_SETTLED,
     FARE_UNPAID,
     TRIP_AUTO_CLOSED,
@@ -103,6 +105,8 @@ class FareNews(Consumed):
 
 class TripEntry(Consumed):
     validation_id: str
+    station: str | None = None
+    entered_at: Moment = None
 
 
 class Decided(Consumed):
@@ -113,8 +117,14 @@ class Decided(Consumed):
     kind: str | None = None
     action: str | None = None
     station: str | None = None
+    line: Text = None
+    route: Text = None
+    rider_category: Text = None
     decided_at: int | float | str | None = None  # unix seconds, or ISO 8601 in older events
     entry: TripEntry | None = None  # an exit's entry
+    entry_station: Text = None  # trip.auto_closed: where the trip left open began
+    entered_at: Moment = None
+    closed_at: Moment = None
     fare: StrictInt | None = None
     wallet_account_id: str | None = None
 
@@ -124,6 +134,20 @@ class TransferPosted(Consumed):
 
     kind: str | None = None
     wallet_account_id: str | None = None
+
+
+def unix(value: Any) -> int | None:
+    """Unix seconds from an int or an ISO 8601 text; None when absent or unreadable."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            return None
+    return None
 
 
 @functools.lru_cache(maxsize=1024)  # a decision formats three times that are mostly the same
@@ -193,6 +217,18 @@ def fare_unpaid(
             "amount": amount,
             "shortfall": shortfall,
         },
+    )
+
+
+def fare_priced(*, id: str, ticket_id: str, data: dict[str, Any]) -> Event:
+    """`fare.charged.v1` (what a leg added, possibly 0 when capped) or `fare.refunded.v1` (a late
+    or corrected leg lowered the week's total): `data["charged"]` is signed."""
+    return Event(
+        id=id,
+        type=FARE_REFUNDED if data["charged"] < 0 else FARE_CHARGED,
+        source=SOURCE,
+        subject=ticket_id,
+        data=data,
     )
 
 

@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -27,12 +26,10 @@ from services.validation.rules import FareTable
 from shared.fares.feed import read_feed
 from shared.fares.lines import NetworkMap
 from shared.fares.reader import FeedRejected
-from shared.fares.versions import NetworkSync, NetworkVersion, NetworkVersions, NoNetwork
+from shared.fares.versions import NetworkSync, NetworkVersions, NoNetwork
 from shared.http import service_client
 
 logger = logging.getLogger("citypass.validation.network")
-
-EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,19 +86,22 @@ class Networks:
 
     def __init__(self) -> None:
         self.held = GateNetworks()
+        self.versions = NetworkVersions()  # as held, for the fare worker's RiderLedger
 
     def at(self, when: float) -> FareTable:
         return self.held.at(when)
 
     async def load(self, versions: NetworkVersions) -> None:
         self.held = await asyncio.to_thread(gate_networks, versions)
+        self.versions = versions
         logger.info("network versions held: %s", [v.fares.version for v in self.held.versions])
 
     def local(self, feed: Path, currency: str) -> None:
         """One version from a feed on disk, in force since the epoch (no ticketing)."""
-        loaded = read_feed(feed, currency=currency)
-        version = NetworkVersion(f"local:{feed.name}", EPOCH, "", loaded)
-        self.held = gate_networks(NetworkVersions([version]))
+        self.versions = NetworkVersions.only(
+            read_feed(feed, currency=currency), f"local:{feed.name}"
+        )
+        self.held = gate_networks(self.versions)
 
 
 async def follow_ticketing(

@@ -32,6 +32,8 @@ class ValidationSettings(ServiceSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # 1,000 offline decisions fit
     # Operators provision gates and load issuer keys with `Authorization: Bearer <admin token>`.
     admin_token: SecretStr = SecretStr("dev-only-validation-admin-token")
+    # CityPass services (ticketing, for a rider's fares) call with this bearer token.
+    service_token: SecretStr = SecretStr("dev-only-validation-service-token")
     # After `POST /v1/gates/{id}/secret:rotate` the old secret still signs for this long: time
     # to load the new one into the gate without closing it. 0 cuts the old one off at once.
     gate_secret_grace: timedelta = Field(default=timedelta(minutes=10), ge=timedelta(0))

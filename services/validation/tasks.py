@@ -3,9 +3,7 @@
 - state refresh: reload gates, keys, products and the deny list when Redis says they changed;
 - issuer keys: poll ticketing's `GET /v1/keys`;
 - ticket events (a consumer group per process): ticket registry, products, deny list;
-- fares (group `validation-fares`): charge stored-value fares through payments, idempotently
-  by validation id, and track open trips; a wallet that cannot pay puts the ticket on the deny
-  list until a top-up (group `validation-topups`) or the periodic re-check settles it;
+- fares (groups `validation-fares`, `validation-topups`): fare_worker.py;
 - the trip sweeper: trips open longer than the maximum trip time close at the maximum fare;
 - the deny-list clean-up: revocations whose end (`until`) has passed are dropped.
 """
@@ -16,18 +14,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
-from datetime import datetime
 from typing import Any
 
 import httpx
 import orjson
 from aiokafka import ConsumerRecord
-from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.validation import events, repository
+from services.validation.events import unix
 from services.validation.memory import IssuerKey, Memory, b64url, decode_public_key
 from services.validation.outbox import Outbox
 from services.validation.rules import Reason, TicketKind, device_fingerprint
@@ -41,41 +37,16 @@ from shared.events import (
     ISSUER_KEYS_CHANGED,
     TICKET_ISSUED,
     TICKET_REVOKED,
-    TICKETS_TOPIC,
-    TRANSFER_POSTED,
-    TRIP_AUTO_CLOSED,
-    VALIDATION_ACCEPTED,
     Event,
 )
 from shared.health import raise_if_cancelled
 from shared.http import service_client
-from shared.payments_client import PaymentsClient, PaymentsRefused, PaymentsUnavailable
 
 logger = logging.getLogger("citypass.validation.tasks")
 
-UNPAID_RECHECK_S = 600.0
 DENY_CLEANUP_S = 600.0
-FARE_RETRY_MAX_S = 30.0
 TICKETING_SOURCE = "ticketing"
 SETTINGS_SOURCE = "settings"
-
-
-class FareError(RuntimeError):
-    """A fare that cannot be charged as it stands; the consumer retries, then dead-letters."""
-
-
-def unix(value: Any) -> int | None:
-    """Unix seconds from an int or an ISO 8601 text; None when absent or unreadable."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-        except ValueError:
-            return None
-    return None
 
 
 def key_records(payload: Any) -> dict[str, dict[str, Any]]:
@@ -115,12 +86,6 @@ class Workers:
         self.memory = memory
         self.outbox = outbox
         self.max_trip_s = int(settings.max_trip.total_seconds())
-        self.payments = PaymentsClient(
-            settings.payments_url,
-            settings.payments_token.get_secret_value(),
-            timeout_s=settings.payments_timeout_s,
-            caller="validation",
-        )
         self._failing: set[str] = set()
         self._keys_changed = asyncio.Event()  # ticketing said so: ask it now
 
@@ -275,140 +240,6 @@ class Workers:
         await repository.deny(self.redis, entry, record)
         self.memory.deny_entry(entry, record)
 
-    # transit.validations: fares and open trips ---------------------------------------------
-
-    async def on_validation_event(self, event: Event, _record: ConsumerRecord) -> None:
-        if event.type not in (VALIDATION_ACCEPTED, TRIP_AUTO_CLOSED):
-            return
-        try:
-            decided = events.Decided.model_validate(event.data)
-        except ValidationError as unreadable:
-            logger.warning("validation event %s unreadable: %s", event.id, unreadable)
-            return
-        ticket_id, vid = decided.ticket_id, decided.validation_id
-        stored_value = decided.kind == TicketKind.stored_value
-        if event.type == VALIDATION_ACCEPTED:
-            # Only a stored-value trip costs something when left open; the others close at
-            # the rider's next tap (or expire with the ticket) without the sweeper.
-            if stored_value and decided.action == "entry" and decided.station:
-                entered = unix(decided.decided_at) or int(time.time())
-                await repository.index_open_trip(
-                    self.redis, ticket_id, vid, entered + self.max_trip_s
-                )
-            if stored_value and decided.action == "exit" and decided.entry is not None:
-                await repository.unindex_trip(self.redis, ticket_id, decided.entry.validation_id)
-        else:
-            await repository.unindex_trip(self.redis, ticket_id, vid)
-        if decided.fare is not None and decided.fare > 0 and stored_value:
-            await self.charge_fare(ticket_id, decided.wallet_account_id, decided.fare, vid)
-
-    async def close(self) -> None:
-        await self.payments.close()
-
-    async def _post_charge(self, body: dict[str, Any], validation_id: str) -> Charged:
-        """POST /v1/charges until payments gives a definite answer (transient errors retried):
-        the charge's answer, or payments' refusal."""
-        delay = 0.2
-        while True:
-            raise_if_cancelled()
-            try:
-                answer = await self.payments.call("POST", "/v1/charges", body, key=validation_id)
-            except PaymentsRefused as refused:
-                self._recovered("payments")
-                return refused
-            except PaymentsUnavailable as unavailable:
-                self._log_failure("payments", unavailable)
-            else:
-                self._recovered("payments")
-                return answer
-            await asyncio.sleep(delay)
-            delay = min(FARE_RETRY_MAX_S, delay * 2)
-
-    async def _save_balance(self, ticket_id: str, charged: Charged) -> None:
-        answer = charged.body if isinstance(charged, PaymentsRefused) else charged
-        if isinstance(answer.get("balance"), int):
-            await repository.save_balance(self.redis, ticket_id, answer["balance"])
-
-    async def charge_fare(
-        self, ticket_id: str, wallet: Any, amount: int, validation_id: str
-    ) -> None:
-        """Charge one fare; idempotent by validation id (Idempotency-Key and ledger transfer id)."""
-        account = wallet if isinstance(wallet, str) and wallet else None
-        account = account or await repository.ticket_wallet(self.redis, ticket_id)
-        if account is None:
-            raise FareError(f"no wallet is known for ticket {ticket_id} (ticket.issued missing?)")
-        body = {
-            "account_id": account,
-            "amount": amount,
-            "source": "transit",
-            "transfer_id": validation_id,
-        }
-        charged = await self._post_charge(body, validation_id)
-        if _paid(charged):
-            await self._save_balance(ticket_id, charged)
-            return
-        assert isinstance(charged, PaymentsRefused)
-        if charged.status == 402:
-            unpaid = orjson.dumps({"ticket_id": ticket_id, "body": orjson.dumps(body).decode()})
-            await repository.record_unpaid(self.redis, account, validation_id, unpaid)
-            await self.outbox.emit(
-                TICKETS_TOPIC,
-                ticket_id,
-                events.fare_unpaid(
-                    ticket_id=ticket_id,
-                    wallet_account_id=account,
-                    validation_id=validation_id,
-                    amount=amount,
-                    shortfall=charged.body.get("shortfall"),
-                ),
-            )
-            return
-        raise FareError(f"payments refused fare {validation_id}: {charged}")
-
-    # payments.ledger: top-ups settle unpaid fares ---------------------------------------------
-
-    async def on_ledger_event(self, event: Event, _record: ConsumerRecord) -> None:
-        if event.type != TRANSFER_POSTED:
-            return
-        posted = events.TransferPosted.model_validate(event.data)
-        if posted.kind == "topup" and posted.wallet_account_id:
-            await self.settle_wallet(posted.wallet_account_id)
-
-    async def settle_wallet(self, wallet: str) -> None:
-        unpaid = await repository.unpaid_fares(self.redis, wallet)
-        settled: dict[str, list[str]] = defaultdict(list)
-        still_unpaid: set[str] = set()
-        for validation_id, raw in sorted(unpaid.items()):
-            record = orjson.loads(raw)
-            ticket_id = record["ticket_id"]
-            charged = await self._post_charge(orjson.loads(record["body"]), validation_id)
-            if _paid(charged):
-                await repository.settle_unpaid(self.redis, wallet, validation_id)
-                await self._save_balance(ticket_id, charged)
-                settled[ticket_id].append(validation_id)
-            else:
-                still_unpaid.add(ticket_id)
-        for ticket_id, validation_ids in settled.items():
-            if ticket_id not in still_unpaid:
-                await self.outbox.emit(
-                    TICKETS_TOPIC,
-                    ticket_id,
-                    events.fare_settled(
-                        ticket_id=ticket_id, wallet_account_id=wallet, validation_ids=validation_ids
-                    ),
-                )
-
-    async def recheck_unpaid(self) -> None:
-        """Top-ups can arrive by paths we do not hear about; try unpaid fares now and then."""
-        while True:
-            raise_if_cancelled()
-            await asyncio.sleep(UNPAID_RECHECK_S)
-            try:
-                for wallet in await repository.wallets_with_unpaid_fares(self.redis):
-                    await self.settle_wallet(wallet)
-            except (RedisError, OSError) as exc:
-                self._log_failure("unpaid fare re-check", exc)
-
     async def drop_expired_revocations(self) -> None:
         """A revocation ends with the ticket's validity or the device's `deny_until`; without
         this the deny list (and every gate's offline bundle) would only ever grow."""
@@ -442,11 +273,3 @@ class Workers:
                 closed += 1
             await repository.unindex_trip(self.redis, ticket_id, entry_vid)
         return closed
-
-
-Charged = dict[str, Any] | PaymentsRefused  # the charge's answer, or payments' refusal
-
-
-def _paid(charged: Charged) -> bool:
-    """Charged now, or earlier (the same transfer id is already in the ledger)."""
-    return not isinstance(charged, PaymentsRefused) or charged.code == "duplicate_transfer"

@@ -20,6 +20,7 @@ the change of the week total (negative when a correction refunds).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared.fares.tariff import Leg, LegFare, Tariff
@@ -63,8 +64,18 @@ class _Day:
 class RiderLedger:
     """One rider's fare state for one rider category and fare medium."""
 
-    def __init__(self, tariff: Tariff, category: str, medium: str = "") -> None:
+    def __init__(
+        self,
+        tariff: Tariff,
+        category: str,
+        medium: str = "",
+        *,
+        tariff_at: Callable[[int], Tariff] | None = None,
+    ) -> None:
+        """`tariff` gives the caps and transfer rules; `tariff_at(departed_at)`, when given,
+        the tariff pricing each leg (the network version in force when it was travelled)."""
         self.tariff = tariff
+        self.tariff_at = tariff_at
         self.category = category
         self.medium = medium
         self.day_cap = tariff.cap(category, medium, "day")
@@ -80,7 +91,7 @@ class RiderLedger:
             return self._charge(leg, known[1], 0)
         if known is not None:
             return self.correct(leg)
-        fare = self.tariff.price_leg(leg, self.category, self.medium)
+        fare = self.price(leg)
         day_index = self.tariff.fare_day(leg.departed_at)
         week = Tariff.fare_week(day_index)
         before = self.week_total(week)
@@ -111,6 +122,15 @@ class RiderLedger:
         self.add(leg)
         after = sum(self.week_total(week) for week in weeks)
         return self._charge(leg, self.legs[leg.leg_id][1], after - before)
+
+    def price(self, leg: Leg) -> LegFare:
+        tariff = self.tariff if self.tariff_at is None else self.tariff_at(leg.departed_at)
+        return tariff.price_leg(leg, self.category, self.medium)
+
+    def day_legs(self, day_index: int) -> list[tuple[Leg, int, int]]:
+        """The day's legs in order of departure: (leg, its fare, what it added to the day)."""
+        day = self.days.get(day_index)
+        return [(s.leg, s.fare.amount, s.cost) for s in day.steps] if day is not None else []
 
     def week_total(self, week: int) -> int:
         total = self.week_sums.get(week, 0)
@@ -145,7 +165,7 @@ class RiderLedger:
         legs.sort(key=lambda leg: (leg.departed_at, leg.leg_id))
         day.steps, day.uncapped = [], 0
         for leg in legs:
-            fare = self.tariff.price_leg(leg, self.category, self.medium)
+            fare = self.price(leg)
             step = self._step(day.steps[-1] if day.steps else None, leg, fare)
             day.steps.append(step)
             day.uncapped += step.cost

@@ -76,6 +76,12 @@ class NetworkVersions:
     def feed_at(self, when: datetime) -> Feed:
         return self.at(when).feed
 
+    @classmethod
+    def only(cls, feed: Feed, name: str) -> NetworkVersions:
+        """One feed in force since the epoch: a process without ticketing (tests, a lab gate,
+        the benchmarks) reading a feed from disk."""
+        return cls([NetworkVersion(name, datetime(1970, 1, 1, tzinfo=UTC), "", feed)])
+
 
 @dataclass(frozen=True, slots=True)
 class VersionListing:

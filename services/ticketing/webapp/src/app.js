@@ -625,6 +625,60 @@ async function showTickets() {
   if (online()) keepCredentials(list);
 }
 
+// A stored-value ticket's fares today: each leg, its transfer discount, the caps
+
+function capLine(element, bar, key, total, cap) {
+  element.textContent = cap == null
+    ? t("fares.noCap", { total: money(total) })
+    : t(key, { total: money(total), cap: money(cap) });
+  bar.hidden = cap == null;
+  if (cap == null) return;
+  bar.setAttribute("aria-valuemax", String(cap));
+  bar.setAttribute("aria-valuenow", String(total));
+  bar.firstElementChild.style.width = `${Math.min(100, (total / cap) * 100)}%`;
+}
+
+async function showFares(ticketId, stopped) {
+  const section = $("#ticket-fares");
+  section.hidden = true;
+  let account;
+  try {
+    account = await api.get(`v1/me/tickets/${ticketId}/fares`);
+  } catch (problem) {
+    if (stopped()) return;
+    section.hidden = false;
+    return failed($("#fares-error"), problem);
+  }
+  if (stopped()) return;
+  say($("#fares-error"), "");
+  $("#fares-empty").hidden = account.legs.length > 0;
+  $("#fares-legs").replaceChildren(...account.legs.map((leg) => {
+    const item = document.createElement("li");
+    item.dataset.leg = leg.leg_id;
+    const name = document.createElement("span");
+    name.className = "leg-name";
+    name.textContent = leg.from_stop == null
+      ? t("fares.bus", { route: leg.route_id })
+      : t(leg.open_trip_entry ? "fares.openTrip" : "fares.metro", {
+        line: leg.route_id, from: leg.open_trip_entry || leg.from_stop, to: leg.to_stop,
+      });
+    const parts = [name, Object.assign(document.createElement("span"), { className: "fare", textContent: t("fares.fare", { amount: money(leg.fare) }) })];
+    if (leg.transfer_discount > 0) {
+      parts.push(Object.assign(document.createElement("span"), { className: "discount", textContent: t("fares.transfer", { amount: money(leg.transfer_discount) }) }));
+    }
+    if (leg.capped > 0) {
+      parts.push(Object.assign(document.createElement("span"), { className: "capped", textContent: t("fares.capped", { amount: money(leg.capped) }) }));
+    }
+    parts.push(Object.assign(document.createElement("span"), { className: "charged", textContent: t("fares.charged", { amount: money(leg.charged) }) }));
+    item.replaceChildren(...parts);
+    return item;
+  }));
+  $("#fares-capped").hidden = !account.capped_today;
+  capLine($("#fares-day"), $("#fares-day-progress"), "fares.day", account.day_total, account.day_cap);
+  capLine($("#fares-week"), $("#fares-week-progress"), "fares.week", account.week_total, account.week_cap);
+  section.hidden = false;
+}
+
 // One ticket: the dynamic QR
 
 async function showTicket(ticketId) {
@@ -635,6 +689,7 @@ async function showTicket(ticketId) {
   say(error, "");
   useHere.hidden = true;
   pass.hidden = true;
+  $("#ticket-fares").hidden = true;
   $("#ticket-title").textContent = t("ticket.loading");
   $("#ticket-validity").textContent = "";
   $("#ticket-lines").textContent = "";
@@ -673,6 +728,8 @@ async function showTicket(ticketId) {
     if (ticket.status !== "active") return say(error, t(`ticket.${ticket.status}`));
     if (Date.parse(ticket.valid_until) <= Date.now()) return say(error, t("ticket.expired"));
   }
+
+  if (ticket?.kind === "stored_value" && online()) showFares(ticketId, () => stopped);
 
   let credential;
   try {
