@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 import orjson
 import pytest
@@ -321,6 +322,16 @@ def validator(app: FastAPI) -> Validator:
 async def payments(payments_url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with service_client(payments_url, PAYMENTS_TOKEN) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+async def ledger_db(migrated: LocalServers) -> AsyncIterator[asyncpg.Connection]:
+    """Payments' database, to read what riders paid from its ledger table."""
+    connection = await asyncpg.connect(
+        f"postgresql://postgres@127.0.0.1:{migrated.postgres_port}/{migrated.database}"
+    )
+    yield connection
+    await connection.close()
 
 
 async def open_wallet(payments: httpx.AsyncClient) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 from typing import Any, cast
@@ -18,7 +17,6 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from citypass.servers import LocalServers
 from services.validation import events
 from services.validation.fare_accounts import account_key, fare_date
 from services.validation.fare_worker import FareWorker
@@ -38,15 +36,6 @@ START = TUESDAY_8AM - 3 * 3600  # 05:00 in Hanoi, a Tuesday of the feed's calend
 def fares(app: FastAPI, http: Any) -> FareWorker:
     worker: FareWorker = app.state.fares
     return worker
-
-
-@pytest.fixture(scope="session")
-async def ledger_db(migrated: LocalServers) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(
-        f"postgresql://postgres@127.0.0.1:{migrated.postgres_port}/{migrated.database}"
-    )
-    yield connection
-    await connection.close()
 
 
 async def postings(db: asyncpg.Connection, wallet: str) -> list[tuple[str, int]]:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 import orjson
 import pytest
@@ -20,11 +21,13 @@ from fastapi import FastAPI
 from citypass.gate import OfflineValidator
 from services.validation import decisions, repository
 from services.validation.app import build_app
+from services.validation.fare_worker import FareWorker
 from services.validation.network import GateNetworks, GateVersion
 from services.validation.rules import Direction, FareTable, GatePlace
 from services.validation.service import Validator
 from shared.fares.feed import read_feed
 from shared.fares.lines import NetworkMap
+from shared.fares.tariff import Leg
 from shared.kafka import Publisher
 from tests.conftest import AppClient
 from tests.fares.support import edited
@@ -38,12 +41,15 @@ from tests.validation.conftest import (
     Ticket,
     hanoi_zip,
     make_ticket,
+    open_wallet,
     provision_gate,
     scan,
     ticket_issued,
+    top_up,
     validation_body,
     validation_settings,
 )
+from tests.validation.test_fare_capping import accepted, deliver, postings
 from tests.validation.test_offline import fetch_bundle, upload
 
 SWITCH_IN_S = 6  # the new version takes effect this long after the test publishes it
@@ -57,9 +63,13 @@ def dearer_short_bus(target: Path) -> Path:
     return edited(target, "fare_products", f"{SHORT_BUS}8000,VND", f"{SHORT_BUS}{NEW_FARE},VND")
 
 
-async def stored_value(publisher: Publisher, validator: Validator) -> Ticket:
+async def stored_value(
+    publisher: Publisher, validator: Validator, wallet: str | None = None
+) -> Ticket:
     ticket = make_ticket(product="STORED-VALUE", lines=("*",))
-    issued = ticket_issued(ticket, kind="stored_value", wallet_account_id=str(uuid.uuid4()))
+    issued = ticket_issued(
+        ticket, kind="stored_value", wallet_account_id=wallet or str(uuid.uuid4())
+    )
     await publisher.publish("transit.tickets", ticket.id, issued)
     await wait_until(lambda: "STORED-VALUE" in validator.memory.products, what="the product")
     await wait_until(
@@ -135,6 +145,79 @@ class TestVersionSwitch:
         # Uploaded after the switch, the tap taken before it pays the old fare.
         fares = {r["validation_id"]: r["fare"] for r in uploaded["results"]}
         assert fares[offline_before.validation_id] == OLD_FARE
+
+
+class TestFareWorkerAgrees:
+    async def test_stored_value_legs_are_charged_the_gates_fare_at_their_time(
+        self,
+        app_client: AppClient,
+        publisher: Publisher,
+        payments: httpx.AsyncClient,
+        ledger_db: asyncpg.Connection,
+        payments_url: str,
+        ticketing: tuple[str, PublishedVersions],
+        tmp_path: Path,
+    ) -> None:
+        """Bus 09 goes from 8,000 to 9,000 at T: the gates' FareTable and the fare worker (the
+        same process's versions, money read from payments' ledger) agree on every leg, before
+        T, after T, and for a tap taken before T but uploaded and priced after it."""
+        url, published = ticketing
+        settings = {"ticketing_url": url, "network_feed": None, "network_refresh": 0.3}
+        app = build_app(
+            validation_settings(
+                tmp_path, **settings, payments_url=payments_url, run_fare_worker=False
+            )
+        )
+        validator: Validator = app.state.validator
+        fares: FareWorker = app.state.fares
+        async with app_client(app) as http:
+            switch_at = int(time.time()) + SWITCH_IN_S
+            published.publish(
+                datetime.fromtimestamp(switch_at, UTC), hanoi_zip(dearer_short_bus(tmp_path))
+            )
+            await wait_until(
+                lambda: len(validator.networks.held.versions) == 2, what="the version ahead"
+            )
+            bus = await provision_gate(http, route="09")
+            offline_bus = await provision_gate(http, route="09")
+            riders = []
+            for _ in range(3):
+                wallet = await open_wallet(payments)
+                await top_up(payments, wallet, 50_000)
+                riders.append((await stored_value(publisher, validator, wallet), wallet))
+            (early, early_wallet), (later, later_wallet), (late, late_wallet) = riders
+            signed, public_key = await fetch_bundle(http, offline_bus)  # knows the tickets
+            offline = OfflineValidator.from_signed(signed, public_key)
+
+            tapped: list[tuple[str, str, int, int | None]] = []  # ticket, wallet, at, gate fare
+            decided = await scan(http, bus, early.qr())
+            tapped.append((early.id, early_wallet, int(time.time()), decided["fare"]))
+            offline_tap = offline.decide(late.qr())
+            late_tap = (late.id, late_wallet, int(time.time()), offline_tap.fare)
+            # The leg before T is priced before T (the version ahead is already held).
+            await deliver(fares, accepted(*tapped[0][:2], bus_leg(decided, tapped[0][2])))
+            assert time.time() < switch_at
+
+            await asyncio.sleep(max(0.0, switch_at - time.time() + 0.2))
+            at = int(time.time())
+            decided_after = await scan(http, bus, later.qr())
+            tapped.append((later.id, later_wallet, at, decided_after["fare"]))
+            await deliver(fares, accepted(later.id, later_wallet, bus_leg(decided_after, at)))
+            uploaded = await upload(http, offline_bus, offline)
+            [result] = uploaded["results"]
+            tapped.append((*late_tap[:3], result["fare"]))
+            await deliver(fares, accepted(late.id, late_wallet, bus_leg(result, late_tap[2])))
+
+        assert [fare for *_, fare in tapped] == [OLD_FARE, NEW_FARE, OLD_FARE]
+        assert offline_tap.fare == OLD_FARE
+        for _, wallet, at, gate_fare in tapped:
+            assert validator.networks.at(at).bus_fare("09") == gate_fare
+            assert await postings(ledger_db, wallet) == [("charge", gate_fare)]
+
+
+def bus_leg(decided: dict[str, Any], at: int) -> Leg:
+    """The leg a stored-value bus tap closes, as its `validation.accepted` event carries it."""
+    return Leg(decided["validation_id"], "09", at, at)
 
 
 class TestBundle:
