@@ -417,6 +417,7 @@ class FareAccounts:
             else day.toordinal() - date(1970, 1, 1).toordinal()
         )
         week = Tariff.fare_week(day_index)
+        day_cap, week_cap = ledger.day_cap(day_index), ledger.week_cap(week)
         before_week = sum(
             ledger.day_total(d)
             for d in ledger.days
@@ -424,9 +425,9 @@ class FareAccounts:
         )
         legs, uncapped = [], 0
         for leg, fare, cost in ledger.day_legs(day_index):
-            paid_before = _capped(uncapped, ledger.day_cap, before_week, ledger.week_cap)
+            paid_before = _capped(uncapped, day_cap, before_week, week_cap)
             uncapped += cost
-            paid_after = _capped(uncapped, ledger.day_cap, before_week, ledger.week_cap)
+            paid_after = _capped(uncapped, day_cap, before_week, week_cap)
             legs.append(
                 {
                     **leg_view(leg),
@@ -446,12 +447,12 @@ class FareAccounts:
             "rider_category": ledger.category,
             "legs": legs,
             "day_total": day_total,
-            "day_cap": ledger.day_cap,
+            "day_cap": day_cap,
             "week_total": week_total,
-            "week_cap": ledger.week_cap,
+            "week_cap": week_cap,
             "capped_today": bool(
-                (ledger.day_cap is not None and day_total >= ledger.day_cap)
-                or (ledger.week_cap is not None and week_total >= ledger.week_cap)
+                (day_cap is not None and day_total >= day_cap)
+                or (week_cap is not None and week_total >= week_cap)
             ),
         }
 

@@ -11,6 +11,10 @@ the taps arrived in:
   Journeys do not cross a fare day boundary (no service runs at 04:00).
 * day total = min(sum of the day's journey costs, daily cap);
   week total = min(sum of the week's day totals, weekly cap).
+* Across network versions: a leg is priced by the version in force at its departure, a
+  transfer by the rules of the version in force when the transfer leg departs, a day's cap by
+  the version in force when the fare day starts (04:00), a week's by the one at its Monday
+  04:00 — never by the version current when the tap happens to be processed.
 
 A tap that arrives in order extends its day in O(1); a late or out-of-order tap, or a
 corrected leg, re-prices its day from the day's legs. Each call returns what to charge now:
@@ -56,6 +60,7 @@ class _Step:
 
 @dataclass(slots=True)
 class _Day:
+    cap: int | None  # the daily cap of the version in force when the day starts
     keys: list[tuple[int, str]] = field(default_factory=list)
     steps: list[_Step] = field(default_factory=list)
     uncapped: int = 0
@@ -72,14 +77,14 @@ class RiderLedger:
         *,
         tariff_at: Callable[[int], Tariff] | None = None,
     ) -> None:
-        """`tariff` gives the caps and transfer rules; `tariff_at(departed_at)`, when given,
-        the tariff pricing each leg (the network version in force when it was travelled)."""
+        """`tariff` gives local time (fare days) and the currency; `tariff_at(at)`, when given,
+        the network version in force at epoch second `at`, which prices legs, transfers and
+        caps (without it, `tariff` does)."""
         self.tariff = tariff
         self.tariff_at = tariff_at
         self.category = category
         self.medium = medium
-        self.day_cap = tariff.cap(category, medium, "day")
-        self.week_cap = tariff.cap(category, medium, "week")
+        self._week_caps: dict[int, int | None] = {}
         self.days: dict[int, _Day] = {}
         self.week_sums: dict[int, int] = {}  # sum of capped day totals per fare week
         self.legs: dict[str, tuple[Leg, int]] = {}  # leg id -> (leg, fare day)
@@ -95,7 +100,9 @@ class RiderLedger:
         day_index = self.tariff.fare_day(leg.departed_at)
         week = Tariff.fare_week(day_index)
         before = self.week_total(week)
-        day = self.days.setdefault(day_index, _Day())
+        day = self.days.get(day_index)
+        if day is None:
+            day = self.days[day_index] = _Day(self.day_cap(day_index))
         key = (leg.departed_at, leg.leg_id)
         old_capped = self._capped(day)
         if not day.keys or key > day.keys[-1]:
@@ -124,8 +131,19 @@ class RiderLedger:
         return self._charge(leg, self.legs[leg.leg_id][1], after - before)
 
     def price(self, leg: Leg) -> LegFare:
-        tariff = self.tariff if self.tariff_at is None else self.tariff_at(leg.departed_at)
-        return tariff.price_leg(leg, self.category, self.medium)
+        return self._tariff(leg.departed_at).price_leg(leg, self.category, self.medium)
+
+    def day_cap(self, day_index: int) -> int | None:
+        day = self.days.get(day_index)
+        if day is not None:
+            return day.cap
+        return self._cap_at(self.tariff.day_starts_at(day_index), "day")
+
+    def week_cap(self, week: int) -> int | None:
+        if week not in self._week_caps:
+            start = self.tariff.day_starts_at(week * 7 - 3)  # its Monday (day 4 was one)
+            self._week_caps[week] = self._cap_at(start, "week")
+        return self._week_caps[week]
 
     def day_legs(self, day_index: int) -> list[tuple[Leg, int, int]]:
         """The day's legs in order of departure: (leg, its fare, what it added to the day)."""
@@ -134,7 +152,8 @@ class RiderLedger:
 
     def week_total(self, week: int) -> int:
         total = self.week_sums.get(week, 0)
-        return total if self.week_cap is None else min(total, self.week_cap)
+        cap = self.week_cap(week)
+        return total if cap is None else min(total, cap)
 
     def day_total(self, day_index: int) -> int:
         day = self.days.get(day_index)
@@ -147,11 +166,19 @@ class RiderLedger:
                 self.legs.pop(step.leg.leg_id, None)
         for old in [w for w in self.week_sums if w < week]:
             del self.week_sums[old]
+        for old in [w for w in self._week_caps if w < week]:
+            del self._week_caps[old]
 
     # Internals --------------------------------------------------------------------------
 
+    def _tariff(self, at: int) -> Tariff:
+        return self.tariff if self.tariff_at is None else self.tariff_at(at)
+
+    def _cap_at(self, at: int, period: str) -> int | None:
+        return self._tariff(at).cap(self.category, self.medium, period)
+
     def _capped(self, day: _Day) -> int:
-        return day.uncapped if self.day_cap is None else min(day.uncapped, self.day_cap)
+        return day.uncapped if day.cap is None else min(day.uncapped, day.cap)
 
     def _remove(self, leg: Leg, day_index: int) -> None:
         day = self.days[day_index]
@@ -178,7 +205,8 @@ class RiderLedger:
         """
         if previous is not None:
             best: _Step | None = None
-            for rule in self.tariff.transfer_rules(previous.fare.leg_group_id, fare.leg_group_id):
+            tariff = self._tariff(leg.departed_at)
+            for rule in tariff.transfer_rules(previous.fare.leg_group_id, fare.leg_group_id):
                 if not rule.within(previous.leg, leg):
                     continue
                 limit = rule.transfer_count
@@ -186,9 +214,7 @@ class RiderLedger:
                     continue
                 transfer = 0
                 if rule.fare_product_id:
-                    price = self.tariff.product_price(
-                        rule.fare_product_id, self.category, self.medium
-                    )
+                    price = tariff.product_price(rule.fare_product_id, self.category, self.medium)
                     if price is None:
                         continue
                     transfer = price
@@ -207,15 +233,16 @@ class RiderLedger:
         if step.leg.leg_id != leg.leg_id:
             step = next(s for s in day.steps if s.leg.leg_id == leg.leg_id)
         week = Tariff.fare_week(day_index)
+        week_cap = self.week_cap(week)
         return Charge(
             leg_id=leg.leg_id,
             leg_fare=step.fare.amount,
             journey_fare=step.cost,
             charged=charged,
             day_total=self._capped(day),
-            day_cap=self.day_cap,
+            day_cap=day.cap,
             week_total=self.week_total(week),
-            week_cap=self.week_cap,
-            capped_today=(self.day_cap is not None and day.uncapped >= self.day_cap)
-            or (self.week_cap is not None and self.week_sums.get(week, 0) >= self.week_cap),
+            week_cap=week_cap,
+            capped_today=(day.cap is not None and day.uncapped >= day.cap)
+            or (week_cap is not None and self.week_sums.get(week, 0) >= week_cap),
         )

@@ -173,6 +173,11 @@ class Tariff:
         """Days since 1970-01-01 of the local fare day (which starts at `day_start_s`)."""
         return (self.local_seconds(at) - self.day_start_s) // DAY_S
 
+    def day_starts_at(self, day: int) -> int:
+        """The epoch second fare day `day` starts (the offset taken at that local hour)."""
+        local = day * DAY_S + self.day_start_s
+        return local - (self.local_seconds(local) - local)
+
     @staticmethod
     def fare_week(day: int) -> int:
         """Weeks of fare days starting on Monday (day 0, 1970-01-01, was a Thursday)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,9 +22,11 @@ from services.validation.fare_accounts import account_key, fare_date
 from services.validation.fare_worker import FareWorker
 from services.validation.service import Validator
 from shared.events import Event
+from shared.fares.feed import read_feed
 from shared.fares.tariff import Leg
+from shared.fares.versions import NetworkVersion, NetworkVersions
 from shared.kafka import Publisher
-from tests.fares.support import TUESDAY_8AM
+from tests.fares.support import TUESDAY_8AM, edited
 from tests.fares.test_ledger import legs_of_a_day
 from tests.validation.conftest import open_wallet, stored_value_ticket, top_up
 
@@ -221,6 +223,55 @@ class TestFareFigures:
         ]
         statement = await fares.accounts.statement(ticket, fare_day(fares, START))
         assert (statement["capped_today"], statement["day_total"]) == (False, 37_000)
+
+
+class TestCapsAcrossVersions:
+    async def test_a_days_cap_comes_from_the_version_in_force_that_fare_day(
+        self,
+        app: FastAPI,
+        fares: FareWorker,
+        ledger_db: asyncpg.Connection,
+        publisher: Publisher,
+        validator: Validator,
+        payments: Any,
+        tmp_path: Path,
+    ) -> None:
+        """The daily cap drops from 40,000 to 30,000 from Wednesday's fare day (04:00). Priced
+        after the switch, Tuesday's legs are still capped at Tuesday's 40,000."""
+        lower = edited(tmp_path, "citypass_fare_caps", "regular,,day,40000", "regular,,day,30000")
+        wednesday = START - 3600 + 86_400  # Wednesday 04:00 in Hanoi
+        versions = NetworkVersions(
+            [
+                *NetworkVersions.only(read_feed(), "v1"),
+                NetworkVersion("v2", datetime.fromtimestamp(wednesday, UTC), "", read_feed(lower)),
+            ]
+        )
+        worker = FareWorker(app.state.settings, validator.redis, app.state.outbox, lambda: versions)
+        ticket, wallet = await rider(publisher, validator, payments, 200_000)
+        try:
+            for day_start in (START, wednesday + 3600):  # both 05:00
+                for hour in (0, 4, 8):  # 2A-01 → 2A-12: 16,000 each
+                    at = day_start + hour * 3600
+                    leg = Leg(str(uuid.uuid4()), "2A", at, at + 1500, "2A-01", "2A-12")
+                    await deliver(worker, accepted(ticket, wallet, leg))
+            statements = [
+                await worker.accounts.statement(ticket, fare_day(worker, at))
+                for at in (START, wednesday + 3600)
+            ]
+        finally:
+            await worker.close()
+
+        assert [(s["day_total"], s["day_cap"]) for s in statements] == [
+            (40_000, 40_000),
+            (30_000, 30_000),
+        ]
+        assert await postings(ledger_db, wallet) == [
+            ("charge", 16_000),
+            ("charge", 16_000),
+            ("charge", 8_000),
+            ("charge", 16_000),
+            ("charge", 14_000),
+        ]
 
 
 def auto_closed(ticket: str, wallet: str, entry_vid: str, station: str, leg: Leg) -> Event:
