@@ -13,7 +13,7 @@ from shared.fares.feed import read_feed
 from shared.fares.ledger import Charge, RiderLedger
 from shared.fares.lines import NetworkMap
 from shared.fares.tariff import Leg, Tariff
-from tests.fares.support import TUESDAY_8AM, hanoi, hanoi_copy
+from tests.fares.support import TUESDAY_8AM, edited, hanoi, hanoi_copy
 
 TARIFF = hanoi().tariff
 UNCAPPED = read_feed(
@@ -227,3 +227,39 @@ class TestFareDay:
         monday = TARIFF.fare_day(TUESDAY_8AM) - 1
         assert Tariff.fare_week(monday) == Tariff.fare_week(monday + 6)
         assert Tariff.fare_week(monday - 1) == Tariff.fare_week(monday) - 1
+
+
+class TestVersions:
+    def test_a_transfer_is_priced_by_the_version_at_the_transfer_leg(self) -> None:
+        """The bus transfer goes from 5,000 to 6,000 at `switch`: a transfer made before it
+        costs 5,000, one made after it 6,000, whichever version was current when priced."""
+        target = Path(tempfile.mkdtemp()) / "dearer-transfer"
+        dearer = read_feed(
+            edited(target, "fare_products", "(giá demo),,,5000,VND", "(giá demo),,,6000,VND")
+        ).tariff
+        switch = TUESDAY_8AM + HOUR
+
+        def tariff_at(at: int) -> Tariff:
+            return dearer if at >= switch else TARIFF
+
+        ledger = RiderLedger(dearer, "regular", tariff_at=tariff_at)  # dearer: current
+        fares = [
+            ledger.add(Leg(leg_id, "09", at, at)).journey_fare
+            for leg_id, at in (("a", switch - 1800), ("b", switch - 60), ("c", switch + 7200))
+        ]
+        fares.append(ledger.add(Leg("d", "09", switch + 7800, switch + 7800)).journey_fare)
+        assert fares == [8000, 5000, 8000, 6000]
+
+    def test_each_week_is_capped_by_the_version_at_its_monday(self) -> None:
+        target = Path(tempfile.mkdtemp()) / "lower-week"
+        lower = read_feed(
+            edited(target, "citypass_fare_caps", "regular,,week,160000", "regular,,week,100000")
+        ).tariff
+        next_monday = TARIFF.day_starts_at(TARIFF.fare_day(TUESDAY_8AM) + 6)
+        ledger = RiderLedger(
+            lower, "regular", tariff_at=lambda at: lower if at >= next_monday else TARIFF
+        )
+        this_week = Tariff.fare_week(TARIFF.fare_day(TUESDAY_8AM))
+        assert (ledger.week_cap(this_week), ledger.week_cap(this_week + 1)) == (160_000, 100_000)
+        assert Tariff.fare_week(TARIFF.fare_day(next_monday)) == this_week + 1
+        assert Tariff.fare_week(TARIFF.fare_day(next_monday - 1)) == this_week
