@@ -22,6 +22,8 @@ from shared.events import (
     DEVICE_REVOKED,
     DUPLICATE_USE,
     ENTRY_REFUSED,
+    FARE_CHARGED,
+    FARE_REFUNDED,
     FARE_SETTLED,
     FARE_UNPAID,
     ISSUER_KEYS_CHANGED,
@@ -90,6 +92,8 @@ KNOWN: dict[str, dict[str, tuple[Category, tuple[str, ...]]]] = {
         ISSUER_KEYS_CHANGED: (Category.ticket, ()),
         FARE_UNPAID: (Category.payment, ("ticket_id",)),
         FARE_SETTLED: (Category.payment, ("ticket_id",)),
+        FARE_CHARGED: (Category.payment, ("ticket_id",)),
+        FARE_REFUNDED: (Category.payment, ("ticket_id",)),
     },
     LEDGER_TOPIC: {
         TRANSFER_POSTED: (Category.payment, ("kind",)),
