@@ -113,7 +113,8 @@ async def test_the_app_shows_a_capped_day(
         terminal = Terminal(capsys, tmp_path / "rider-home", ticketing)
         monkeypatch.setenv("CITYPASS_RIDER_PASSWORD", rider.password)
         await terminal.rider("login", "--phone", rider.phone, "--no-device")
-        printed = (await terminal.rider("fares")).splitlines()
+        lines = (await terminal.rider("fares")).splitlines()
+        printed = lines[next(i for i, line in enumerate(lines) if line.startswith("Fares of ")) :]
         assert "metro 2A 2A-01 → 2A-09" in printed[3]
         assert printed[3].endswith("capped −5.000 VND"), printed
         assert printed[4:] == [
