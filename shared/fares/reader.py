@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ class Row:
         return self.values.get(column, "")
 
 
+MAX_FEED_BYTES = 64 * 1024 * 1024  # a city's network and fares, without timetables, is far less
+
+
 @dataclass(frozen=True, slots=True)
 class Table:
     name: str
@@ -69,18 +73,33 @@ class Table:
         return {value for row in self.rows if (value := row.get(name))}
 
 
-def read_tables(source: Path | str | bytes) -> dict[str, Table]:
-    """Every `.txt` file of a feed as a table of strings (a directory, a zip path or zip bytes)."""
+def read_tables(source: Path | str | bytes, *, max_bytes: int = MAX_FEED_BYTES) -> dict[str, Table]:
+    """Every `.txt` file of a feed as a table of strings (a directory, a zip path or zip bytes).
+    A zip is read only up to `max_bytes` of text in all, whatever its headers claim: a small
+    upload must not expand into memory without bound."""
     texts: dict[str, bytes] = {}
     if isinstance(source, bytes) or (Path(source).is_file()):
         opened = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+        left = max_bytes
         try:
             with zipfile.ZipFile(opened) as archive:
                 for info in archive.infolist():
                     name = info.filename.rsplit("/", 1)[-1]
                     if name.endswith(".txt") and not info.is_dir():
-                        texts[name] = archive.read(info)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as error:
+                        with archive.open(info) as member:
+                            texts[name] = member.read(left + 1)
+                        left -= len(texts[name])
+                        if left < 0:
+                            raise FeedRejected(
+                                [Problem(name, 0, "", f"the feed expands past {max_bytes} bytes")]
+                            )
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            NotImplementedError,  # a compression method zipfile does not read
+            zlib.error,  # a damaged deflate stream
+            EOFError,  # a member cut short
+        ) as error:
             raise FeedRejected(
                 [Problem("", 0, "", f"not a readable zip archive: {error}")]
             ) from None

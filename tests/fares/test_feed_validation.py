@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from shared.fares.feed import HANOI, read_feed
-from shared.fares.reader import FeedRejected, Problem
+from shared.fares.reader import FeedRejected, Problem, read_tables
 from tests.fares.support import edited, hanoi_copy
 
 
@@ -40,6 +41,27 @@ class TestRefused:
     def test_bytes_that_are_not_a_zip(self) -> None:
         (problem,) = refusal(b"stop_id,stop_name\n")
         assert (problem.file, problem.line) == ("", 0)
+        assert problem.message.startswith("not a readable zip archive")
+
+    def test_a_zip_that_expands_past_the_limit(self) -> None:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
+            out.writestr("stops.txt", b"stop_id\n" + b"0" * 10_000)  # ~40 bytes compressed
+        with pytest.raises(FeedRejected) as refused:
+            read_tables(buffer.getvalue(), max_bytes=5_000)
+        (problem,) = refused.value.problems
+        assert problem.file == "stops.txt"
+        assert "expands past 5000 bytes" in problem.message
+
+    def test_a_zip_whose_deflate_stream_is_damaged(self) -> None:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
+            out.writestr("stops.txt", b"stop_id,stop_name\n" + b"S1,One\n" * 500)
+        damaged = bytearray(buffer.getvalue())
+        start = damaged.index(b"stops.txt") + len(b"stops.txt")  # the local header's name ends
+        for offset in range(start + 10, start + 30):
+            damaged[offset] ^= 0xFF
+        (problem,) = refusal(bytes(damaged))
         assert problem.message.startswith("not a readable zip archive")
 
     def test_a_file_that_is_not_utf8(self, tmp_path: Path) -> None:
