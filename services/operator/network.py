@@ -15,10 +15,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.fares.feed import read_feed
 from shared.fares.lines import NetworkMap
-from shared.fares.versions import NetworkSync, NetworkVersions
-from shared.http import service_client
+from shared.fares.versions import NetworkVersions, follow_ticketing, local_versions
 
 logger = logging.getLogger("citypass.operator.network")
 
@@ -56,12 +54,8 @@ class OperatorNetwork:
 
     def local(self, feed: Path, currency: str) -> None:
         """One version from a feed on disk, in force since the epoch (no ticketing)."""
-        self.maps = maps_of(
-            NetworkVersions.only(read_feed(feed, currency=currency), f"local:{feed.name}")
-        )
+        self.maps = maps_of(local_versions(feed, currency))
 
     async def follow(self, ticketing_url: str, currency: str, interval_s: float) -> None:
         """The supervised worker: ticketing's versions, polled every `interval_s`."""
-        async with service_client(ticketing_url, timeout_s=10) as http:
-            sync = NetworkSync(http, currency=currency, on_change=self.load)
-            await sync.refresh_forever(interval_s)
+        await follow_ticketing(ticketing_url, currency, interval_s, self.load)

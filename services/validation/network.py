@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 
 from services.validation.rules import FareTable
-from shared.fares.feed import read_feed
 from shared.fares.lines import NetworkMap
 from shared.fares.reader import FeedRejected
-from shared.fares.versions import NetworkSync, NetworkVersions, NoNetwork
+from shared.fares.versions import NetworkSync, NetworkVersions, NoNetwork, local_versions
+from shared.fares.versions import follow_ticketing as follow
 from shared.http import service_client
 
 logger = logging.getLogger("citypass.validation.network")
@@ -98,19 +98,14 @@ class Networks:
 
     def local(self, feed: Path, currency: str) -> None:
         """One version from a feed on disk, in force since the epoch (no ticketing)."""
-        self.versions = NetworkVersions.only(
-            read_feed(feed, currency=currency), f"local:{feed.name}"
-        )
+        self.versions = local_versions(feed, currency)
         self.held = gate_networks(self.versions)
 
 
 async def follow_ticketing(
     networks: Networks, ticketing_url: str, currency: str, interval_s: float
 ) -> None:
-    """The supervised worker: ticketing's versions, polled every `interval_s`."""
-    async with service_client(ticketing_url, timeout_s=10) as http:
-        sync = NetworkSync(http, currency=currency, on_change=networks.load)
-        await sync.refresh_forever(interval_s)
+    await follow(ticketing_url, currency, interval_s, networks.load)
 
 
 async def load_once(

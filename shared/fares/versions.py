@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 import httpx
@@ -25,6 +26,7 @@ import httpx
 from shared.errors import ProblemError
 from shared.fares.feed import Feed, read_feed
 from shared.fares.reader import FeedRejected
+from shared.http import service_client
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +186,21 @@ class NetworkSync:
             except (httpx.HTTPError, ValueError, FeedRejected) as error:
                 log.warning("network versions not refreshed: %s", error)
             await asyncio.sleep(interval_s)
+
+
+def local_versions(feed: Path, currency: str) -> NetworkVersions:
+    """A feed on disk as the only version, in force since the epoch: a process without
+    ticketing (tests, a lab gate)."""
+    return NetworkVersions.only(read_feed(feed, currency=currency), f"local:{feed.name}")
+
+
+async def follow_ticketing(
+    ticketing_url: str,
+    currency: str,
+    interval_s: float,
+    on_change: Callable[[NetworkVersions], Awaitable[None] | None],
+) -> None:
+    """The supervised worker every service but ticketing runs: ticketing's versions, polled
+    every `interval_s`, handed to `on_change` when they change."""
+    async with service_client(ticketing_url, timeout_s=10) as http:
+        await NetworkSync(http, currency=currency, on_change=on_change).refresh_forever(interval_s)

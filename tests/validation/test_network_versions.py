@@ -171,13 +171,6 @@ class TestFareWorkerAgrees:
         validator: Validator = app.state.validator
         fares: FareWorker = app.state.fares
         async with app_client(app) as http:
-            switch_at = int(time.time()) + SWITCH_IN_S
-            published.publish(
-                datetime.fromtimestamp(switch_at, UTC), hanoi_zip(dearer_short_bus(tmp_path))
-            )
-            await wait_until(
-                lambda: len(validator.networks.held.versions) == 2, what="the version ahead"
-            )
             bus = await provision_gate(http, route="09")
             offline_bus = await provision_gate(http, route="09")
             riders = []
@@ -186,6 +179,15 @@ class TestFareWorkerAgrees:
                 await top_up(payments, wallet, 50_000)
                 riders.append((await stored_value(publisher, validator, wallet), wallet))
             (early, early_wallet), (later, later_wallet), (late, late_wallet) = riders
+            # The version ahead is published once everything else is ready, so that the taps
+            # before it do not race the set-up on a slow machine.
+            switch_at = int(time.time()) + SWITCH_IN_S
+            published.publish(
+                datetime.fromtimestamp(switch_at, UTC), hanoi_zip(dearer_short_bus(tmp_path))
+            )
+            await wait_until(
+                lambda: len(validator.networks.held.versions) == 2, what="the version ahead"
+            )
             signed, public_key = await fetch_bundle(http, offline_bus)  # knows the tickets
             offline = OfflineValidator.from_signed(signed, public_key)
 
